@@ -1,0 +1,12 @@
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PORT=7860
+WORKDIR /app
+COPY requirements.txt .
+RUN pip install --no-cache-dir -r requirements.txt \
+    && useradd --create-home --uid 1000 app
+COPY *.py ./
+USER app
+EXPOSE 7860
+# The same command as the Procfile's web process.
+CMD ["sh", "-c", "exec gunicorn siliconflow_proxy:app --bind 0.0.0.0:${PORT:-7860}"]

@@ -1,0 +1,168 @@
+"""Settings: one frozen dataclass, built once from the environment and validated up front.
+
+`Settings.from_env` collects every bad variable before raising, so a deployer fixes their
+`.env` in one go instead of one restart per typo.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+from urllib.parse import urlsplit
+
+# Every image model the seed names, plus today's SiliconFlow image models. Today's come first:
+# the first entry is the default when a client sends no model, so it should be one that answers.
+DEFAULT_MODELS: tuple[str, ...] = (
+    "Kwai-Kolors/Kolors",
+    "Qwen/Qwen-Image",
+    "black-forest-labs/FLUX.1-schnell",
+    "black-forest-labs/FLUX.1-dev",
+    "black-forest-labs/FLUX.1",
+    "stabilityai/stable-diffusion-xl-base-1.0",
+    "stabilityai/stable-diffusion-2-1-base",
+    "runwayml/stable-diffusion-v1-5",
+    "CompVis/stable-diffusion-v1-4",
+    "stabilityai/stable-diffusion-2-base",
+    "prompthero/openjourney",
+    "Linaqruf/anything-v3.0",
+    "hakurei/waifu-diffusion",
+    "dreamlike-art/dreamlike-photoreal-2.0",
+)
+
+DEFAULT_BANNED_KEYWORDS = "porn,nude,naked,sex,xxx,adult"
+
+
+class ConfigError(ValueError):
+    """Raised by `Settings.from_env` with one line per bad variable."""
+
+
+def _split_list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _int_between(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError("expected a whole number") from None
+        if not low <= value <= high:
+            raise ValueError(f"expected a number from {low} to {high}")
+        return value
+
+    return parse
+
+
+def _seconds(raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ValueError("expected a number of seconds") from None
+    if not 0 < value <= 3600:
+        raise ValueError("expected a number of seconds above 0 and at most 3600")
+    return value
+
+
+def _url(raw: str) -> str:
+    value = raw.strip().rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("expected an http:// or https:// URL")
+    return value
+
+
+def _text(raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def _optional_text(raw: str) -> str | None:
+    return raw.strip() or None
+
+
+def _models(raw: str) -> tuple[str, ...]:
+    models = _split_list(raw)
+    if not models:
+        raise ValueError("expected at least one model id, comma-separated")
+    return models
+
+
+def _setting(env: str, default: str, parse: Callable[[str], Any], *, secret: bool = False) -> Any:
+    return field(metadata={"env": env, "default": default, "parse": parse}, repr=not secret)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service reads from its environment. Secrets stay out of `repr`."""
+
+    port: int = _setting("PORT", "7860", _int_between(1, 65535))
+    api_key: str | None = _setting("API_KEY", "", _optional_text, secret=True)
+    api_keys: tuple[str, ...] = _setting("API_KEYS", "", _split_list, secret=True)
+    max_images_per_request: int = _setting("MAX_IMAGES_PER_REQUEST", "4", _int_between(1, 16))
+    image_prompt_model: str = _setting("IMAGE_PROMPT_MODEL", "Qwen/Qwen2.5-7B-Instruct", _text)
+    api_base_url: str = _setting("API_BASE_URL", "https://api.siliconflow.cn", _url)
+    prompt_expansion: bool = _setting("PROMPT_EXPANSION", "true", _bool)
+    use_shortlink: bool = _setting("USE_SHORTLINK", "false", _bool)
+    use_lsky_pro: bool = _setting("USE_LSKY_PRO", "false", _bool)
+    banned_keywords: tuple[str, ...] = _setting(
+        "BANNED_KEYWORDS", DEFAULT_BANNED_KEYWORDS, lambda raw: tuple(k.lower() for k in _split_list(raw))
+    )
+    models: tuple[str, ...] = _setting("MODELS", ",".join(DEFAULT_MODELS), _models)
+    upstream_timeout: float = _setting("UPSTREAM_TIMEOUT", "120", _seconds)
+    expansion_timeout: float = _setting("EXPANSION_TIMEOUT", "20", _seconds)
+    upstream_workers: int = _setting("UPSTREAM_WORKERS", "32", _int_between(1, 1024))
+    log_level: str = _setting("LOG_LEVEL", "INFO", lambda raw: _choice(raw.upper(), _LOG_LEVELS))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from `environ` (default `os.environ`), then apply `overrides`.
+
+        Raises ConfigError naming every variable whose value cannot be used.
+        """
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for f in fields(cls):
+            meta = f.metadata
+            raw = environ.get(meta["env"])
+            if raw is None or (raw.strip() == "" and meta["default"] != ""):
+                raw = meta["default"]
+            try:
+                values[f.name] = meta["parse"](raw)
+            except ValueError as exc:
+                problems.append(f"{meta['env']}: {exc}")
+        if problems:
+            raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+        values.update(overrides)
+        return cls(**values)
+
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _choice(value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError("expected one of " + ", ".join(allowed))
+    return value
+
+
+def env_table() -> list[tuple[str, str]]:
+    """(variable, default) for every setting, in declaration order. Used to check the docs."""
+    return [(f.metadata["env"], f.metadata["default"]) for f in fields(Settings)]

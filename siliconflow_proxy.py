@@ -1,0 +1,485 @@
+"""The Flask app: OpenAI-compatible chat completions that draw pictures with SiliconFlow.
+
+`create_app(settings)` builds an app; tests build their own. The module-level `app` that
+`gunicorn siliconflow_proxy:app` asks for is made on first access (see `__getattr__` below), so
+importing this module never reads `.env` or the environment.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+from flask import Blueprint, Flask, Response, current_app, g, request
+from werkzeug.exceptions import HTTPException
+
+from config import ConfigError, Settings
+from parsing import DrawRequest, find_banned, markdown_safe, parse
+from upstream import KeyPool, UpstreamError, expand_prompt, generate_image, make_session, mask_key, payload_for
+
+log = logging.getLogger("siliconflow_proxy")
+
+MAX_BODY_BYTES = 1 << 20
+MODEL_CREATED = 1_700_000_000  # the typed clients need an int; SiliconFlow itself answers 0
+
+
+@dataclass(frozen=True)
+class Services:
+    """What request handlers hand to generators and worker threads: plain values, no Flask."""
+
+    settings: Settings
+    pool: KeyPool
+    session: requests.Session
+    executor: ThreadPoolExecutor
+
+
+@dataclass(frozen=True)
+class Job:
+    request_id: str
+    model: str
+    text: str  # what the user typed, tokens included
+    draw: DrawRequest
+
+
+@dataclass(frozen=True)
+class Outcome:
+    index: int
+    url: str | None = None
+    error: str | None = None
+
+
+class ApiError(Exception):
+    """An error answered as OpenAI-shaped JSON by `error_response`."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
+_ERROR_TYPES = {401: "invalid_request_error", 403: "permission_error", 429: "rate_limit_error"}
+
+
+def error_response(status: int, message: str, *, param: str | None = None, code: str | None = None) -> Response:
+    """The one shape of every error this service answers, as the OpenAI clients parse it."""
+    kind = _ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return Response(_dumps(body), status=status, mimetype="application/json")
+
+
+# --- wire format -------------------------------------------------------------------------------
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def chunk(completion_id: str, created: int, model: str, delta: dict[str, Any], finish: str | None = None) -> dict:
+    """One `chat.completion.chunk`."""
+    return {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+    }
+
+
+def sse(payload: dict | str) -> str:
+    """One server-sent event. Modern clients dispatch an event only on the blank line."""
+    return f"data: {payload if isinstance(payload, str) else _dumps(payload)}\n\n"
+
+
+def completion(completion_id: str, created: int, model: str, prompt: str, content: str) -> dict:
+    """A whole non-stream `chat.completion`."""
+    prompt_tokens, completion_tokens = _tokens(prompt), _tokens(content)
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def _tokens(text: str) -> int:
+    """A rough token count for `usage`: a CJK character or about four other bytes per token."""
+    cjk = sum(1 for ch in text if ord(ch) > 0x2E80)
+    return cjk + (len(text) - cjk + 3) // 4
+
+
+# --- the answer ---------------------------------------------------------------------------------
+
+
+def answer(job: Job, services: Services) -> Iterator[str]:
+    """The assistant's reply, piece by piece, in the order the user should see it."""
+    settings = services.settings
+    if banned := find_banned(job.text, settings.banned_keywords):
+        yield _refusal(banned)
+        return
+
+    prompt, expansion_note = job.draw.prompt, ""
+    if settings.prompt_expansion:
+        try:
+            key = services.pool.acquire()
+            prompt = expand_prompt(
+                services.session, settings.api_base_url, key, settings.image_prompt_model,
+                job.draw.prompt, settings.expansion_timeout,
+            )
+        except UpstreamError as exc:
+            log.warning("req=%s prompt expansion failed (%s); using the user's text", job.request_id, exc.kind)
+            expansion_note = f"（提示词扩充失败：{exc.message}；已使用原始描述）\n"
+        if banned := find_banned(prompt, settings.banned_keywords):
+            yield _refusal(banned)
+            return
+
+    draw = job.draw
+    yield _prompt_info(job, prompt, expansion_note)
+    yield "生成中"
+    payload = payload_for(job.model, prompt, draw.size, draw.seed, draw.negative_prompt)
+    futures: list[Future[Outcome]] = [
+        services.executor.submit(_make_image, index, services.pool.acquire(), payload, services, job.request_id)
+        for index in range(1, draw.count + 1)
+    ]
+    yield "✅\n\n"
+    alt = markdown_safe(prompt, limit=300)
+    delivered = 0
+    try:
+        # Each image goes out as soon as it is ready, not after the slowest one.
+        for future in as_completed(futures):
+            outcome = future.result()
+            if outcome.url:
+                delivered += 1
+                yield _image_markdown(outcome, alt)
+            else:
+                yield f"⚠️ 第 {outcome.index} 张图片生成失败：{outcome.error}\n\n"
+    finally:
+        # A client that hung up does not need the images that have not started yet.
+        for future in futures:
+            future.cancel()
+    yield f"完成：{delivered}/{draw.count} 张图片生成成功。"
+
+
+def _refusal(keyword: str) -> str:
+    return f"抱歉，您的请求包含不允许的内容（“{keyword}”），无法生成图片。请修改描述后重试。"
+
+
+def _prompt_info(job: Job, prompt: str, expansion_note: str) -> str:
+    draw = job.draw
+    if draw.size is None:
+        size = "跟随输入图片"
+    elif draw.size_adjusted:
+        size = f"{draw.size}（{job.model} 不支持 {draw.asked_size}，已使用最接近的尺寸）"
+    else:
+        size = draw.size
+    extras = f" · 种子：{draw.seed}" if draw.seed is not None else ""
+    return (
+        f"{expansion_note}🎨 提示词：{' '.join(prompt.split())}\n"
+        f"📐 尺寸：{size} · 数量：{draw.count} · 模型：{job.model}{extras}\n\n"
+    )
+
+
+def _image_markdown(outcome: Outcome, alt: str) -> str:
+    url = _markdown_url(outcome.url or "")
+    return (
+        f"![image{outcome.index}|{alt}]({url})\n"
+        f"[下载第 {outcome.index} 张]({url})（上游链接一小时后失效，请及时保存）\n\n"
+    )
+
+
+def _markdown_url(url: str) -> str:
+    """A URL that cannot end a Markdown link early."""
+    return url.replace(" ", "%20").replace("(", "%28").replace(")", "%29").replace("<", "%3C").replace(">", "%3E")
+
+
+def _make_image(index: int, key: str, payload: dict[str, Any], services: Services, request_id: str) -> Outcome:
+    """Runs on a worker thread: one upstream image call, its failure turned into a reason."""
+    settings = services.settings
+    started = time.monotonic()
+    try:
+        image = generate_image(services.session, settings.api_base_url, key, payload, settings.upstream_timeout)
+    except UpstreamError as exc:
+        log.warning(
+            "req=%s image %d on key %s failed after %.2fs: %s (HTTP %s)",
+            request_id, index, mask_key(key), time.monotonic() - started, exc.kind, exc.status,
+        )
+        return Outcome(index, error=exc.message)
+    except Exception:  # a bug must cost one image, not the whole stream
+        log.exception("req=%s image %d: unexpected error", request_id, index)
+        return Outcome(index, error="服务内部错误")
+    log.info("req=%s image %d on key %s ok in %.2fs", request_id, index, mask_key(key), time.monotonic() - started)
+    return Outcome(index, url=image.url)
+
+
+# --- request handling ---------------------------------------------------------------------------
+
+bp = Blueprint("api", __name__)
+
+
+def _services() -> Services:
+    return current_app.extensions["siliconflow"]
+
+
+@bp.before_app_request
+def _authenticate() -> Response | None:
+    g.request_id = uuid.uuid4().hex[:12]
+    settings = _services().settings
+    if not settings.api_key or not request.path.startswith("/v1/"):
+        return None
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), settings.api_key.encode()):
+        return None
+    return error_response(
+        401,
+        "Incorrect API key provided. Send the service key as 'Authorization: Bearer <API_KEY>'.",
+        code="invalid_api_key",
+    )
+
+
+@bp.get("/health")
+def health() -> Response:
+    services = _services()
+    return Response(_dumps({"status": "ok", "keys": len(services.pool)}), mimetype="application/json")
+
+
+@bp.get("/v1/models")
+def list_models() -> Response:
+    models = [
+        {"id": m, "object": "model", "created": MODEL_CREATED, "owned_by": m.split("/")[0] if "/" in m else "siliconflow"}
+        for m in _services().settings.models
+    ]
+    return Response(_dumps({"object": "list", "data": models}), mimetype="application/json")
+
+
+@bp.post("/v1/chat/completions")
+def chat_completions() -> Response:
+    services = _services()
+    settings = services.settings
+    body = _json_object()
+    stream = body.get("stream", False)
+    if stream is not None and not isinstance(stream, bool):
+        raise ApiError(400, "'stream' must be true or false.", param="stream")
+    model = _model(body.get("model"), settings)
+    text = drawing_text(body.get("messages"))
+    if not settings.api_keys:
+        raise ApiError(503, "This service has no upstream keys: its operator must set API_KEYS.", code="no_upstream_keys")
+
+    job = Job(g.request_id, model, text, parse(text, model, settings.max_images_per_request))
+    log.info(
+        "req=%s chat model=%s images=%d size=%s stream=%s",
+        job.request_id, model, job.draw.count, job.draw.size, bool(stream),
+    )
+    completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    if not stream:
+        content = "".join(_guarded(answer(job, services), job.request_id))
+        return Response(_dumps(completion(completion_id, created, model, text, content)), mimetype="application/json")
+
+    def events() -> Iterator[str]:
+        yield sse(chunk(completion_id, created, model, {"role": "assistant", "content": ""}))
+        for piece in _guarded(answer(job, services), job.request_id):
+            yield sse(chunk(completion_id, created, model, {"content": piece}))
+        yield sse(chunk(completion_id, created, model, {}, "stop"))
+        yield sse("[DONE]")
+
+    return Response(
+        events(),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _guarded(pieces: Iterator[str], request_id: str) -> Iterator[str]:
+    """`pieces`, with a bug turned into one plain line instead of a broken response."""
+    try:
+        yield from pieces
+    except Exception:
+        log.exception("req=%s unexpected error while answering", request_id)
+        yield "\n\n⚠️ 服务内部错误，回答不完整。"
+    finally:
+        pieces.close()  # type: ignore[attr-defined]
+
+
+def _json_object() -> dict[str, Any]:
+    raw = request.get_data(cache=False)
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "The request body must be valid JSON, sent with Content-Type: application/json.") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object.")
+    return body
+
+
+def _model(value: Any, settings: Settings) -> str:
+    if value is None or value == "":
+        return settings.models[0]
+    if not isinstance(value, str):
+        raise ApiError(400, "'model' must be a string: one of the ids from GET /v1/models.", param="model")
+    if value not in settings.models:
+        shown = ", ".join(settings.models[:6]) + (", …" if len(settings.models) > 6 else "")
+        raise ApiError(
+            400,
+            f"Unknown model '{value[:100]}'. Use one of the ids listed by GET /v1/models ({shown}).",
+            param="model",
+            code="model_not_found",
+        )
+    return value
+
+
+def drawing_text(messages: Any) -> str:
+    """The text to draw from: the current turn's user messages.
+
+    Chat UIs resend the whole history; earlier turns were already answered, so only the
+    messages after the last assistant reply count. User messages are preferred over system
+    ones (a UI's system prompt is not something to draw). Raises ApiError for bad shapes.
+    """
+    if messages is None:
+        example = '[{"role": "user", "content": "画一只猫"}]'
+        raise ApiError(400, f"'messages' is required: a list like {example}.", param="messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "'messages' must be a non-empty list of {\"role\", \"content\"} objects.", param="messages")
+    turn: list[tuple[str, str]] = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise ApiError(400, f"messages[{i}] must be an object with a 'role' string and a 'content'.", param="messages")
+        role = message["role"]
+        if role == "assistant":
+            turn = []
+            continue
+        turn.append((role, _message_text(message.get("content"), i)))
+    user_texts = [text for role, text in turn if role == "user" and text.strip()]
+    texts = user_texts or [text for _, text in turn if text.strip()]
+    text = "\n".join(texts).strip()
+    if not text:
+        raise ApiError(
+            400,
+            "Nothing to draw: the last user message has no text. Describe the picture, e.g. '画一只可爱的猫咪，9:16比例 pic:2'.",
+            param="messages",
+        )
+    return text
+
+
+def _message_text(content: Any, index: int) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list):
+        return "\n".join(
+            part["text"] for part in content
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+        )
+    raise ApiError(400, f"messages[{index}].content must be a string or a list of content parts.", param="messages")
+
+
+# --- the app ------------------------------------------------------------------------------------
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the app. Without `settings`, they are read from the environment (ConfigError if bad)."""
+    settings = settings or Settings.from_env()
+    _configure_logging(settings.log_level)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    app.extensions["siliconflow"] = Services(
+        settings=settings,
+        pool=KeyPool(settings.api_keys),
+        session=make_session(settings.upstream_workers),
+        executor=ThreadPoolExecutor(settings.upstream_workers, thread_name_prefix="upstream"),
+    )
+    app.register_blueprint(bp)
+    app.register_error_handler(ApiError, lambda e: error_response(e.status, e.message, param=e.param, code=e.code))
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected_error)
+    _startup_notes(settings)
+    return app
+
+
+def _http_error(exc: HTTPException) -> Response:
+    messages = {
+        404: f"No such endpoint: {request.method} {request.path[:200]}. "
+        "This service offers POST /v1/chat/completions, GET /v1/models and GET /health.",
+        405: f"{request.method} is not allowed on {request.path[:200]}.",
+        413: f"The request body is larger than {MAX_BODY_BYTES // 1024} KB.",
+    }
+    status = exc.code or 400
+    return error_response(status, messages.get(status, exc.description or "Bad request."))
+
+
+def _unexpected_error(exc: Exception) -> Response:
+    log.exception("req=%s unexpected error", g.get("request_id", "-"))
+    return error_response(500, "Internal error in the image service. It has been logged; please try again.")
+
+
+def _configure_logging(level: str) -> None:
+    log.setLevel(level)
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+
+
+def _startup_notes(settings: Settings) -> None:
+    if not settings.api_key:
+        log.warning("API_KEY is not set: this service is open to anyone who can reach it.")
+    if not settings.api_keys:
+        log.warning("API_KEYS is empty: /health answers, but drawing answers 503 until keys are set.")
+    else:
+        log.info("%d upstream key(s): %s", len(settings.api_keys), ", ".join(mask_key(k) for k in settings.api_keys))
+    for flag, name in ((settings.use_lsky_pro, "USE_LSKY_PRO"), (settings.use_shortlink, "USE_SHORTLINK")):
+        if flag:
+            log.warning("%s is set, but this version does not upload or shorten links yet; upstream links are used.", name)
+
+
+def _app_from_environment() -> Flask:
+    from dotenv import find_dotenv, load_dotenv
+
+    # A .env in the working directory (or above it) first, then the one beside this file.
+    # Variables already set in the environment win over both.
+    load_dotenv(find_dotenv(usecwd=True) or Path(__file__).with_name(".env"))
+    try:
+        return create_app()
+    except ConfigError as exc:
+        # One clear message instead of a traceback; gunicorn then stops with "Worker failed to boot".
+        print(f"siliconflow_proxy: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+_app: Flask | None = None
+
+
+def __getattr__(name: str) -> Any:
+    """`siliconflow_proxy.app`, built on first access, for `gunicorn siliconflow_proxy:app`."""
+    global _app
+    if name != "app":
+        raise AttributeError(name)
+    if _app is None:
+        _app = _app_from_environment()
+    return _app
+
+
+if __name__ == "__main__":
+    application = _app_from_environment()
+    # Development server; deployments run gunicorn as the Procfile does.
+    application.run(host="0.0.0.0", port=application.extensions["siliconflow"].settings.port, threaded=True)

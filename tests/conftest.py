@@ -1,0 +1,92 @@
+"""Fixtures: the fake SiliconFlow and the service, each a real HTTP server on a free local port."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import venv
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from werkzeug.serving import make_server
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from config import Settings  # noqa: E402
+from siliconflow_proxy import create_app  # noqa: E402
+from tests.fake_siliconflow import FakeSiliconFlow  # noqa: E402
+
+GOOD_KEYS = ("sk-good-aaaa1111", "sk-good-bbbb2222", "sk-good-cccc3333")
+SERVICE_KEY = "svc-secret-key-123456"
+
+
+@pytest.fixture(scope="session")
+def _fake_server() -> Iterator[FakeSiliconFlow]:
+    server = FakeSiliconFlow().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake(_fake_server: FakeSiliconFlow) -> Iterator[FakeSiliconFlow]:
+    """The fake upstream, its recorded calls and knobs reset for each test."""
+    _fake_server.state.reset()
+    yield _fake_server
+    _fake_server.state.reset()
+
+
+class Service:
+    def __init__(self, app, url: str):
+        self.app, self.url = app, url
+
+    @property
+    def services(self):
+        return self.app.extensions["siliconflow"]
+
+
+@pytest.fixture
+def serve(fake: FakeSiliconFlow) -> Iterator[Callable[..., Service]]:
+    """Start the service over real HTTP: `serve(api_keys=(...), ...)` overrides settings."""
+    servers = []
+
+    def start(environ: dict[str, str] | None = None, **overrides) -> Service:
+        overrides.setdefault("api_base_url", fake.url)
+        overrides.setdefault("api_keys", GOOD_KEYS)
+        app = create_app(Settings.from_env(environ or {}, **overrides))
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        servers.append((server, app))
+        return Service(app, f"http://127.0.0.1:{server.server_port}")
+
+    yield start
+    for server, app in servers:
+        server.shutdown()
+        server.server_close()
+        app.extensions["siliconflow"].executor.shutdown(wait=False, cancel_futures=True)
+
+
+@pytest.fixture
+def service(serve) -> Service:
+    return serve()
+
+
+@pytest.fixture(scope="session")
+def legacy_python() -> str:
+    """A Python with openai==0.28.1, which cannot share an environment with openai>=1.
+
+    `.ci/run` builds it and names it in LEGACY_OPENAI_PYTHON; otherwise it is built once here.
+    """
+    configured = os.environ.get("LEGACY_OPENAI_PYTHON")
+    if configured:
+        return configured
+    home = ROOT / ".cache" / "legacy-openai"
+    python = home / "bin" / "python"
+    check = [str(python), "-c", "import openai; assert openai.version.VERSION == '0.28.1'"]
+    if not python.exists() or subprocess.run(check, capture_output=True).returncode != 0:
+        venv.create(home, with_pip=True, clear=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "openai==0.28.1"], check=True, timeout=600)
+    return str(python)

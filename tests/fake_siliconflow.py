@@ -1,0 +1,299 @@
+"""A fake SiliconFlow: a real local HTTP server speaking the bytes of CONTRACTS.md section 1.
+
+Keys misbehave on purpose, chosen by prefix:
+
+| key prefix   | answer to an image call                                            |
+|--------------|--------------------------------------------------------------------|
+| sk-dead      | 401, the bare JSON string "Invalid token"                          |
+| sk-broke     | 403 {"code":30001,"message":"Sorry, your account balance is insufficient",...} |
+| sk-limited   | 429 rate limit message                                             |
+| sk-overload  | 503 {"code":50505,...}                                             |
+| sk-gateway   | 504 with a bare string                                             |
+| sk-html      | 200 with an HTML body (not JSON)                                   |
+| sk-empty     | 200 with "images": []                                              |
+| sk-hang      | waits `hang_seconds` before answering                              |
+| anything else| 200 with one image URL served by this same server (a real PNG)     |
+
+Unknown models answer 400 code 20012; sizes that Kolors and Qwen-Image do not list, 400 code 20015.
+
+Run alone for a demo (`python -m tests.fake_siliconflow --port 9000`), or with `--demo` to also start
+the service against it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import secrets
+import struct
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+IMAGE_MODELS = {
+    "Kwai-Kolors/Kolors": ("1024x1024", "960x1280", "768x1024", "720x1440", "720x1280"),
+    "Qwen/Qwen-Image": ("1328x1328", "1664x928", "928x1664", "1472x1140", "1140x1472", "1584x1056", "1056x1584"),
+}
+CHAT_MODELS = {"Qwen/Qwen2.5-7B-Instruct", "deepseek-ai/DeepSeek-R1"}
+RATE_LIMIT_MESSAGE = (
+    "Request was rejected due to rate limiting. If you want more, please contact contact@siliconflow.cn. "
+    "Details:TPM limit reached."
+)
+
+
+@dataclass
+class Call:
+    path: str
+    key: str
+    body: Any
+    start: float
+    end: float = 0.0
+
+
+@dataclass
+class FakeState:
+    image_latency: float = 0.0
+    expansion_latency: float = 0.0
+    expansion_mode: str = "ok"  # ok | fail | hang | think | garbage
+    hang_seconds: float = 5.0
+    calls: list[Call] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.calls.clear()
+        self.image_latency = self.expansion_latency = 0.0
+        self.expansion_mode = "ok"
+        self.hang_seconds = 5.0
+
+    def image_calls(self) -> list[Call]:
+        with self.lock:
+            return [c for c in self.calls if c.path == "/v1/images/generations"]
+
+    def chat_calls(self) -> list[Call]:
+        with self.lock:
+            return [c for c in self.calls if c.path == "/v1/chat/completions"]
+
+
+def png(width: int, height: int, seed: bytes) -> bytes:
+    """A real PNG: a two-colour gradient picked from `seed`."""
+    digest = hashlib.sha256(seed).digest()
+    a, b = digest[:3], digest[3:6]
+    rows = []
+    for y in range(height):
+        t = y / max(height - 1, 1)
+        pixel = bytes(int(a[i] * (1 - t) + b[i] * t) for i in range(3))
+        rows.append(b"\x00" + pixel * width)
+    raw = zlib.compress(b"".join(rows), 6)
+
+    def part(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + part(b"IHDR", header) + part(b"IDAT", raw) + part(b"IEND", b"")
+
+
+class FakeSiliconFlow(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, port: int = 0):
+        self.state = FakeState()
+        self.stopping = threading.Event()
+        super().__init__(("127.0.0.1", port), _Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def start(self) -> FakeSiliconFlow:
+        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        return self
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that timed out and hung up is part of the tests, not news
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.shutdown()
+        self.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: FakeSiliconFlow
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet in tests
+        pass
+
+    # -- plumbing --
+    def _send(self, status: int, body: bytes, content_type: str = "application/json; charset=utf-8") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("x-siliconcloud-trace-id", secrets.token_hex(8))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, obj: Any) -> None:
+        self._send(status, json.dumps(obj, ensure_ascii=False).encode())
+
+    def _key(self) -> str:
+        return self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+
+    def _wait(self, seconds: float) -> None:
+        self.server.stopping.wait(seconds)
+
+    # -- routes --
+    def do_GET(self) -> None:
+        path = unquote(urlsplit(self.path).path)
+        if path.startswith("/outputs/") and path.endswith(".png"):
+            name = path.rsplit("/", 1)[-1]
+            self._send(200, png(64, 64, name.encode()), "image/png")
+        elif path == "/v1/models":
+            data = [{"id": m, "object": "model", "created": 0, "owned_by": ""} for m in IMAGE_MODELS]
+            self._json(200, {"object": "list", "data": data})
+        elif path == "/v1/user/info":
+            if self._key().startswith("sk-dead"):
+                self._json(401, "Invalid token")
+                return
+            balance = "0.00" if self._key().startswith("sk-broke") else "14.00"
+            data = {"id": "userid", "name": "username", "balance": balance, "status": "normal",
+                    "chargeBalance": "0.00", "totalBalance": balance}
+            self._json(200, {"code": 20000, "message": "OK", "status": True, "data": data})
+        else:
+            self._send(404, b"404 page not found", "text/plain; charset=utf-8")
+
+    def do_POST(self) -> None:
+        path = urlsplit(self.path).path
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length)
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        call = Call(path, self._key(), body, time.monotonic())
+        with self.server.state.lock:
+            self.server.state.calls.append(call)
+        try:
+            if path == "/v1/images/generations":
+                self._image(body)
+            elif path == "/v1/chat/completions":
+                self._chat(body)
+            else:
+                self._send(404, b"404 page not found", "text/plain; charset=utf-8")
+        finally:
+            call.end = time.monotonic()
+
+    def _image(self, body: Any) -> None:
+        state, key = self.server.state, self._key()
+        if not key:
+            self._json(401, "Invalid token")
+            return
+        if key.startswith("sk-hang"):
+            self._wait(state.hang_seconds)
+        if key.startswith("sk-dead"):
+            self._json(401, "Invalid token")
+        elif key.startswith("sk-broke"):
+            self._json(403, {"code": 30001, "message": "Sorry, your account balance is insufficient", "data": None})
+        elif key.startswith("sk-limited"):
+            self._json(429, {"message": RATE_LIMIT_MESSAGE, "data": None})
+        elif key.startswith("sk-overload"):
+            self._json(503, {"code": 50505, "message": "Model service overloaded. Please try again later.", "data": None})
+        elif key.startswith("sk-gateway"):
+            self._json(504, "upstream request timeout")
+        elif key.startswith("sk-html"):
+            self._send(200, b"<html><body>502 Bad Gateway</body></html>", "text/html")
+        elif not isinstance(body, dict) or not isinstance(body.get("prompt"), str) or not body.get("model"):
+            self._json(400, {"code": 20015, "message": "The parameter is invalid. Please check again.", "data": None})
+        elif body["model"] not in IMAGE_MODELS and not body["model"].startswith(("black-forest-labs/", "stabilityai/")):
+            self._json(400, {"code": 20012, "message": "Model does not exist. Please check it carefully.", "data": None})
+        elif body["model"] in IMAGE_MODELS and body.get("image_size") not in IMAGE_MODELS[body["model"]]:
+            self._json(400, {"code": 20015, "message": "The parameter is invalid. Please check again.", "data": None})
+        else:
+            self._wait(state.image_latency)
+            created = int(time.time())
+            images = [] if key.startswith("sk-empty") else [{"url": self._image_url(created)}]
+            self._json(200, {"images": images, "data": images, "timings": {"inference": state.image_latency},
+                             "seed": body.get("seed", 12345), "shared_id": "0", "created": created})
+
+    def _image_url(self, created: int) -> str:
+        name = secrets.token_hex(5)
+        return (f"{self.server.url}/outputs%2F20251024%2F{name}.png?Expires={created + 3600}"
+                f"&OSSAccessKeyId=LTAIfake&Signature={secrets.token_urlsafe(20)}")
+
+    def _chat(self, body: Any) -> None:
+        state = self.server.state
+        self._wait(state.expansion_latency)
+        if not self._key() or self._key().startswith("sk-dead"):
+            self._json(401, "Invalid token")
+            return
+        if not isinstance(body, dict) or body.get("model") not in CHAT_MODELS:
+            self._json(400, {"code": 20012, "message": "Model does not exist. Please check it carefully.", "data": None})
+            return
+        mode = state.expansion_mode
+        if mode == "fail":
+            self._json(503, {"code": 50505, "message": "Model service overloaded. Please try again later.", "data": None})
+            return
+        if mode == "hang":
+            self._wait(state.hang_seconds)
+        if mode == "garbage":
+            self._send(200, b"not json at all", "text/plain")
+            return
+        user = body["messages"][-1]["content"]
+        content = f"A detailed illustration of {user}, soft light, rich colours, high detail"
+        if mode == "think":
+            content = "<think>\nThe user wants a picture.\n</think>\n\n" + content
+        self._json(200, {
+            "id": secrets.token_hex(16), "object": "chat.completion", "created": int(time.time()),
+            "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 100, "completion_tokens": 40, "total_tokens": 140}, "system_fingerprint": "",
+        })
+
+
+def _demo(port: int, service_port: int) -> None:
+    import logging
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from config import Settings
+    from siliconflow_proxy import create_app
+
+    fake = FakeSiliconFlow(port).start()
+    fake.state.image_latency = 1.0
+    settings = Settings.from_env(
+        {}, api_base_url=fake.url, api_keys=("sk-demo-one", "sk-demo-two", "sk-demo-three"), port=service_port
+    )
+    app = create_app(settings)
+    banner = (
+        "\n" + "=" * 72 +
+        "\n  DEMO MODE: images come from the bundled FAKE SiliconFlow at " + fake.url +
+        "\n  They are coloured gradients, not real drawings. No real key is used." +
+        f"\n  Try: curl -N http://127.0.0.1:{service_port}/v1/chat/completions "
+        "-H 'Content-Type: application/json' \\"
+        "\n        -d '{\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"画一只猫 pic:2\"}]}'"
+        "\n" + "=" * 72
+    )
+    logging.getLogger("siliconflow_proxy").warning(banner)
+    app.run(host="127.0.0.1", port=service_port, threaded=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Fake SiliconFlow for tests and demos.")
+    parser.add_argument("--port", type=int, default=9000)
+    parser.add_argument("--demo", action="store_true", help="also run the service against the fake")
+    parser.add_argument("--service-port", type=int, default=7860)
+    args = parser.parse_args()
+    if args.demo:
+        _demo(args.port, args.service_port)
+    else:
+        server = FakeSiliconFlow(args.port)
+        print(f"fake SiliconFlow on {server.url}")
+        server.serve_forever()

@@ -1,0 +1,30 @@
+"""Runs under openai==0.28.1 (its own venv): `python legacy_client.py BASE_URL KEY MODE PROMPT`.
+
+Prints one JSON line: {"content": ..., "chunks": n} or {"error": "<exception class name>"}.
+"""
+
+import json
+import sys
+
+import openai
+
+base_url, key, mode, prompt = sys.argv[1:5]
+openai.api_base = base_url + "/v1"
+openai.api_key = key
+messages = [{"role": "user", "content": prompt}]
+try:
+    if mode == "stream":
+        content, chunks = "", 0
+        response = openai.ChatCompletion.create(
+            model="Kwai-Kolors/Kolors", messages=messages, stream=True, request_timeout=60
+        )
+        for chunk in response:
+            chunks += 1
+            if hasattr(chunk.choices[0].delta, "content"):
+                content += chunk.choices[0].delta.content
+        print(json.dumps({"content": content, "chunks": chunks}))
+    else:
+        response = openai.ChatCompletion.create(model="Kwai-Kolors/Kolors", messages=messages, request_timeout=60)
+        print(json.dumps({"content": response.choices[0].message.content, "chunks": 0}))
+except openai.error.OpenAIError as exc:
+    print(json.dumps({"error": type(exc).__name__, "status": exc.http_status}))

@@ -1,0 +1,75 @@
+"""Settings from the environment and from .env, and start-up refusing bad values."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from config import DEFAULT_MODELS, ConfigError, Settings
+from tests.conftest import ROOT
+
+
+def test_defaults_are_the_documented_ones():
+    settings = Settings.from_env({})
+    assert settings.port == 7860
+    assert settings.max_images_per_request == 4
+    assert settings.image_prompt_model == "Qwen/Qwen2.5-7B-Instruct"
+    assert settings.api_base_url == "https://api.siliconflow.cn"
+    assert settings.banned_keywords == ("porn", "nude", "naked", "sex", "xxx", "adult")
+    assert settings.api_key is None and settings.api_keys == ()
+    assert settings.prompt_expansion and not settings.use_lsky_pro and not settings.use_shortlink
+    assert settings.models == DEFAULT_MODELS
+
+
+def test_lists_and_flags_are_read():
+    settings = Settings.from_env({
+        "API_KEYS": " sk-a , sk-b,,sk-c ", "USE_LSKY_PRO": "TRUE", "PROMPT_EXPANSION": "off",
+        "BANNED_KEYWORDS": "Gore, 血腥", "API_BASE_URL": "http://127.0.0.1:9000/", "MODELS": "a/b",
+    })
+    assert settings.api_keys == ("sk-a", "sk-b", "sk-c")
+    assert settings.use_lsky_pro and not settings.prompt_expansion
+    assert settings.banned_keywords == ("gore", "血腥")
+    assert settings.api_base_url == "http://127.0.0.1:9000"
+    assert settings.models == ("a/b",)
+
+
+def test_every_bad_variable_is_named_at_once():
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({
+            "MAX_IMAGES_PER_REQUEST": "abc", "PORT": "70000", "USE_SHORTLINK": "maybe",
+            "API_BASE_URL": "api.siliconflow.cn", "UPSTREAM_TIMEOUT": "-1",
+        })
+    message = str(caught.value)
+    for name in ("MAX_IMAGES_PER_REQUEST", "PORT", "USE_SHORTLINK", "API_BASE_URL", "UPSTREAM_TIMEOUT"):
+        assert name in message
+
+
+def test_secrets_stay_out_of_repr():
+    settings = Settings.from_env({"API_KEY": "svc-very-secret", "API_KEYS": "sk-upstream-secret"})
+    assert "svc-very-secret" not in repr(settings) and "sk-upstream-secret" not in repr(settings)
+
+
+def _load_app(cwd, dotenv: str) -> subprocess.CompletedProcess:
+    (cwd / ".env").write_text(dotenv)
+    env = {k: v for k, v in os.environ.items() if k not in {"MAX_IMAGES_PER_REQUEST", "API_KEYS", "API_KEY"}}
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT)!r}); import siliconflow_proxy as m; "
+        "s = m.app.extensions['siliconflow'].settings; print(s.max_images_per_request, len(s.api_keys))"
+    )
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_dotenv_in_the_working_directory_is_read(tmp_path):
+    result = _load_app(tmp_path, "MAX_IMAGES_PER_REQUEST=2\nAPI_KEYS=sk-one,sk-two,sk-three\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["2", "3"]
+
+
+def test_malformed_value_stops_start_up_naming_the_variable(tmp_path):
+    result = _load_app(tmp_path, "MAX_IMAGES_PER_REQUEST=abc\n")
+    assert result.returncode == 2
+    assert "MAX_IMAGES_PER_REQUEST" in result.stderr
+    assert "Traceback" not in result.stderr
