@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 SEED_MAX = 9_999_999_999
 
@@ -53,6 +54,15 @@ def size_rule(model: str) -> SizeRule:
     return SizeRule(SEED_SIZES)
 
 
+NEGATIVE_PROMPT_FAMILIES = ("kolors", "stable-diffusion", "openjourney", "anything-v3", "waifu-diffusion", "photoreal")
+
+
+def accepts_negative_prompt(model: str) -> bool:
+    """Kolors and the Stable Diffusion family take `negative_prompt`; FLUX and Qwen-Image do not."""
+    m = model.lower()
+    return any(family in m for family in NEGATIVE_PROMPT_FAMILIES)
+
+
 @dataclass(frozen=True)
 class DrawRequest:
     """What the user asked for. `prompt` is their text with every recognised token removed."""
@@ -60,10 +70,11 @@ class DrawRequest:
     prompt: str
     count: int
     size: str | None  # the size sent upstream; None when the model takes no size
-    asked_size: str | None  # what the user typed ("16:9", "1000x1000", "横屏"), None if nothing
+    asked_size: str | None = None  # what the user typed ("16:9", "1000x1000", "横屏"), None if nothing
     asked_shape: tuple[int, int] | None = None  # (width, height) or a ratio, from `asked_size`
     seed: int | None = None
-    negative_prompt: str | None = None
+    negative_prompt: str | None = None  # None too when the model cannot take one (see `notes`)
+    notes: tuple[str, ...] = ()  # what was asked but changed or left out, in the user's words
 
     @property
     def size_adjusted(self) -> bool:
@@ -78,88 +89,160 @@ class DrawRequest:
         return abs(sw / sh - w / h) > 0.05 * (w / h)
 
 
-_COUNT = re.compile(r"(?<![A-Za-z])pic\s*[:：]\s*(\d+)", re.IGNORECASE)
-_SEED = re.compile(r"(?<![A-Za-z])seed\s*[:：=]\s*(\d{1,10})(?!\d)", re.IGNORECASE)
-_NEGATIVE = re.compile(r"(?:(?<!\S)--no\s+|(?<![A-Za-z])negative\s*[:：]\s*)([^\n]+)", re.IGNORECASE)
-_RESOLUTION = re.compile(r"(?<![\d.])(\d{2,5})\s*[xX×*]\s*(\d{2,5})(?![\d.])")
-_RATIO = re.compile(
-    r"(?:比例\s*(?:为|是)?\s*)?(?<![\d.])(\d{1,2})\s*[:：]\s*(\d{1,2})(?![\d.])(?:\s*(?:的)?比例)?"
+# Each pattern starts with a literal or a digit and checks what stands before it afterwards
+# (`pic(?<![A-Za-z]pic)`): a leading look-behind would stop `re` from skipping ahead to candidates,
+# which made a 2 kB message cost ten times more.
+_COUNT = re.compile(r"pic(?<![A-Za-z]pic)\s*[:：]\s*(\d+)", re.IGNORECASE)
+_SEED = re.compile(r"seed(?<![A-Za-z]seed)\s*[:：=]\s*(\d+)", re.IGNORECASE)
+_NEGATIVE = re.compile(
+    r"(?:--no(?<!\S--no)(?:[ \t]+|(?=\n)|$)|negative(?<![A-Za-z]negative)(?:[ _]prompt)?\s*[:：]\s*"
+    r"|负面(?:提示词?)?\s*[:：]\s*)([^\n]*)",
+    re.IGNORECASE,
 )
-_KEYWORDS: tuple[tuple[re.Pattern[str], tuple[int, int]], ...] = tuple(
-    (re.compile("|".join(words), re.IGNORECASE), shape)
-    for words, shape in (
-        ((r"(?<![A-Za-z])square(?![A-Za-z])", "正方形", "方图"), (1, 1)),
-        (
-            (r"(?<![A-Za-z])(?:landscape|wide)(?![A-Za-z])", "横向", "横屏", "横版", "宽屏"),
-            (16, 9),
-        ),
-        ((r"(?<![A-Za-z])portrait(?![A-Za-z])", "纵向", "竖屏", "竖版", "手机壁纸"), (9, 16)),
+_DIGIT = re.compile(r"\d")
+_RESOLUTION = re.compile(r"(\d{3,5})\s*[xX×*]\s*(\d{3,5})(?![\d.])")
+_RATIO = re.compile(r"(\d{1,2})\s*[:：]\s*(\d{1,2})(?![\d.:：])")
+_RATIO_BEFORE = re.compile(r"比例\s*(?:为|是)?\s*$")  # "比例9:16", "比例为 9：16"
+_RATIO_AFTER = re.compile(r"\s*的?比例")  # "9:16比例", "9:16的比例"
+
+
+_SHAPE_WORDS: tuple[tuple[tuple[str, ...], tuple[str, ...], tuple[int, int]], ...] = (
+    # (English words, Chinese words, shape)
+    (("square",), ("正方形", "方图"), (1, 1)),
+    (("landscape", "wide"), ("横向", "横屏", "横版", "宽屏"), (16, 9)),
+    (("portrait",), ("纵向", "竖屏", "竖版", "手机壁纸"), (9, 16)),
+)
+_KEYWORDS: tuple[tuple[tuple[str, ...], re.Pattern[str], tuple[int, int]], ...] = tuple(
+    (
+        english + chinese,
+        re.compile("|".join([f"{w}(?<![A-Za-z]{w})(?![A-Za-z])" for w in english] + list(chinese)), re.IGNORECASE),
+        shape,
     )
+    for english, chinese, shape in _SHAPE_WORDS
 )
+_SEPARATORS = "，,、;；。"
+FREE_SIDE_RANGE = (256, 4096)
 
 
 def parse(text: str, model: str, max_images: int) -> DrawRequest:
-    """Read count, size, seed and negative prompt out of `text` for `model`."""
-    spans: list[tuple[int, int]] = []
+    """Read count, size, seed and negative prompt out of `text` for `model`. Never raises.
 
-    def take(match: re.Match[str]) -> None:
-        spans.append(match.span())
+    Each recognised token is cut out of the text in turn; the rest stays as typed.
+    """
+    max_images = max(max_images, 1)
+    notes: list[str] = []
+    # Substring tests are far cheaper than a case-insensitive regex scan; most messages hold no tokens.
+    lowered = text.lower()
 
     count = 1
-    if m := _COUNT.search(text):
-        take(m)
+    if "pic" in lowered and (m := _COUNT.search(text)):
+        text = _cut(text, m.span())
         digits = m.group(1).lstrip("0") or "0"
-        count = max_images if len(digits) > 4 else int(digits)
-    count = min(max(count, 1), max(max_images, 1))
+        # int() of thousands of digits is slow (and refused past 4300): any long number is "too many".
+        count = max_images + 1 if len(digits) > 6 else int(digits)
+        if count > max_images:
+            notes.append(f"每次最多 {max_images} 张，已按 {max_images} 张生成")
+    count = min(max(count, 1), max_images)
 
     seed = None
-    if m := _SEED.search(text):
-        take(m)
-        seed = int(m.group(1))
-
-    negative = None
-    if m := _NEGATIVE.search(text):
-        take(m)
-        negative = m.group(1).strip() or None
+    if "seed" in lowered and (m := _SEED.search(text)):
+        text = _cut(text, m.span())
+        digits = m.group(1).lstrip("0") or "0"
+        if len(digits) <= 10 and int(digits) <= SEED_MAX:
+            seed = int(digits)
+        else:
+            notes.append(f"种子须在 0 到 {SEED_MAX} 之间，已忽略")
 
     asked: str | None = None
     shape: tuple[int, int] | None = None
-    if m := _unclaimed(_RESOLUTION, text, spans):
-        take(m)
+    has_digits = _DIGIT.search(text) is not None
+    if has_digits and (m := _first_resolution(text)):
         shape = (int(m.group(1)), int(m.group(2)))
         asked = f"{shape[0]}x{shape[1]}"
-    elif m := _unclaimed(_RATIO, text, spans):
-        w, h = int(m.group(1)), int(m.group(2))
-        if w and h:
-            take(m)
-            shape = (w, h)
-            asked = f"{w}:{h}"
-    if shape is None:
-        for pattern, keyword_shape in _KEYWORDS:
-            if m := _unclaimed(pattern, text, spans):
-                take(m)
-                shape = keyword_shape
-                asked = m.group(0)
+        text = _cut(text, m.span())
+    elif has_digits and (m := _first_ratio(text)):
+        shape = (int(m.group(1)), int(m.group(2)))
+        asked = f"{shape[0]}:{shape[1]}"
+        start, end = m.span()
+        if before := _RATIO_BEFORE.search(text, 0, start):
+            start = before.start()
+        if after := _RATIO_AFTER.match(text, end):
+            end = after.end()
+        text = _cut(text, (start, end))
+    else:
+        for words, pattern, keyword_shape in _KEYWORDS:
+            if any(w in lowered for w in words) and (m := pattern.search(text)):
+                shape, asked = keyword_shape, m.group(0)
+                # "a portrait of a man": an English word inside a phrase describes the picture too,
+                # so it sets the shape but stays in the prompt.
+                if not asked.isascii() or _standalone(text, m):
+                    text = _cut(text, m.span())
                 break
 
+    negative = None
+    if any(w in lowered for w in ("--no", "negative", "负面")) and (m := _NEGATIVE.search(text)):
+        text = _cut(text, m.span())
+        negative = m.group(1).strip(" " + _SEPARATORS) or None
+        if negative and not accepts_negative_prompt(model):
+            notes.append(f"{model} 不支持负面提示词，已忽略：{negative}")
+            negative = None
+
     return DrawRequest(
-        prompt=_remove(text, spans),
+        prompt=text.strip().strip(_SEPARATORS).strip(),
         count=count,
         size=pick_size(model, shape, explicit=asked is not None and "x" in asked),
         asked_size=asked,
         asked_shape=shape,
         seed=seed,
         negative_prompt=negative,
+        notes=tuple(notes),
     )
 
 
+def _number_at(text: str, pos: int, not_after: str = ".") -> bool:
+    """True when a number can start at `pos`: not in the middle of another number."""
+    before = text[pos - 1 : pos]
+    return not (before.isdigit() or (before and before in not_after))
+
+
+def _first_resolution(text: str) -> re.Match[str] | None:
+    return next((m for m in _RESOLUTION.finditer(text) if _number_at(text, m.start())), None)
+
+
+def _first_ratio(text: str) -> re.Match[str] | None:
+    return next(
+        (m for m in _RATIO.finditer(text) if _number_at(text, m.start(), ".:：") and int(m[1]) and int(m[2])),
+        None,
+    )
+
+
+def _standalone(text: str, m: re.Match[str]) -> bool:
+    """True when no English word stands right beside the match (spaces skipped)."""
+    left, right = text[: m.start()].rstrip()[-1:], text[m.end():].lstrip()[:1]
+    return not any(ch.isascii() and ch.isalnum() for ch in (left, right))
+
+
+def _cut(text: str, span: tuple[int, int]) -> str:
+    """`text` without `span`, leaving no double space or doubled separator at the seam."""
+    before, after = text[: span[0]], text[span[1]:]
+    if before.endswith(" ") and after.startswith(" "):
+        after = after[1:]
+    if after[:1] in ("", "\n"):
+        before = before.rstrip(" \t")
+    if before.rstrip()[-1:] in tuple(_SEPARATORS) and after.lstrip()[:1] in tuple(_SEPARATORS):
+        after = after.lstrip()[1:]
+    return before + after
+
+
+@lru_cache(maxsize=1024)
 def pick_size(model: str, shape: tuple[int, int] | None, *, explicit: bool = False) -> str | None:
     """The size `model` accepts closest in aspect ratio to `shape` (default square)."""
     rule = size_rule(model)
     if not rule.sizes:
         return None
     w, h = shape if shape and shape[0] > 0 and shape[1] > 0 else (1, 1)
-    if explicit and rule.max_free_pixels and w * h <= rule.max_free_pixels:
+    low, high = FREE_SIDE_RANGE
+    if explicit and rule.max_free_pixels and w * h <= rule.max_free_pixels and low <= min(w, h) and max(w, h) <= high:
         return f"{w}x{h}"
     want = math.log(w / h)
 
@@ -170,29 +253,6 @@ def pick_size(model: str, shape: tuple[int, int] | None, *, explicit: bool = Fal
         return (round(abs(math.log(sw / sh) - want), 9), area_gap)
 
     return min(rule.sizes, key=distance)
-
-
-def _unclaimed(pattern: re.Pattern[str], text: str, spans: list[tuple[int, int]]) -> re.Match[str] | None:
-    """The first match of `pattern` that does not overlap a token already taken."""
-    for m in pattern.finditer(text):
-        if not any(m.start() < end and start < m.end() for start, end in spans):
-            return m
-    return None
-
-
-def _remove(text: str, spans: list[tuple[int, int]]) -> str:
-    out: list[str] = []
-    pos = 0
-    for start, end in sorted(spans):
-        if start < pos:
-            continue
-        out.append(text[pos:start])
-        pos = end
-        # Removing a token between two spaces would leave a double space behind.
-        if out[-1].endswith(" ") and text[pos:pos + 1] == " ":
-            pos += 1
-    out.append(text[pos:])
-    return "".join(out).strip().strip("，,、;；").strip()
 
 
 def find_banned(text: str, keywords: tuple[str, ...]) -> str | None:

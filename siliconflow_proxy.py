@@ -194,9 +194,11 @@ def _prompt_info(job: Job, prompt: str, expansion_note: str) -> str:
     else:
         size = draw.size
     extras = f" · 种子：{draw.seed}" if draw.seed is not None else ""
+    negative = f"🚫 负面提示词：{' '.join(draw.negative_prompt.split())}\n" if draw.negative_prompt else ""
+    notes = "".join(f"ℹ️ {note}\n" for note in draw.notes)
     return (
-        f"{expansion_note}🎨 提示词：{' '.join(prompt.split())}\n"
-        f"📐 尺寸：{size} · 数量：{draw.count} · 模型：{job.model}{extras}\n\n"
+        f"{expansion_note}🎨 提示词：{' '.join(prompt.split())}\n{negative}"
+        f"📐 尺寸：{size} · 数量：{draw.count} · 模型：{job.model}{extras}\n{notes}\n"
     )
 
 

@@ -15,6 +15,8 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
+from parsing import accepts_negative_prompt
+
 
 class UpstreamError(Exception):
     """A call to SiliconFlow failed. `message` is meant for the user; `kind` for the code."""
@@ -186,14 +188,13 @@ def _trim(text: str, limit: int = 200) -> str:
 
 def payload_for(model: str, prompt: str, size: str | None, seed: int | None, negative: str | None) -> dict[str, Any]:
     """The body of one image request, holding only the fields `model` accepts."""
-    m = model.lower()
     payload: dict[str, Any] = {"model": model, "prompt": prompt}
     if size:
         payload["image_size"] = size
     if seed is not None:
         payload["seed"] = seed
-    if "kolors" in m or "stable-diffusion" in m:
-        payload["batch_size"] = 1
+    if accepts_negative_prompt(model):
+        payload["batch_size"] = 1  # Kolors and the SD family: one image per call, spread over keys
         if negative:
             payload["negative_prompt"] = negative
     return payload

@@ -328,3 +328,23 @@ def test_logs_never_contain_a_key_or_token(serve, fake, capfd):
     assert "req=" in logged and "sk-go…etA1" in logged  # keys are identified only masked
     for secret in (SERVICE_KEY, *upstream_keys):
         assert secret not in logged
+
+
+def test_seed_and_negative_prompt_reach_the_upstream(serve, fake):
+    service = serve(prompt_expansion=False)
+    content = post_chat(service.url, chat_body("画一只猫 seed:42 --no 文字, 水印")).json()["choices"][0]["message"]["content"]
+    [call] = fake.state.image_calls()
+    assert (call.body["prompt"], call.body["seed"], call.body["negative_prompt"]) == ("画一只猫", 42, "文字, 水印")
+    assert "种子：42" in content and "负面提示词：文字, 水印" in content
+
+
+def test_what_was_changed_or_left_out_is_said(serve, fake):
+    service = serve(prompt_expansion=False, max_images_per_request=2)
+    body = chat_body("a cat 16:9 pic:5 --no text", model="Kwai-Kolors/Kolors")
+    content = post_chat(service.url, body).json()["choices"][0]["message"]["content"]
+    assert "1024x1024（Kwai-Kolors/Kolors 不支持 16:9" in content
+    assert "每次最多 2 张" in content
+    body = chat_body("a cat --no text", model="Qwen/Qwen-Image")
+    content = post_chat(service.url, body).json()["choices"][0]["message"]["content"]
+    assert "不支持负面提示词" in content
+    assert "negative_prompt" not in fake.state.image_calls()[-1].body
