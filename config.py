@@ -127,6 +127,10 @@ class Settings:
     models: tuple[str, ...] = _setting("MODELS", ",".join(DEFAULT_MODELS), _models)
     upstream_timeout: float = _setting("UPSTREAM_TIMEOUT", "120", _seconds)
     expansion_timeout: float = _setting("EXPANSION_TIMEOUT", "20", _seconds)
+    request_timeout: float = _setting("REQUEST_TIMEOUT", "300", _seconds)
+    max_key_attempts: int = _setting("MAX_KEY_ATTEMPTS", "3", _int_between(1, 20))
+    key_recheck_seconds: float = _setting("KEY_RECHECK_SECONDS", "600", _seconds)
+    heartbeat_seconds: float = _setting("HEARTBEAT_SECONDS", "10", _seconds)
     upstream_workers: int = _setting("UPSTREAM_WORKERS", "32", _int_between(1, 1024))
     log_level: str = _setting("LOG_LEVEL", "INFO", lambda raw: _choice(raw.upper(), _LOG_LEVELS))
 

@@ -9,7 +9,8 @@ import os
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("GUNICORN_THREADS", "64"))
 worker_class = "gthread"
-# Above the slowest answer: prompt expansion plus one image call at UPSTREAM_TIMEOUT.
+# gthread workers report alive from their main loop, so a long stream does not trip this; kept
+# above the upstream timeout all the same, for worker classes that count request time.
 timeout = int(float(os.environ.get("UPSTREAM_TIMEOUT", "120"))) + 60
 graceful_timeout = 30
 keepalive = 5

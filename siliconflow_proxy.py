@@ -11,10 +11,11 @@ import hmac
 import json
 import logging
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,19 @@ from werkzeug.exceptions import HTTPException
 
 from config import ConfigError, Settings
 from parsing import DrawRequest, find_banned, markdown_safe, parse
-from upstream import KeyPool, UpstreamError, expand_prompt, generate_image, make_session, mask_key, payload_for
+from upstream import (
+    KEY_BROKE,
+    KEY_DEAD,
+    BalanceRechecker,
+    KeyPool,
+    UpstreamError,
+    expand_prompt,
+    generate_with_failover,
+    has_balance,
+    make_session,
+    mask_key,
+    payload_for,
+)
 
 log = logging.getLogger("siliconflow_proxy")
 
@@ -41,6 +54,7 @@ class Services:
     pool: KeyPool
     session: requests.Session
     executor: ThreadPoolExecutor
+    rechecker: BalanceRechecker
 
 
 @dataclass(frozen=True)
@@ -132,53 +146,90 @@ def _tokens(text: str) -> int:
 # --- the answer ---------------------------------------------------------------------------------
 
 
-def answer(job: Job, services: Services) -> Iterator[str]:
+class KeepAlive:
+    """An answer event meaning "still working": an SSE comment on the wire, nothing in JSON."""
+
+
+KEEPALIVE = KeepAlive()
+Event = str | KeepAlive
+
+
+def answer(job: Job, services: Services) -> Iterator[Event]:
     """The assistant's reply, piece by piece, in the order the user should see it."""
     settings = services.settings
     if banned := find_banned(job.text, settings.banned_keywords):
         yield _refusal(banned)
         return
 
-    prompt, expansion_note = job.draw.prompt, ""
-    if settings.prompt_expansion:
-        try:
-            key = services.pool.acquire()
-            prompt = expand_prompt(
-                services.session, settings.api_base_url, key, settings.image_prompt_model,
-                job.draw.prompt, settings.expansion_timeout,
-            )
-        except UpstreamError as exc:
-            log.warning("req=%s prompt expansion failed (%s); using the user's text", job.request_id, exc.kind)
-            expansion_note = f"（提示词扩充失败：{exc.message}；已使用原始描述）\n"
-        if banned := find_banned(prompt, settings.banned_keywords):
-            yield _refusal(banned)
-            return
-
-    draw = job.draw
-    yield _prompt_info(job, prompt, expansion_note)
-    yield "生成中"
-    payload = payload_for(job.model, prompt, draw.size, draw.seed, draw.negative_prompt)
-    futures: list[Future[Outcome]] = [
-        services.executor.submit(_make_image, index, services.pool.acquire(), payload, services, job.request_id)
-        for index in range(1, draw.count + 1)
-    ]
-    yield "✅\n\n"
-    alt = markdown_safe(prompt, limit=300)
-    delivered = 0
+    deadline = time.monotonic() + settings.request_timeout
+    cancelled = threading.Event()
+    futures: list[Future] = []
     try:
-        # Each image goes out as soon as it is ready, not after the slowest one.
-        for future in as_completed(futures):
-            outcome = future.result()
-            if outcome.url:
-                delivered += 1
-                yield _image_markdown(outcome, alt)
-            else:
-                yield f"⚠️ 第 {outcome.index} 张图片生成失败：{outcome.error}\n\n"
+        prompt, expansion_note = job.draw.prompt, ""
+        if settings.prompt_expansion:
+            expansion = services.executor.submit(_expand, job, services)
+            futures.append(expansion)
+            yield from _heartbeats_until_done([expansion], settings.heartbeat_seconds)
+            prompt, expansion_note = expansion.result()
+            if banned := find_banned(prompt, settings.banned_keywords):
+                yield _refusal(banned)
+                return
+
+        draw = job.draw
+        yield _prompt_info(job, prompt, expansion_note)
+        yield "生成中"
+        payload = payload_for(job.model, prompt, draw.size, draw.seed, draw.negative_prompt)
+        images = [
+            services.executor.submit(_make_image, index, payload, services, deadline, cancelled, job.request_id)
+            for index in range(1, draw.count + 1)
+        ]
+        futures.extend(images)
+        yield "✅\n\n"
+        alt = markdown_safe(prompt, limit=300)
+        delivered = 0
+        pending = set(images)
+        while pending:
+            # Each image goes out as soon as it is ready, not after the slowest one.
+            done, pending = wait(pending, timeout=settings.heartbeat_seconds, return_when=FIRST_COMPLETED)
+            if not done:
+                yield KEEPALIVE
+            for future in sorted(done, key=images.index):
+                outcome = future.result()
+                if outcome.url:
+                    delivered += 1
+                    yield _image_markdown(outcome, alt)
+                else:
+                    yield f"⚠️ 第 {outcome.index} 张图片生成失败：{outcome.error}\n\n"
+        yield f"完成：{delivered}/{draw.count} 张图片生成成功。"
     finally:
         # A client that hung up does not need the images that have not started yet.
+        cancelled.set()
         for future in futures:
             future.cancel()
-    yield f"完成：{delivered}/{draw.count} 张图片生成成功。"
+
+
+def _heartbeats_until_done(futures: list[Future], every: float) -> Iterator[KeepAlive]:
+    while not wait(futures, timeout=every).done:
+        yield KEEPALIVE
+
+
+def _expand(job: Job, services: Services) -> tuple[str, str]:
+    """Runs on a worker thread: the expanded prompt and a note, or the user's text and why."""
+    settings, pool = services.settings, services.pool
+    key = pool.acquire()
+    if key is None:
+        return job.draw.prompt, "（提示词扩充跳过：暂无可用密钥；已使用原始描述）\n"
+    try:
+        expanded = expand_prompt(
+            services.session, settings.api_base_url, key, settings.image_prompt_model,
+            job.draw.prompt, settings.expansion_timeout,
+        )
+    except UpstreamError as exc:
+        if exc.kind in KEY_DEAD | KEY_BROKE:  # the same account draws; a chat 429 says nothing of images
+            pool.report(key, exc)
+        log.warning("req=%s prompt expansion failed (%s); using the user's text", job.request_id, exc.kind)
+        return job.draw.prompt, f"（提示词扩充失败：{exc.message}；已使用原始描述）\n"
+    return expanded, ""
 
 
 def _refusal(keyword: str) -> str:
@@ -215,22 +266,26 @@ def _markdown_url(url: str) -> str:
     return url.replace(" ", "%20").replace("(", "%28").replace(")", "%29").replace("<", "%3C").replace(">", "%3E")
 
 
-def _make_image(index: int, key: str, payload: dict[str, Any], services: Services, request_id: str) -> Outcome:
-    """Runs on a worker thread: one upstream image call, its failure turned into a reason."""
+def _make_image(
+    index: int, payload: dict[str, Any], services: Services, deadline: float, cancelled: threading.Event, request_id: str
+) -> Outcome:
+    """Runs on a worker thread: one image with failover over keys, its failure turned into a reason."""
     settings = services.settings
-    started = time.monotonic()
+    if cancelled.is_set():
+        return Outcome(index, error="客户端已断开")
     try:
-        image = generate_image(services.session, settings.api_base_url, key, payload, settings.upstream_timeout)
-    except UpstreamError as exc:
-        log.warning(
-            "req=%s image %d on key %s failed after %.2fs: %s (HTTP %s)",
-            request_id, index, mask_key(key), time.monotonic() - started, exc.kind, exc.status,
+        image = generate_with_failover(
+            services.session, settings.api_base_url, services.pool, payload,
+            timeout=settings.upstream_timeout, deadline=deadline, max_attempts=settings.max_key_attempts,
+            cancelled=cancelled, label=f"req={request_id} image {index}",
         )
+    except UpstreamError as exc:
+        if exc.kind != "cancelled":
+            log.warning("req=%s image %d failed: %s", request_id, index, exc.kind)
         return Outcome(index, error=exc.message)
     except Exception:  # a bug must cost one image, not the whole stream
         log.exception("req=%s image %d: unexpected error", request_id, index)
         return Outcome(index, error="服务内部错误")
-    log.info("req=%s image %d on key %s ok in %.2fs", request_id, index, mask_key(key), time.monotonic() - started)
     return Outcome(index, url=image.url)
 
 
@@ -246,7 +301,9 @@ def _services() -> Services:
 @bp.before_app_request
 def _authenticate() -> Response | None:
     g.request_id = uuid.uuid4().hex[:12]
-    settings = _services().settings
+    services = _services()
+    services.rechecker.ensure_running()
+    settings = services.settings
     if not settings.api_key or not request.path.startswith("/v1/"):
         return None
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -261,8 +318,7 @@ def _authenticate() -> Response | None:
 
 @bp.get("/health")
 def health() -> Response:
-    services = _services()
-    return Response(_dumps({"status": "ok", "keys": len(services.pool)}), mimetype="application/json")
+    return Response(_dumps({"status": "ok", "keys": _services().pool.summary()}), mimetype="application/json")
 
 
 @bp.get("/v1/models")
@@ -294,13 +350,18 @@ def chat_completions() -> Response:
     )
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if not stream:
-        content = "".join(_guarded(answer(job, services), job.request_id))
+        content = "".join(e for e in _guarded(answer(job, services), job.request_id) if isinstance(e, str))
         return Response(_dumps(completion(completion_id, created, model, text, content)), mimetype="application/json")
 
     def events() -> Iterator[str]:
         yield sse(chunk(completion_id, created, model, {"role": "assistant", "content": ""}))
-        for piece in _guarded(answer(job, services), job.request_id):
-            yield sse(chunk(completion_id, created, model, {"content": piece}))
+        for event in _guarded(answer(job, services), job.request_id):
+            if isinstance(event, KeepAlive):
+                # A comment line: ignored by the clients, but it keeps proxies (nginx 60 s,
+                # Cloudflare 100 s) from cutting a quiet stream, and shows us a client that left.
+                yield ": keep-alive\n\n"
+            else:
+                yield sse(chunk(completion_id, created, model, {"content": event}))
         yield sse(chunk(completion_id, created, model, {}, "stop"))
         yield sse("[DONE]")
 
@@ -311,7 +372,7 @@ def chat_completions() -> Response:
     )
 
 
-def _guarded(pieces: Iterator[str], request_id: str) -> Iterator[str]:
+def _guarded(pieces: Iterator[Event], request_id: str) -> Iterator[Event]:
     """`pieces`, with a bug turned into one plain line instead of a broken response."""
     try:
         yield from pieces
@@ -403,11 +464,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    pool = KeyPool(settings.api_keys)
+    session = make_session(settings.upstream_workers)
     app.extensions["siliconflow"] = Services(
         settings=settings,
-        pool=KeyPool(settings.api_keys),
-        session=make_session(settings.upstream_workers),
+        pool=pool,
+        session=session,
         executor=ThreadPoolExecutor(settings.upstream_workers, thread_name_prefix="upstream"),
+        rechecker=BalanceRechecker(
+            pool,
+            lambda key: has_balance(session, settings.api_base_url, key, settings.expansion_timeout),
+            settings.key_recheck_seconds,
+        ),
     )
     app.register_blueprint(bp)
     app.register_error_handler(ApiError, lambda e: error_response(e.status, e.message, param=e.param, code=e.code))

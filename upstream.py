@@ -6,10 +6,15 @@ user: plain words, never a Python exception text, never a key.
 
 from __future__ import annotations
 
+import logging
+import math
+import os
 import re
 import threading
-from collections import deque
+import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
@@ -17,15 +22,20 @@ from requests.adapters import HTTPAdapter
 
 from parsing import accepts_negative_prompt
 
+log = logging.getLogger("siliconflow_proxy.upstream")
+
 
 class UpstreamError(Exception):
     """A call to SiliconFlow failed. `message` is meant for the user; `kind` for the code."""
 
-    def __init__(self, kind: str, message: str, status: int | None = None):
+    def __init__(self, kind: str, message: str, status: int | None = None, retry_after: float | None = None):
         super().__init__(message)
-        self.kind = kind  # auth | balance | rate_limit | bad_request | server | timeout | network | bad_response
+        # auth | balance | rate_limit | bad_request | forbidden | server | timeout | network | bad_response
+        # | no_keys | cancelled
+        self.kind = kind
         self.message = message
         self.status = status
+        self.retry_after = retry_after
 
 
 def mask_key(key: str) -> str:
@@ -44,24 +54,125 @@ def make_session(pool_size: int) -> requests.Session:
     return session
 
 
-class KeyPool:
-    """Hands out upstream keys least recently used first, so `pic:N` spreads over N keys."""
+# What a failure says about the key that met it.
+KEY_DEAD = {"auth"}  # 401: revoked or mistyped; out for good
+KEY_BROKE = {"balance"}  # 402/403 no balance; out until a balance check finds money again
+KEY_LIMITED = {"rate_limit"}  # 429; cools down, the next key is tried
+REQUEST_WRONG = {"bad_request"}  # 400: the request itself is wrong; another key would say the same
+TRANSIENT_COOL_AFTER = 2  # consecutive transient failures before a key cools down
 
-    def __init__(self, keys: tuple[str, ...]):
-        self._queue = deque(dict.fromkeys(keys))  # de-duplicated, order kept
+
+@dataclass
+class KeyState:
+    key: str
+    status: str = "healthy"  # healthy | dead | broke (cooling is healthy with a future `ready_at`)
+    last_used: float = 0.0
+    ready_at: float = 0.0
+    limited_streak: int = 0
+    failure_streak: int = 0
+    reason: str = ""
+
+
+class KeyPool:
+    """Hands out upstream keys, least recently used healthy key first, and heals them.
+
+    The interface (acquire / next_ready_in / report / summary / outage) is all a shared store
+    (Redis, say) would have to offer to let several processes share one view of the keys.
+    Thread-safe; all state is in memory.
+    """
+
+    def __init__(self, keys: tuple[str, ...], *, clock: Callable[[], float] = time.monotonic):
+        self._states = {key: KeyState(key) for key in dict.fromkeys(keys)}  # de-duplicated, order kept
         self._lock = threading.Lock()
+        self._clock = clock
 
     def __len__(self) -> int:
-        return len(self._queue)
+        return len(self._states)
 
-    def acquire(self) -> str:
-        """The least recently handed-out key. Raises UpstreamError when there is none."""
+    def acquire(self, exclude: Collection[str] = ()) -> str | None:
+        """The least recently used key that is healthy and not cooling, or None."""
         with self._lock:
-            if not self._queue:
-                raise UpstreamError("no_keys", "没有配置上游 API 密钥（API_KEYS）")
-            key = self._queue.popleft()
-            self._queue.append(key)
-            return key
+            now = self._clock()
+            ready = [s for s in self._states.values() if s.status == "healthy" and s.ready_at <= now
+                     and s.key not in exclude]
+            if not ready:
+                return None
+            state = min(ready, key=lambda s: s.last_used)
+            state.last_used = now
+            return state.key
+
+    def next_ready_in(self, exclude: Collection[str] = ()) -> float | None:
+        """Seconds until a cooling key outside `exclude` is ready again; None if none will be."""
+        with self._lock:
+            now = self._clock()
+            waits = [s.ready_at - now for s in self._states.values() if s.status == "healthy" and s.key not in exclude]
+            return max(min(waits), 0.0) if waits else None
+
+    def report(self, key: str, error: UpstreamError | None) -> None:
+        """Record how a call on `key` went; None means it succeeded."""
+        with self._lock:
+            state = self._states.get(key)
+            if state is None:
+                return
+            if error is None:
+                state.limited_streak = state.failure_streak = 0
+                state.reason = ""
+                return
+            now = self._clock()
+            if error.kind in KEY_DEAD:
+                state.status, state.reason = "dead", "密钥无效"
+            elif error.kind in KEY_BROKE:
+                state.status, state.reason = "broke", "余额不足"
+            elif error.kind in KEY_LIMITED:
+                state.limited_streak += 1
+                # Without Retry-After: 5 s, 10 s, 20 s ... up to 5 minutes (about 2 images/min per account).
+                pause = error.retry_after if error.retry_after else 5.0 * 2 ** (state.limited_streak - 1)
+                state.ready_at = now + min(pause, 300.0)
+                state.reason = "限流冷却中"
+            elif error.kind not in REQUEST_WRONG:
+                state.failure_streak += 1
+                if state.failure_streak >= TRANSIENT_COOL_AFTER:
+                    state.ready_at = now + min(10.0 * 2 ** (state.failure_streak - TRANSIENT_COOL_AFTER), 300.0)
+                    state.reason = "连续出错，冷却中"
+
+    def revive(self, key: str) -> None:
+        """Bring a key that was out for lack of balance back into use."""
+        with self._lock:
+            state = self._states.get(key)
+            if state is not None and state.status == "broke":
+                state.status, state.reason, state.ready_at = "healthy", "", 0.0
+
+    def broke_keys(self) -> list[str]:
+        with self._lock:
+            return [s.key for s in self._states.values() if s.status == "broke"]
+
+    def summary(self) -> dict[str, int]:
+        """Counts by state, for /health: no key material."""
+        with self._lock:
+            now = self._clock()
+            states = list(self._states.values())
+            cooling = sum(1 for s in states if s.status == "healthy" and s.ready_at > now)
+            return {
+                "total": len(states),
+                "healthy": sum(1 for s in states if s.status == "healthy") - cooling,
+                "cooling": cooling,
+                "dead": sum(1 for s in states if s.status == "dead"),
+                "no_balance": sum(1 for s in states if s.status == "broke"),
+            }
+
+    def outage(self) -> str:
+        """Why no key can be used right now, in plain words."""
+        counts = self.summary()
+        if not counts["total"]:
+            return "没有配置上游 API 密钥（API_KEYS）"
+        parts = [
+            f"{counts[name]} 个{label}"
+            for name, label in (("dead", "无效（401）"), ("no_balance", "余额不足"), ("cooling", "限流或出错后冷却中"))
+            if counts[name]
+        ]
+        wait = self.next_ready_in()
+        later = f"，最早约 {math.ceil(wait)} 秒后恢复" if wait is not None and counts["cooling"] else ""
+        return f"全部 {counts['total']} 个上游密钥暂不可用：{'、'.join(parts) or '都在使用中'}{later}"
 
 
 @dataclass(frozen=True)
@@ -84,6 +195,123 @@ def generate_image(
         raise UpstreamError("bad_response", "上游返回的图片地址无效")
     seed = body.get("seed")
     return Image(url=url, seed=seed if isinstance(seed, int) else None)
+
+
+def has_balance(session: requests.Session, base_url: str, key: str, timeout: float) -> bool:
+    """GET /v1/user/info: True when the account behind `key` has money again. Raises UpstreamError."""
+    try:
+        response = session.get(
+            f"{base_url}/v1/user/info", headers={"Authorization": f"Bearer {key}"}, timeout=(min(10.0, timeout), timeout)
+        )
+    except requests.RequestException:
+        raise UpstreamError("network", "余额查询失败") from None
+    if response.status_code != 200:
+        raise _error_for(response)
+    try:
+        data = response.json()["data"]
+        # Balances are strings; totalBalance includes charged (paid) balance.
+        return float(data.get("totalBalance") or data.get("balance") or 0) > 0
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise UpstreamError("bad_response", "余额查询返回了无法解析的内容") from None
+
+
+def generate_with_failover(
+    session: requests.Session,
+    base_url: str,
+    pool: KeyPool,
+    payload: dict[str, Any],
+    *,
+    timeout: float,
+    deadline: float,
+    max_attempts: int,
+    cancelled: threading.Event,
+    label: str,
+) -> Image:
+    """One image, in up to `max_attempts` attempts before `deadline` (monotonic).
+
+    Each attempt takes a key not tried yet when one is ready or will be; otherwise a tried key
+    that is ready again, or waits for a cooling key when it is back in time. Raises UpstreamError
+    with the reason to show; kind "cancelled" when `cancelled` was set.
+    """
+    tried: list[str] = []
+    attempts = 0
+    last: UpstreamError | None = None
+    while attempts < max_attempts:
+        if cancelled.is_set():
+            raise UpstreamError("cancelled", "客户端已断开")
+        key = pool.acquire(exclude=tried)
+        if key is None and pool.next_ready_in(exclude=tried) is None:
+            key = pool.acquire()  # no fresh key will come: one already tried that is ready again
+        if key is None:
+            wait = pool.next_ready_in()
+            if wait is None or time.monotonic() + wait >= deadline:
+                break
+            # Backoff in a worker thread, woken at once if the client goes away.
+            cancelled.wait(wait + 0.01)
+            continue
+        attempts += 1
+        if key not in tried:
+            tried.append(key)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        started = time.monotonic()
+        try:
+            image = generate_image(session, base_url, key, payload, min(timeout, remaining))
+        except UpstreamError as exc:
+            pool.report(key, exc)
+            last = exc
+            log.warning(
+                "%s attempt %d on key %s failed after %.2fs: %s (HTTP %s)",
+                label, attempts, mask_key(key), time.monotonic() - started, exc.kind, exc.status,
+            )
+            if exc.kind in REQUEST_WRONG:
+                raise
+            continue
+        pool.report(key, None)
+        log.info("%s ok on key %s (attempt %d) in %.2fs", label, mask_key(key), attempts, time.monotonic() - started)
+        return image
+    if last is None:
+        raise UpstreamError("no_keys", pool.outage())
+    message = last.message + (f"（共尝试 {attempts} 次，{len(tried)} 个密钥）" if attempts > 1 else "")
+    if pool.summary()["healthy"] == 0:
+        message += f"；{pool.outage()}"
+    raise UpstreamError(last.kind, message, last.status)
+
+
+class BalanceRechecker:
+    """Every `interval` seconds, brings back keys whose account has a balance again.
+
+    Its thread starts on first use in each process: gunicorn forks workers after loading the
+    app, and a thread started before the fork would not exist in them.
+    """
+
+    def __init__(self, pool: KeyPool, check: Callable[[str], bool], interval: float):
+        self._pool, self._check, self._interval = pool, check, interval
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._pid: int | None = None
+
+    def ensure_running(self) -> None:
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid != os.getpid():
+                threading.Thread(target=self._run, name="balance-recheck", daemon=True).start()
+                self._pid = os.getpid()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            for key in self._pool.broke_keys():
+                try:
+                    if self._check(key):
+                        self._pool.revive(key)
+                        log.info("key %s has a balance again; back in use", mask_key(key))
+                except UpstreamError as exc:
+                    log.info("balance check for key %s failed: %s", mask_key(key), exc.kind)
 
 
 EXPANSION_SYSTEM_PROMPT = (
@@ -154,7 +382,9 @@ def _error_for(response: requests.Response) -> UpstreamError:
     if status == 403:
         return UpstreamError("forbidden", f"上游拒绝访问（403）：{detail or '模型已禁用或需要实名认证'}", status)
     if status == 429:
-        return UpstreamError("rate_limit", "上游限流：该账户请求过于频繁，请稍后再试（429）", status)
+        return UpstreamError(
+            "rate_limit", "上游限流：该账户请求过于频繁（429）", status, _retry_after(response.headers.get("Retry-After"))
+        )
     if status == 404:
         return UpstreamError("bad_request", "上游地址不存在（404），请检查 API_BASE_URL", status)
     if 400 <= status < 500:
@@ -162,6 +392,20 @@ def _error_for(response: requests.Response) -> UpstreamError:
     if status == 504:
         return UpstreamError("timeout", "上游处理超时（504）", status)
     return UpstreamError("server", f"上游服务暂时不可用（{status}）", status)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (seconds or an HTTP date), capped at 10 minutes."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    return min(max(seconds, 0.0), 600.0) if math.isfinite(seconds) else None
 
 
 def _error_detail(response: requests.Response) -> tuple[int | None, str]:

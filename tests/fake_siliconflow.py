@@ -7,6 +7,8 @@ Keys misbehave on purpose, chosen by prefix:
 | sk-dead      | 401, the bare JSON string "Invalid token"                          |
 | sk-broke     | 403 {"code":30001,"message":"Sorry, your account balance is insufficient",...} |
 | sk-limited   | 429 rate limit message                                             |
+| sk-retry     | 429 with `Retry-After: <state.retry_after>`                        |
+| sk-once      | 429 with `Retry-After` on its first call, then like a good key     |
 | sk-overload  | 503 {"code":50505,...}                                             |
 | sk-gateway   | 504 with a bare string                                             |
 | sk-html      | 200 with an HTML body (not JSON)                                   |
@@ -14,6 +16,7 @@ Keys misbehave on purpose, chosen by prefix:
 | sk-hang      | waits `hang_seconds` before answering                              |
 | anything else| 200 with one image URL served by this same server (a real PNG)     |
 
+A key in `state.funded` answers like a good one (a topped-up account), also on /v1/user/info.
 Unknown models answer 400 code 20012; sizes that Kolors and Qwen-Image do not list, 400 code 20015.
 
 Run alone for a demo (`python -m tests.fake_siliconflow --port 9000`), or with `--demo` to also start
@@ -61,6 +64,9 @@ class FakeState:
     expansion_latency: float = 0.0
     expansion_mode: str = "ok"  # ok | fail | hang | think | garbage
     hang_seconds: float = 5.0
+    retry_after: str = "1"
+    funded: set[str] = field(default_factory=set)
+    limited_once: set[str] = field(default_factory=set)
     calls: list[Call] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -70,6 +76,9 @@ class FakeState:
         self.image_latency = self.expansion_latency = 0.0
         self.expansion_mode = "ok"
         self.hang_seconds = 5.0
+        self.retry_after = "1"
+        self.funded = set()
+        self.limited_once = set()
 
     def image_calls(self) -> list[Call]:
         with self.lock:
@@ -132,16 +141,20 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     # -- plumbing --
-    def _send(self, status: int, body: bytes, content_type: str = "application/json; charset=utf-8") -> None:
+    def _send(
+        self, status: int, body: bytes, content_type: str = "application/json; charset=utf-8", headers: dict | None = None
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("x-siliconcloud-trace-id", secrets.token_hex(8))
         self.end_headers()
         self.wfile.write(body)
 
-    def _json(self, status: int, obj: Any) -> None:
-        self._send(status, json.dumps(obj, ensure_ascii=False).encode())
+    def _json(self, status: int, obj: Any, headers: dict | None = None) -> None:
+        self._send(status, json.dumps(obj, ensure_ascii=False).encode(), headers=headers)
 
     def _key(self) -> str:
         return self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
@@ -159,10 +172,13 @@ class _Handler(BaseHTTPRequestHandler):
             data = [{"id": m, "object": "model", "created": 0, "owned_by": ""} for m in IMAGE_MODELS]
             self._json(200, {"object": "list", "data": data})
         elif path == "/v1/user/info":
+            with self.server.state.lock:
+                self.server.state.calls.append(Call(path, self._key(), None, time.monotonic(), time.monotonic()))
             if self._key().startswith("sk-dead"):
                 self._json(401, "Invalid token")
                 return
-            balance = "0.00" if self._key().startswith("sk-broke") else "14.00"
+            broke = self._key().startswith("sk-broke") and self._key() not in self.server.state.funded
+            balance = "0.00" if broke else "14.00"
             data = {"id": "userid", "name": "username", "balance": balance, "status": "normal",
                     "chargeBalance": "0.00", "totalBalance": balance}
             self._json(200, {"code": 20000, "message": "OK", "status": True, "data": data})
@@ -199,10 +215,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._wait(state.hang_seconds)
         if key.startswith("sk-dead"):
             self._json(401, "Invalid token")
-        elif key.startswith("sk-broke"):
+        elif key.startswith("sk-broke") and key not in state.funded:
             self._json(403, {"code": 30001, "message": "Sorry, your account balance is insufficient", "data": None})
         elif key.startswith("sk-limited"):
             self._json(429, {"message": RATE_LIMIT_MESSAGE, "data": None})
+        elif key.startswith("sk-once") and key not in state.limited_once:
+            state.limited_once.add(key)
+            self._json(429, {"message": RATE_LIMIT_MESSAGE, "data": None}, {"Retry-After": state.retry_after})
+        elif key.startswith("sk-retry"):
+            self._json(429, {"message": RATE_LIMIT_MESSAGE, "data": None}, {"Retry-After": state.retry_after})
         elif key.startswith("sk-overload"):
             self._json(503, {"code": 50505, "message": "Model service overloaded. Please try again later.", "data": None})
         elif key.startswith("sk-gateway"):

@@ -233,7 +233,7 @@ def test_no_upstream_keys_health_is_up_but_drawing_is_503(serve, fake):
 @pytest.mark.parametrize("stream", [False, True])
 def test_upstream_failure_becomes_a_plain_line_and_the_answer_completes(serve, fake, key, words, stream):
     fake.state.hang_seconds = 3.0
-    service = serve(api_keys=(key,), upstream_timeout=0.5, prompt_expansion=False)
+    service = serve(api_keys=(key,), upstream_timeout=0.5, prompt_expansion=False, max_key_attempts=1)
     response = post_chat(service.url, chat_body("画一只猫", stream=stream), stream=stream)
     assert response.status_code == 200
     if stream:

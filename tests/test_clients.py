@@ -16,8 +16,10 @@ LEGACY_SCRIPT = Path(__file__).with_name("legacy_client.py")
 
 
 @pytest.fixture
-def locked(serve):
-    return serve(api_key=SERVICE_KEY)
+def locked(serve, fake):
+    # Heartbeats every 0.1 s while images take 0.3 s or more: every client must read past them.
+    fake.state.image_latency = 0.3
+    return serve(api_key=SERVICE_KEY, heartbeat_seconds=0.1)
 
 
 def client(service, key: str = SERVICE_KEY) -> openai.OpenAI:

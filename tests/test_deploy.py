@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -33,32 +37,29 @@ def _start(env_extra: dict[str, str]) -> tuple[subprocess.Popen, int]:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "MAX_IMAGES"))}
     env.update(PORT=str(port), PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", **env_extra)
+    # Output goes to a file: a pipe nobody reads fills up and blocks the server's logging.
+    log = tempfile.TemporaryFile(mode="w+")
     process = subprocess.Popen(
         ["bash", "-c", f"exec {_web_command()}"], cwd=ROOT, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
+    process.log = log  # type: ignore[attr-defined]
     return process, port
 
 
 def _stop(process: subprocess.Popen) -> str:
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)
-    out, _ = process.communicate(timeout=30)
-    return out
+    process.wait(timeout=30)
+    process.log.seek(0)  # type: ignore[attr-defined]
+    return process.log.read()  # type: ignore[attr-defined]
 
 
 @pytest.fixture
 def gunicorn(fake):
     process, port = _start({"API_BASE_URL": fake.url, "API_KEYS": "sk-good-gun1,sk-good-gun2"})
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    else:
+    if not _wait_until_up(url):
         pytest.fail("gunicorn did not start: " + _stop(process)[-2000:])
     yield url, process
     _stop(process)
@@ -91,3 +92,85 @@ def test_dockerfile_runs_the_procfile_command_as_a_non_root_user_on_7860():
     assert "EXPOSE 7860" in dockerfile
     cmd = re.search(r'^CMD \["sh", "-c", "exec (.+)"\]', dockerfile, re.M).group(1)
     assert cmd == _web_command()
+
+
+def _worker_pid(master: int) -> int:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+        if children:
+            return int(children[0])
+        time.sleep(0.05)
+    raise AssertionError("no gunicorn worker")
+
+
+def _threads_and_fds(pid: int) -> tuple[int, int]:
+    return len(os.listdir(f"/proc/{pid}/task")), len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _abort_stream(port: int) -> None:
+    """Start a stream, read its first event, then hang up hard (RST), as a closed browser tab does."""
+    body = json.dumps(chat_body("画一只猫 pic:4", stream=True)).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+        )
+        received = b""
+        while b"data: " not in received:
+            piece = sock.recv(4096)
+            if not piece:
+                break
+            received += piece
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs /proc")
+def test_a_thousand_aborted_streams_leave_no_threads_or_sockets_behind(fake):
+    fake.state.image_latency = 0.5
+    process, port = _start({
+        "API_BASE_URL": fake.url, "API_KEYS": "sk-good-ab1,sk-good-ab2,sk-good-ab3,sk-good-ab4",
+        "WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "16", "UPSTREAM_WORKERS": "4",
+        "HEARTBEAT_SECONDS": "0.05", "PROMPT_EXPANSION": "false",
+    })
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert _wait_until_up(url)
+        worker = _worker_pid(process.pid)
+        # Warm up: every gunicorn thread and upstream worker thread exists after 16 concurrent streams.
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda _: post_chat(url, chat_body("画一只猫", stream=True)).text, range(16)))
+        assert all("1/1" in a for a in answers)
+        time.sleep(1.0)
+        threads_before, fds_before = _threads_and_fds(worker)
+        calls_before = len(fake.state.image_calls())
+
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda _: _abort_stream(port), range(1000)))
+
+        settled = False
+        for _ in range(100):  # up to 10 s for the last streams to notice their client is gone
+            threads, fds = _threads_and_fds(worker)
+            if threads <= threads_before and fds <= fds_before + 4:
+                settled = True
+                break
+            time.sleep(0.1)
+        assert settled, f"threads {threads_before} -> {threads}, fds {fds_before} -> {fds}"
+        # Images not started when their client left never reached the upstream.
+        sent = len(fake.state.image_calls()) - calls_before
+        assert sent < 400, f"{sent} of 4000 images were sent upstream for aborted streams"
+        # And the service still draws.
+        assert "4/4" in post_chat(url, chat_body("画一只猫 pic:4")).json()["choices"][0]["message"]["content"]
+    finally:
+        _stop(process)
+
+
+def _wait_until_up(url: str) -> bool:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/health", timeout=1).status_code == 200:
+                return True
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    return False

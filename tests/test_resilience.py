@@ -1,0 +1,169 @@
+"""Failover over keys, timeouts, heartbeats and aborted streams, over real HTTP against the fake."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+
+from tests.helpers import chat_body, content_of, images_in, post_chat, stream_chunks
+
+
+def _content(service, text: str, *, stream: bool) -> str:
+    response = post_chat(service.url, chat_body(text, stream=stream), stream=stream)
+    assert response.status_code == 200
+    if stream:
+        chunks, raw = stream_chunks(response)
+        assert raw[-1] == "[DONE]" and chunks[-1]["choices"][0]["finish_reason"] == "stop"
+        return content_of(chunks)
+    return response.json()["choices"][0]["message"]["content"]
+
+
+def _health(service) -> dict:
+    return requests.get(f"{service.url}/health", timeout=5).json()["keys"]
+
+
+def _wait_for(condition, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+MIXED = ("sk-dead-mixed001", "sk-broke-mixed02", "sk-limited-mix03", "sk-overload-mix4", "sk-good-mixed005",
+         "sk-good-mixed006")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_mixed_pool_still_delivers_every_image(serve, fake, stream):
+    service = serve(api_keys=MIXED, prompt_expansion=False)
+    content = _content(service, "画一只猫 pic:4", stream=stream)
+    assert sorted(images_in(content)) == [1, 2, 3, 4], content
+    assert "4/4" in content
+    keys = _health(service)
+    assert keys["dead"] == 1 and keys["no_balance"] == 1 and keys["total"] == 6
+    # Known-bad keys are not tried again.
+    before = len(fake.state.image_calls())
+    content = _content(service, "画一只狗 pic:4", stream=stream)
+    assert sorted(images_in(content)) == [1, 2, 3, 4]
+    again = {c.key for c in fake.state.image_calls()[before:]}
+    assert not again & {"sk-dead-mixed001", "sk-broke-mixed02", "sk-limited-mix03"}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_every_key_out_is_said_in_plain_words(serve, fake, stream):
+    service = serve(api_keys=("sk-dead-out00001", "sk-broke-out0002"), prompt_expansion=False)
+    content = _content(service, "画一只猫 pic:2", stream=stream)
+    assert "0/2" in content
+    assert "全部 2 个上游密钥暂不可用：1 个无效（401）、1 个余额不足" in content
+    calls = len(fake.state.image_calls())
+    content = _content(service, "画一只猫", stream=stream)
+    assert "全部 2 个上游密钥暂不可用" in content
+    assert len(fake.state.image_calls()) == calls  # nothing left to try: no upstream call
+
+
+def test_a_hanging_key_times_out_and_the_image_moves_on(serve, fake):
+    fake.state.hang_seconds = 5.0
+    service = serve(api_keys=("sk-hang-slow0001", "sk-good-fast0002"), upstream_timeout=0.5, prompt_expansion=False)
+    started = time.monotonic()
+    content = _content(service, "画一只猫", stream=True)
+    assert len(images_in(content)) == 1
+    assert time.monotonic() - started < 4.0  # the hang was cut at the timeout, not waited out
+    assert [c.key for c in fake.state.image_calls()] == ["sk-hang-slow0001", "sk-good-fast0002"]
+
+
+def test_upstream_400_is_not_retried_on_other_keys(serve, fake):
+    service = serve(models=("prompthero/openjourney",), prompt_expansion=False)
+    response = post_chat(service.url, chat_body("a cat", model="prompthero/openjourney"))
+    assert "Model does not exist" in response.json()["choices"][0]["message"]["content"]
+    assert len(fake.state.image_calls()) == 1
+    assert _health(service)["healthy"] == 3
+
+
+def test_balance_recheck_brings_a_key_back(serve, fake):
+    service = serve(api_keys=("sk-broke-topup001",), key_recheck_seconds=0.2, prompt_expansion=False)
+    assert "余额不足" in _content(service, "画一只猫", stream=False)
+    assert _health(service)["no_balance"] == 1
+    fake.state.funded.add("sk-broke-topup001")
+    assert _wait_for(lambda: _health(service)["healthy"] == 1), "the topped-up key did not come back"
+    assert any(c.path == "/v1/user/info" and c.key == "sk-broke-topup001" for c in fake.state.calls)
+    content = _content(service, "画一只猫", stream=False)
+    assert len(images_in(content)) == 1
+
+
+def test_429_with_retry_after_cools_the_key_for_that_long(serve, fake):
+    fake.state.retry_after = "1"
+    service = serve(api_keys=("sk-retry-after001", "sk-good-other002"), prompt_expansion=False)
+    assert len(images_in(_content(service, "画一只猫", stream=False))) == 1  # failed over to the good key
+    assert _health(service)["cooling"] == 1
+    before = len(fake.state.image_calls())
+    _content(service, "画一只猫 pic:2", stream=False)
+    assert {c.key for c in fake.state.image_calls()[before:]} == {"sk-good-other002"}
+    assert _wait_for(lambda: _health(service)["cooling"] == 0, 3.0)  # back after Retry-After
+
+
+def test_429_without_retry_after_backs_off(serve, fake):
+    service = serve(api_keys=("sk-limited-noRA01", "sk-good-other002"), prompt_expansion=False)
+    _content(service, "画一只猫", stream=False)
+    time.sleep(1.2)  # longer than a Retry-After of 1 s would be; the default back-off is 5 s
+    assert _health(service)["cooling"] == 1
+    before = len(fake.state.image_calls())
+    _content(service, "画一只猫", stream=False)
+    assert {c.key for c in fake.state.image_calls()[before:]} == {"sk-good-other002"}
+
+
+def test_a_lone_rate_limited_key_is_waited_for_and_retried(serve, fake):
+    fake.state.retry_after = "1"
+    service = serve(api_keys=("sk-once-limited01",), prompt_expansion=False, request_timeout=10)
+    started = time.monotonic()
+    content = _content(service, "画一只猫", stream=True)
+    assert len(images_in(content)) == 1
+    assert time.monotonic() - started >= 1.0  # it honoured Retry-After before trying again
+    assert [c.key for c in fake.state.image_calls()] == ["sk-once-limited01"] * 2
+
+
+def test_no_wait_past_the_request_deadline(serve, fake):
+    fake.state.retry_after = "30"
+    service = serve(api_keys=("sk-retry-long0001",), prompt_expansion=False, request_timeout=2)
+    started = time.monotonic()
+    content = _content(service, "画一只猫", stream=False)
+    assert time.monotonic() - started < 2.0
+    assert "限流" in content and "约 30 秒后恢复" in content
+
+
+def test_heartbeats_are_on_the_wire_while_waiting(serve, fake):
+    fake.state.image_latency = 1.0
+    fake.state.expansion_latency = 0.5
+    service = serve(heartbeat_seconds=0.2)
+    response = post_chat(service.url, chat_body("画一只猫", stream=True), stream=True)
+    raw = response.content.decode()
+    assert raw.count(": keep-alive\n\n") >= 4
+    assert raw.rstrip().endswith("data: [DONE]")
+    before_info = raw.split("提示词")[0]
+    assert ": keep-alive" in before_info  # during prompt expansion too
+
+
+def test_openai_v1_client_reads_through_heartbeats(serve, fake):
+    import openai
+
+    fake.state.image_latency = 0.6
+    service = serve(heartbeat_seconds=0.1)
+    client = openai.OpenAI(base_url=f"{service.url}/v1", api_key="x", max_retries=0, timeout=30)
+    stream = client.chat.completions.create(
+        model="Kwai-Kolors/Kolors", messages=[{"role": "user", "content": "画一只猫 pic:2"}], stream=True
+    )
+    content = "".join(chunk.choices[0].delta.content or "" for chunk in stream)
+    assert sorted(images_in(content)) == [1, 2]
+
+
+def test_health_reports_the_pool_without_key_material(serve, fake):
+    service = serve(api_keys=("sk-dead-health01", "sk-good-health02"), prompt_expansion=False)
+    _content(service, "画一只猫 pic:2", stream=False)
+    response = requests.get(f"{service.url}/health", timeout=5)
+    assert response.json() == {
+        "status": "ok", "keys": {"total": 2, "healthy": 1, "cooling": 0, "dead": 1, "no_balance": 0}
+    }
+    assert "sk-" not in response.text
