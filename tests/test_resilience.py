@@ -167,3 +167,15 @@ def test_health_reports_the_pool_without_key_material(serve, fake):
         "status": "ok", "keys": {"total": 2, "healthy": 1, "cooling": 0, "dead": 1, "no_balance": 0}
     }
     assert "sk-" not in response.text
+
+
+def test_unreachable_upstream_is_said_plainly(serve, fake):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    service = serve(api_base_url=closed, max_key_attempts=2)
+    content = _content(service, "画一只猫", stream=True)
+    assert "提示词扩充失败：无法连接上游服务" in content
+    assert "第 1 张图片生成失败：无法连接上游服务" in content and "0/1" in content
