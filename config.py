@@ -68,14 +68,21 @@ def _int_between(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
-def _seconds(raw: str) -> float:
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        raise ValueError("expected a number of seconds") from None
-    if not 0 < value <= 3600:
-        raise ValueError("expected a number of seconds above 0 and at most 3600")
-    return value
+def _number_of(unit: str, high: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected a number of {unit}") from None
+        if not 0 < value <= high:
+            raise ValueError(f"expected a number of {unit} above 0 and at most {high:g}")
+        return value
+
+    return parse
+
+
+_seconds = _number_of("seconds", 3600)
+_megabytes = _number_of("megabytes", 200)
 
 
 def _url(raw: str) -> str:
@@ -95,6 +102,14 @@ def _text(raw: str) -> str:
 
 def _optional_text(raw: str) -> str | None:
     return raw.strip() or None
+
+
+def _optional_url(raw: str) -> str | None:
+    return _url(raw) if raw.strip() else None
+
+
+def _optional_int(raw: str) -> int | None:
+    return _int_between(1, 10**9)(raw) if raw.strip() else None
 
 
 def _models(raw: str) -> tuple[str, ...]:
@@ -119,8 +134,17 @@ class Settings:
     image_prompt_model: str = _setting("IMAGE_PROMPT_MODEL", "Qwen/Qwen2.5-7B-Instruct", _text)
     api_base_url: str = _setting("API_BASE_URL", "https://api.siliconflow.cn", _url)
     prompt_expansion: bool = _setting("PROMPT_EXPANSION", "true", _bool)
-    use_shortlink: bool = _setting("USE_SHORTLINK", "false", _bool)
     use_lsky_pro: bool = _setting("USE_LSKY_PRO", "false", _bool)
+    lsky_pro_url: str | None = _setting("LSKY_PRO_URL", "", _optional_url)
+    lsky_pro_token: str | None = _setting("LSKY_PRO_TOKEN", "", _optional_text, secret=True)
+    lsky_strategy_id: int | None = _setting("LSKY_STRATEGY_ID", "", _optional_int)
+    use_shortlink: bool = _setting("USE_SHORTLINK", "false", _bool)
+    shortlink_base_url: str | None = _setting("SHORTLINK_BASE_URL", "", _optional_url)
+    shortlink_api_key: str | None = _setting("SHORTLINK_API_KEY", "", _optional_text, secret=True)
+    image_store_dir: str | None = _setting("IMAGE_STORE_DIR", "", _optional_text)
+    public_base_url: str | None = _setting("PUBLIC_BASE_URL", "", _optional_url)
+    upload_timeout: float = _setting("UPLOAD_TIMEOUT", "30", _seconds)
+    max_image_mb: float = _setting("MAX_IMAGE_MB", "20", _megabytes)
     banned_keywords: tuple[str, ...] = _setting(
         "BANNED_KEYWORDS", DEFAULT_BANNED_KEYWORDS, lambda raw: tuple(k.lower() for k in _split_list(raw))
     )
@@ -152,13 +176,31 @@ class Settings:
                 values[f.name] = meta["parse"](raw)
             except ValueError as exc:
                 problems.append(f"{meta['env']}: {exc}")
+        values.update(overrides)
+        if not problems:
+            problems = _missing_companions(values)
         if problems:
             raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
-        values.update(overrides)
         return cls(**values)
 
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _missing_companions(values: dict[str, Any]) -> list[str]:
+    """Features switched on without what they need."""
+    problems = []
+    if values["use_lsky_pro"]:
+        for name, env in (("lsky_pro_url", "LSKY_PRO_URL"), ("lsky_pro_token", "LSKY_PRO_TOKEN")):
+            if not values[name]:
+                problems.append(f"{env}: required when USE_LSKY_PRO=true")
+    if values["use_shortlink"]:
+        if not values["shortlink_base_url"]:
+            problems.append("SHORTLINK_BASE_URL: required when USE_SHORTLINK=true")
+        # Sink refuses site tokens shorter than 8 characters.
+        if len(values["shortlink_api_key"] or "") < 8:
+            problems.append("SHORTLINK_API_KEY: required when USE_SHORTLINK=true, at least 8 characters")
+    return problems
 
 
 def _choice(value: str, allowed: tuple[str, ...]) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 import sys
 import threading
 import time
@@ -21,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from flask import Blueprint, Flask, Response, current_app, g, request
+from flask import Blueprint, Flask, Response, current_app, g, request, send_file
 from werkzeug.exceptions import HTTPException
 
 from config import ConfigError, Settings
 from parsing import DrawRequest, find_banned, markdown_safe, parse
+from uploaders import MIMETYPES, ImageStore, Links, lasting_links
 from upstream import (
     KEY_BROKE,
     KEY_DEAD,
@@ -55,6 +57,7 @@ class Services:
     session: requests.Session
     executor: ThreadPoolExecutor
     rechecker: BalanceRechecker
+    store: ImageStore | None
 
 
 @dataclass(frozen=True)
@@ -63,12 +66,13 @@ class Job:
     model: str
     text: str  # what the user typed, tokens included
     draw: DrawRequest
+    public_base: str | None = None  # where this service is reached, for links to stored images
 
 
 @dataclass(frozen=True)
 class Outcome:
     index: int
-    url: str | None = None
+    links: Links | None = None
     error: str | None = None
 
 
@@ -180,7 +184,7 @@ def answer(job: Job, services: Services) -> Iterator[Event]:
         yield "生成中"
         payload = payload_for(job.model, prompt, draw.size, draw.seed, draw.negative_prompt)
         images = [
-            services.executor.submit(_make_image, index, payload, services, deadline, cancelled, job.request_id)
+            services.executor.submit(_make_image, index, payload, services, deadline, cancelled, job)
             for index in range(1, draw.count + 1)
         ]
         futures.extend(images)
@@ -195,7 +199,7 @@ def answer(job: Job, services: Services) -> Iterator[Event]:
                 yield KEEPALIVE
             for future in sorted(done, key=images.index):
                 outcome = future.result()
-                if outcome.url:
+                if outcome.links:
                     delivered += 1
                     yield _image_markdown(outcome, alt)
                 else:
@@ -254,11 +258,19 @@ def _prompt_info(job: Job, prompt: str, expansion_note: str) -> str:
 
 
 def _image_markdown(outcome: Outcome, alt: str) -> str:
-    url = _markdown_url(outcome.url or "")
-    return (
-        f"![image{outcome.index}|{alt}]({url})\n"
-        f"[下载第 {outcome.index} 张]({url})（上游链接一小时后失效，请及时保存）\n\n"
-    )
+    links = outcome.links
+    assert links is not None
+    n = outcome.index
+    lines = [f"![image{n}|{alt}]({_markdown_url(links.image)})"]
+    if links.permanent:
+        lines.append(
+            f"[永久链接]({_markdown_url(links.permanent)}) · "
+            f"[上游原图]({_markdown_url(links.download)})（上游链接一小时后失效）"
+        )
+    else:
+        lines.append(f"[下载第 {n} 张]({_markdown_url(links.download)})（上游链接一小时后失效，请及时保存）")
+    lines.extend(f"⚠️ {note}" for note in links.notes)
+    return "\n".join(lines) + "\n\n"
 
 
 def _markdown_url(url: str) -> str:
@@ -267,9 +279,13 @@ def _markdown_url(url: str) -> str:
 
 
 def _make_image(
-    index: int, payload: dict[str, Any], services: Services, deadline: float, cancelled: threading.Event, request_id: str
+    index: int, payload: dict[str, Any], services: Services, deadline: float, cancelled: threading.Event, job: Job
 ) -> Outcome:
-    """Runs on a worker thread: one image with failover over keys, its failure turned into a reason."""
+    """Runs on a worker thread: one image with failover over keys, then re-hosted; failures become reasons.
+
+    Re-hosting happens here, right after this image is made, while the other images are still
+    being drawn.
+    """
     settings = services.settings
     if cancelled.is_set():
         return Outcome(index, error="客户端已断开")
@@ -277,16 +293,21 @@ def _make_image(
         image = generate_with_failover(
             services.session, settings.api_base_url, services.pool, payload,
             timeout=settings.upstream_timeout, deadline=deadline, max_attempts=settings.max_key_attempts,
-            cancelled=cancelled, label=f"req={request_id} image {index}",
+            cancelled=cancelled, label=f"req={job.request_id} image {index}",
         )
+        if cancelled.is_set():
+            return Outcome(index, error="客户端已断开")
+        links = lasting_links(services.session, settings, services.store, image.url, job.public_base)
     except UpstreamError as exc:
         if exc.kind != "cancelled":
-            log.warning("req=%s image %d failed: %s", request_id, index, exc.kind)
+            log.warning("req=%s image %d failed: %s", job.request_id, index, exc.kind)
         return Outcome(index, error=exc.message)
     except Exception:  # a bug must cost one image, not the whole stream
-        log.exception("req=%s image %d: unexpected error", request_id, index)
+        log.exception("req=%s image %d: unexpected error", job.request_id, index)
         return Outcome(index, error="服务内部错误")
-    return Outcome(index, url=image.url)
+    for note in links.notes:
+        log.warning("req=%s image %d: %s", job.request_id, index, note)
+    return Outcome(index, links=links)
 
 
 # --- request handling ---------------------------------------------------------------------------
@@ -343,7 +364,7 @@ def chat_completions() -> Response:
     if not settings.api_keys:
         raise ApiError(503, "This service has no upstream keys: its operator must set API_KEYS.", code="no_upstream_keys")
 
-    job = Job(g.request_id, model, text, parse(text, model, settings.max_images_per_request))
+    job = Job(g.request_id, model, text, parse(text, model, settings.max_images_per_request), _public_base(settings))
     log.info(
         "req=%s chat model=%s images=%d size=%s stream=%s",
         job.request_id, model, job.draw.count, job.draw.size, bool(stream),
@@ -370,6 +391,28 @@ def chat_completions() -> Response:
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+def _public_base(settings: Settings) -> str | None:
+    """Where clients reach this service: PUBLIC_BASE_URL, else what the request (and a proxy) says."""
+    if settings.public_base_url:
+        return settings.public_base_url
+    proto = request.headers.get("X-Forwarded-Proto", request.scheme).split(",")[0].strip() or request.scheme
+    host = request.headers.get("X-Forwarded-Host", request.host).split(",")[0].strip() or request.host
+    if proto not in ("http", "https") or not re.fullmatch(r"[A-Za-z0-9.\-]+(:\d+)?|\[[0-9a-fA-F:]+\](:\d+)?", host):
+        return None
+    return f"{proto}://{host}"
+
+
+@bp.get("/images/<path:name>")
+def stored_image(name: str) -> Response:
+    store = _services().store
+    path = store.path_of(name) if store else None
+    if path is None:
+        raise ApiError(404, "No such image.", code="not_found")
+    response = send_file(path, mimetype=MIMETYPES[path.suffix[1:]], conditional=True, etag=True, max_age=31_536_000)
+    response.headers["Cache-Control"] = "public, max-age=31536000, immutable"  # names are content hashes
+    return response
 
 
 def _guarded(pieces: Iterator[Event], request_id: str) -> Iterator[Event]:
@@ -466,6 +509,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     pool = KeyPool(settings.api_keys)
     session = make_session(settings.upstream_workers)
+    try:
+        store = ImageStore(settings.image_store_dir) if settings.image_store_dir else None
+    except OSError:
+        raise ConfigError(f"invalid configuration:\n  IMAGE_STORE_DIR: cannot create or use {settings.image_store_dir}") from None
     app.extensions["siliconflow"] = Services(
         settings=settings,
         pool=pool,
@@ -476,6 +523,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             lambda key: has_balance(session, settings.api_base_url, key, settings.expansion_timeout),
             settings.key_recheck_seconds,
         ),
+        store=store,
     )
     app.register_blueprint(bp)
     app.register_error_handler(ApiError, lambda e: error_response(e.status, e.message, param=e.param, code=e.code))
@@ -517,9 +565,9 @@ def _startup_notes(settings: Settings) -> None:
         log.warning("API_KEYS is empty: /health answers, but drawing answers 503 until keys are set.")
     else:
         log.info("%d upstream key(s): %s", len(settings.api_keys), ", ".join(mask_key(k) for k in settings.api_keys))
-    for flag, name in ((settings.use_lsky_pro, "USE_LSKY_PRO"), (settings.use_shortlink, "USE_SHORTLINK")):
-        if flag:
-            log.warning("%s is set, but this version does not upload or shorten links yet; upstream links are used.", name)
+    hosts = [name for on, name in ((settings.use_lsky_pro, "Lsky Pro"), (settings.image_store_dir, "the built-in store"))
+             if on]
+    log.info("Images are kept by: %s.", " then ".join(hosts) if hosts else "nobody (upstream links expire in 1 hour)")
 
 
 def _app_from_environment() -> Flask:

@@ -18,6 +18,7 @@ sys.path.insert(0, str(ROOT))
 
 from config import Settings  # noqa: E402
 from siliconflow_proxy import create_app  # noqa: E402
+from tests.fake_hosts import FakeLsky, FakeSink  # noqa: E402
 from tests.fake_siliconflow import FakeSiliconFlow  # noqa: E402
 
 GOOD_KEYS = ("sk-good-aaaa1111", "sk-good-bbbb2222", "sk-good-cccc3333")
@@ -37,6 +38,34 @@ def fake(_fake_server: FakeSiliconFlow) -> Iterator[FakeSiliconFlow]:
     _fake_server.state.reset()
     yield _fake_server
     _fake_server.state.reset()
+
+
+@pytest.fixture(scope="session")
+def _lsky_server() -> Iterator[FakeLsky]:
+    server = FakeLsky().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def lsky(_lsky_server: FakeLsky) -> Iterator[FakeLsky]:
+    _lsky_server.reset()
+    yield _lsky_server
+    _lsky_server.reset()
+
+
+@pytest.fixture(scope="session")
+def _sink_server() -> Iterator[FakeSink]:
+    server = FakeSink().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sink(_sink_server: FakeSink) -> Iterator[FakeSink]:
+    _sink_server.reset()
+    yield _sink_server
+    _sink_server.reset()
 
 
 class Service:

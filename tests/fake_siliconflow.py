@@ -14,6 +14,9 @@ Keys misbehave on purpose, chosen by prefix:
 | sk-html      | 200 with an HTML body (not JSON)                                   |
 | sk-empty     | 200 with "images": []                                              |
 | sk-hang      | waits `hang_seconds` before answering                              |
+| sk-datauri   | 200 with the image inline as a data: URI                           |
+| sk-notimage  | 200 with a URL that serves an HTML page                            |
+| sk-bigimage  | 200 with a URL that serves a 3 MB "PNG"                            |
 | anything else| 200 with one image URL served by this same server (a real PNG)     |
 
 A key in `state.funded` answers like a good one (a topped-up account), also on /v1/user/info.
@@ -26,6 +29,7 @@ the service against it.
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import json
 import secrets
@@ -107,6 +111,9 @@ def png(width: int, height: int, seed: bytes) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + part(b"IHDR", header) + part(b"IDAT", raw) + part(b"IEND", b"")
 
 
+BIG_PNG = b"\x89PNG\r\n\x1a\n" + bytes(3 * 2**20)
+
+
 class FakeSiliconFlow(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -165,7 +172,11 @@ class _Handler(BaseHTTPRequestHandler):
     # -- routes --
     def do_GET(self) -> None:
         path = unquote(urlsplit(self.path).path)
-        if path.startswith("/outputs/") and path.endswith(".png"):
+        if path.startswith("/outputs/") and path.endswith("big.png"):
+            self._send(200, BIG_PNG, "image/png")
+        elif path.startswith("/outputs/") and path.endswith(".html"):
+            self._send(200, b"<html><body>AccessDenied</body></html>", "text/html")
+        elif path.startswith("/outputs/") and path.endswith(".png"):
             name = path.rsplit("/", 1)[-1]
             self._send(200, png(64, 64, name.encode()), "image/png")
         elif path == "/v1/models":
@@ -239,13 +250,21 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._wait(state.image_latency)
             created = int(time.time())
-            images = [] if key.startswith("sk-empty") else [{"url": self._image_url(created)}]
+            images = [] if key.startswith("sk-empty") else [{"url": self._image_url(created, key)}]
             self._json(200, {"images": images, "data": images, "timings": {"inference": state.image_latency},
                              "seed": body.get("seed", 12345), "shared_id": "0", "created": created})
 
-    def _image_url(self, created: int) -> str:
+    def _image_url(self, created: int, key: str) -> str:
         name = secrets.token_hex(5)
-        return (f"{self.server.url}/outputs%2F20251024%2F{name}.png?Expires={created + 3600}"
+        if key.startswith("sk-datauri"):
+            return "data:image/png;base64," + base64.b64encode(png(32, 32, name.encode())).decode()
+        if key.startswith("sk-notimage"):
+            name += ".html"
+        elif key.startswith("sk-bigimage"):
+            name += "-big.png"
+        else:
+            name += ".png"
+        return (f"{self.server.url}/outputs%2F20251024%2F{name}?Expires={created + 3600}"
                 f"&OSSAccessKeyId=LTAIfake&Signature={secrets.token_urlsafe(20)}")
 
     def _chat(self, body: Any) -> None:

@@ -309,14 +309,18 @@ def test_unknown_routes_answer_json_not_html(service, method, path, status):
     assert "<html" not in error["message"].lower()
 
 
-def test_logs_never_contain_a_key_or_token(serve, fake, capfd):
+def test_logs_never_contain_a_key_or_token(serve, fake, lsky, sink, capfd):
     written = io.StringIO()
     handler = logging.StreamHandler(written)
     for name in ("siliconflow_proxy", ""):  # the service's logger and the root one (werkzeug, urllib3)
         logging.getLogger(name).addHandler(handler)
     logging.getLogger("urllib3").setLevel(logging.DEBUG)
     upstream_keys = ("sk-good-secretA1", "sk-dead-secretB2", "sk-limited-secC3")
-    service = serve(api_key=SERVICE_KEY, api_keys=upstream_keys)
+    lsky_token, sink_token = "1|quota-lsky-secret", "sink-secret-token"  # failing, so their errors get logged
+    sink.fail = True
+    service = serve(api_key=SERVICE_KEY, api_keys=upstream_keys, use_lsky_pro=True, lsky_pro_url=lsky.url,
+                    lsky_pro_token=lsky_token, use_shortlink=True, shortlink_base_url=sink.url,
+                    shortlink_api_key=sink_token)
     post_chat(service.url, chat_body("画一只猫 pic:3"), key=SERVICE_KEY)
     assert "[DONE]" in post_chat(service.url, chat_body("画一只猫 pic:3", stream=True), key=SERVICE_KEY).text
     post_chat(service.url, chat_body("画一只猫"), key="wrong-" + SERVICE_KEY)
@@ -326,7 +330,8 @@ def test_logs_never_contain_a_key_or_token(serve, fake, capfd):
     logging.getLogger("urllib3").setLevel(logging.NOTSET)
     logged = written.getvalue() + capfd.readouterr().err
     assert "req=" in logged and "sk-go…etA1" in logged  # keys are identified only masked
-    for secret in (SERVICE_KEY, *upstream_keys):
+    assert "蓝空图床上传失败" in logged and "短链接生成失败" in logged
+    for secret in (SERVICE_KEY, *upstream_keys, lsky_token, sink_token):
         assert secret not in logged
 
 
