@@ -155,7 +155,7 @@ class Settings:
     max_key_attempts: int = _setting("MAX_KEY_ATTEMPTS", "3", _int_between(1, 20))
     key_recheck_seconds: float = _setting("KEY_RECHECK_SECONDS", "600", _seconds)
     heartbeat_seconds: float = _setting("HEARTBEAT_SECONDS", "10", _seconds)
-    upstream_workers: int = _setting("UPSTREAM_WORKERS", "32", _int_between(1, 1024))
+    upstream_workers: int = _setting("UPSTREAM_WORKERS", "1024", _int_between(1, 4096))
     log_level: str = _setting("LOG_LEVEL", "INFO", lambda raw: _choice(raw.upper(), _LOG_LEVELS))
 
     @classmethod

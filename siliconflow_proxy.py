@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import requests
+import urllib3
 from flask import Blueprint, Flask, Response, current_app, g, request, send_file
 from werkzeug.exceptions import HTTPException
 
 from config import ConfigError, Settings
 from parsing import DrawRequest, find_banned, markdown_safe, parse
-from uploaders import MIMETYPES, ImageStore, Links, lasting_links
+from uploaders import MIMETYPES, ImageStore, Links, lasting_links, make_session
 from upstream import (
     KEY_BROKE,
     KEY_DEAD,
@@ -37,7 +38,7 @@ from upstream import (
     expand_prompt,
     generate_with_failover,
     has_balance,
-    make_session,
+    make_http,
     mask_key,
     payload_for,
 )
@@ -54,7 +55,8 @@ class Services:
 
     settings: Settings
     pool: KeyPool
-    session: requests.Session
+    http: urllib3.PoolManager  # SiliconFlow's JSON API
+    session: requests.Session  # fetching and re-hosting images
     executor: ThreadPoolExecutor
     rechecker: BalanceRechecker
     store: ImageStore | None
@@ -225,14 +227,17 @@ def _expand(job: Job, services: Services) -> tuple[str, str]:
         return job.draw.prompt, "（提示词扩充跳过：暂无可用密钥；已使用原始描述）\n"
     try:
         expanded = expand_prompt(
-            services.session, settings.api_base_url, key, settings.image_prompt_model,
+            services.http, settings.api_base_url, key, settings.image_prompt_model,
             job.draw.prompt, settings.expansion_timeout,
         )
     except UpstreamError as exc:
         if exc.kind in KEY_DEAD | KEY_BROKE:  # the same account draws; a chat 429 says nothing of images
             pool.report(key, exc)
+        else:
+            pool.release(key)
         log.warning("req=%s prompt expansion failed (%s); using the user's text", job.request_id, exc.kind)
         return job.draw.prompt, f"（提示词扩充失败：{exc.message}；已使用原始描述）\n"
+    pool.report(key, None)
     return expanded, ""
 
 
@@ -291,7 +296,7 @@ def _make_image(
         return Outcome(index, error="客户端已断开")
     try:
         image = generate_with_failover(
-            services.session, settings.api_base_url, services.pool, payload,
+            services.http, settings.api_base_url, services.pool, payload,
             timeout=settings.upstream_timeout, deadline=deadline, max_attempts=settings.max_key_attempts,
             cancelled=cancelled, label=f"req={job.request_id} image {index}",
         )
@@ -508,6 +513,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     pool = KeyPool(settings.api_keys)
+    http = make_http(settings.upstream_workers)
     session = make_session(settings.upstream_workers)
     try:
         store = ImageStore(settings.image_store_dir) if settings.image_store_dir else None
@@ -516,11 +522,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["siliconflow"] = Services(
         settings=settings,
         pool=pool,
+        http=http,
         session=session,
         executor=ThreadPoolExecutor(settings.upstream_workers, thread_name_prefix="upstream"),
         rechecker=BalanceRechecker(
             pool,
-            lambda key: has_balance(session, settings.api_base_url, key, settings.expansion_timeout),
+            lambda key: has_balance(http, settings.api_base_url, key, settings.expansion_timeout),
             settings.key_recheck_seconds,
         ),
         store=store,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+import requests.adapters
 
 from config import Settings
 
@@ -48,6 +49,15 @@ class Picture:
     def name(self) -> str:
         """Content-addressed file name: the same image is stored once."""
         return f"{hashlib.sha256(self.data).hexdigest()}.{EXTENSIONS[self.mimetype]}"
+
+
+def make_session(pool_size: int) -> requests.Session:
+    """The client for image hosts and image downloads, its pool sized for the worker threads."""
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
 
 
 def sniff(data: bytes) -> str | None:

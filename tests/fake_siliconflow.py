@@ -33,6 +33,7 @@ import base64
 import hashlib
 import json
 import secrets
+import socket
 import struct
 import threading
 import time
@@ -117,6 +118,7 @@ BIG_PNG = b"\x89PNG\r\n\x1a\n" + bytes(3 * 2**20)
 class FakeSiliconFlow(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 1024  # the benchmark opens hundreds of connections at once
 
     def __init__(self, port: int = 0):
         self.state = FakeState()
@@ -143,6 +145,12 @@ class FakeSiliconFlow(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: FakeSiliconFlow
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out as two writes; without this, Nagle plus the client's delayed ACK
+        # add 40 ms to every answer, which a real server would not.
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet in tests
         pass
@@ -330,10 +338,13 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=9000)
     parser.add_argument("--demo", action="store_true", help="also run the service against the fake")
     parser.add_argument("--service-port", type=int, default=7860)
+    parser.add_argument("--image-latency", type=float, default=0.0, help="seconds per image call")
+    parser.add_argument("--expansion-latency", type=float, default=0.0, help="seconds per expansion call")
     args = parser.parse_args()
     if args.demo:
         _demo(args.port, args.service_port)
     else:
         server = FakeSiliconFlow(args.port)
-        print(f"fake SiliconFlow on {server.url}")
+        server.state.image_latency, server.state.expansion_latency = args.image_latency, args.expansion_latency
+        print(f"fake SiliconFlow on {server.url}", flush=True)
         server.serve_forever()

@@ -65,7 +65,7 @@ def gunicorn(fake):
     _stop(process)
 
 
-def test_procfile_runs_gunicorn_gthread_and_streams(gunicorn, fake):
+def test_procfile_runs_gunicorn_with_gevent_and_streams(gunicorn, fake):
     url, process = gunicorn
     response = post_chat(url, chat_body("画一只猫 16:9 pic:2", stream=True), stream=True)
     assert response.headers["Content-Type"].startswith("text/event-stream")
@@ -73,7 +73,7 @@ def test_procfile_runs_gunicorn_gthread_and_streams(gunicorn, fake):
     assert raw[-1] == "[DONE]"
     assert sorted(images_in(content_of(chunks))) == [1, 2]
     log = _stop(process)
-    assert "gthread" in log
+    assert "Using worker: gevent" in log
 
 
 def test_bad_configuration_stops_gunicorn_with_the_variable_named(fake):
@@ -126,11 +126,13 @@ def _abort_stream(port: int) -> None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs /proc")
-def test_a_thousand_aborted_streams_leave_no_threads_or_sockets_behind(fake):
+@pytest.mark.parametrize("worker_class", ["gevent", "gthread"])
+def test_a_thousand_aborted_streams_leave_no_threads_or_sockets_behind(fake, worker_class):
     fake.state.image_latency = 0.5
     process, port = _start({
         "API_BASE_URL": fake.url, "API_KEYS": "sk-good-ab1,sk-good-ab2,sk-good-ab3,sk-good-ab4",
-        "WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "16", "UPSTREAM_WORKERS": "4",
+        "GUNICORN_WORKER_CLASS": worker_class, "WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "16",
+        "GUNICORN_WORKER_CONNECTIONS": "16", "UPSTREAM_WORKERS": "4",
         "HEARTBEAT_SECONDS": "0.05", "PROMPT_EXPANSION": "false",
     })
     url = f"http://127.0.0.1:{port}"

@@ -8,7 +8,10 @@ from config import env_table
 from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
-GUNICORN_SETTINGS = {"WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "64"}
+GUNICORN_SETTINGS = {
+    "WEB_CONCURRENCY": "2", "GUNICORN_WORKER_CLASS": "gevent", "GUNICORN_WORKER_CONNECTIONS": "1000",
+    "GUNICORN_THREADS": "64",
+}
 
 
 def _readme_table() -> dict[str, str]:

@@ -122,3 +122,28 @@ def test_concurrent_acquires_spread_over_keys():
     for t in threads:
         t.join()
     assert sorted(handed) == sorted(keys)
+
+
+def test_keys_that_failed_lately_or_are_busy_come_last(clock):
+    pool = KeyPool(("a", "b", "c"), clock=clock)
+    pool.report(pool.acquire(), error("server"))  # "a" failed once: still usable, but last choice
+    assert pool.acquire() == "b"  # and "b" is now busy
+    assert pool.acquire() == "c"
+    pool.release("c")
+    assert pool.acquire() == "c"  # "b" and "c" both clean: the one not busy
+    pool.release("b")
+    pool.release("c")
+    clock.now += 1
+    assert pool.acquire(exclude={"b", "c"}) == "a"  # still handed out when nothing else will do
+
+
+def test_a_success_clears_the_failure_record(clock):
+    pool = KeyPool(("a", "b"), clock=clock)
+    pool.report(pool.acquire(), error("server"))
+    pool.report(pool.acquire(), None)  # "b"
+    clock.now += 1
+    assert pool.acquire() == "b"
+    pool.release("b")
+    pool.report(pool.acquire(exclude={"b"}), None)  # "a" works again
+    clock.now += 1
+    assert pool.acquire() == "a"  # least recently used once the record is clean
