@@ -6,6 +6,7 @@ COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt \
     && useradd --create-home --uid 1000 app
 COPY *.py ./
+COPY static/ static/
 USER app
 EXPOSE 7860
 # The same command as the Procfile's web process.

@@ -156,6 +156,7 @@ class Settings:
     key_recheck_seconds: float = _setting("KEY_RECHECK_SECONDS", "600", _seconds)
     heartbeat_seconds: float = _setting("HEARTBEAT_SECONDS", "10", _seconds)
     upstream_workers: int = _setting("UPSTREAM_WORKERS", "1024", _int_between(1, 4096))
+    cors_origins: tuple[str, ...] = _setting("CORS_ORIGINS", "*", _split_list)
     log_level: str = _setting("LOG_LEVEL", "INFO", lambda raw: _choice(raw.upper(), _LOG_LEVELS))
 
     @classmethod

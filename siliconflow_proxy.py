@@ -7,6 +7,7 @@ importing this module never reads `.env` or the environment.
 
 from __future__ import annotations
 
+import base64
 import hmac
 import json
 import logging
@@ -27,8 +28,8 @@ from flask import Blueprint, Flask, Response, current_app, g, request, send_file
 from werkzeug.exceptions import HTTPException
 
 from config import ConfigError, Settings
-from parsing import DrawRequest, find_banned, markdown_safe, parse
-from uploaders import MIMETYPES, ImageStore, Links, lasting_links, make_session
+from parsing import SEED_MAX, DrawRequest, find_banned, markdown_safe, parse, pick_size
+from uploaders import MIMETYPES, ImageStore, Links, UploadError, fetch_picture, lasting_links, make_session
 from upstream import (
     KEY_BROKE,
     KEY_DEAD,
@@ -76,6 +77,7 @@ class Outcome:
     index: int
     links: Links | None = None
     error: str | None = None
+    kind: str | None = None  # the UpstreamError kind when it failed
 
 
 class ApiError(Exception):
@@ -306,7 +308,7 @@ def _make_image(
     except UpstreamError as exc:
         if exc.kind != "cancelled":
             log.warning("req=%s image %d failed: %s", job.request_id, index, exc.kind)
-        return Outcome(index, error=exc.message)
+        return Outcome(index, error=exc.message, kind=exc.kind)
     except Exception:  # a bug must cost one image, not the whole stream
         log.exception("req=%s image %d: unexpected error", job.request_id, index)
         return Outcome(index, error="服务内部错误")
@@ -330,8 +332,8 @@ def _authenticate() -> Response | None:
     services = _services()
     services.rechecker.ensure_running()
     settings = services.settings
-    if not settings.api_key or not request.path.startswith("/v1/"):
-        return None
+    if not settings.api_key or not request.path.startswith("/v1/") or request.method == "OPTIONS":
+        return None  # a CORS preflight carries no credentials
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), settings.api_key.encode()):
         return None
@@ -340,6 +342,40 @@ def _authenticate() -> Response | None:
         "Incorrect API key provided. Send the service key as 'Authorization: Bearer <API_KEY>'.",
         code="invalid_api_key",
     )
+
+
+@bp.after_app_request
+def _cors(response: Response) -> Response:
+    """CORS for browser clients (the OpenAI JS SDK, web chat UIs) as CORS_ORIGINS allows."""
+    allowed = _services().settings.cors_origins
+    origin = request.headers.get("Origin")
+    if not allowed or not origin:
+        return response
+    if "*" in allowed:
+        response.headers["Access-Control-Allow-Origin"] = "*"
+    elif origin in allowed:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.vary.add("Origin")
+    else:
+        return response
+    if request.method == "OPTIONS":
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        # The JS SDK sends Authorization, Content-Type and a dozen x-stainless-* headers: allow
+        # what the preflight asks for rather than a list that drifts with SDK versions.
+        response.headers["Access-Control-Allow-Headers"] = request.headers.get(
+            "Access-Control-Request-Headers", "Authorization, Content-Type"
+        )
+        response.headers["Access-Control-Max-Age"] = "86400"
+    return response
+
+
+PLAYGROUND = Path(__file__).with_name("static") / "playground.html"
+
+
+@bp.get("/")
+def playground() -> Response:
+    """A page to try the service in a browser: what people landing on a HuggingFace Space expect."""
+    return send_file(PLAYGROUND, mimetype="text/html", max_age=300)
 
 
 @bp.get("/health")
@@ -396,6 +432,131 @@ def chat_completions() -> Response:
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+_IMAGE_EXTRAS: dict[str, tuple[type | tuple[type, ...], float, float]] = {
+    # SiliconFlow fields passed through when given: (type, lowest, highest)
+    "seed": (int, 0, SEED_MAX),
+    "num_inference_steps": (int, 1, 100),
+    "guidance_scale": ((int, float), 0, 20),
+    "cfg": ((int, float), 0.1, 20),
+}
+
+
+@bp.post("/v1/images/generations")
+def images_generations() -> Response:
+    """The OpenAI Images API, for Open WebUI, Cherry Studio and one-api/new-api channels."""
+    services = _services()
+    settings = services.settings
+    body = _json_object()
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ApiError(400, "'prompt' is required: a description of the picture.", param="prompt")
+    model = _model(body.get("model"), settings)
+    n = body.get("n", 1)
+    if n is None:
+        n = 1
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= settings.max_images_per_request:
+        raise ApiError(400, f"'n' must be a whole number from 1 to {settings.max_images_per_request}.", param="n")
+    response_format = body.get("response_format") or "url"
+    if response_format not in ("url", "b64_json"):
+        raise ApiError(400, "'response_format' must be 'url' or 'b64_json'.", param="response_format")
+    expand = body.get("prompt_expansion", False)
+    if not isinstance(expand, bool):
+        raise ApiError(400, "'prompt_expansion' must be true or false.", param="prompt_expansion")
+    size = _images_size(body.get("size"), model)
+    extras = _images_extras(body)
+    negative = body.get("negative_prompt")
+    if negative is not None and not isinstance(negative, str):
+        raise ApiError(400, "'negative_prompt' must be a string.", param="negative_prompt")
+    if banned := find_banned(prompt, settings.banned_keywords):
+        raise ApiError(400, f"The prompt contains a word this service does not draw: '{banned}'.",
+                       param="prompt", code="content_policy_violation")
+    if not settings.api_keys:
+        raise ApiError(503, "This service has no upstream keys: its operator must set API_KEYS.", code="no_upstream_keys")
+
+    draw = DrawRequest(prompt=prompt.strip(), count=n, size=size, seed=extras.pop("seed", None),
+                       negative_prompt=negative or None)
+    job = Job(g.request_id, model, prompt, draw, _public_base(settings))
+    log.info("req=%s images model=%s n=%d size=%s format=%s", job.request_id, model, n, size, response_format)
+    revised = None
+    if expand:
+        revised, _ = _expand(job, services)
+        if banned := find_banned(revised, settings.banned_keywords):
+            raise ApiError(400, f"The expanded prompt contains a word this service does not draw: '{banned}'.",
+                           param="prompt", code="content_policy_violation")
+    payload = payload_for(model, revised or draw.prompt, size, draw.seed, draw.negative_prompt) | extras
+    outcomes = _draw_all(job, payload, services)
+    made = [o for o in outcomes if o.links]
+    if not made:
+        raise _images_failure(outcomes)
+    data = [_image_item(o, response_format, revised, services) for o in made]
+    return Response(_dumps({"created": int(time.time()), "data": data}), mimetype="application/json")
+
+
+def _images_size(value: Any, model: str) -> str | None:
+    if value in (None, "", "auto"):
+        return pick_size(model, None)
+    match = re.fullmatch(r"(\d{2,5})x(\d{2,5})", value) if isinstance(value, str) else None
+    if not match:
+        raise ApiError(400, "'size' must be 'auto' or WIDTHxHEIGHT, like '1024x1024' or '1024x1792'.", param="size")
+    return pick_size(model, (int(match[1]), int(match[2])), explicit=True)
+
+
+def _images_extras(body: dict[str, Any]) -> dict[str, Any]:
+    extras = {}
+    for name, (kind, low, high) in _IMAGE_EXTRAS.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, kind) or not low <= value <= high:
+            raise ApiError(400, f"'{name}' must be a number from {low:g} to {high:g}.", param=name)
+        extras[name] = value
+    return extras
+
+
+def _draw_all(job: Job, payload: dict[str, Any], services: Services) -> list[Outcome]:
+    """Every image of `job`, in parallel on the shared pool, each with failover and re-hosting."""
+    deadline = time.monotonic() + services.settings.request_timeout
+    cancelled = threading.Event()
+    futures = [
+        services.executor.submit(_make_image, index, payload, services, deadline, cancelled, job)
+        for index in range(1, job.draw.count + 1)
+    ]
+    try:
+        return [future.result() for future in futures]
+    finally:
+        cancelled.set()
+        for future in futures:
+            future.cancel()
+
+
+def _images_failure(outcomes: list[Outcome]) -> ApiError:
+    """No image was made: one error with a status that says whose problem it is."""
+    kinds = {o.kind for o in outcomes}
+    reasons = "; ".join(dict.fromkeys(o.error or "unknown error" for o in outcomes))
+    if "bad_request" in kinds:
+        return ApiError(400, f"SiliconFlow refused the request: {reasons}", code="upstream_bad_request")
+    if kinds == {"rate_limit"}:
+        return ApiError(429, f"Every upstream key is rate limited: {reasons}", code="rate_limited")
+    if kinds <= {"no_keys", "auth", "balance"}:
+        return ApiError(503, f"No upstream key can draw right now: {reasons}", code="no_usable_keys")
+    return ApiError(502, f"SiliconFlow did not deliver an image: {reasons}", code="upstream_error")
+
+
+def _image_item(outcome: Outcome, response_format: str, revised: str | None, services: Services) -> dict[str, Any]:
+    links = outcome.links
+    assert links is not None
+    if response_format == "url":
+        return {"url": links.image, "revised_prompt": revised}
+    settings = services.settings
+    try:
+        picture = fetch_picture(services.session, links.image, settings.upload_timeout,
+                                int(settings.max_image_mb * 2**20))
+    except UploadError as exc:
+        raise ApiError(502, f"The image was made but could not be read back: {exc.message}",
+                       code="upstream_error") from None
+    return {"b64_json": base64.b64encode(picture.data).decode(), "revised_prompt": revised}
 
 
 def _public_base(settings: Settings) -> str | None:
@@ -542,8 +703,8 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 def _http_error(exc: HTTPException) -> Response:
     messages = {
-        404: f"No such endpoint: {request.method} {request.path[:200]}. "
-        "This service offers POST /v1/chat/completions, GET /v1/models and GET /health.",
+        404: f"No such endpoint: {request.method} {request.path[:200]}. This service offers "
+        "POST /v1/chat/completions, POST /v1/images/generations, GET /v1/models, GET /health and a playground at /.",
         405: f"{request.method} is not allowed on {request.path[:200]}.",
         413: f"The request body is larger than {MAX_BODY_BYTES // 1024} KB.",
     }

@@ -1,6 +1,7 @@
 """Runs under openai==0.28.1 (its own venv): `python legacy_client.py BASE_URL KEY MODE PROMPT`.
 
-Prints one JSON line: {"content": ..., "chunks": n} or {"error": "<exception class name>"}.
+Modes: stream, plain (chat), image (openai.Image.create, n=2). Prints one JSON line:
+{"content": ..., "chunks": n}, {"urls": [...]} or {"error": "<exception class name>", "status": ...}.
 """
 
 import json
@@ -23,6 +24,9 @@ try:
             if hasattr(chunk.choices[0].delta, "content"):
                 content += chunk.choices[0].delta.content
         print(json.dumps({"content": content, "chunks": chunks}))
+    elif mode == "image":
+        response = openai.Image.create(prompt=prompt, n=2, size="1024x1024", request_timeout=60)
+        print(json.dumps({"urls": [item["url"] for item in response["data"]]}))
     else:
         response = openai.ChatCompletion.create(model="Kwai-Kolors/Kolors", messages=messages, request_timeout=60)
         print(json.dumps({"content": response.choices[0].message.content, "chunks": 0}))

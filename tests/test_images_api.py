@@ -1,0 +1,169 @@
+"""The OpenAI Images API (POST /v1/images/generations) and CORS, with the real clients."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+
+import openai
+import pytest
+import requests
+
+from tests.conftest import SERVICE_KEY
+from tests.test_clients import LEGACY_SCRIPT
+
+
+@pytest.fixture
+def locked(serve):
+    return serve(api_key=SERVICE_KEY)
+
+
+def client(service, key: str = SERVICE_KEY) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{service.url}/v1", api_key=key, max_retries=0, timeout=30)
+
+
+def test_openai_v1_images_generate_urls(locked, fake):
+    result = client(locked).images.generate(model="Qwen/Qwen-Image", prompt="a red fox", n=2, size="1792x1024")
+    assert len(result.data) == 2
+    for item in result.data:
+        picture = requests.get(item.url, timeout=5)
+        assert picture.content.startswith(b"\x89PNG")
+    calls = fake.state.image_calls()
+    assert {c.body["image_size"] for c in calls} == {"1664x928"}  # OpenAI's landscape, mapped for Qwen
+    assert {c.body["prompt"] for c in calls} == {"a red fox"}  # no expansion unless asked
+    assert len({c.key for c in calls}) == 2 and fake.state.chat_calls() == []
+
+
+def test_openai_v1_images_generate_b64_json(locked):
+    result = client(locked).images.generate(prompt="a red fox", response_format="b64_json")
+    [item] = result.data
+    assert base64.b64decode(item.b64_json).startswith(b"\x89PNG")
+    assert item.url is None
+
+
+def test_default_model_extras_and_expansion(locked, fake):
+    body = {"prompt": "a fox", "seed": 7, "negative_prompt": "blur", "num_inference_steps": 30,
+            "guidance_scale": 5.5, "prompt_expansion": True}
+    response = requests.post(f"{locked.url}/v1/images/generations", json=body,
+                             headers={"Authorization": f"Bearer {SERVICE_KEY}"}, timeout=30)
+    assert response.status_code == 200
+    [item] = response.json()["data"]
+    [call] = fake.state.image_calls()
+    assert call.body["model"] == "Kwai-Kolors/Kolors"  # the first of the model list
+    assert (call.body["seed"], call.body["negative_prompt"], call.body["num_inference_steps"],
+            call.body["guidance_scale"]) == (7, "blur", 30, 5.5)
+    assert call.body["prompt"].startswith("A detailed illustration of a fox")
+    assert item["revised_prompt"] == call.body["prompt"]
+
+
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({}, "prompt"),
+        ({"prompt": "  "}, "prompt"),
+        ({"prompt": "fox", "n": 0}, "n"),
+        ({"prompt": "fox", "n": 99}, "n"),
+        ({"prompt": "fox", "n": "2"}, "n"),
+        ({"prompt": "fox", "size": "huge"}, "size"),
+        ({"prompt": "fox", "response_format": "png"}, "response_format"),
+        ({"prompt": "fox", "seed": -1}, "seed"),
+        ({"prompt": "fox", "guidance_scale": "high"}, "guidance_scale"),
+        ({"prompt": "fox", "model": "dall-e-3"}, "model"),
+        ({"prompt": "a nude fox"}, "prompt"),
+    ],
+)
+def test_bad_image_requests_answer_400(locked, fake, body, param):
+    response = requests.post(f"{locked.url}/v1/images/generations", json=body,
+                             headers={"Authorization": f"Bearer {SERVICE_KEY}"}, timeout=10)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == param and error["message"]
+    assert fake.state.image_calls() == []
+
+
+@pytest.mark.parametrize(
+    "keys, status, error_class",
+    [
+        (("sk-limited-only001",), 429, openai.RateLimitError),
+        (("sk-dead-only00001", "sk-broke-only0001"), 503, openai.InternalServerError),
+        (("sk-overload-only01",), 502, openai.InternalServerError),
+    ],
+)
+def test_no_image_made_is_an_error_with_a_fitting_status(serve, keys, status, error_class):
+    service = serve(api_keys=keys, max_key_attempts=1)
+    with pytest.raises(error_class) as caught:
+        client(service).images.generate(prompt="a fox", n=1)
+    assert caught.value.status_code == status
+
+
+def test_unknown_upstream_model_is_a_400(serve):
+    service = serve(models=("prompthero/openjourney",))
+    with pytest.raises(openai.BadRequestError, match="Model does not exist"):
+        client(service).images.generate(prompt="a fox")
+
+
+def test_some_images_failing_still_returns_the_rest(serve):
+    service = serve(api_keys=("sk-good-part0001", "sk-overload-part1"), max_key_attempts=1)
+    result = client(service).images.generate(prompt="a fox", n=2)
+    assert 1 <= len(result.data) <= 2
+
+
+def test_images_use_permanent_links_when_configured(serve, tmp_path):
+    service = serve(image_store_dir=str(tmp_path), public_base_url="https://img.example.com")
+    [item] = client(service).images.generate(prompt="a fox").data
+    assert item.url.startswith("https://img.example.com/images/")
+
+
+def test_openai_v1_wrong_key(locked):
+    with pytest.raises(openai.AuthenticationError):
+        client(locked, key="wrong").images.generate(prompt="a fox")
+
+
+def test_legacy_image_create(legacy_python, locked, fake):
+    result = subprocess.run(
+        [legacy_python, str(LEGACY_SCRIPT), locked.url, SERVICE_KEY, "image", "a red fox"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(out["urls"]) == 2
+    assert len({c.key for c in fake.state.image_calls()}) == 2
+
+
+# --- CORS ------------------------------------------------------------------------------------------
+
+SDK_HEADERS = ("authorization,content-type,x-stainless-arch,x-stainless-lang,x-stainless-os,"
+               "x-stainless-package-version,x-stainless-retry-count,x-stainless-runtime,"
+               "x-stainless-runtime-version,x-stainless-timeout")
+
+
+def test_preflight_allows_what_the_js_sdk_sends(locked):
+    response = requests.options(
+        f"{locked.url}/v1/chat/completions",
+        headers={"Origin": "https://chat.example.com", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": SDK_HEADERS},
+        timeout=5,
+    )
+    assert response.status_code == 200  # no key needed for a preflight
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert "POST" in response.headers["Access-Control-Allow-Methods"]
+    allowed = {h.strip().lower() for h in response.headers["Access-Control-Allow-Headers"].split(",")}
+    assert set(SDK_HEADERS.split(",")) <= allowed
+
+
+def test_cors_headers_on_answers_and_errors(locked):
+    origin = {"Origin": "https://chat.example.com"}
+    assert requests.get(f"{locked.url}/v1/models", headers=origin, timeout=5).headers[
+        "Access-Control-Allow-Origin"] == "*"
+    error = requests.get(f"{locked.url}/v1/models", headers={**origin, "Authorization": "Bearer x"}, timeout=5)
+    assert error.status_code == 401 and error.headers["Access-Control-Allow-Origin"] == "*"
+
+
+def test_cors_origins_can_be_limited(serve):
+    service = serve({"CORS_ORIGINS": "https://chat.example.com, https://other.example.com"})
+    allowed = requests.get(f"{service.url}/v1/models", headers={"Origin": "https://chat.example.com"}, timeout=5)
+    assert allowed.headers["Access-Control-Allow-Origin"] == "https://chat.example.com"
+    assert "Origin" in allowed.headers["Vary"]
+    refused = requests.get(f"{service.url}/v1/models", headers={"Origin": "https://evil.example.com"}, timeout=5)
+    assert "Access-Control-Allow-Origin" not in refused.headers
