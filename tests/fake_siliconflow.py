@@ -220,6 +220,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._image(body)
             elif path == "/v1/chat/completions":
                 self._chat(body)
+            elif path == "/fake/latency" and isinstance(body, dict):  # the benchmark's knob, not SiliconFlow's
+                self.server.state.image_latency = float(body.get("image", 0))
+                self.server.state.expansion_latency = float(body.get("expansion", 0))
+                self._json(200, {"image": self.server.state.image_latency,
+                                 "expansion": self.server.state.expansion_latency})
             else:
                 self._send(404, b"404 page not found", "text/plain; charset=utf-8")
         finally:
