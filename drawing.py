@@ -98,10 +98,7 @@ def answer(job: Job, services: Services) -> Iterator[AnswerEvent]:
         yield _prompt_info(job, prompt, expansion_note)
         yield "生成中"
         payload = payload_for(job.model, prompt, draw.size, draw.seed, draw.negative_prompt)
-        images = [
-            services.executor.submit(make_image, index, payload, services, deadline, cancelled, job)
-            for index in range(1, draw.count + 1)
-        ]
+        images = submit_images(job, payload, services, deadline, cancelled)
         futures.extend(images)
         yield "✅\n\n"
         alt = markdown_safe(prompt, limit=300)
@@ -228,14 +225,20 @@ def make_image(
     return Outcome(index, links=links)
 
 
-def draw_all(job: Job, payload: dict[str, Any], services: Services) -> list[Outcome]:
-    """Every image of `job`, in parallel on the shared pool, each with failover and re-hosting."""
-    deadline = time.monotonic() + services.settings.request_timeout
-    cancelled = threading.Event()
-    futures = [
+def submit_images(
+    job: Job, payload: dict[str, Any], services: Services, deadline: float, cancelled: threading.Event
+) -> list[Future[Outcome]]:
+    """Start every image of `job` on the shared executor; setting `cancelled` stops those not begun."""
+    return [
         services.executor.submit(make_image, index, payload, services, deadline, cancelled, job)
         for index in range(1, job.draw.count + 1)
     ]
+
+
+def draw_all(job: Job, payload: dict[str, Any], services: Services) -> list[Outcome]:
+    """Every image of `job`, in parallel on the shared pool, each with failover and re-hosting."""
+    cancelled = threading.Event()
+    futures = submit_images(job, payload, services, time.monotonic() + services.settings.request_timeout, cancelled)
     try:
         return [future.result() for future in futures]
     finally:

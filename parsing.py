@@ -271,8 +271,15 @@ def find_banned(text: str, keywords: tuple[str, ...]) -> str | None:
     return None
 
 
+def one_line(text: str, limit: int) -> str:
+    """`text` with its white space folded to single spaces, cut to `limit` characters with "…"."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+_MARKDOWN_SAFE = str.maketrans({"[": "【", "]": "】", "(": "（", ")": "）", "|": "｜", "\\": "＼", "<": "‹", ">": "›"})
+
+
 def markdown_safe(text: str, limit: int = 200) -> str:
     """`text` on one line, safe inside `![...]`: no brackets, parentheses, pipes or newlines."""
-    table = str.maketrans({"[": "【", "]": "】", "(": "（", ")": "）", "|": "｜", "\\": "＼", "<": "‹", ">": "›"})
-    one_line = " ".join(text.split()).translate(table)
-    return one_line if len(one_line) <= limit else one_line[: limit - 1] + "…"
+    return one_line(text.translate(_MARKDOWN_SAFE), limit)

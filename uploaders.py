@@ -22,6 +22,7 @@ import requests
 import requests.adapters
 
 from config import Settings
+from parsing import one_line
 
 # File name extension for each image type we keep; anything else is not an image to us.
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
@@ -142,7 +143,7 @@ def upload_to_lsky(
     if status == 413:
         raise UploadError("图片太大，图床拒收（413）")
     body = _json_or_none(response)
-    message = _trim(str(body.get("message") or "")) if isinstance(body, dict) else ""
+    message = one_line(str(body.get("message") or ""), 120) if isinstance(body, dict) else ""
     if status == 401:
         raise UploadError("图床令牌无效（401），请检查 LSKY_PRO_TOKEN")
     if status == 429:
@@ -232,11 +233,6 @@ def _json_or_none(response: requests.Response) -> Any:
         return response.json()
     except ValueError:
         return None
-
-
-def _trim(text: str, limit: int = 120) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from urllib.request import getproxies
 
 import urllib3
 
-from parsing import accepts_negative_prompt
+from parsing import accepts_negative_prompt, one_line
 
 log = logging.getLogger("siliconflow_proxy.upstream")
 
@@ -454,19 +454,14 @@ def _error_detail(data: bytes) -> tuple[int | None, str]:
     except ValueError:
         return None, ""
     if isinstance(body, str):
-        return None, _trim(body)
+        return None, one_line(body, 200)
     if isinstance(body, dict):
         code = body.get("code")
         message = body.get("message") or body.get("error") or ""
         if isinstance(message, dict):
             message = message.get("message", "")
-        return (code if isinstance(code, int) else None), _trim(str(message))
+        return (code if isinstance(code, int) else None), one_line(str(message), 200)
     return None, ""
-
-
-def _trim(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def payload_for(model: str, prompt: str, size: str | None, seed: int | None, negative: str | None) -> dict[str, Any]:
