@@ -331,8 +331,10 @@ def _image_item(outcome: Outcome, response_format: str, revised: str | None, ser
         return {"url": links.image, "revised_prompt": revised}
     settings = services.settings
     try:
-        picture = fetch_picture(services.session, links.image, settings.upload_timeout,
-                                int(settings.max_image_mb * 2**20))
+        # Re-hosting already holds the bytes; otherwise links.image is the upstream's own link.
+        picture = links.picture or fetch_picture(
+            services.session, links.image, settings.upload_timeout, int(settings.max_image_mb * 2**20)
+        )
     except UploadError as exc:
         raise ApiError(502, f"The image was made but could not be read back: {exc.message}",
                        code="upstream_error") from None

@@ -14,7 +14,7 @@ import os
 import re
 import secrets
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -241,13 +241,15 @@ class Links:
     download: str  # the upstream's temporary link, shortened when that is on
     permanent: str | None
     notes: tuple[str, ...]  # what did not work, in short words
+    # The bytes when re-hosting fetched them, so that no one fetches them again.
+    picture: Picture | None = field(default=None, repr=False, compare=False)
 
 
 def lasting_links(
     session: requests.Session, settings: Settings, store: ImageStore | None, url: str, public_base: str | None
 ) -> Links:
     """Re-host the image at `url` as configured. Never raises: failures become notes."""
-    permanent, notes = None, []
+    permanent, notes, picture = None, [], None
     if settings.use_lsky_pro or store is not None:
         try:
             picture = fetch_picture(session, url, settings.upload_timeout, int(settings.max_image_mb * 2**20))
@@ -276,4 +278,4 @@ def lasting_links(
             )
         except UploadError as exc:
             notes.append(f"短链接生成失败：{exc.message}")
-    return Links(image=permanent or url, download=download, permanent=permanent, notes=tuple(notes))
+    return Links(image=permanent or url, download=download, permanent=permanent, notes=tuple(notes), picture=picture)

@@ -167,3 +167,13 @@ def test_cors_origins_can_be_limited(serve):
     assert "Origin" in allowed.headers["Vary"]
     refused = requests.get(f"{service.url}/v1/models", headers={"Origin": "https://evil.example.com"}, timeout=5)
     assert "Access-Control-Allow-Origin" not in refused.headers
+
+
+def test_b64_json_with_a_store_behind_a_proxy_does_not_fetch_its_own_public_link(serve, tmp_path):
+    # The public link points at a proxy this server cannot reach from inside; the bytes it just
+    # stored are what b64_json must return.
+    service = serve(image_store_dir=str(tmp_path), public_base_url="https://img.example.invalid")
+    [item] = client(service).images.generate(prompt="a fox", response_format="b64_json").data
+    data = base64.b64decode(item.b64_json)
+    assert data.startswith(b"\x89PNG")
+    assert [p.read_bytes() for p in tmp_path.glob("*.png")] == [data]
