@@ -205,14 +205,14 @@ def make_image(
     if cancelled.is_set():
         return Outcome(index, error="客户端已断开")
     try:
-        image = generate_with_failover(
+        url = generate_with_failover(
             services.http, settings.api_base_url, services.pool, payload,
             timeout=settings.upstream_timeout, deadline=deadline, max_attempts=settings.max_key_attempts,
             cancelled=cancelled, label=f"req={job.request_id} image {index}",
         )
         if cancelled.is_set():
             return Outcome(index, error="客户端已断开")
-        links = lasting_links(services.session, settings, services.store, image.url, job.public_base)
+        links = lasting_links(services.session, settings, services.store, url, job.public_base)
     except UpstreamError as exc:
         if exc.kind != "cancelled":
             log.warning("req=%s image %d failed: %s", job.request_id, index, exc.kind)

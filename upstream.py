@@ -196,16 +196,10 @@ class KeyPool:
         return f"全部 {counts['total']} 个上游密钥暂不可用：{'、'.join(parts) or '都在使用中'}{later}"
 
 
-@dataclass(frozen=True)
-class Image:
-    url: str
-    seed: int | None = None
-
-
 def generate_image(
     http: urllib3.PoolManager, base_url: str, key: str, payload: dict[str, Any], timeout: float
-) -> Image:
-    """POST /v1/images/generations and return the first image. Raises UpstreamError."""
+) -> str:
+    """POST /v1/images/generations; the first image's URL (or data: URI). Raises UpstreamError."""
     body = _post_json(http, f"{base_url}/v1/images/generations", key, payload, timeout)
     images = body.get("images") or body.get("data") if isinstance(body, dict) else None
     if not isinstance(images, list) or not images:
@@ -214,8 +208,7 @@ def generate_image(
     url = first.get("url") if isinstance(first, dict) else None
     if not isinstance(url, str) or not url.startswith(("http://", "https://", "data:")):
         raise UpstreamError("bad_response", "上游返回的图片地址无效")
-    seed = body.get("seed")
-    return Image(url=url, seed=seed if isinstance(seed, int) else None)
+    return url
 
 
 def has_balance(http: urllib3.PoolManager, base_url: str, key: str, timeout: float) -> bool:
@@ -242,8 +235,8 @@ def generate_with_failover(
     max_attempts: int,
     cancelled: threading.Event,
     label: str,
-) -> Image:
-    """One image, before `deadline` (monotonic), failing over from key to key.
+) -> str:
+    """One image's URL, before `deadline` (monotonic), failing over from key to key.
 
     Failures that belong to a key (dead, no balance, rate limited, forbidden) just move to the
     next key: they say nothing about the image, and the key leaves the rotation or cools down.
@@ -279,7 +272,7 @@ def generate_with_failover(
             tried.append(key)
         started = time.monotonic()
         try:
-            image = generate_image(http, base_url, key, payload, min(timeout, remaining))
+            url = generate_image(http, base_url, key, payload, min(timeout, remaining))
         except UpstreamError as exc:
             pool.report(key, exc)
             last = exc
@@ -297,7 +290,7 @@ def generate_with_failover(
             raise
         pool.report(key, None)
         log.info("%s ok on key %s (attempt %d) in %.2fs", label, mask_key(key), attempts, time.monotonic() - started)
-        return image
+        return url
     if last is None:
         raise UpstreamError("no_keys", pool.outage())
     message = last.message + (f"（共尝试 {attempts} 次，{len(tried)} 个密钥）" if attempts > 1 else "")
