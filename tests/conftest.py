@@ -104,6 +104,27 @@ def service(serve) -> Service:
 
 
 @pytest.fixture(scope="session")
+def production_bin() -> Path:
+    """The bin/ of a venv made from requirements.txt alone: what the Dockerfile and every Procfile
+    platform install. The dev requirements (pytest, openai, ...) can hide a missing package, so the
+    service is started from here. `.ci/run` builds it and names it in PRODUCTION_VENV; otherwise it
+    is built once here, and rebuilt when requirements.txt changes.
+    """
+    configured = os.environ.get("PRODUCTION_VENV")
+    if configured:
+        return Path(configured) / "bin"
+    home = ROOT / ".cache" / "production-venv"
+    stamp = home / "requirements.txt"
+    wanted = (ROOT / "requirements.txt").read_text()
+    if not stamp.exists() or stamp.read_text() != wanted:
+        venv.create(home, with_pip=True, clear=True)
+        subprocess.run([str(home / "bin" / "python"), "-m", "pip", "install", "-q", "-r", str(ROOT / "requirements.txt")],
+                       check=True, timeout=900)
+        stamp.write_text(wanted)
+    return home / "bin"
+
+
+@pytest.fixture(scope="session")
 def legacy_python() -> str:
     """A Python with openai==0.28.1, which cannot share an environment with openai>=1.
 

@@ -5,84 +5,49 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import struct
 import subprocess
-import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import requests
 
 from tests.conftest import ROOT
 from tests.helpers import chat_body, content_of, images_in, post_chat, stream_chunks
-
-
-def _web_command() -> str:
-    line = next(line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("web:"))
-    return line.removeprefix("web:").strip()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(env_extra: dict[str, str]) -> tuple[subprocess.Popen, int]:
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "MAX_IMAGES"))}
-    env.update(PORT=str(port), PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", **env_extra)
-    # Output goes to a file: a pipe nobody reads fills up and blocks the server's logging.
-    log = tempfile.TemporaryFile(mode="w+")
-    process = subprocess.Popen(
-        ["bash", "-c", f"exec {_web_command()}"], cwd=ROOT, env=env,
-        stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )
-    process.log = log  # type: ignore[attr-defined]
-    return process, port
-
-
-def _stop(process: subprocess.Popen) -> str:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-    process.wait(timeout=30)
-    process.log.seek(0)  # type: ignore[attr-defined]
-    return process.log.read()  # type: ignore[attr-defined]
+from tests.servers import Gunicorn, web_command
 
 
 @pytest.fixture
-def gunicorn(fake):
-    process, port = _start({"API_BASE_URL": fake.url, "API_KEYS": "sk-good-gun1,sk-good-gun2"})
-    url = f"http://127.0.0.1:{port}"
-    if not _wait_until_up(url):
-        pytest.fail("gunicorn did not start: " + _stop(process)[-2000:])
-    yield url, process
-    _stop(process)
+def gunicorn(fake, production_bin):
+    server = Gunicorn({"API_BASE_URL": fake.url, "API_KEYS": "sk-good-gun1,sk-good-gun2"}, production_bin)
+    if not server.wait_until_up():
+        pytest.fail("gunicorn did not start: " + server.stop()[-2000:])
+    yield server
+    server.stop()
 
 
-def test_procfile_runs_gunicorn_with_gevent_and_streams(gunicorn, fake):
-    url, process = gunicorn
-    response = post_chat(url, chat_body("画一只猫 16:9 pic:2", stream=True), stream=True)
+def test_a_clean_install_runs_the_procfile_with_gevent_and_draws(gunicorn, fake, production_bin):
+    """requirements.txt alone, then the Procfile's command: what Docker, Heroku and a VPS run."""
+    installed = subprocess.run([str(production_bin / "python"), "-m", "pip", "list", "--format=freeze"],
+                               capture_output=True, text=True, check=True).stdout.lower()
+    assert "pytest" not in installed and "openai" not in installed  # nothing from the dev requirements
+    response = post_chat(gunicorn.url, chat_body("画一只猫 16:9 pic:2", stream=True), stream=True)
     assert response.headers["Content-Type"].startswith("text/event-stream")
     chunks, raw = stream_chunks(response)
     assert raw[-1] == "[DONE]"
     assert sorted(images_in(content_of(chunks))) == [1, 2]
-    log = _stop(process)
-    assert "Using worker: gevent" in log
+    assert "Using worker: gevent" in gunicorn.stop()
 
 
-def test_bad_configuration_stops_gunicorn_with_the_variable_named(fake):
-    process, _ = _start({"MAX_IMAGES_PER_REQUEST": "abc"})
+def test_bad_configuration_stops_gunicorn_with_the_variable_named(fake, production_bin):
+    server = Gunicorn({"MAX_IMAGES_PER_REQUEST": "abc"}, production_bin)
     try:
-        process.wait(timeout=30)
+        server.process.wait(timeout=30)
     finally:
-        out = _stop(process)
-    assert process.returncode != 0
+        out = server.stop()
+    assert server.process.returncode != 0
     assert "MAX_IMAGES_PER_REQUEST" in out
 
 
@@ -91,17 +56,7 @@ def test_dockerfile_runs_the_procfile_command_as_a_non_root_user_on_7860():
     assert re.search(r"^USER (?!root)\w+", dockerfile, re.M)
     assert "EXPOSE 7860" in dockerfile
     cmd = re.search(r'^CMD \["sh", "-c", "exec (.+)"\]', dockerfile, re.M).group(1)
-    assert cmd == _web_command()
-
-
-def _worker_pid(master: int) -> int:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-        if children:
-            return int(children[0])
-        time.sleep(0.05)
-    raise AssertionError("no gunicorn worker")
+    assert cmd == web_command()
 
 
 def _threads_and_fds(pid: int) -> tuple[int, int]:
@@ -127,18 +82,18 @@ def _abort_stream(port: int) -> None:
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs /proc")
 @pytest.mark.parametrize("worker_class", ["gevent", "gthread"])
-def test_a_thousand_aborted_streams_leave_no_threads_or_sockets_behind(fake, worker_class):
+def test_a_thousand_aborted_streams_leave_no_threads_or_sockets_behind(fake, worker_class, production_bin):
     fake.state.image_latency = 0.5
-    process, port = _start({
+    server = Gunicorn({
         "API_BASE_URL": fake.url, "API_KEYS": "sk-good-ab1,sk-good-ab2,sk-good-ab3,sk-good-ab4",
         "GUNICORN_WORKER_CLASS": worker_class, "WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "16",
         "GUNICORN_WORKER_CONNECTIONS": "16", "UPSTREAM_WORKERS": "4",
         "HEARTBEAT_SECONDS": "0.05", "PROMPT_EXPANSION": "false",
-    })
-    url = f"http://127.0.0.1:{port}"
+    }, production_bin)
+    url, port = server.url, server.port
     try:
-        assert _wait_until_up(url)
-        worker = _worker_pid(process.pid)
+        assert server.wait_until_up()
+        worker = server.worker_pid()
         # Warm up: every gunicorn thread and upstream worker thread exists after 16 concurrent streams.
         with ThreadPoolExecutor(16) as pool:
             answers = list(pool.map(lambda _: post_chat(url, chat_body("画一只猫", stream=True)).text, range(16)))
@@ -164,15 +119,4 @@ def test_a_thousand_aborted_streams_leave_no_threads_or_sockets_behind(fake, wor
         # And the service still draws.
         assert "4/4" in post_chat(url, chat_body("画一只猫 pic:4")).json()["choices"][0]["message"]["content"]
     finally:
-        _stop(process)
-
-
-def _wait_until_up(url: str) -> bool:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/health", timeout=1).status_code == 200:
-                return True
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    return False
+        server.stop()

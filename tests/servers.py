@@ -1,0 +1,146 @@
+"""Real processes around the service for the tests: gunicorn as the Procfile runs it, and nginx.
+
+Each listens on 127.0.0.1 on a free port and is stopped by the test that started it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+from tests.conftest import ROOT
+from tests.js_env import require
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def web_command() -> str:
+    line = next(line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("web:"))
+    return line.removeprefix("web:").strip()
+
+
+class Gunicorn:
+    """The Procfile's web command, run from `bin_dir` (the production venv's)."""
+
+    def __init__(self, env_extra: dict[str, str], bin_dir: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("API_", "MAX_IMAGES", "VIRTUAL_ENV", "PYTHON", "GUNICORN_"))}
+        env.update(PORT=str(self.port), PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", **env_extra)
+        # Output goes to a file: a pipe nobody reads fills up and blocks the server's logging.
+        self._log = tempfile.TemporaryFile(mode="w+")
+        self.process = subprocess.Popen(
+            ["bash", "-c", f"exec {web_command()}"], cwd=ROOT, env=env,
+            stdout=self._log, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )
+
+    def wait_until_up(self, seconds: float = 30) -> bool:
+        return wait_until_up(self.url, seconds)
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.process.pid, signum)
+
+    def worker_pid(self) -> int:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+            if children:
+                return int(children[0])
+            time.sleep(0.05)
+        raise AssertionError("no gunicorn worker")
+
+    def stop(self) -> str:
+        """Stop it (SIGTERM to the group) and return everything it logged."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        return self.log()
+
+    def log(self) -> str:
+        self._log.seek(0)
+        return self._log.read()
+
+
+def wait_until_up(url: str, seconds: float = 30) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/health", timeout=1).status_code == 200:
+                return True
+        except requests.RequestException:
+            time.sleep(0.1)
+    return False
+
+
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+
+
+class Nginx:
+    """Debian's nginx with the shipped deploy/nginx.conf, pointed at `upstream_port`.
+
+    `read_timeout` replaces the config's proxy_read_timeout, to show what heartbeats are for.
+    """
+
+    def __init__(self, upstream_port: int, *, read_timeout: str | None = None, worker_connections: int = 4096):
+        require(NGINX, "nginx (Debian package nginx)")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.home = Path(tempfile.mkdtemp(prefix="nginx-test-"))
+        server = (ROOT / "deploy" / "nginx.conf").read_text()
+        server = server.replace("listen 80;", f"listen 127.0.0.1:{self.port};")
+        server = server.replace("server 127.0.0.1:7860;", f"server 127.0.0.1:{upstream_port};")
+        if read_timeout:
+            server = server.replace("proxy_read_timeout 120s;", f"proxy_read_timeout {read_timeout};")
+        (self.home / "site.conf").write_text(server)
+        temp = "".join(f"{name}_temp_path {self.home}/{name};\n"
+                       for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        (self.home / "nginx.conf").write_text(
+            f"daemon off;\nmaster_process off;\nworker_processes 1;\npid {self.home}/nginx.pid;\n"
+            f"error_log {self.home}/error.log warn;\nworker_rlimit_nofile 16384;\n"
+            f"events {{ worker_connections {worker_connections}; }}\n"
+            f"http {{\naccess_log off;\n{temp}include {self.home}/site.conf;\n}}\n"
+        )
+        self.process = subprocess.Popen(
+            [NGINX, "-p", str(self.home), "-c", str(self.home / "nginx.conf")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError("nginx did not start: " + self.errors())
+
+    def errors(self) -> str:
+        path = self.home / "error.log"
+        return path.read_text() if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        shutil.rmtree(self.home, ignore_errors=True)
