@@ -83,6 +83,7 @@ def _number_of(unit: str, high: float) -> Callable[[str], float]:
 
 _seconds = _number_of("seconds", 3600)
 _megabytes = _number_of("megabytes", 200)
+_store_megabytes = _number_of("megabytes", 10_000_000)
 
 
 def _url(raw: str) -> str:
@@ -142,9 +143,11 @@ class Settings:
     shortlink_base_url: str | None = _setting("SHORTLINK_BASE_URL", "", _optional_url)
     shortlink_api_key: str | None = _setting("SHORTLINK_API_KEY", "", _optional_text, secret=True)
     image_store_dir: str | None = _setting("IMAGE_STORE_DIR", "", _optional_text)
+    image_store_max_mb: float = _setting("IMAGE_STORE_MAX_MB", "2048", _store_megabytes)
     public_base_url: str | None = _setting("PUBLIC_BASE_URL", "", _optional_url)
     upload_timeout: float = _setting("UPLOAD_TIMEOUT", "30", _seconds)
     max_image_mb: float = _setting("MAX_IMAGE_MB", "20", _megabytes)
+    allow_private_image_urls: bool = _setting("ALLOW_PRIVATE_IMAGE_URLS", "false", _bool)
     banned_keywords: tuple[str, ...] = _setting(
         "BANNED_KEYWORDS", DEFAULT_BANNED_KEYWORDS, lambda raw: tuple(k.lower() for k in _split_list(raw))
     )
@@ -155,6 +158,7 @@ class Settings:
     max_key_attempts: int = _setting("MAX_KEY_ATTEMPTS", "3", _int_between(1, 20))
     key_recheck_seconds: float = _setting("KEY_RECHECK_SECONDS", "600", _seconds)
     heartbeat_seconds: float = _setting("HEARTBEAT_SECONDS", "10", _seconds)
+    client_body_timeout: float = _setting("CLIENT_BODY_TIMEOUT", "30", _seconds)
     upstream_workers: int = _setting("UPSTREAM_WORKERS", "1024", _int_between(1, 4096))
     cors_origins: tuple[str, ...] = _setting("CORS_ORIGINS", "*", _split_list)
     log_level: str = _setting("LOG_LEVEL", "INFO", lambda raw: _choice(raw.upper(), _LOG_LEVELS))

@@ -1,8 +1,8 @@
 """Drawing: what happens between a validated request and its answer.
 
 Prompt expansion, moderation of the expanded prompt, the fan-out of `pic:N` over the shared
-executor with failover and re-hosting per image, and the assistant's reply as typed events.
-Nothing here touches Flask: request handlers pass plain values in (STYLE habit 6).
+executor with failover and re-hosting per image, and the assistant's reply as events that
+`wording` words. Nothing here touches Flask: request handlers pass plain values in (STYLE habit 6).
 """
 
 from __future__ import annotations
@@ -12,14 +12,15 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import requests
 import urllib3
 
+import wording
 from config import Settings
-from parsing import DrawRequest, find_banned, markdown_safe
+from parsing import DrawRequest, find_banned, fit_prompt, image_seeds
 from uploaders import ImageStore, Links, lasting_links
 from upstream import (
     KEY_BROKE,
@@ -29,10 +30,14 @@ from upstream import (
     UpstreamError,
     expand_prompt,
     generate_with_failover,
+    image_answer_bytes,
     payload_for,
 )
 
 log = logging.getLogger("siliconflow_proxy.drawing")
+
+EXPANSION_INPUT_CHARS = 2000  # what the chat model is given of the user's text
+INLINE_ONLY = "上游以内联数据（data:）返回了图片，聊天中无法显示；请设置 IMAGE_STORE_DIR 或蓝空图床来保存它"
 
 
 @dataclass(frozen=True)
@@ -63,21 +68,41 @@ class Outcome:
     links: Links | None = None
     error: str | None = None
     kind: str | None = None  # the UpstreamError kind when it failed
+    seed: int | None = None  # the seed sent, else the one the upstream says it used
 
 
 class KeepAlive:
-    """An answer event meaning "still working": an SSE comment on the wire, nothing in JSON."""
+    """An answer event meaning "still working": an SSE comment on the wire, a space before JSON."""
 
 
 KEEPALIVE = KeepAlive()
 AnswerEvent = str | KeepAlive
 
 
+class Shutdown:
+    """When this worker process must have answered everything: set when gunicorn asks it to stop.
+
+    Streams still waiting then end on their own, with a line for each picture not finished and
+    `[DONE]`, a few seconds before gunicorn's graceful timeout would cut them mid-answer.
+    """
+
+    MARGIN = 3.0  # seconds to write the last lines and close
+
+    def __init__(self) -> None:
+        self.deadline: float | None = None
+
+    def begin(self, grace_seconds: float) -> None:
+        self.deadline = time.monotonic() + max(grace_seconds - self.MARGIN, 0.5)
+
+
+SHUTDOWN = Shutdown()
+
+
 def answer(job: Job, services: Services) -> Iterator[AnswerEvent]:
     """The assistant's reply, piece by piece, in the order the user should see it."""
     settings = services.settings
     if banned := find_banned(job.text, settings.banned_keywords):
-        yield _refusal(banned)
+        yield wording.refusal(banned)
         return
 
     deadline = time.monotonic() + settings.request_timeout
@@ -86,37 +111,52 @@ def answer(job: Job, services: Services) -> Iterator[AnswerEvent]:
     try:
         prompt, expansion_note = job.draw.prompt, ""
         if settings.prompt_expansion:
-            expansion = services.executor.submit(expand, job, services)
+            expansion = services.executor.submit(expand, job, services, deadline)
             futures.append(expansion)
             yield from _heartbeats_until_done([expansion], settings.heartbeat_seconds)
             prompt, expansion_note = expansion.result()
             if banned := find_banned(prompt, settings.banned_keywords):
-                yield _refusal(banned)
+                yield wording.refusal(banned)
                 return
 
         draw = job.draw
-        yield _prompt_info(job, prompt, expansion_note)
+        prompt, cut = fit_prompt(prompt)
+        seeds = image_seeds(draw.seed, draw.count)
+        yield wording.prompt_info(
+            job.model, prompt, size=draw.size, asked_size=draw.asked_size, size_adjusted=draw.size_adjusted,
+            count=draw.count, seeds=seeds, negative=draw.negative_prompt,
+            notes=draw.notes + ((cut,) if cut else ()), expansion_note=expansion_note,
+        )
         yield "生成中"
-        payload = payload_for(job.model, prompt, draw.size, draw.seed, draw.negative_prompt)
-        images = submit_images(job, payload, services, deadline, cancelled)
+        payload = payload_for(job.model, prompt, draw.size, None, draw.negative_prompt)
+        images = submit_images(job, payload, services, deadline, cancelled, seeds)
         futures.extend(images)
         yield "✅\n\n"
-        alt = markdown_safe(prompt, limit=300)
+        alt = wording.markdown_safe(prompt, limit=300)
         delivered = 0
         pending = set(images)
         while pending:
-            # Each image goes out as soon as it is ready, not after the slowest one.
-            done, pending = wait(pending, timeout=settings.heartbeat_seconds, return_when=FIRST_COMPLETED)
+            # Each image goes out as soon as it is ready, not after the slowest one; none is waited
+            # for past the request's deadline (or past a shutdown's).
+            left = _stop_at(deadline) - time.monotonic()
+            if left <= 0:
+                break
+            done, pending = wait(pending, timeout=min(settings.heartbeat_seconds, left), return_when=FIRST_COMPLETED)
             if not done:
                 yield KEEPALIVE
             for future in sorted(done, key=images.index):
                 outcome = future.result()
-                if outcome.links:
+                if outcome.links and outcome.links.showable:
                     delivered += 1
-                    yield _image_markdown(outcome, alt)
+                    links = outcome.links
+                    yield wording.image_markdown(
+                        outcome.index, alt, links.image, links.download, links.permanent, links.notes, outcome.seed
+                    )
                 else:
-                    yield f"⚠️ 第 {outcome.index} 张图片生成失败：{outcome.error}\n\n"
-        yield f"完成：{delivered}/{draw.count} 张图片生成成功。"
+                    yield wording.image_failed(outcome.index, INLINE_ONLY if outcome.links else outcome.error or "")
+        for future in sorted(pending, key=images.index):
+            yield wording.image_failed(images.index(future) + 1, _unfinished_reason(settings))
+        yield wording.summary(delivered, draw.count)
     finally:
         # A client that hung up does not need the images that have not started yet.
         cancelled.set()
@@ -124,21 +164,38 @@ def answer(job: Job, services: Services) -> Iterator[AnswerEvent]:
             future.cancel()
 
 
+def _stop_at(deadline: float) -> float:
+    """When to stop waiting: the request's deadline (plus a second for the images' own last
+    steps, which end by it), or a shutdown's, whichever comes first."""
+    shutdown = SHUTDOWN.deadline
+    return min(deadline + 1.0, shutdown) if shutdown is not None else deadline + 1.0
+
+
+def _unfinished_reason(settings: Settings) -> str:
+    if SHUTDOWN.deadline is not None and SHUTDOWN.deadline <= time.monotonic():
+        return "服务正在重启或关闭，这张图片没能完成，请稍后重试"
+    return f"超过 {settings.request_timeout:g} 秒（REQUEST_TIMEOUT）仍未完成"
+
+
 def _heartbeats_until_done(futures: list[Future], every: float) -> Iterator[KeepAlive]:
     while not wait(futures, timeout=every).done:
         yield KEEPALIVE
 
 
-def expand(job: Job, services: Services) -> tuple[str, str]:
-    """Runs on a worker thread: the expanded prompt and a note, or the user's text and why."""
+def expand(job: Job, services: Services, until: float) -> tuple[str, str]:
+    """Runs on a worker thread: the expanded prompt and a note, or the user's text and why.
+
+    The key is always handed back, whatever happens.
+    """
     settings, pool = services.settings, services.pool
     key = pool.acquire()
     if key is None:
-        return job.draw.prompt, "（提示词扩充跳过：暂无可用密钥；已使用原始描述）\n"
+        return job.draw.prompt, wording.expansion_skipped("暂无可用密钥")
+    timeout = max(min(settings.expansion_timeout, until - time.monotonic()), 0.5)
     try:
         expanded = expand_prompt(
             services.http, settings.api_base_url, key, settings.image_prompt_model,
-            job.draw.prompt, settings.expansion_timeout,
+            job.draw.prompt[:EXPANSION_INPUT_CHARS], timeout,
         )
     except UpstreamError as exc:
         if exc.kind in KEY_DEAD | KEY_BROKE:  # the same account draws; a chat 429 says nothing of images
@@ -146,55 +203,17 @@ def expand(job: Job, services: Services) -> tuple[str, str]:
         else:
             pool.release(key)
         log.warning("req=%s prompt expansion failed (%s); using the user's text", job.request_id, exc.kind)
-        return job.draw.prompt, f"（提示词扩充失败：{exc.message}；已使用原始描述）\n"
+        return job.draw.prompt, wording.expansion_failed(exc.message)
+    except BaseException:
+        pool.release(key)
+        raise
     pool.report(key, None)
     return expanded, ""
 
 
-def _refusal(keyword: str) -> str:
-    return f"抱歉，您的请求包含不允许的内容（“{keyword}”），无法生成图片。请修改描述后重试。"
-
-
-def _prompt_info(job: Job, prompt: str, expansion_note: str) -> str:
-    draw = job.draw
-    if draw.size is None:
-        size = "跟随输入图片"
-    elif draw.size_adjusted:
-        size = f"{draw.size}（{job.model} 不支持 {draw.asked_size}，已使用最接近的尺寸）"
-    else:
-        size = draw.size
-    extras = f" · 种子：{draw.seed}" if draw.seed is not None else ""
-    negative = f"🚫 负面提示词：{' '.join(draw.negative_prompt.split())}\n" if draw.negative_prompt else ""
-    notes = "".join(f"ℹ️ {note}\n" for note in draw.notes)
-    return (
-        f"{expansion_note}🎨 提示词：{' '.join(prompt.split())}\n{negative}"
-        f"📐 尺寸：{size} · 数量：{draw.count} · 模型：{job.model}{extras}\n{notes}\n"
-    )
-
-
-def _image_markdown(outcome: Outcome, alt: str) -> str:
-    links = outcome.links
-    assert links is not None
-    n = outcome.index
-    lines = [f"![image{n}|{alt}]({_markdown_url(links.image)})"]
-    if links.permanent:
-        lines.append(
-            f"[永久链接]({_markdown_url(links.permanent)}) · "
-            f"[上游原图]({_markdown_url(links.download)})（上游链接一小时后失效）"
-        )
-    else:
-        lines.append(f"[下载第 {n} 张]({_markdown_url(links.download)})（上游链接一小时后失效，请及时保存）")
-    lines.extend(f"⚠️ {note}" for note in links.notes)
-    return "\n".join(lines) + "\n\n"
-
-
-def _markdown_url(url: str) -> str:
-    """A URL that cannot end a Markdown link early."""
-    return url.replace(" ", "%20").replace("(", "%28").replace(")", "%29").replace("<", "%3C").replace(">", "%3E")
-
-
 def make_image(
-    index: int, payload: dict[str, Any], services: Services, deadline: float, cancelled: threading.Event, job: Job
+    index: int, payload: dict[str, Any], services: Services, deadline: float, cancelled: threading.Event, job: Job,
+    seed: int | None = None,
 ) -> Outcome:
     """Runs on a worker thread: one image with failover over keys, then re-hosted; failures become reasons.
 
@@ -204,15 +223,18 @@ def make_image(
     settings = services.settings
     if cancelled.is_set():
         return Outcome(index, error="客户端已断开")
+    if seed is not None:
+        payload = payload | {"seed": seed}
     try:
-        url = generate_with_failover(
+        image = generate_with_failover(
             services.http, settings.api_base_url, services.pool, payload,
             timeout=settings.upstream_timeout, deadline=deadline, max_attempts=settings.max_key_attempts,
-            cancelled=cancelled, label=f"req={job.request_id} image {index}",
+            max_bytes=image_answer_bytes(settings.max_image_mb), cancelled=cancelled,
+            label=f"req={job.request_id} image {index}",
         )
         if cancelled.is_set():
             return Outcome(index, error="客户端已断开")
-        links = lasting_links(services.session, settings, services.store, url, job.public_base)
+        links = lasting_links(services.session, settings, services.store, image.url, job.public_base, deadline)
     except UpstreamError as exc:
         if exc.kind != "cancelled":
             log.warning("req=%s image %d failed: %s", job.request_id, index, exc.kind)
@@ -222,27 +244,61 @@ def make_image(
         return Outcome(index, error="服务内部错误")
     for note in links.notes:
         log.warning("req=%s image %d: %s", job.request_id, index, note)
-    return Outcome(index, links=links)
+    return Outcome(index, links=links, seed=seed if seed is not None else image.seed)
 
 
 def submit_images(
-    job: Job, payload: dict[str, Any], services: Services, deadline: float, cancelled: threading.Event
+    job: Job, payload: dict[str, Any], services: Services, deadline: float, cancelled: threading.Event,
+    seeds: list[int] | None = None,
 ) -> list[Future[Outcome]]:
     """Start every image of `job` on the shared executor; setting `cancelled` stops those not begun."""
     return [
-        services.executor.submit(make_image, index, payload, services, deadline, cancelled, job)
+        services.executor.submit(
+            make_image, index, payload, services, deadline, cancelled, job, seeds[index - 1] if seeds else None
+        )
         for index in range(1, job.draw.count + 1)
     ]
 
 
-def draw_all(job: Job, payload: dict[str, Any], services: Services) -> list[Outcome]:
-    """Every image of `job`, in parallel on the shared pool, each with failover and re-hosting."""
-    cancelled = threading.Event()
-    futures = submit_images(job, payload, services, time.monotonic() + services.settings.request_timeout, cancelled)
+@dataclass
+class Drawn:
+    """What the Images API answers from: the prompt used (when expanded) and each image's outcome."""
+
+    revised: str | None = None
+    outcomes: list[Outcome] = field(default_factory=list)
+    refused: str | None = None  # a banned word found in the expanded prompt
+
+
+def draw_for_api(
+    job: Job, fields: dict[str, Any], services: Services, *, expand_first: bool, cancelled: threading.Event
+) -> Drawn:
+    """Every image of `job`, in parallel on the shared pool, each with failover and re-hosting.
+
+    Runs on a worker thread; `fields` are extra SiliconFlow fields the client gave. Setting
+    `cancelled` (the client left) stops the images not begun.
+    """
+    settings = services.settings
+    deadline = time.monotonic() + settings.request_timeout
+    draw = job.draw
+    prompt, revised = draw.prompt, None
+    if expand_first:
+        revised, _ = expand(job, services, deadline)
+        if banned := find_banned(revised, settings.banned_keywords):
+            return Drawn(refused=banned)
+        prompt = revised
+    prompt, _ = fit_prompt(prompt)
+    payload = payload_for(job.model, prompt, draw.size, None, draw.negative_prompt) | fields
+    futures = submit_images(job, payload, services, deadline, cancelled, image_seeds(draw.seed, draw.count))
     try:
-        return [future.result() for future in futures]
+        outcomes = []
+        for future in futures:
+            left = _stop_at(deadline) - time.monotonic()
+            try:
+                outcomes.append(future.result(timeout=max(left, 0.0)))
+            except TimeoutError:
+                outcomes.append(Outcome(futures.index(future) + 1, error=_unfinished_reason(settings), kind="timeout"))
+        return Drawn(revised=prompt if expand_first else None, outcomes=outcomes)
     finally:
-        cancelled.set()
         for future in futures:
             future.cancel()
 
@@ -253,6 +309,6 @@ def guarded(pieces: Iterator[AnswerEvent], request_id: str) -> Iterator[AnswerEv
         yield from pieces
     except Exception:
         log.exception("req=%s unexpected error while answering", request_id)
-        yield "\n\n⚠️ 服务内部错误，回答不完整。"
+        yield wording.INTERNAL_ERROR
     finally:
         pieces.close()  # type: ignore[attr-defined]

@@ -22,10 +22,30 @@ threads = int(os.environ.get("GUNICORN_THREADS", "64"))  # gthread: streams per 
 # gevent and gthread workers report alive from their own loop, so a long stream does not trip
 # this; kept above the upstream timeout all the same, for worker classes that count request time.
 timeout = int(float(os.environ.get("UPSTREAM_TIMEOUT", "120"))) + 60
-graceful_timeout = 30
+# After SIGTERM (a deploy, a restart, `docker stop`), streams get as long as one image may take to
+# finish; those still running then end themselves with a line saying so and [DONE], a few seconds
+# before this runs out (drawing.Shutdown). Platforms that kill sooner (Heroku: 30 s, docker stop:
+# 10 s) should say so: GUNICORN_CMD_ARGS="--graceful-timeout 28".
+graceful_timeout = int(float(os.environ.get("UPSTREAM_TIMEOUT", "120"))) + 15
 keepalive = 5
 accesslog = "-"
 errorlog = "-"
 # Load the app once in the master: a bad setting then stops start-up with its message instead
 # of workers failing one after another, and the workers share the loaded code.
 preload_app = True
+
+
+def post_worker_init(worker):
+    """Tell the streams of this worker when gunicorn asks it to stop, and how long they have."""
+    import signal
+
+    from drawing import SHUTDOWN
+
+    stop = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame):
+        SHUTDOWN.begin(worker.cfg.graceful_timeout)
+        if callable(stop):
+            stop(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)

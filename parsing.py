@@ -14,6 +14,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 SEED_MAX = 9_999_999_999
+# Longest prompt sent upstream. SiliconFlow documents no limit; its models' text encoders read a few
+# hundred tokens at most (CLIP 77, Kolors' ChatGLM 256, T5 512), and a hostile or runaway expansion
+# must not become a 100 MB request. 1,000 characters hold the ~100-word expansion with room to spare.
+MAX_PROMPT_CHARS = 1000
 
 # The seed's own table, used for any model without a documented list of sizes.
 SEED_SIZES: tuple[str, ...] = (
@@ -271,15 +275,19 @@ def find_banned(text: str, keywords: tuple[str, ...]) -> str | None:
     return None
 
 
-def one_line(text: str, limit: int) -> str:
-    """`text` with its white space folded to single spaces, cut to `limit` characters with "…"."""
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def fit_prompt(prompt: str, limit: int = MAX_PROMPT_CHARS) -> tuple[str, str | None]:
+    """`prompt` cut to `limit` characters (at a word boundary when there is one), and a note if it was."""
+    if len(prompt) <= limit:
+        return prompt, None
+    cut = prompt[:limit]
+    space = cut.rfind(" ")
+    if space > limit * 0.8:
+        cut = cut[:space]
+    return cut.rstrip(" ,，、;；"), f"提示词过长，只使用了前 {len(cut)} 个字符"
 
 
-_MARKDOWN_SAFE = str.maketrans({"[": "【", "]": "】", "(": "（", ")": "）", "|": "｜", "\\": "＼", "<": "‹", ">": "›"})
-
-
-def markdown_safe(text: str, limit: int = 200) -> str:
-    """`text` on one line, safe inside `![...]`: no brackets, parentheses, pipes or newlines."""
-    return one_line(text.translate(_MARKDOWN_SAFE), limit)
+def image_seeds(seed: int | None, count: int) -> list[int] | None:
+    """One seed per picture: S, S+1, … so that `seed:S pic:N` draws N different, repeatable pictures."""
+    if seed is None:
+        return None
+    return [(seed + i) % (SEED_MAX + 1) for i in range(count)]

@@ -11,30 +11,27 @@ import base64
 import hmac
 import json
 import logging
+import os
 import re
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, request, send_file
 from werkzeug.exceptions import HTTPException
+from werkzeug.wsgi import wrap_file
 
 from config import ConfigError, Settings
-from drawing import Job, KeepAlive, Outcome, Services, answer, draw_all, expand, guarded
+from drawing import INLINE_ONLY, Drawn, Job, KeepAlive, Outcome, Services, answer, draw_for_api, guarded
+from outbound import AddressRule, deadline, make_http, make_session
 from parsing import SEED_MAX, DrawRequest, find_banned, parse, pick_size
-from uploaders import MIMETYPES, ImageStore, UploadError, fetch_picture, make_session
-from upstream import (
-    BalanceRechecker,
-    KeyPool,
-    has_balance,
-    make_http,
-    mask_key,
-    payload_for,
-)
+from uploaders import MIMETYPES, ImageStore, UploadError, fetch_picture
+from upstream import BalanceRechecker, KeyPool, has_balance, mask_key
 
 log = logging.getLogger("siliconflow_proxy")
 
@@ -53,11 +50,15 @@ class ApiError(Exception):
 _ERROR_TYPES = {401: "invalid_request_error", 403: "permission_error", 429: "rate_limit_error"}
 
 
-def error_response(status: int, message: str, *, param: str | None = None, code: str | None = None) -> Response:
+def _error_body(status: int, message: str, *, param: str | None = None, code: str | None = None) -> dict:
     """The one shape of every error this service answers, as the OpenAI clients parse it."""
     kind = _ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return Response(_dumps(body), status=status, mimetype="application/json")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def error_response(status: int, message: str, *, param: str | None = None, code: str | None = None) -> Response:
+    return Response(_dumps(_error_body(status, message, param=param, code=code)), status=status,
+                    mimetype="application/json")
 
 
 # --- wire format -------------------------------------------------------------------------------
@@ -208,8 +209,17 @@ def chat_completions() -> Response:
     )
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if not stream:
-        content = "".join(e for e in guarded(answer(job, services), job.request_id) if isinstance(e, str))
-        return Response(_dumps(completion(completion_id, created, model, text, content)), mimetype="application/json")
+
+        def whole() -> Iterator[str]:
+            parts = []
+            for event in guarded(answer(job, services), job.request_id):
+                if isinstance(event, KeepAlive):
+                    yield " "  # see _keep_alive_json
+                else:
+                    parts.append(event)
+            yield _dumps(completion(completion_id, created, model, text, "".join(parts)))
+
+        return Response(whole(), mimetype="application/json")
 
     def events() -> Iterator[str]:
         yield sse(chunk(completion_id, created, model, {"role": "assistant", "content": ""}))
@@ -275,19 +285,53 @@ def images_generations() -> Response:
                        negative_prompt=negative or None)
     job = Job(g.request_id, model, prompt, draw, _public_base(settings))
     log.info("req=%s images model=%s n=%d size=%s format=%s", job.request_id, model, n, size, response_format)
-    revised = None
-    if wants_expansion:
-        revised, _ = expand(job, services)
-        if banned := find_banned(revised, settings.banned_keywords):
-            raise ApiError(400, f"The expanded prompt contains a word this service does not draw: '{banned}'.",
-                           param="prompt", code="content_policy_violation")
-    payload = payload_for(model, revised or draw.prompt, size, draw.seed, draw.negative_prompt) | extras
-    outcomes = draw_all(job, payload, services)
-    made = [o for o in outcomes if o.links]
+    cancelled = threading.Event()
+    drawing = services.executor.submit(draw_for_api, job, extras, services, expand_first=wants_expansion,
+                                       cancelled=cancelled)
+
+    def result() -> str:
+        return _dumps(_images_body(drawing.result(), response_format, services))
+
+    try:
+        # Quick answers keep their status codes (400, 429, 503, 502 when no image was made)...
+        wait([drawing], timeout=settings.heartbeat_seconds)
+        if drawing.done():
+            return Response(result(), mimetype="application/json")
+    except BaseException:
+        cancelled.set()
+        raise
+    # ...a slow one starts its 200 now and keeps the connection alive until the JSON is ready.
+    return Response(_keep_alive_json(drawing, result, settings.heartbeat_seconds, cancelled),
+                    mimetype="application/json")
+
+
+def _keep_alive_json(work: Future, result: Callable[[], str], every: float, cancelled: threading.Event) -> Iterator[str]:
+    """A JSON answer that takes long: a space every `every` seconds until it is ready, then the JSON.
+
+    JSON parsers skip leading white space, and the bytes keep reverse proxies (nginx's 60 s,
+    Cloudflare's 100 s) from giving up on a quiet connection. The status is 200 by then, so a late
+    failure is an OpenAI-shaped `{"error": ...}` body after the spaces.
+    """
+    try:
+        while not wait([work], timeout=every).done:
+            yield " "
+        try:
+            yield result()
+        except ApiError as exc:
+            yield _dumps(_error_body(exc.status, exc.message, param=exc.param, code=exc.code))
+    finally:
+        cancelled.set()
+
+
+def _images_body(drawn: Drawn, response_format: str, services: Services) -> dict[str, Any]:
+    """The Images API answer. Raises ApiError when no image was made, or the expanded prompt was refused."""
+    if drawn.refused:
+        raise ApiError(400, f"The expanded prompt contains a word this service does not draw: '{drawn.refused}'.",
+                       param="prompt", code="content_policy_violation")
+    made = [o for o in drawn.outcomes if o.links and (response_format == "b64_json" or o.links.showable)]
     if not made:
-        raise _images_failure(outcomes)
-    data = [_image_item(o, response_format, revised, services) for o in made]
-    return Response(_dumps({"created": int(time.time()), "data": data}), mimetype="application/json")
+        raise _images_failure(drawn.outcomes, response_format)
+    return {"created": int(time.time()), "data": [_image_item(o, response_format, drawn.revised, services) for o in made]}
 
 
 def _images_size(value: Any, model: str) -> str | None:
@@ -311,10 +355,13 @@ def _images_extras(body: dict[str, Any]) -> dict[str, Any]:
     return extras
 
 
-def _images_failure(outcomes: list[Outcome]) -> ApiError:
+def _images_failure(outcomes: list[Outcome], response_format: str) -> ApiError:
     """No image was made: one error with a status that says whose problem it is."""
     kinds = {o.kind for o in outcomes}
-    reasons = "; ".join(dict.fromkeys(o.error or "unknown error" for o in outcomes))
+    reasons = "; ".join(dict.fromkeys(
+        o.error or (INLINE_ONLY + " (or ask for response_format b64_json)" if o.links else "unknown error")
+        for o in outcomes
+    ))
     if "bad_request" in kinds:
         return ApiError(400, f"SiliconFlow refused the request: {reasons}", code="upstream_bad_request")
     if kinds == {"rate_limit"}:
@@ -333,7 +380,8 @@ def _image_item(outcome: Outcome, response_format: str, revised: str | None, ser
     try:
         # Re-hosting already holds the bytes; otherwise links.image is the upstream's own link.
         picture = links.picture or fetch_picture(
-            services.session, links.image, settings.upload_timeout, int(settings.max_image_mb * 2**20)
+            services.session, links.image, settings.upload_timeout, int(settings.max_image_mb * 2**20),
+            AddressRule.trusting(settings.api_base_url, allow_private=settings.allow_private_image_urls),
         )
     except UploadError as exc:
         raise ApiError(502, f"The image was made but could not be read back: {exc.message}",
@@ -346,8 +394,10 @@ def _public_base(settings: Settings) -> str | None:
     if settings.public_base_url:
         return settings.public_base_url
     proto = request.headers.get("X-Forwarded-Proto", request.scheme).split(",")[0].strip() or request.scheme
-    host = request.headers.get("X-Forwarded-Host", request.host).split(",")[0].strip() or request.host
-    if proto not in ("http", "https") or not re.fullmatch(r"[A-Za-z0-9.\-]+(:\d+)?|\[[0-9a-fA-F:]+\](:\d+)?", host):
+    # The raw header: werkzeug's request.host is empty for a name with an underscore.
+    host = (request.headers.get("X-Forwarded-Host") or request.headers.get("Host") or "").split(",")[0].strip()
+    # Underscores are not valid in DNS names, but Docker Compose service names have them.
+    if proto not in ("http", "https") or not re.fullmatch(r"[A-Za-z0-9._\-]+(:\d+)?|\[[0-9a-fA-F:]+\](:\d+)?", host):
         return None
     return f"{proto}://{host}"
 
@@ -355,18 +405,55 @@ def _public_base(settings: Settings) -> str | None:
 @bp.get("/images/<path:name>")
 def stored_image(name: str) -> Response:
     store = _services().store
-    path = store.path_of(name) if store else None
-    if path is None:
+    handle = store.open(name) if store else None
+    if handle is None:
         raise ApiError(404, "No such image.", code="not_found")
-    response = send_file(path, mimetype=MIMETYPES[path.suffix[1:]], conditional=True, etag=True, max_age=31_536_000)
+    stem, ext = name.split(".")
+    info = os.fstat(handle.fileno())  # of the file opened, not of whatever the path names now
+    response = Response(wrap_file(request.environ, handle), mimetype=MIMETYPES[ext], direct_passthrough=True)
+    response.content_length = info.st_size
+    response.last_modified = info.st_mtime
+    response.set_etag(stem)
     response.headers["Cache-Control"] = "public, max-age=31536000, immutable"  # names are content hashes
-    return response
+    return response.make_conditional(request, accept_ranges=True, complete_length=info.st_size)
+
+
+def _body() -> bytes:
+    """The request body, at most MAX_BODY_BYTES whatever its transfer encoding, within CLIENT_BODY_TIMEOUT.
+
+    A client that sends half a body and waits has its socket dropped then, instead of holding a
+    worker's connection for ever.
+    """
+    seconds = _services().settings.client_body_timeout
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        raise ApiError(413, f"The request body is larger than {MAX_BODY_BYTES // 1024} KB.")
+    sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
+    with deadline(time.monotonic() + seconds) as scope:
+        if sock is not None:
+            scope.watch(sock)
+        try:
+            raw = request.stream.read(MAX_BODY_BYTES + 1)
+        except (OSError, ValueError):
+            raw = None
+        if scope.expired or raw is None:
+            raise ApiError(408, f"The request body did not arrive within {seconds:g} seconds.")
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiError(413, f"The request body is larger than {MAX_BODY_BYTES // 1024} KB.")
+    return raw
 
 
 def _json_object() -> dict[str, Any]:
-    raw = request.get_data(cache=False)
+    raw = _body()
     try:
         body = json.loads(raw)
+        # Lone surrogates ("\ud800") parse, but no text with one can be encoded: find them here,
+        # not in an upstream call or a log line.
+        json.dumps(body, ensure_ascii=False).encode()
+    except RecursionError:
+        raise ApiError(400, "The request body is nested too deeply to be a chat or image request.") from None
+    except UnicodeEncodeError:
+        raise ApiError(400, "The request body holds invalid Unicode (an unpaired surrogate escape like "
+                            "\\ud800). Send text as valid UTF-8.") from None
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "The request body must be valid JSON, sent with Content-Type: application/json.") from None
     if not isinstance(body, dict):
@@ -442,15 +529,19 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     _configure_logging(settings.log_level)
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    # No MAX_CONTENT_LENGTH: werkzeug's limit silently cuts a chunked body short, so _body() counts.
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     pool = KeyPool(settings.api_keys)
     http = make_http(settings.upstream_workers)
     session = make_session(settings.upstream_workers)
     try:
-        store = ImageStore(settings.image_store_dir) if settings.image_store_dir else None
-    except OSError:
-        raise ConfigError(f"invalid configuration:\n  IMAGE_STORE_DIR: cannot create or use {settings.image_store_dir}") from None
+        store = (ImageStore(settings.image_store_dir, int(settings.image_store_max_mb * 2**20))
+                 if settings.image_store_dir else None)
+    except OSError as exc:
+        raise ConfigError(
+            f"invalid configuration:\n  IMAGE_STORE_DIR: cannot create or write to {settings.image_store_dir} "
+            f"({exc.strerror or 'error'}); give this service's user write access, or mount a writable volume there"
+        ) from None
     app.extensions["siliconflow"] = Services(
         settings=settings,
         pool=pool,

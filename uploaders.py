@@ -10,19 +10,27 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
+import logging
+import math
 import os
 import re
 import secrets
+import stat
 import tempfile
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import requests
-import requests.adapters
 
 from config import Settings
-from parsing import one_line
+from outbound import AddressRefused, AddressRule, address_rule, deadline, remaining
+from wording import upstream_text
+
+log = logging.getLogger("siliconflow_proxy.uploaders")
 
 # File name extension for each image type we keep; anything else is not an image to us.
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
@@ -52,15 +60,6 @@ class Picture:
         return f"{hashlib.sha256(self.data).hexdigest()}.{EXTENSIONS[self.mimetype]}"
 
 
-def make_session(pool_size: int) -> requests.Session:
-    """The client for image hosts and image downloads, its pool sized for the worker threads."""
-    session = requests.Session()
-    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
-
-
 def sniff(data: bytes) -> str | None:
     for magic, mimetype in _MAGIC:
         if data.startswith(magic):
@@ -70,32 +69,58 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
-def fetch_picture(session: requests.Session, url: str, timeout: float, max_bytes: int) -> Picture:
-    """The image behind `url` (http(s) or a data: URI), at most `max_bytes`. Raises UploadError."""
+def fetch_picture(
+    session: requests.Session, url: str, timeout: float, max_bytes: int, rule: AddressRule | None = None,
+    until: float | None = None,
+) -> Picture:
+    """The image behind `url` (http(s) or a data: URI), at most `max_bytes`. Raises UploadError.
+
+    The whole download, redirects included, ends within `timeout` seconds (or at `until`, a
+    time.monotonic(), when that is sooner). Under `rule`, every connection, the redirects' too,
+    must lead where the rule allows.
+    """
     if url.startswith("data:"):
         return _decode_data_uri(url, max_bytes)
+    at = min(time.monotonic() + timeout, until or math.inf)
     try:
-        with session.get(url, timeout=(min(10.0, timeout), timeout), stream=True) as response:
-            if response.status_code != 200:
-                raise UploadError(f"下载图片失败（HTTP {response.status_code}）")
-            declared = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-            if declared and not declared.startswith(("image/", "application/octet-stream", "binary/")):
-                raise UploadError(f"上游链接返回的不是图片（{declared[:40]}）")
-            if int(response.headers.get("Content-Length") or 0) > max_bytes:
-                raise UploadError(f"图片超过 {max_bytes // 2**20} MB")
-            data = bytearray()
-            for piece in response.iter_content(64 * 1024):
-                data += piece
-                if len(data) > max_bytes:
-                    raise UploadError(f"图片超过 {max_bytes // 2**20} MB")
+        with deadline(at) as scope, address_rule(rule):
+            try:
+                data = _download(session, url, at, max_bytes)
+            except requests.RequestException:
+                if scope.expired:
+                    raise UploadError(f"下载图片超时（{timeout:g} 秒）") from None
+                raise
     except requests.Timeout:
         raise UploadError(f"下载图片超时（{timeout:g} 秒）") from None
+    except requests.TooManyRedirects:
+        raise UploadError("下载图片时重定向次数过多") from None
     except requests.RequestException:
         raise UploadError("下载图片失败（连接出错）") from None
+    except AddressRefused as exc:
+        raise UploadError(f"图片链接不安全：{exc.reason}") from None
     mimetype = sniff(bytes(data[:16]))
     if mimetype is None:
         raise UploadError("下载的内容不是 PNG、JPEG、WebP 或 GIF 图片")
     return Picture(bytes(data), mimetype)
+
+
+def _download(session: requests.Session, url: str, at: float, max_bytes: int) -> bytearray:
+    if not url.startswith(("http://", "https://")):
+        raise UploadError("图片链接不是 http(s) 地址")
+    with session.get(url, timeout=(remaining(at, 10.0), remaining(at, 60.0)), stream=True, allow_redirects=True) as response:
+        if response.status_code != 200:
+            raise UploadError(f"下载图片失败（HTTP {response.status_code}）")
+        declared = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if declared and not declared.startswith(("image/", "application/octet-stream", "binary/")):
+            raise UploadError(f"链接返回的不是图片（{upstream_text(declared, 40)}）")
+        if int(response.headers.get("Content-Length") or 0) > max_bytes:
+            raise UploadError(f"图片超过 {max_bytes // 2**20} MB")
+        data = bytearray()
+        for piece in response.iter_content(64 * 1024):
+            data += piece
+            if len(data) > max_bytes:
+                raise UploadError(f"图片超过 {max_bytes // 2**20} MB")
+    return data
 
 
 def _decode_data_uri(url: str, max_bytes: int) -> Picture:
@@ -114,9 +139,38 @@ def _decode_data_uri(url: str, max_bytes: int) -> Picture:
     return Picture(data, mimetype)
 
 
+HOST_ANSWER_BYTES = 256 * 1024  # an image host's or Sink's JSON answer is a few hundred bytes
+
+
+def _post(
+    session: requests.Session, url: str, timeout: float, until: float | None, what: str, **kwargs: Any
+) -> tuple[int, Any]:
+    """POST to a host the operator configured: (status, its JSON or None), all within `timeout`.
+
+    Raises UploadError naming `what` for timeouts and connection errors.
+    """
+    at = min(time.monotonic() + timeout, until or math.inf)
+    try:
+        with deadline(at) as scope:
+            try:
+                with session.post(
+                    url, timeout=(remaining(at, 10.0), remaining(at, timeout)), stream=True, allow_redirects=False,
+                    **kwargs,
+                ) as response:
+                    return response.status_code, _json_or_none(response)
+            except requests.RequestException:
+                if scope.expired:
+                    raise requests.Timeout from None
+                raise
+    except requests.Timeout:
+        raise UploadError(f"{what}在 {timeout:g} 秒内没有响应") from None
+    except requests.RequestException:
+        raise UploadError(f"无法连接{what}") from None
+
+
 def upload_to_lsky(
     session: requests.Session, base_url: str, token: str, picture: Picture, timeout: float,
-    strategy_id: int | None = None,
+    strategy_id: int | None = None, until: float | None = None,
 ) -> str:
     """POST {base_url}/api/v1/upload; the permanent URL. Raises UploadError.
 
@@ -124,26 +178,17 @@ def upload_to_lsky(
     `Accept: application/json` a bad token is a 302 to its HTML login page.
     """
     form = {"strategy_id": str(strategy_id)} if strategy_id else {}
-    try:
-        response = session.post(
-            f"{base_url}/api/v1/upload",
-            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
-            files={"file": (picture.name, picture.data, picture.mimetype)},
-            data=form,
-            timeout=(min(10.0, timeout), timeout),
-            allow_redirects=False,
-        )
-    except requests.Timeout:
-        raise UploadError(f"图床在 {timeout:g} 秒内没有响应") from None
-    except requests.RequestException:
-        raise UploadError("无法连接图床") from None
-    status = response.status_code
+    status, body = _post(
+        session, f"{base_url}/api/v1/upload", timeout, until, "图床",
+        headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+        files={"file": (picture.name, picture.data, picture.mimetype)},
+        data=form,
+    )
     if 300 <= status < 400:
         raise UploadError(f"图床要求登录（HTTP {status}），请检查 LSKY_PRO_TOKEN")
     if status == 413:
         raise UploadError("图片太大，图床拒收（413）")
-    body = _json_or_none(response)
-    message = one_line(str(body.get("message") or ""), 120) if isinstance(body, dict) else ""
+    message = upstream_text(str(body.get("message") or ""), 120, (token,)) if isinstance(body, dict) else ""
     if status == 401:
         raise UploadError("图床令牌无效（401），请检查 LSKY_PRO_TOKEN")
     if status == 429:
@@ -163,7 +208,10 @@ def upload_to_lsky(
     return url
 
 
-def shorten(session: requests.Session, base_url: str, token: str, url: str, timeout: float, tries: int = 3) -> str:
+def shorten(
+    session: requests.Session, base_url: str, token: str, url: str, timeout: float, tries: int = 3,
+    until: float | None = None,
+) -> str:
     """A Sink short link for `url` (POST /api/link/create). Raises UploadError.
 
     Slugs are picked here, lower-case letters and digits as Sink requires; a clash (409) is
@@ -173,22 +221,15 @@ def shorten(session: requests.Session, base_url: str, token: str, url: str, time
         raise UploadError("链接太长，短链接服务不接受")
     for _ in range(tries):
         slug = "".join(secrets.choice("abcdefghijkmnpqrstuvwxyz23456789") for _ in range(8))
-        try:
-            response = session.post(
-                f"{base_url}/api/link/create",
-                json={"url": url, "slug": slug},
-                headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
-                timeout=(min(10.0, timeout), timeout),
-            )
-        except requests.Timeout:
-            raise UploadError(f"短链接服务在 {timeout:g} 秒内没有响应") from None
-        except requests.RequestException:
-            raise UploadError("无法连接短链接服务") from None
-        if response.status_code == 409:
+        status, body = _post(
+            session, f"{base_url}/api/link/create", timeout, until, "短链接服务",
+            json={"url": url, "slug": slug},
+            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+        )
+        if status == 409:
             continue
-        if response.status_code not in (200, 201):
-            raise UploadError(f"短链接服务拒绝（HTTP {response.status_code}）")
-        body = _json_or_none(response)
+        if status not in (200, 201):
+            raise UploadError(f"短链接服务拒绝（HTTP {status}）")
         short = body.get("shortLink") if isinstance(body, dict) else None
         if isinstance(short, str) and short.startswith(("http://", "https://")):
             return short
@@ -199,39 +240,132 @@ def shorten(session: requests.Session, base_url: str, token: str, url: str, time
 
 
 class ImageStore:
-    """Images kept on this server's disk under their content hash, served at /images/<name>."""
+    """Images kept on this server's disk under their content hash, served at /images/<name>.
 
-    def __init__(self, directory: str | os.PathLike[str]):
+    Bounded: past `max_bytes` the oldest images go first (down to 90 % of the cap, so that a full
+    store is not counted on every save); the image just saved is always kept. Several worker
+    processes may share the directory: each recounts it from disk every `RECOUNT_EVERY` saves and
+    whenever its own count passes the cap.
+    """
+
+    RECOUNT_EVERY = 50
+    STALE_INCOMING_SECONDS = 3600
+
+    def __init__(self, directory: str | os.PathLike[str], max_bytes: int):
+        """Raises OSError when the directory cannot be created or written: found at start-up,
+        not at the first image."""
         self.directory = Path(directory)
+        self.max_bytes = max_bytes
         self.directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=self.directory, prefix=".incoming-")
+        os.close(fd)
+        os.unlink(probe)
+        self._lock = threading.Lock()
+        self._counted: int | None = None
+        self._saves = 0
+        self._remove_stale_incoming()
 
     def save(self, picture: Picture) -> str:
         """Store `picture` (once per content) and return its file name. Raises UploadError."""
         target = self.directory / picture.name
         if target.exists():
+            try:
+                os.utime(target)  # asked for again: it is among the newest now
+            except OSError:
+                pass
             return picture.name
+        temporary = None
         try:
             # Write then rename, so a reader never sees half a file.
             fd, temporary = tempfile.mkstemp(dir=self.directory, prefix=".incoming-")
             with os.fdopen(fd, "wb") as handle:
                 handle.write(picture.data)
             os.replace(temporary, target)
+            temporary = None
         except OSError:
-            raise UploadError("保存到本机图片目录失败") from None
+            raise UploadError("保存到本机图片目录失败（磁盘已满或没有写权限）") from None
+        finally:
+            if temporary is not None:
+                try:
+                    os.unlink(temporary)
+                except OSError:
+                    pass
+        self._account(len(picture.data), picture.name)
         return picture.name
 
-    def path_of(self, name: str) -> Path | None:
-        """The file for a name from a URL, or None: only exact stored names, nothing else on disk."""
+    def open(self, name: str) -> BinaryIO | None:
+        """The stored file for a name from a URL, opened, or None: only exact stored names of regular
+        files, never a symlink or anything else on disk."""
         if not STORED_NAME.fullmatch(name):
             return None
-        path = self.directory / name
-        return path if path.is_file() else None
+        try:
+            fd = os.open(self.directory / name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            return None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        return os.fdopen(fd, "rb")
+
+    def _account(self, size: int, keep: str) -> None:
+        with self._lock:
+            self._saves += 1
+            if self._counted is not None and self._saves % self.RECOUNT_EVERY and self._counted + size <= self.max_bytes:
+                self._counted += size
+                return
+            self._counted = self._trim(keep)
+
+    def _trim(self, keep: str) -> int:
+        """Count the store on disk and remove the oldest images while it is over the cap. The total left."""
+        images = []
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                if STORED_NAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                    try:
+                        info = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    images.append((info.st_mtime, entry.name, info.st_size))
+        total = sum(size for _, _, size in images)
+        if total <= self.max_bytes:
+            return total
+        target = int(self.max_bytes * 0.9)
+        removed = 0
+        for _, name, size in sorted(images):
+            if total <= target:
+                break
+            if name == keep:
+                continue
+            try:
+                os.unlink(self.directory / name)
+            except OSError:
+                continue
+            total -= size
+            removed += 1
+        log.info("image store over %d MB: removed the %d oldest image(s)", self.max_bytes // 2**20, removed)
+        return total
+
+    def _remove_stale_incoming(self) -> None:
+        """Half-written files a killed worker left behind."""
+        cutoff = time.time() - self.STALE_INCOMING_SECONDS
+        for path in self.directory.glob(".incoming-*"):
+            try:
+                if path.lstat().st_mtime < cutoff:
+                    path.unlink()
+            except OSError:
+                pass
 
 
 def _json_or_none(response: requests.Response) -> Any:
+    """The JSON of a streamed answer read up to HOST_ANSWER_BYTES, or None."""
+    data = bytearray()
+    for piece in response.iter_content(16 * 1024):
+        data += piece
+        if len(data) > HOST_ANSWER_BYTES:
+            return None
     try:
-        return response.json()
-    except ValueError:
+        return json.loads(data)
+    except (ValueError, RecursionError):
         return None
 
 
@@ -244,15 +378,35 @@ class Links:
     # The bytes when re-hosting fetched them, so that no one fetches them again.
     picture: Picture | None = field(default=None, repr=False, compare=False)
 
+    @property
+    def showable(self) -> bool:
+        """True when the image is at a web link a chat client can load (not an inline data: URI)."""
+        return self.image.startswith(("http://", "https://"))
+
+
+NO_PUBLIC_BASE = (
+    "图片未保存到本机：无法从请求的 Host 得出本服务的公开地址，请设置 PUBLIC_BASE_URL"
+)
+
 
 def lasting_links(
-    session: requests.Session, settings: Settings, store: ImageStore | None, url: str, public_base: str | None
+    session: requests.Session, settings: Settings, store: ImageStore | None, url: str, public_base: str | None,
+    until: float | None = None,
 ) -> Links:
-    """Re-host the image at `url` as configured. Never raises: failures become notes."""
+    """Re-host the image at `url` as configured. Never raises: failures become notes.
+
+    `until` (time.monotonic()) is the request's deadline: no host is waited on past it.
+    """
     permanent, notes, picture = None, [], None
-    if settings.use_lsky_pro or store is not None:
+    keeps = settings.use_lsky_pro or store is not None
+    if keeps:
+        # The upstream's image link, and where it redirects, must be public, or on the upstream's own
+        # host (API_BASE_URL): an upstream on a LAN serves its images from there.
+        rule = AddressRule.trusting(settings.api_base_url, allow_private=settings.allow_private_image_urls)
         try:
-            picture = fetch_picture(session, url, settings.upload_timeout, int(settings.max_image_mb * 2**20))
+            picture = fetch_picture(
+                session, url, settings.upload_timeout, int(settings.max_image_mb * 2**20), rule, until
+            )
         except UploadError as exc:
             notes.append(f"图片未能转存：{exc.message}")
         else:
@@ -260,21 +414,24 @@ def lasting_links(
                 try:
                     permanent = upload_to_lsky(
                         session, settings.lsky_pro_url or "", settings.lsky_pro_token or "", picture,
-                        settings.upload_timeout, settings.lsky_strategy_id,
+                        settings.upload_timeout, settings.lsky_strategy_id, until,
                     )
                 except UploadError as exc:
                     notes.append(f"蓝空图床上传失败：{exc.message}")
-            if permanent is None and store is not None and public_base:
-                try:
-                    permanent = f"{public_base}/images/{store.save(picture)}"
-                except UploadError as exc:
-                    notes.append(exc.message)
+            if permanent is None and store is not None:
+                if not public_base:
+                    notes.append(NO_PUBLIC_BASE)
+                else:
+                    try:
+                        permanent = f"{public_base}/images/{store.save(picture)}"
+                    except UploadError as exc:
+                        notes.append(exc.message)
     download = url
     if settings.use_shortlink and url.startswith(("http://", "https://")) and len(url) > SHORT_ENOUGH:
         try:
             download = shorten(
                 session, settings.shortlink_base_url or "", settings.shortlink_api_key or "", url,
-                settings.upload_timeout,
+                settings.upload_timeout, until=until,
             )
         except UploadError as exc:
             notes.append(f"短链接生成失败：{exc.message}")

@@ -17,11 +17,13 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.request import getproxies
+from urllib.parse import urlsplit
 
 import urllib3
 
-from parsing import accepts_negative_prompt, one_line
+from outbound import TooLarge, deadline, read_capped, remaining
+from parsing import accepts_negative_prompt
+from wording import upstream_text
 
 log = logging.getLogger("siliconflow_proxy.upstream")
 
@@ -46,20 +48,6 @@ def mask_key(key: str) -> str:
     return f"{key[:5]}…{key[-4:]}"
 
 
-def make_http(pool_size: int) -> urllib3.PoolManager:
-    """The client for SiliconFlow's JSON API, its connection pool sized for the worker threads.
-
-    urllib3 directly, not requests: these two calls are on every image's path, and requests'
-    per-call preparation cost 0.3 ms of CPU each (measured in bench/), a tenth of a request.
-    HTTPS_PROXY / HTTP_PROXY are honoured; NO_PROXY is not.
-    """
-    proxies = getproxies()
-    proxy = proxies.get("https") or proxies.get("http")
-    if proxy:
-        return urllib3.ProxyManager(proxy, num_pools=4, maxsize=pool_size, retries=False)
-    return urllib3.PoolManager(num_pools=4, maxsize=pool_size, retries=False)
-
-
 # What a failure says about the key that met it.
 KEY_DEAD = {"auth"}  # 401: revoked or mistyped; out for good
 KEY_BROKE = {"balance"}  # 402/403 no balance; out until a balance check finds money again
@@ -67,6 +55,15 @@ KEY_LIMITED = {"rate_limit"}  # 429; cools down, the next key is tried
 REQUEST_WRONG = {"bad_request"}  # 400: the request itself is wrong; another key would say the same
 KEY_ONLY = KEY_DEAD | KEY_BROKE | KEY_LIMITED | {"forbidden"}  # the next key may well succeed
 TRANSIENT_COOL_AFTER = 2  # consecutive transient failures before a key cools down
+
+# Most bytes read from one answer. An image answer holds a link (a few hundred bytes), but an
+# OpenAI-style upstream may inline the picture as base64, so it may be as large as an image may be.
+CHAT_ANSWER_BYTES = 256 * 1024
+INFO_ANSWER_BYTES = 64 * 1024
+
+
+def image_answer_bytes(max_image_mb: float) -> int:
+    return 64 * 1024 + int(max_image_mb * 2**20 * 4 / 3)
 
 
 @dataclass
@@ -179,6 +176,7 @@ class KeyPool:
                 "cooling": cooling,
                 "dead": sum(1 for s in states if s.status == "dead"),
                 "no_balance": sum(1 for s in states if s.status == "broke"),
+                "calls_in_flight": sum(s.in_flight for s in states),
             }
 
     def outage(self) -> str:
@@ -196,26 +194,50 @@ class KeyPool:
         return f"全部 {counts['total']} 个上游密钥暂不可用：{'、'.join(parts) or '都在使用中'}{later}"
 
 
+@dataclass(frozen=True)
+class Image:
+    url: str  # http(s), or a data:image URI that only re-hosting can turn into a link
+    seed: int | None  # the seed the upstream says it used
+
+
+_DATA_IMAGE = re.compile(r"data:image/(?:png|jpeg|webp|gif);base64,", re.IGNORECASE)
+
+
 def generate_image(
-    http: urllib3.PoolManager, base_url: str, key: str, payload: dict[str, Any], timeout: float
-) -> str:
-    """POST /v1/images/generations; the first image's URL (or data: URI). Raises UpstreamError."""
-    body = _post_json(http, f"{base_url}/v1/images/generations", key, payload, timeout)
+    http: urllib3.PoolManager, base_url: str, key: str, payload: dict[str, Any], timeout: float, max_bytes: int
+) -> Image:
+    """POST /v1/images/generations: the first image. Raises UpstreamError.
+
+    The link is checked, not trusted: an http(s) URL with a host, or an inline PNG, JPEG, WebP or
+    GIF; anything else (`javascript:`, `data:text/html`, a relative path) is a bad answer.
+    """
+    body = _post_json(http, f"{base_url}/v1/images/generations", key, payload, timeout, max_bytes)
     images = body.get("images") or body.get("data") if isinstance(body, dict) else None
     if not isinstance(images, list) or not images:
         raise UpstreamError("bad_response", "上游没有返回图片")
     first = images[0]
     url = first.get("url") if isinstance(first, dict) else None
-    if not isinstance(url, str) or not url.startswith(("http://", "https://", "data:")):
+    if not isinstance(url, str) or not (_is_web_link(url) or _DATA_IMAGE.match(url)):
         raise UpstreamError("bad_response", "上游返回的图片地址无效")
-    return url
+    seed = body.get("seed")
+    return Image(url, seed if isinstance(seed, int) and not isinstance(seed, bool) else None)
+
+
+def _is_web_link(url: str) -> bool:
+    if len(url) > 8192 or any(ch.isspace() or ord(ch) < 32 for ch in url):
+        return False
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def has_balance(http: urllib3.PoolManager, base_url: str, key: str, timeout: float) -> bool:
     """GET /v1/user/info: True when the account behind `key` has money again. Raises UpstreamError."""
-    status, headers, data = _call(http, "GET", f"{base_url}/v1/user/info", key, None, timeout)
+    status, headers, data = _call(http, "GET", f"{base_url}/v1/user/info", key, None, timeout, INFO_ANSWER_BYTES)
     if status != 200:
-        raise _error_for(status, headers, data)
+        raise _error_for(status, headers, data, key)
     try:
         info = json.loads(data)["data"]
         # Balances are strings; totalBalance includes charged (paid) balance.
@@ -233,10 +255,11 @@ def generate_with_failover(
     timeout: float,
     deadline: float,
     max_attempts: int,
+    max_bytes: int,
     cancelled: threading.Event,
     label: str,
-) -> str:
-    """One image's URL, before `deadline` (monotonic), failing over from key to key.
+) -> Image:
+    """One image, before `deadline` (monotonic), failing over from key to key.
 
     Failures that belong to a key (dead, no balance, rate limited, forbidden) just move to the
     next key: they say nothing about the image, and the key leaves the rotation or cools down.
@@ -272,7 +295,7 @@ def generate_with_failover(
             tried.append(key)
         started = time.monotonic()
         try:
-            url = generate_image(http, base_url, key, payload, min(timeout, remaining))
+            image = generate_image(http, base_url, key, payload, min(timeout, remaining), max_bytes)
         except UpstreamError as exc:
             pool.report(key, exc)
             last = exc
@@ -290,7 +313,7 @@ def generate_with_failover(
             raise
         pool.report(key, None)
         log.info("%s ok on key %s (attempt %d) in %.2fs", label, mask_key(key), attempts, time.monotonic() - started)
-        return url
+        return image
     if last is None:
         raise UpstreamError("no_keys", pool.outage())
     message = last.message + (f"（共尝试 {attempts} 次，{len(tried)} 个密钥）" if attempts > 1 else "")
@@ -358,14 +381,16 @@ def expand_prompt(
         "max_tokens": 400,
         "temperature": 0.7,
     }
-    body = _post_json(http, f"{base_url}/v1/chat/completions", key, payload, timeout)
+    body = _post_json(http, f"{base_url}/v1/chat/completions", key, payload, timeout, CHAT_ANSWER_BYTES)
     try:
         content = body["choices"][0]["message"]["content"]
     except (KeyError, IndexError, TypeError):
         raise UpstreamError("bad_response", "提示词扩充没有返回内容") from None
     if not isinstance(content, str):
         raise UpstreamError("bad_response", "提示词扩充没有返回内容")
-    # Some reasoning models put their thinking in a <think> block before the answer.
+    # Some reasoning models put their thinking in a <think> block before the answer. A lone
+    # surrogate ("\ud800" in the JSON) would break every later encode: replaced here.
+    content = content.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     expanded = _THINK.sub("", content).strip().strip('"“”').strip()
     if not expanded:
         raise UpstreamError("bad_response", "提示词扩充返回了空内容")
@@ -373,40 +398,52 @@ def expand_prompt(
 
 
 def _call(
-    http: urllib3.PoolManager, method: str, url: str, key: str, payload: dict[str, Any] | None, timeout: float
+    http: urllib3.PoolManager, method: str, url: str, key: str, payload: dict[str, Any] | None, timeout: float,
+    max_bytes: int,
 ) -> tuple[int, Any, bytes]:
-    """(status, headers, body) of one call. Raises UpstreamError for timeouts and connection errors."""
+    """(status, headers, body) of one call, all of it within `timeout` seconds of wall-clock time.
+
+    Raises UpstreamError for timeouts, connection errors and answers longer than `max_bytes`.
+    """
     headers = {"Authorization": f"Bearer {key}", "Accept": "application/json"}
     body = None
     if payload is not None:
         headers["Content-Type"] = "application/json"
         body = json.dumps(payload, ensure_ascii=False).encode()
-    try:
-        response = http.request(
-            method, url, body=body, headers=headers, redirect=False,
-            timeout=urllib3.Timeout(connect=min(10.0, timeout), read=timeout),
-        )
-    except urllib3.exceptions.NewConnectionError:  # a subclass of ConnectTimeoutError, oddly
-        raise UpstreamError("network", "无法连接上游服务") from None
-    except urllib3.exceptions.TimeoutError:
-        raise UpstreamError("timeout", f"上游在 {timeout:g} 秒内没有响应") from None
-    except urllib3.exceptions.HTTPError:
-        raise UpstreamError("network", "无法连接上游服务") from None
-    return response.status, response.headers, response.data
+    at = time.monotonic() + timeout
+    with deadline(at) as scope:
+        try:
+            response = http.request(
+                method, url, body=body, headers=headers, redirect=False, preload_content=False,
+                timeout=urllib3.Timeout(connect=remaining(at, 10.0), read=remaining(at, timeout)),
+            )
+            return response.status, response.headers, read_capped(response, max_bytes)
+        except TooLarge:
+            raise UpstreamError("bad_response", f"上游的回答超过 {max_bytes // 1024} KB，已放弃") from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            # NewConnectionError is a subclass of ConnectTimeoutError, oddly: refused is not slow.
+            slow = isinstance(exc, urllib3.exceptions.TimeoutError | TimeoutError) and not isinstance(
+                exc, urllib3.exceptions.NewConnectionError
+            )
+            if scope.expired or slow:
+                raise UpstreamError("timeout", f"上游在 {timeout:g} 秒内没有响应") from None
+            raise UpstreamError("network", "无法连接上游服务") from None
 
 
-def _post_json(http: urllib3.PoolManager, url: str, key: str, payload: dict[str, Any], timeout: float) -> Any:
-    status, headers, data = _call(http, "POST", url, key, payload, timeout)
+def _post_json(
+    http: urllib3.PoolManager, url: str, key: str, payload: dict[str, Any], timeout: float, max_bytes: int
+) -> Any:
+    status, headers, data = _call(http, "POST", url, key, payload, timeout, max_bytes)
     if status != 200:
-        raise _error_for(status, headers, data)
+        raise _error_for(status, headers, data, key)
     try:
         return json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise UpstreamError("bad_response", "上游返回了无法解析的内容（不是 JSON）", 200) from None
 
 
-def _error_for(status: int, headers: Any, data: bytes) -> UpstreamError:
-    code, detail = _error_detail(data)
+def _error_for(status: int, headers: Any, data: bytes, key: str) -> UpstreamError:
+    code, detail = _error_detail(data, key)
     if status == 401:
         return UpstreamError("auth", "上游 API 密钥无效或已被吊销（401）", status)
     if status == 402 or code == 30001 or (status == 403 and "balance" in detail.lower()):
@@ -440,20 +477,21 @@ def _retry_after(value: str | None) -> float | None:
     return min(max(seconds, 0.0), 600.0) if math.isfinite(seconds) else None
 
 
-def _error_detail(data: bytes) -> tuple[int | None, str]:
-    """The upstream's error code and message, trimmed; bodies may be an object, a bare string or text."""
+def _error_detail(data: bytes, key: str) -> tuple[int | None, str]:
+    """The upstream's error code and message, short and without secrets; bodies may be an object,
+    a bare string or text."""
     try:
         body = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None, ""
     if isinstance(body, str):
-        return None, one_line(body, 200)
+        return None, upstream_text(body, secrets=(key,))
     if isinstance(body, dict):
         code = body.get("code")
         message = body.get("message") or body.get("error") or ""
         if isinstance(message, dict):
             message = message.get("message", "")
-        return (code if isinstance(code, int) else None), one_line(str(message), 200)
+        return (code if isinstance(code, int) else None), upstream_text(str(message), secrets=(key,))
     return None, ""
 
 

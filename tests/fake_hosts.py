@@ -11,6 +11,7 @@ Lsky Pro behaves by token (Authorization: Bearer <token>):
 | 1|busy      | 429 "Too Many Attempts."                                                       |
 | 1|huge      | 413 with an HTML body from the web server                                      |
 | 1|garbage   | 200 with a non-JSON body                                                       |
+| 1|leaky...  | 200 status false, the message echoing the token, a Markdown image and HTML      |
 | 1|hang      | waits `hang_seconds`                                                           |
 | anything else | 401 JSON with Accept: application/json, else a 302 to the HTML login page    |
 
@@ -188,6 +189,8 @@ class _LskyHandler(_Handler):
         }
         if token in failures:
             self._json(*failures[token])
+        elif token.startswith("1|leaky"):
+            self._json(*_lsky_failure(f"token {token} rejected ![x](http://attacker.example/p.png) <b onclick=x>hi</b>"))
         elif token == "1|huge":
             self._send(413, b"<html><head><title>413 Request Entity Too Large</title></head></html>", "text/html")
         elif token == "1|garbage":

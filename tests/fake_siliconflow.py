@@ -17,6 +17,12 @@ Keys misbehave on purpose, chosen by prefix:
 | sk-datauri   | 200 with the image inline as a data: URI                           |
 | sk-notimage  | 200 with a URL that serves an HTML page                            |
 | sk-bigimage  | 200 with a URL that serves a 3 MB "PNG"                            |
+| sk-huge      | 200 with a JSON answer of `state.huge_bytes` (padding after a good image) |
+| sk-drip      | 200 with a Content-Length, then the body a byte every `drip_interval` s |
+| sk-headdrip  | the status line and headers a byte every `drip_interval` s          |
+| sk-redirect  | 200 with a URL on this server that redirects to `state.redirect_to` |
+| sk-echo      | 400 whose message echoes the key as a Bearer header, a Markdown link, an image and HTML |
+| sk-htmldata  | 200 with a `data:text/html` "image"                                |
 | anything else| 200 with one image URL served by this same server (a real PNG)     |
 
 A key in `state.funded` answers like a good one (a topped-up account), also on /v1/user/info.
@@ -67,7 +73,10 @@ class Call:
 class FakeState:
     image_latency: float = 0.0
     expansion_latency: float = 0.0
-    expansion_mode: str = "ok"  # ok | fail | hang | think | garbage
+    expansion_mode: str = "ok"  # ok | fail | hang | think | garbage | huge | long | markdown | surrogate
+    huge_bytes: int = 20 * 2**20
+    drip_interval: float = 0.2
+    redirect_to: str = ""
     hang_seconds: float = 5.0
     retry_after: str = "1"
     funded: set[str] = field(default_factory=set)
@@ -80,6 +89,9 @@ class FakeState:
             self.calls.clear()
         self.image_latency = self.expansion_latency = 0.0
         self.expansion_mode = "ok"
+        self.huge_bytes = 20 * 2**20
+        self.drip_interval = 0.2
+        self.redirect_to = ""
         self.hang_seconds = 5.0
         self.retry_after = "1"
         self.funded = set()
@@ -169,7 +181,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _json(self, status: int, obj: Any, headers: dict | None = None) -> None:
-        self._send(status, json.dumps(obj, ensure_ascii=False).encode(), headers=headers)
+        # ensure_ascii only where it must: a lone surrogate can be sent escaped, not as UTF-8.
+        try:
+            data = json.dumps(obj, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            data = json.dumps(obj).encode()
+        self._send(status, data, headers=headers)
 
     def _key(self) -> str:
         return self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
@@ -180,7 +197,12 @@ class _Handler(BaseHTTPRequestHandler):
     # -- routes --
     def do_GET(self) -> None:
         path = unquote(urlsplit(self.path).path)
-        if path.startswith("/outputs/") and path.endswith("big.png"):
+        if path.startswith("/outputs/") and "redirect" in path:
+            self.send_response(302)
+            self.send_header("Location", self.server.state.redirect_to)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif path.startswith("/outputs/") and path.endswith("big.png"):
             self._send(200, BIG_PNG, "image/png")
         elif path.startswith("/outputs/") and path.endswith(".html"):
             self._send(200, b"<html><body>AccessDenied</body></html>", "text/html")
@@ -252,8 +274,20 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(503, {"code": 50505, "message": "Model service overloaded. Please try again later.", "data": None})
         elif key.startswith("sk-gateway"):
             self._json(504, "upstream request timeout")
+        elif key.startswith("sk-htmldata"):
+            self._json(200, {"images": [{"url": "data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg=="}]})
         elif key.startswith("sk-html"):
             self._send(200, b"<html><body>502 Bad Gateway</body></html>", "text/html")
+        elif key.startswith("sk-echo"):
+            message = (f"Invalid request for Authorization: Bearer {key} -- see [the docs](http://attacker.example/) "
+                       "<img src=x onerror=alert(1)> ![x](http://attacker.example/p.png) http://attacker.example/bare")
+            self._json(400, {"code": 20015, "message": message, "data": None})
+        elif key.startswith("sk-huge"):
+            self._huge(self._image_url(int(time.time()), key))
+        elif key.startswith("sk-drip"):
+            self._drip_body(self._image_url(int(time.time()), key))
+        elif key.startswith("sk-headdrip"):
+            self._drip_headers(self._image_url(int(time.time()), key))
         elif not isinstance(body, dict) or not isinstance(body.get("prompt"), str) or not body.get("model"):
             self._json(400, {"code": 20015, "message": "The parameter is invalid. Please check again.", "data": None})
         elif body["model"] not in IMAGE_MODELS and not body["model"].startswith(("black-forest-labs/", "stabilityai/")):
@@ -267,6 +301,42 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, {"images": images, "data": images, "timings": {"inference": state.image_latency},
                              "seed": body.get("seed", 12345), "shared_id": "0", "created": created})
 
+    def _huge(self, url: str) -> None:
+        head = json.dumps({"images": [{"url": url}], "pad": ""})[:-2].encode()
+        size = self.server.state.huge_bytes
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(head) + size + 2))
+        self.end_headers()
+        self.wfile.write(head)
+        piece = b"x" * 2**20
+        for start in range(0, size, len(piece)):
+            self.wfile.write(piece[: size - start])
+        self.wfile.write(b'"}')
+
+    def _drip_body(self, url: str) -> None:
+        body = json.dumps({"images": [{"url": url}], "pad": " " * 200}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self._drip(body)
+
+    def _drip_headers(self, url: str) -> None:
+        body = json.dumps({"images": [{"url": url}]}).encode()
+        head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Padding: " + b"p" * 200 +
+                b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+        self._drip(head)
+        self.wfile.write(body)
+
+    def _drip(self, data: bytes) -> None:
+        for i in range(len(data)):
+            if self.server.stopping.is_set():
+                return
+            self.wfile.write(data[i : i + 1])
+            self.wfile.flush()
+            self._wait(self.server.state.drip_interval)
+
     def _image_url(self, created: int, key: str) -> str:
         name = secrets.token_hex(5)
         if key.startswith("sk-datauri"):
@@ -275,6 +345,8 @@ class _Handler(BaseHTTPRequestHandler):
             name += ".html"
         elif key.startswith("sk-bigimage"):
             name += "-big.png"
+        elif key.startswith("sk-redirect"):
+            name += "-redirect.png"
         else:
             name += ".png"
         return (f"{self.server.url}/outputs%2F20251024%2F{name}?Expires={created + 3600}"
@@ -302,6 +374,15 @@ class _Handler(BaseHTTPRequestHandler):
         content = f"A detailed illustration of {user}, soft light, rich colours, high detail"
         if mode == "think":
             content = "<think>\nThe user wants a picture.\n</think>\n\n" + content
+        elif mode == "huge":
+            content = "a cat " * (state.huge_bytes // 6)
+        elif mode == "long":
+            content = "a very fluffy cat " * 4000
+        elif mode == "markdown":
+            content = (f"{content} ![stolen](http://attacker.example/p.png) [click here](http://attacker.example/) "
+                       "<img src=x onerror=alert(1)> www.attacker.example")
+        elif mode == "surrogate":
+            content = f"{content} \ud800"
         self._json(200, {
             "id": secrets.token_hex(16), "object": "chat.completion", "created": int(time.time()),
             "model": body["model"],

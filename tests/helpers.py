@@ -50,3 +50,39 @@ def content_of(chunks: list[dict]) -> str:
 def images_in(content: str) -> dict[int, str]:
     """{image number: url} of the Markdown images in an answer."""
     return {int(n): url for n, _, url in IMAGE_LINE.findall(content)}
+
+
+def rendered(markdown: str) -> dict[str, list[str]]:
+    """What a chat UI would make of `markdown` (CommonMark + GFM tables, strikethrough and literal
+    autolinks): {"images": [src], "links": [href], "html": [raw html]}."""
+    from markdown_it import MarkdownIt
+
+    renderer = MarkdownIt("gfm-like")
+    renderer.linkify.set({"fuzzy_link": False, "fuzzy_email": False})  # GFM links www. and http(s):// only
+
+    found: dict[str, list[str]] = {"images": [], "links": [], "html": []}
+
+    def walk(tokens):
+        for token in tokens:
+            if token.type == "image":
+                found["images"].append(token.attrs["src"])
+                continue  # its children are the alt text, which renders as plain text
+            elif token.type == "link_open":
+                found["links"].append(token.attrs["href"])
+            elif token.type in ("html_inline", "html_block"):
+                found["html"].append(token.content)
+            walk(token.children or [])
+
+    walk(renderer.parse(markdown))
+    return found
+
+
+def answer_text(url: str, text: str, *, stream: bool, key: str | None = None, **body: Any) -> str:
+    """The assistant's whole answer to `text`, streamed or not, checking the stream's ending."""
+    response = post_chat(url, chat_body(text, stream=stream, **body), key=key, stream=stream)
+    assert response.status_code == 200, response.text
+    if stream:
+        chunks, raw = stream_chunks(response)
+        assert raw[-1] == "[DONE]" and chunks[-1]["choices"][0]["finish_reason"] == "stop"
+        return content_of(chunks)
+    return response.json()["choices"][0]["message"]["content"]

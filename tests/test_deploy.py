@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import struct
 import subprocess
@@ -13,9 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.conftest import ROOT
-from tests.helpers import chat_body, content_of, images_in, post_chat, stream_chunks
+from tests.helpers import answer_text, chat_body, content_of, images_in, post_chat, sse_events, stream_chunks
 from tests.servers import Gunicorn, web_command
 
 
@@ -120,3 +122,112 @@ def test_a_thousand_aborted_streams_leave_no_threads_or_sockets_behind(fake, wor
         assert "4/4" in post_chat(url, chat_body("画一只猫 pic:4")).json()["choices"][0]["message"]["content"]
     finally:
         server.stop()
+
+
+def _started(fake, production_bin, **env: str) -> Gunicorn:
+    server = Gunicorn({"API_BASE_URL": fake.url, "PROMPT_EXPANSION": "false", **env}, production_bin)
+    if not server.wait_until_up():
+        pytest.fail("gunicorn did not start: " + server.stop()[-2000:])
+    return server
+
+
+def _stream_with_sigterm(server: Gunicorn, text: str) -> tuple[str, list[str], float]:
+    """Start a stream, SIGTERM the master once the images are submitted; (content, raw, seconds after)."""
+    response = post_chat(server.url, chat_body(text, stream=True), stream=True, timeout=60)
+    raw, content, signalled = [], "", None
+    for payload in sse_events(response):
+        raw.append(payload)
+        if payload != "[DONE]":
+            content += json.loads(payload)["choices"][0]["delta"].get("content") or ""
+        if signalled is None and "✅" in content:
+            server.signal(signal.SIGTERM)
+            signalled = time.monotonic()
+    assert signalled is not None, content
+    return content, raw, time.monotonic() - signalled
+
+
+def test_sigterm_ends_a_waiting_stream_with_a_line_and_done(fake, production_bin):
+    fake.state.image_latency = 30
+    server = _started(fake, production_bin, API_KEYS="sk-good-term1,sk-good-term2", HEARTBEAT_SECONDS="0.5",
+                      GUNICORN_CMD_ARGS="--graceful-timeout 5")
+    try:
+        content, raw, seconds = _stream_with_sigterm(server, "画一只猫 pic:2")
+    finally:
+        server.stop()
+    assert raw[-1] == "[DONE]"
+    assert content.count("服务正在重启或关闭，这张图片没能完成") == 2 and "0/2" in content
+    assert seconds < 5, f"the stream ended {seconds:.1f} s after SIGTERM"
+
+
+def test_a_stream_that_finishes_within_the_grace_period_is_not_cut(fake, production_bin):
+    fake.state.image_latency = 2
+    server = _started(fake, production_bin, API_KEYS="sk-good-term1", HEARTBEAT_SECONDS="0.5")
+    try:
+        content, raw, _ = _stream_with_sigterm(server, "画一只猫")
+    finally:
+        server.stop()
+    assert raw[-1] == "[DONE]" and len(images_in(content)) == 1 and "1/1" in content
+
+
+def test_the_grace_period_fits_the_upstream_timeout(production_bin):
+    script = "import runpy; print(runpy.run_path('gunicorn.conf.py')['graceful_timeout'])"
+    env = {**os.environ, "UPSTREAM_TIMEOUT": "200", "GUNICORN_WORKER_CLASS": "gthread"}
+    out = subprocess.run([str(production_bin / "python"), "-c", script], cwd=ROOT, env=env, capture_output=True,
+                         text=True, check=True).stdout
+    assert int(out) > 200
+
+
+def test_a_half_sent_body_is_dropped_and_the_worker_goes_on(fake, production_bin):
+    server = _started(fake, production_bin, API_KEYS="sk-good-half1", CLIENT_BODY_TIMEOUT="1",
+                      WEB_CONCURRENCY="1")
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 1000\r\n\r\n{\"messages\"")
+            started = time.monotonic()
+            while sock.recv(4096):
+                pass
+            assert time.monotonic() - started < 4
+        assert requests.get(f"{server.url}/health", timeout=5).status_code == 200
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("key", ["sk-drip-gev1", "sk-headdrip-gev1"])
+def test_a_dripping_upstream_is_cut_at_the_deadline_under_gevent(fake, production_bin, key):
+    fake.state.drip_interval = 0.2
+    server = _started(fake, production_bin, API_KEYS=key, UPSTREAM_TIMEOUT="1.5", REQUEST_TIMEOUT="3",
+                      MAX_KEY_ATTEMPTS="1")
+    try:
+        started = time.monotonic()
+        content = answer_text(server.url, "画一只猫", stream=True)
+        elapsed = time.monotonic() - started
+    finally:
+        server.stop()
+    assert "没有响应" in content and elapsed < 3.0
+
+
+def test_huge_upstream_answers_do_not_swell_the_worker(fake, production_bin):
+    fake.state.huge_bytes = 200 * 2**20
+    server = _started(fake, production_bin, API_KEYS="sk-huge-m1,sk-huge-m2,sk-huge-m3,sk-huge-m4",
+                      MAX_IMAGE_MB="1", MAX_KEY_ATTEMPTS="1", WEB_CONCURRENCY="1")
+    try:
+        content = answer_text(server.url, "画一只猫 pic:4", stream=False)
+        status = Path(f"/proc/{server.worker_pid()}/status").read_text()
+    finally:
+        server.stop()
+    assert content.count("上游的回答超过") == 4
+    peak_mb = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+    assert peak_mb < 120, f"the worker peaked at {peak_mb:.0f} MB"
+
+
+def test_a_chunked_body_over_a_megabyte_is_a_413_under_gunicorn(gunicorn):
+    def pieces():
+        yield b'{"messages": [{"role": "user", "content": "'
+        for _ in range(20):
+            yield b"x" * 100_000
+        yield b'"}]}'
+
+    response = requests.post(f"{gunicorn.url}/v1/chat/completions", data=pieces(), timeout=30,
+                             headers={"Content-Type": "application/json"})
+    assert response.status_code == 413 and "larger than 1024 KB" in response.json()["error"]["message"]

@@ -93,7 +93,7 @@ def test_a_bad_request_says_nothing_about_the_key(clock):
     pool = KeyPool(("a",), clock=clock)
     for _ in range(5):
         pool.report("a", error("bad_request"))
-    assert pool.summary() == {"total": 1, "healthy": 1, "cooling": 0, "dead": 0, "no_balance": 0}
+    assert pool.summary() == {"total": 1, "healthy": 1, "cooling": 0, "dead": 0, "no_balance": 0, "calls_in_flight": 0}
 
 
 def test_outage_says_how_many_keys_and_why(clock):

@@ -12,10 +12,10 @@ from parsing import (
     SEED_MAX,
     accepts_negative_prompt,
     find_banned,
-    markdown_safe,
     parse,
     size_rule,
 )
+from wording import markdown_safe
 
 KOLORS, QWEN, SDXL, SCHNELL, OTHER = (
     "Kwai-Kolors/Kolors",

@@ -43,9 +43,11 @@ def test_typing_a_prompt_with_two_images_shows_two_images(serve, fake):
         assert out[f"{view}Errors"] == []
         assert not out[f"{view}Overflow"], f"the page scrolls sideways on {view}"
         assert (ARTIFACTS / f"playground-{view}.png").stat().st_size > 10_000
+    # A prompt imitating the image marker shows as text; the grid holds only the service's image.
+    assert len(out["hostileImages"]) == 1 and out["hostileImages"][0].startswith(fake.url)
     # The ratio and count buttons reached the upstream: 16:9 on Kolors is its nearest size, 1024x1024.
     assert {c.body["image_size"] for c in fake.state.image_calls()} == {"1024x1024"}
-    assert len(fake.state.image_calls()) == 4
+    assert len(fake.state.image_calls()) == 5
 
 
 def _path() -> str:

@@ -164,7 +164,8 @@ def test_health_reports_the_pool_without_key_material(serve, fake):
     _content(service, "画一只猫 pic:2", stream=False)
     response = requests.get(f"{service.url}/health", timeout=5)
     assert response.json() == {
-        "status": "ok", "keys": {"total": 2, "healthy": 1, "cooling": 0, "dead": 1, "no_balance": 0}
+        "status": "ok",
+        "keys": {"total": 2, "healthy": 1, "cooling": 0, "dead": 1, "no_balance": 0, "calls_in_flight": 0},
     }
     assert "sk-" not in response.text
 

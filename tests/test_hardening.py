@@ -1,0 +1,395 @@
+"""What a stranger or a misbehaving upstream can do to an answer, each over real HTTP.
+
+Hijacked Markdown, secrets echoed back, huge and dripping answers, malformed bodies, the image
+store's edges, seeds for pic:N and keep-alive for answers that are not streamed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import openai
+import pytest
+import requests
+
+from config import ConfigError, Settings
+from siliconflow_proxy import create_app
+from tests.conftest import ROOT
+from tests.fake_siliconflow import png
+from tests.helpers import answer_text, chat_body, images_in, post_chat, rendered
+
+ATTACK = ("画一只猫 ![x](http://attacker.example/p.png) [click](http://attacker.example/) "
+          "<img src=x onerror=alert(1)> http://attacker.example/bare www.attacker.example")
+
+
+def _foreign(content: str, *own: str) -> dict[str, list[str]]:
+    """Everything in `content` that would render as an image, link or HTML not from `own` prefixes."""
+    found = rendered(content)
+    return {kind: [target for target in targets if kind == "html" or not target.startswith(own)]
+            for kind, targets in found.items()}
+
+
+# --- answers that cannot be hijacked -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_markdown_typed_into_a_prompt_is_shown_as_text(serve, fake, stream):
+    service = serve(prompt_expansion=False)
+    content = answer_text(service.url, ATTACK + " pic:2", stream=stream)
+    assert _foreign(content, fake.url) == {"images": [], "links": [], "html": []}, content
+    assert sorted(images_in(content)) == [1, 2]
+    assert "attacker.example" in content  # what the user typed is still there to read
+
+
+def test_markdown_and_html_from_the_expansion_model_are_shown_as_text(serve, fake):
+    fake.state.expansion_mode = "markdown"
+    service = serve()
+    content = answer_text(service.url, "画一只猫", stream=True)
+    assert _foreign(content, fake.url) == {"images": [], "links": [], "html": []}, content
+    assert len(images_in(content)) == 1
+
+
+def test_upstream_error_texts_are_short_inert_and_keyless(serve, fake):
+    key = "sk-echo-secretvalue0123456789"
+    service = serve(api_keys=(key,), prompt_expansion=False)
+    content = answer_text(service.url, "画一只猫", stream=True)
+    assert "第 1 张图片生成失败" in content and "上游拒绝了请求（400）" in content
+    assert "secretvalue" not in content and "sk-echo" not in content
+    assert _foreign(content, fake.url) == {"images": [], "links": [], "html": []}, content
+    response = requests.post(f"{service.url}/v1/images/generations", json={"prompt": "a cat"}, timeout=10)
+    assert response.status_code == 400 and "secretvalue" not in response.text
+
+
+def test_image_host_error_texts_are_inert_and_keyless(serve, fake, lsky):
+    token = "1|leaky-tokenvalue-abcdefghij"
+    service = serve(use_lsky_pro=True, lsky_pro_url=lsky.url, lsky_pro_token=token, prompt_expansion=False)
+    content = answer_text(service.url, "画一只猫", stream=False)
+    assert "蓝空图床上传失败" in content
+    assert "tokenvalue" not in content
+    assert _foreign(content, fake.url) == {"images": [], "links": [], "html": []}, content
+
+
+def test_a_data_html_image_link_is_never_passed_on(serve, fake):
+    service = serve(api_keys=("sk-htmldata-0001",), prompt_expansion=False, max_key_attempts=1)
+    content = answer_text(service.url, "画一只猫", stream=False)
+    assert "data:" not in content and "上游返回的图片地址无效" in content
+    assert images_in(content) == {}
+
+
+# --- caps on what an upstream can send ---------------------------------------------------------
+
+
+def test_a_huge_image_answer_is_cut_off_and_the_image_moves_on(serve, fake):
+    fake.state.huge_bytes = 50 * 2**20
+    service = serve(api_keys=("sk-huge-0001", "sk-good-0002"), prompt_expansion=False, max_image_mb=1)
+    started = time.monotonic()
+    content = answer_text(service.url, "画一只猫", stream=False)
+    assert len(images_in(content)) == 1
+    assert [c.key for c in fake.state.image_calls()] == ["sk-huge-0001", "sk-good-0002"]
+    assert time.monotonic() - started < 5
+
+
+def test_a_huge_expansion_falls_back_to_the_users_text(serve, fake):
+    fake.state.expansion_mode = "huge"
+    service = serve()
+    content = answer_text(service.url, "画一只猫", stream=True)
+    assert "提示词扩充失败：上游的回答超过 256 KB" in content
+    assert [c.body["prompt"] for c in fake.state.image_calls()] == ["画一只猫"]
+    assert len(content) < 3000
+
+
+def test_a_long_expansion_is_cut_to_what_a_model_takes(serve, fake):
+    fake.state.expansion_mode = "long"
+    service = serve()
+    content = answer_text(service.url, "画一只猫", stream=False)
+    [call] = fake.state.image_calls()
+    assert 800 <= len(call.body["prompt"]) <= 1000 and call.body["prompt"].startswith("a very fluffy cat")
+    assert "提示词过长" in content and len(content) < 3000
+
+
+@pytest.mark.parametrize("key", ["sk-drip-0001", "sk-headdrip-0001"])
+def test_an_upstream_dripping_bytes_is_cut_at_the_deadline(serve, fake, key):
+    fake.state.drip_interval = 0.2  # each read comes back well inside any per-read timeout
+    service = serve(api_keys=(key,), upstream_timeout=1.5, request_timeout=3, prompt_expansion=False,
+                    max_key_attempts=1)
+    started = time.monotonic()
+    content = answer_text(service.url, "画一只猫", stream=True)
+    elapsed = time.monotonic() - started
+    assert "没有响应" in content and "0/1" in content
+    assert elapsed < 3.0, f"the call took {elapsed:.1f} s"
+
+
+def test_request_timeout_bounds_the_whole_answer(serve, fake):
+    fake.state.image_latency = 10
+    service = serve(upstream_timeout=60, request_timeout=2, prompt_expansion=False)
+    started = time.monotonic()
+    content = answer_text(service.url, "画一只猫 pic:2", stream=False)
+    assert time.monotonic() - started < 4
+    assert "0/2" in content and content.count("生成失败") == 2
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+
+def _post_raw(url: str, path: str, data, headers: dict | None = None) -> requests.Response:
+    return requests.post(f"{url}{path}", data=data, timeout=30,
+                         headers={"Content-Type": "application/json", **(headers or {})})
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/images/generations"])
+def test_json_nested_a_hundred_thousand_deep_is_a_400(service, path):
+    response = _post_raw(service.url, path, "[" * 100_000 + "]" * 100_000)
+    assert response.status_code == 400
+    assert "nested too deeply" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/chat/completions", '{"model": "\\ud800", "messages": [{"role": "user", "content": "cat"}]}'),
+    ("/v1/chat/completions", '{"messages": [{"role": "user", "content": "a cat \\udc00"}]}'),
+    ("/v1/images/generations", '{"prompt": "a cat \\ud800"}'),
+])
+def test_lone_surrogates_are_a_400_and_no_key_is_held(service, fake, path, body):
+    response = _post_raw(service.url, path, body)
+    assert response.status_code == 400
+    assert "invalid Unicode" in response.json()["error"]["message"]
+    assert fake.state.calls == []
+    assert requests.get(f"{service.url}/health", timeout=5).json()["keys"]["calls_in_flight"] == 0
+
+
+def test_a_chunked_body_over_a_megabyte_is_a_413(service, fake):
+    def pieces():
+        yield b'{"messages": [{"role": "user", "content": "'
+        for _ in range(20):
+            yield b"x" * 100_000
+        yield b'"}]}'
+
+    response = _post_raw(service.url, "/v1/chat/completions", pieces())
+    assert response.request.headers.get("Transfer-Encoding") == "chunked"
+    assert response.status_code == 413
+    assert "larger than 1024 KB" in response.json()["error"]["message"]
+
+
+def test_a_lone_surrogate_from_the_expansion_costs_nothing(serve, fake):
+    fake.state.expansion_mode = "surrogate"
+    service = serve()
+    content = answer_text(service.url, "画一只猫", stream=True)
+    assert len(images_in(content)) == 1
+    assert requests.get(f"{service.url}/health", timeout=5).json()["keys"]["calls_in_flight"] == 0
+
+
+# --- the image store -----------------------------------------------------------------------------
+
+
+def _stored_links(content: str) -> list[str]:
+    return [url for url in images_in(content).values() if "/images/" in url]
+
+
+def test_a_host_with_an_underscore_gets_stored_links(serve, fake, tmp_path):
+    service = serve(image_store_dir=str(tmp_path), prompt_expansion=False)
+    response = post_chat(service.url, chat_body("画一只猫"), stream=False)
+    assert response.status_code == 200
+    response = requests.post(f"{service.url}/v1/chat/completions", json=chat_body("画一只猫"), timeout=30,
+                             headers={"Host": "image_proxy:7860"})
+    [link] = _stored_links(response.json()["choices"][0]["message"]["content"])
+    assert link.startswith("http://image_proxy:7860/images/")
+    assert (tmp_path / link.rsplit("/", 1)[1]).is_file()
+
+
+def test_a_request_that_gives_no_usable_host_is_told_why(serve, fake, tmp_path):
+    service = serve(image_store_dir=str(tmp_path), prompt_expansion=False)
+    response = requests.post(f"{service.url}/v1/chat/completions", json=chat_body("画一只猫"), timeout=30,
+                             headers={"X-Forwarded-Host": "evil.example/path?x"})
+    content = response.json()["choices"][0]["message"]["content"]
+    assert _stored_links(content) == [] and len(images_in(content)) == 1
+    assert "PUBLIC_BASE_URL" in content
+
+
+def test_an_unwritable_store_stops_start_up_naming_it(fake):
+    settings = Settings.from_env({}, api_base_url=fake.url, image_store_dir="/proc/1")
+    with pytest.raises(ConfigError, match="IMAGE_STORE_DIR: cannot create or write to /proc/1"):
+        create_app(settings)
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path):
+    # A real failed write: the file size limit makes write() fail with EFBIG.
+    script = f"""
+import resource, signal, sys
+sys.path.insert(0, {str(ROOT)!r})
+from uploaders import ImageStore, Picture, UploadError
+store = ImageStore({str(tmp_path)!r}, 10 * 2**20)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
+try:
+    store.save(Picture(b"\\x89PNG\\r\\n\\x1a\\n" + bytes(5000), "image/png"))
+except UploadError as exc:
+    print(exc.message)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert "保存到本机图片目录失败" in result.stdout, result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_store_keeps_to_its_cap_oldest_first_newest_kept(serve, fake, tmp_path):
+    size = len(png(64, 64, b"x"))
+    service = serve(image_store_dir=str(tmp_path), image_store_max_mb=3.5 * size / 2**20, prompt_expansion=False)
+    links = []
+    for i in range(6):
+        content = answer_text(service.url, f"画一只猫 {i}", stream=False)
+        links += _stored_links(content)
+        os.utime(tmp_path / links[-1].rsplit("/", 1)[1], (time.time() + i, time.time() + i))  # distinct ages
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    assert sum((tmp_path / name).stat().st_size for name in kept) <= 3.5 * size
+    assert links[-1].rsplit("/", 1)[1] in kept
+    assert requests.get(links[-1], timeout=5).status_code == 200
+    assert requests.get(links[0], timeout=5).status_code == 404
+
+
+def test_a_symlink_in_the_store_is_never_served(serve, tmp_path):
+    service = serve(image_store_dir=str(tmp_path))
+    name = "a" * 64 + ".png"
+    (tmp_path / name).symlink_to(ROOT / "config.py")
+    response = requests.get(f"{service.url}/images/{name}", timeout=5)
+    assert response.status_code == 404 and "Settings" not in response.text
+
+
+class _Internal(ThreadingHTTPServer):
+    """Something on this machine that must not be reached through an image link."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        self.hits: list[str] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.hits.append(self.path)
+                body = png(16, 16, b"internal")
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+
+@pytest.fixture
+def internal():
+    server = _Internal()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_rehosting_refuses_a_redirect_to_a_private_address(serve, fake, tmp_path, internal):
+    fake.state.redirect_to = f"http://127.0.0.1:{internal.server_address[1]}/secret.png"
+    service = serve(api_keys=("sk-redirect-0001",), image_store_dir=str(tmp_path), prompt_expansion=False)
+    content = answer_text(service.url, "画一只猫", stream=False)
+    assert "图片未能转存：图片链接不安全" in content and "本机地址" in content
+    assert internal.hits == [] and list(tmp_path.iterdir()) == []
+    assert len(images_in(content)) == 1  # the user still gets the upstream's link
+
+
+def test_allow_private_image_urls_lets_a_lan_redirect_through(serve, fake, tmp_path, internal):
+    fake.state.redirect_to = f"http://127.0.0.1:{internal.server_address[1]}/lan.png"
+    service = serve(api_keys=("sk-redirect-0001",), image_store_dir=str(tmp_path), prompt_expansion=False,
+                    allow_private_image_urls=True)
+    content = answer_text(service.url, "画一只猫", stream=False)
+    assert internal.hits == ["/lan.png"] and len(_stored_links(content)) == 1
+
+
+# --- seeds ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_seed_with_pic_n_draws_n_different_repeatable_pictures(serve, fake, stream):
+    service = serve(prompt_expansion=False)
+    content = answer_text(service.url, "画一只猫 seed:1234 pic:3", stream=stream)
+    assert sorted(c.body["seed"] for c in fake.state.image_calls()) == [1234, 1235, 1236]
+    assert "种子：1234–1236" in content
+    for seed in (1234, 1235, 1236):
+        assert f"种子：{seed}\n" in content
+
+
+def test_images_api_seed_with_n(serve, fake):
+    service = serve()
+    response = requests.post(f"{service.url}/v1/images/generations", json={"prompt": "a fox", "n": 2, "seed": 7},
+                             timeout=30)
+    assert response.status_code == 200
+    assert sorted(c.body["seed"] for c in fake.state.image_calls()) == [7, 8]
+
+
+def test_without_a_seed_each_picture_shows_the_upstreams(serve, fake):
+    service = serve(prompt_expansion=False)
+    content = answer_text(service.url, "画一只猫", stream=False)
+    assert "种子：12345" in content  # what the fake reports, as SiliconFlow does
+
+
+# --- keep-alive for answers that are not streamed ------------------------------------------------
+
+
+def test_a_slow_non_stream_chat_sends_spaces_then_json(serve, fake):
+    fake.state.image_latency = 1.5
+    service = serve(heartbeat_seconds=0.3, prompt_expansion=False)
+    response = post_chat(service.url, chat_body("画一只猫"), stream=False)
+    assert response.status_code == 200
+    assert response.content.startswith(b" ") and response.content.lstrip().startswith(b"{")
+    assert "1/1" in response.json()["choices"][0]["message"]["content"]
+    client = openai.OpenAI(base_url=f"{service.url}/v1", api_key="x", max_retries=0, timeout=30)
+    result = client.chat.completions.create(model="Kwai-Kolors/Kolors", messages=[{"role": "user", "content": "画一只狗"}])
+    assert len(images_in(result.choices[0].message.content)) == 1
+
+
+def test_a_quick_non_stream_answer_has_no_padding(serve, fake):
+    service = serve(prompt_expansion=False)
+    response = post_chat(service.url, chat_body("画一只猫"), stream=False)
+    assert response.content.startswith(b"{")
+
+
+def test_a_slow_images_api_call_sends_spaces_then_json(serve, fake):
+    fake.state.image_latency = 1.5
+    service = serve(heartbeat_seconds=0.3)
+    client = openai.OpenAI(base_url=f"{service.url}/v1", api_key="x", max_retries=0, timeout=30)
+    result = client.images.generate(prompt="a fox", response_format="b64_json", n=2)
+    assert len(result.data) == 2 and all(item.b64_json for item in result.data)
+    raw = requests.post(f"{service.url}/v1/images/generations", json={"prompt": "a fox"}, timeout=30)
+    assert raw.content.startswith(b" ") and raw.json()["data"][0]["url"]
+
+
+def test_a_quick_images_api_failure_keeps_its_status(serve, fake):
+    service = serve(api_keys=("sk-dead-0001",), heartbeat_seconds=5)
+    response = requests.post(f"{service.url}/v1/images/generations", json={"prompt": "a fox"}, timeout=30)
+    assert response.status_code == 503 and response.json()["error"]["code"] == "no_usable_keys"
+
+
+def test_a_late_images_api_failure_is_an_error_object_after_the_spaces(serve, fake):
+    fake.state.hang_seconds = 5
+    service = serve(api_keys=("sk-hang-0001",), heartbeat_seconds=0.3, upstream_timeout=1.2, max_key_attempts=1)
+    response = requests.post(f"{service.url}/v1/images/generations", json={"prompt": "a fox"}, timeout=30)
+    assert response.status_code == 200 and response.content.startswith(b" ")
+    error = json.loads(response.content)["error"]
+    assert error["code"] == "upstream_error" and "没有响应" in error["message"]
+
+
+def test_stored_images_are_served_like_files_are(serve, fake, tmp_path):
+    """Browsers and CDNs revalidate with the ETag and resume with Range; both work on stored images."""
+    service = serve(image_store_dir=str(tmp_path), prompt_expansion=False)
+    [link] = _stored_links(answer_text(service.url, "画一只猫", stream=False))
+    whole = requests.get(link, timeout=5)
+    assert whole.status_code == 200 and whole.headers["Content-Type"] == "image/png"
+    assert int(whole.headers["Content-Length"]) == len(whole.content) and whole.headers["Last-Modified"]
+    assert "immutable" in whole.headers["Cache-Control"]
+    assert requests.get(link, headers={"If-None-Match": whole.headers["ETag"]}, timeout=5).status_code == 304
+    part = requests.get(link, headers={"Range": "bytes=0-7"}, timeout=5)
+    assert part.status_code == 206 and part.content == whole.content[:8]

@@ -1,0 +1,158 @@
+"""The reply's wording: every line a chat user reads, and the rule that keeps it ours.
+
+Chat UIs render the answer as Markdown. Only the lines built here carry Markdown images and links,
+and only to the service's own pictures. Text from anyone else (the user's prompt, the expansion
+model, SiliconFlow's error messages, an image host's) goes through `md()`, which escapes what could
+start an image, a link or HTML and breaks bare links, so it reads as the plain text it is. Texts
+from upstreams are folded to one short line with anything key-like removed (`upstream_text`)
+before they are kept anywhere, since they also reach logs and JSON errors.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from urllib.parse import quote
+
+# --- text from others --------------------------------------------------------------------------
+
+
+def one_line(text: str, limit: int) -> str:
+    """`text` with its white space folded to single spaces, cut to `limit` characters with "…"."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+_KEYLIKE = re.compile(
+    r"sk-[A-Za-z0-9_\-]{4,}"  # SiliconFlow and OpenAI-style keys
+    r"|(?i:bearer|token|api[_-]?key|authorization)\s*[:=]?\s*[^\s,;\"'}]{4,}"
+    r"|\b\d+\|[A-Za-z0-9]{12,}"  # Lsky Pro tokens: "1|abc…"
+    r"|[A-Za-z0-9_\-+/=%]{32,}"  # long opaque strings: tokens, signatures
+)
+
+
+def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """`text` without the given secrets and without anything shaped like a key or token."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return _KEYLIKE.sub("***", text)
+
+
+def upstream_text(text: str, limit: int = 160, secrets: Iterable[str | None] = ()) -> str:
+    """What an upstream or host said, fit to repeat: one short line, no secrets."""
+    return one_line(redact(text, secrets), limit)
+
+
+_MD_SPECIAL = re.compile(r"([\\\[\]<])")
+_BARE_LINK = re.compile(r"(?i)(?<=[a-z])(?=://)|(?<=www)(?=\.)|(?<=@)")
+
+
+def md(text: str) -> str:
+    """`text` as inert Markdown: it renders as itself, never as an image, a link or HTML.
+
+    Backslash escapes (CommonMark) stop `[`, `]` and `<` from opening a link, an image, an
+    autolink or a tag; a zero-width space before `://`, after `www` and after `@` stops GFM's
+    bare links (`http://…`, `www.…`, e-mail addresses), which marked and remark-gfm apply to text.
+    """
+    return _BARE_LINK.sub("\u200b", _MD_SPECIAL.sub(r"\\\1", text))
+
+
+_ALT_SAFE = str.maketrans({"[": "【", "]": "】", "(": "（", ")": "）", "|": "｜", "\\": "＼", "<": "‹", ">": "›"})
+
+
+def markdown_safe(text: str, limit: int = 200) -> str:
+    """`text` on one line, safe inside `![...]`: no brackets, parentheses, pipes or newlines."""
+    return _BARE_LINK.sub("\u200b", one_line(text.translate(_ALT_SAFE), limit))
+
+
+def md_url(url: str) -> str:
+    """`url` as a Markdown link target that cannot end early or smuggle a title or HTML."""
+    return quote(url, safe="/:?#[]@!$&'*+,;=%-._~")
+
+
+# --- the answer's lines ------------------------------------------------------------------------
+
+
+def refusal(keyword: str) -> str:
+    return f"抱歉，您的请求包含不允许的内容（“{md(keyword)}”），无法生成图片。请修改描述后重试。"
+
+
+def expansion_skipped(reason: str) -> str:
+    return f"（提示词扩充跳过：{md(reason)}；已使用原始描述）\n"
+
+
+def expansion_failed(reason: str) -> str:
+    return f"（提示词扩充失败：{md(reason)}；已使用原始描述）\n"
+
+
+def seeds_text(seeds: list[int]) -> str:
+    if len(seeds) == 1:
+        return str(seeds[0])
+    return f"{seeds[0]}–{seeds[-1]}（每张 +1）"
+
+
+def prompt_info(
+    model: str,
+    prompt: str,
+    *,
+    size: str | None,
+    asked_size: str | None,
+    size_adjusted: bool,
+    count: int,
+    seeds: list[int] | None,
+    negative: str | None,
+    notes: Iterable[str],
+    expansion_note: str = "",
+) -> str:
+    """The lines before the images: the prompt used, size, count, model, seeds and notes."""
+    if size is None:
+        shown_size = "跟随输入图片"
+    elif size_adjusted:
+        shown_size = f"{size}（{md(model)} 不支持 {md(asked_size or '')}，已使用最接近的尺寸）"
+    else:
+        shown_size = size
+    extras = f" · 种子：{seeds_text(seeds)}" if seeds else ""
+    negative_line = f"🚫 负面提示词：{md(one_line(negative, 500))}\n" if negative else ""
+    note_lines = "".join(f"ℹ️ {md(note)}\n" for note in notes)
+    return (
+        f"{expansion_note}🎨 提示词：{md(one_line(prompt, 2000))}\n{negative_line}"
+        f"📐 尺寸：{shown_size} · 数量：{count} · 模型：{md(model)}{extras}\n{note_lines}\n"
+    )
+
+
+def image_markdown(
+    index: int,
+    alt: str,
+    image: str,
+    download: str,
+    permanent: str | None,
+    notes: Iterable[str] = (),
+    seed: int | None = None,
+) -> str:
+    """One picture: the image itself, its links, its seed, and what did not work for it.
+
+    The image line stands alone on its line and starts with `![image<N>|`: that is the marker
+    the seed's format promises UIs, and the one the playground looks for.
+    """
+    lines = [f"![image{index}|{alt}]({md_url(image)})"]
+    seed_part = f" · 种子：{seed}" if seed is not None else ""
+    if permanent:
+        lines.append(
+            f"[永久链接]({md_url(permanent)}) · [上游原图]({md_url(download)})（上游链接一小时后失效）{seed_part}"
+        )
+    else:
+        lines.append(f"[下载第 {index} 张]({md_url(download)})（上游链接一小时后失效，请及时保存）{seed_part}")
+    lines.extend(f"⚠️ {md(note)}" for note in notes)
+    return "\n".join(lines) + "\n\n"
+
+
+def image_failed(index: int, reason: str) -> str:
+    return f"⚠️ 第 {index} 张图片生成失败：{md(reason)}\n\n"
+
+
+def summary(delivered: int, count: int) -> str:
+    return f"完成：{delivered}/{count} 张图片生成成功。"
+
+
+INTERNAL_ERROR = "\n\n⚠️ 服务内部错误，回答不完整。"
