@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -113,6 +114,37 @@ def _optional_int(raw: str) -> int | None:
     return _int_between(1, 10**9)(raw) if raw.strip() else None
 
 
+_PERIOD_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _rate_limits(raw: str) -> tuple[tuple[int, float], ...]:
+    """`2/60s`, `10/1m`, `2/60s,400/1d`: (count, seconds) pairs. Empty or `off`: none (learned from 429s)."""
+    value = raw.strip().lower()
+    if value in ("", "off", "none", "learn"):
+        return ()
+    limits = []
+    for part in value.split(","):
+        match = re.fullmatch(r"\s*(\d{1,6})\s*/\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", part)
+        if not match or int(match[1]) < 1 or float(match[2]) <= 0:
+            raise ValueError("expected N/PERIOD like 2/60s, 10/1m or 2/60s,400/1d (s, m, h or d), or off")
+        limits.append((int(match[1]), float(match[2]) * _PERIOD_UNITS[match[3]]))
+    return tuple(limits)
+
+
+def _optional_redis_url(raw: str) -> str | None:
+    value = raw.strip()
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.netloc or parts.path):
+        raise ValueError("expected redis://[:password@]host:port/db, rediss://… or unix:///path/to/socket")
+    try:
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError:
+        raise ValueError("the port is not a number") from None
+    return value
+
+
 def _models(raw: str) -> tuple[str, ...]:
     models = _split_list(raw)
     if not models:
@@ -156,6 +188,9 @@ class Settings:
     expansion_timeout: float = _setting("EXPANSION_TIMEOUT", "20", _seconds)
     request_timeout: float = _setting("REQUEST_TIMEOUT", "300", _seconds)
     max_key_attempts: int = _setting("MAX_KEY_ATTEMPTS", "3", _int_between(1, 20))
+    image_rate_limit: tuple[tuple[int, float], ...] = _setting("IMAGE_RATE_LIMIT", "", _rate_limits)
+    rate_limit_rest: float = _setting("RATE_LIMIT_REST", "60", _seconds)
+    redis_url: str | None = _setting("REDIS_URL", "", _optional_redis_url, secret=True)
     key_recheck_seconds: float = _setting("KEY_RECHECK_SECONDS", "600", _seconds)
     heartbeat_seconds: float = _setting("HEARTBEAT_SECONDS", "10", _seconds)
     client_body_timeout: float = _setting("CLIENT_BODY_TIMEOUT", "30", _seconds)

@@ -20,23 +20,15 @@ import urllib3
 
 import wording
 from config import Settings
+from keypool import KeyPool, Upkeep
 from parsing import DrawRequest, find_banned, fit_prompt, image_seeds
 from uploaders import ImageStore, Links, lasting_links
-from upstream import (
-    KEY_BROKE,
-    KEY_DEAD,
-    BalanceRechecker,
-    KeyPool,
-    UpstreamError,
-    expand_prompt,
-    generate_with_failover,
-    image_answer_bytes,
-    payload_for,
-)
+from upstream import Failure, UpstreamError, expand_prompt, generate_with_failover, image_answer_bytes, payload_for
 
 log = logging.getLogger("siliconflow_proxy.drawing")
 
 EXPANSION_INPUT_CHARS = 2000  # what the chat model is given of the user's text
+QUEUE_CHECK_SECONDS = 1.0  # how often a waiting answer looks at where its images stand in line
 INLINE_ONLY = "上游以内联数据（data:）返回了图片，聊天中无法显示；请设置 IMAGE_STORE_DIR 或蓝空图床来保存它"
 
 
@@ -49,7 +41,7 @@ class Services:
     http: urllib3.PoolManager  # SiliconFlow's JSON API
     session: requests.Session  # fetching and re-hosting images
     executor: ThreadPoolExecutor
-    rechecker: BalanceRechecker
+    upkeep: Upkeep
     store: ImageStore | None
 
 
@@ -67,7 +59,7 @@ class Outcome:
     index: int
     links: Links | None = None
     error: str | None = None
-    kind: str | None = None  # the UpstreamError kind when it failed
+    kind: Failure | None = None  # the UpstreamError kind when it failed
     seed: int | None = None  # the seed sent, else the one the upstream says it used
 
 
@@ -135,15 +127,15 @@ def answer(job: Job, services: Services) -> Iterator[AnswerEvent]:
         alt = wording.markdown_safe(prompt, limit=300)
         delivered = 0
         pending = set(images)
+        quiet_since, queued = time.monotonic(), None
         while pending:
             # Each image goes out as soon as it is ready, not after the slowest one; none is waited
             # for past the request's deadline (or past a shutdown's).
             left = _stop_at(deadline) - time.monotonic()
             if left <= 0:
                 break
-            done, pending = wait(pending, timeout=min(settings.heartbeat_seconds, left), return_when=FIRST_COMPLETED)
-            if not done:
-                yield KEEPALIVE
+            done, pending = wait(pending, timeout=min(QUEUE_CHECK_SECONDS, settings.heartbeat_seconds, left),
+                                 return_when=FIRST_COMPLETED)
             for future in sorted(done, key=images.index):
                 outcome = future.result()
                 if outcome.links and outcome.links.showable:
@@ -154,14 +146,29 @@ def answer(job: Job, services: Services) -> Iterator[AnswerEvent]:
                     )
                 else:
                     yield wording.image_failed(outcome.index, INLINE_ONLY if outcome.links else outcome.error or "")
+                quiet_since = time.monotonic()
+            status = services.pool.queue.status(job.request_id) if pending else None
+            if status and (status.waiting, status.ahead, status.next_in is None) != queued:
+                queued = (status.waiting, status.ahead, status.next_in is None)
+                yield wording.queued(status.waiting, status.ahead, status.next_in)
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= settings.heartbeat_seconds:
+                yield KEEPALIVE
+                quiet_since = time.monotonic()
         for future in sorted(pending, key=images.index):
             yield wording.image_failed(images.index(future) + 1, _unfinished_reason(settings))
         yield wording.summary(delivered, draw.count)
     finally:
         # A client that hung up does not need the images that have not started yet.
-        cancelled.set()
-        for future in futures:
-            future.cancel()
+        stop(job, services, cancelled, futures)
+
+
+def stop(job: Job, services: Services, cancelled: threading.Event, futures: list[Future]) -> None:
+    """The answer is over (or its client left): images not begun are not begun, queued ones leave the line."""
+    cancelled.set()
+    for future in futures:
+        future.cancel()
+    services.pool.queue.cancel(job.request_id)
 
 
 def _stop_at(deadline: float) -> float:
@@ -188,26 +195,23 @@ def expand(job: Job, services: Services, until: float) -> tuple[str, str]:
     The key is always handed back, whatever happens.
     """
     settings, pool = services.settings, services.pool
-    key = pool.acquire()
-    if key is None:
+    lease = pool.any_key()
+    if lease is None:
         return job.draw.prompt, wording.expansion_skipped("暂无可用密钥")
     timeout = max(min(settings.expansion_timeout, until - time.monotonic()), 0.5)
     try:
         expanded = expand_prompt(
-            services.http, settings.api_base_url, key, settings.image_prompt_model,
+            services.http, settings.api_base_url, lease.key, settings.image_prompt_model,
             job.draw.prompt[:EXPANSION_INPUT_CHARS], timeout,
         )
     except UpstreamError as exc:
-        if exc.kind in KEY_DEAD | KEY_BROKE:  # the same account draws; a chat 429 says nothing of images
-            pool.report(key, exc)
-        else:
-            pool.release(key)
+        pool.report(lease, exc)  # a chat call: only a dead or broke key is news for the images
         log.warning("req=%s prompt expansion failed (%s); using the user's text", job.request_id, exc.kind)
         return job.draw.prompt, wording.expansion_failed(exc.message)
     except BaseException:
-        pool.release(key)
+        pool.release(lease)
         raise
-    pool.report(key, None)
+    pool.report(lease, None)
     return expanded, ""
 
 
@@ -230,13 +234,13 @@ def make_image(
             services.http, settings.api_base_url, services.pool, payload,
             timeout=settings.upstream_timeout, deadline=deadline, max_attempts=settings.max_key_attempts,
             max_bytes=image_answer_bytes(settings.max_image_mb), cancelled=cancelled,
-            label=f"req={job.request_id} image {index}",
+            request_id=job.request_id, label=f"req={job.request_id} image {index}",
         )
         if cancelled.is_set():
             return Outcome(index, error="客户端已断开")
         links = lasting_links(services.session, settings, services.store, image.url, job.public_base, deadline)
     except UpstreamError as exc:
-        if exc.kind != "cancelled":
+        if exc.kind is not Failure.CANCELLED:
             log.warning("req=%s image %d failed: %s", job.request_id, index, exc.kind)
         return Outcome(index, error=exc.message, kind=exc.kind)
     except Exception:  # a bug must cost one image, not the whole stream
@@ -296,11 +300,11 @@ def draw_for_api(
             try:
                 outcomes.append(future.result(timeout=max(left, 0.0)))
             except TimeoutError:
-                outcomes.append(Outcome(futures.index(future) + 1, error=_unfinished_reason(settings), kind="timeout"))
+                outcomes.append(Outcome(futures.index(future) + 1, error=_unfinished_reason(settings),
+                                        kind=Failure.TIMEOUT))
         return Drawn(revised=prompt if expand_first else None, outcomes=outcomes)
     finally:
-        for future in futures:
-            future.cancel()
+        stop(job, services, cancelled, futures)
 
 
 def guarded(pieces: Iterator[AnswerEvent], request_id: str) -> Iterator[AnswerEvent]:

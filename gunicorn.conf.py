@@ -36,10 +36,13 @@ preload_app = True
 
 
 def post_worker_init(worker):
-    """Tell the streams of this worker when gunicorn asks it to stop, and how long they have."""
+    """Learn the keys' accounts as the worker boots, not at its first request; and tell the streams
+    of this worker when gunicorn asks it to stop, and how long they have."""
     import signal
 
     from drawing import SHUTDOWN
+
+    worker.wsgi.extensions["siliconflow"].upkeep.ensure_running()
 
     stop = signal.getsignal(signal.SIGTERM)
 

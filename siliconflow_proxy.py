@@ -7,6 +7,7 @@ importing this module never reads `.env` or the environment.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import hmac
 import json
@@ -28,10 +29,12 @@ from werkzeug.wsgi import wrap_file
 
 from config import ConfigError, Settings
 from drawing import INLINE_ONLY, Drawn, Job, KeepAlive, Outcome, Services, answer, draw_for_api, guarded
+from keypool import KeyPool, Upkeep
+from keystores import FallbackStore, Limit, LocalStore, RedisStore, Store
 from outbound import AddressRule, deadline, make_http, make_session
 from parsing import SEED_MAX, DrawRequest, find_banned, parse, pick_size
 from uploaders import MIMETYPES, ImageStore, UploadError, fetch_picture
-from upstream import BalanceRechecker, KeyPool, has_balance, mask_key
+from upstream import Failure, account_info, mask_key
 
 log = logging.getLogger("siliconflow_proxy")
 
@@ -127,7 +130,7 @@ def _services() -> Services:
 def _authenticate() -> Response | None:
     g.request_id = uuid.uuid4().hex[:12]
     services = _services()
-    services.rechecker.ensure_running()
+    services.upkeep.ensure_running()
     settings = services.settings
     if not settings.api_key or not request.path.startswith("/v1/") or request.method == "OPTIONS":
         return None  # a CORS preflight carries no credentials
@@ -177,7 +180,17 @@ def playground() -> Response:
 
 @bp.get("/health")
 def health() -> Response:
-    return Response(_dumps({"status": "ok", "keys": _services().pool.summary()}), mimetype="application/json")
+    """The pool without key material: keys and accounts by state, the store shared, the line."""
+    services = _services()
+    pool = services.pool
+    body = {
+        "status": "ok",
+        **pool.summary(),
+        "rate_limit": ",".join(str(limit) for limit in pool.configured_limits) or "learned from 429s",
+        "store": pool.store.describe(),
+        "queue": {"waiting_in_this_worker": pool.queue.waiting()},
+    }
+    return Response(_dumps(body), mimetype="application/json")
 
 
 @bp.get("/v1/models")
@@ -357,16 +370,16 @@ def _images_extras(body: dict[str, Any]) -> dict[str, Any]:
 
 def _images_failure(outcomes: list[Outcome], response_format: str) -> ApiError:
     """No image was made: one error with a status that says whose problem it is."""
-    kinds = {o.kind for o in outcomes}
+    kinds = {o.kind for o in outcomes}  # Failure values
     reasons = "; ".join(dict.fromkeys(
         o.error or (INLINE_ONLY + " (or ask for response_format b64_json)" if o.links else "unknown error")
         for o in outcomes
     ))
-    if "bad_request" in kinds:
+    if Failure.BAD_REQUEST in kinds:
         return ApiError(400, f"SiliconFlow refused the request: {reasons}", code="upstream_bad_request")
-    if kinds == {"rate_limit"}:
+    if kinds == {Failure.RATE_LIMIT}:
         return ApiError(429, f"Every upstream key is rate limited: {reasons}", code="rate_limited")
-    if kinds <= {"no_keys", "auth", "balance"}:
+    if kinds <= {Failure.NO_KEYS, Failure.AUTH, Failure.BALANCE}:
         return ApiError(503, f"No upstream key can draw right now: {reasons}", code="no_usable_keys")
     return ApiError(502, f"SiliconFlow did not deliver an image: {reasons}", code="upstream_error")
 
@@ -531,7 +544,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     # No MAX_CONTENT_LENGTH: werkzeug's limit silently cuts a chunked body short, so _body() counts.
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
-    pool = KeyPool(settings.api_keys)
+    pool = KeyPool(settings.api_keys, _key_store(settings),
+                   limits=[Limit(count, seconds) for count, seconds in settings.image_rate_limit],
+                   rest_seconds=settings.rate_limit_rest)
     http = make_http(settings.upstream_workers)
     session = make_session(settings.upstream_workers)
     try:
@@ -548,9 +563,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         http=http,
         session=session,
         executor=ThreadPoolExecutor(settings.upstream_workers, thread_name_prefix="upstream"),
-        rechecker=BalanceRechecker(
+        upkeep=Upkeep(
             pool,
-            lambda key: has_balance(http, settings.api_base_url, key, settings.expansion_timeout),
+            lambda key: account_info(http, settings.api_base_url, key, settings.expansion_timeout),
             settings.key_recheck_seconds,
         ),
         store=store,
@@ -561,6 +576,16 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_error_handler(Exception, _unexpected_error)
     _startup_notes(settings)
     return app
+
+
+def _key_store(settings: Settings) -> Store:
+    """Redis when REDIS_URL is set (with this instance's local store while it cannot be reached),
+    else a local store. Made here, before gunicorn forks, so that every worker shares it."""
+    local = LocalStore()
+    atexit.register(local.remove)
+    if not settings.redis_url:
+        return local
+    return FallbackStore(RedisStore(settings.redis_url), local)
 
 
 def _http_error(exc: HTTPException) -> Response:
@@ -583,7 +608,7 @@ def _configure_logging(level: str) -> None:
     log.setLevel(level)
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"))
         log.addHandler(handler)
         log.propagate = False
 
@@ -595,6 +620,10 @@ def _startup_notes(settings: Settings) -> None:
         log.warning("API_KEYS is empty: /health answers, but drawing answers 503 until keys are set.")
     else:
         log.info("%d upstream key(s): %s", len(settings.api_keys), ", ".join(mask_key(k) for k in settings.api_keys))
+    limits = ", ".join(f"{count}/{seconds:g}s" for count, seconds in settings.image_rate_limit)
+    log.info("Image calls per account and model: %s; keys are shared by %s.",
+             limits or f"learned from 429s (an account rests {settings.rate_limit_rest:g}s after one)",
+             "Redis" if settings.redis_url else "this instance's workers")
     hosts = [name for on, name in ((settings.use_lsky_pro, "Lsky Pro"), (settings.image_store_dir, "the built-in store"))
              if on]
     log.info("Images are kept by: %s.", " then ".join(hosts) if hosts else "nobody (upstream links expire in 1 hour)")

@@ -151,6 +151,13 @@ def image_failed(index: int, reason: str) -> str:
     return f"⚠️ 第 {index} 张图片生成失败：{md(reason)}\n\n"
 
 
+def queued(waiting: int, ahead: int, next_in: float | None) -> str:
+    """Images waiting for an account with budget: how many, behind whom, and when a key frees."""
+    behind = f"，前面还有 {ahead} 个请求在排" if ahead else ""
+    soon = f"，下一个名额约 {max(1, round(next_in))} 秒后空出" if next_in is not None else ""
+    return f"⏳ 排队等候上游名额：本次还有 {waiting} 张在等{behind}{soon}（账户限额用完后按时段恢复）\n\n"
+
+
 def summary(delivered: int, count: int) -> str:
     return f"完成：{delivered}/{count} 张图片生成成功。"
 

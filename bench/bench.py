@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench.py            # the full table (about two minutes)
     .venv/bin/python bench/bench.py --quick    # smaller samples
+    .venv/bin/python bench/bench.py --redis    # key state in a redis-server started here
 
 The fake upstream runs in its own process with image latency L and expansion latency E; the
 service is `gunicorn` from the Procfile with `gunicorn.conf.py`; the load comes from one asyncio
@@ -176,6 +177,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller samples")
     parser.add_argument("--levels", default="50,200,500", help="concurrent streams to try")
+    parser.add_argument("--redis", action="store_true", help="share key state through a redis-server started here")
     args = parser.parse_args()
     samples = 15 if args.quick else 50
 
@@ -189,6 +191,12 @@ def main() -> None:
            "API_KEYS": ",".join(f"sk-good-bench-{i:03d}" for i in range(64)),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("API_KEY", None)
+    redis = None
+    if args.redis:
+        redis_port = free_port()
+        redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                                  "--appendonly", "no"], cwd="/tmp", stdout=subprocess.DEVNULL, start_new_session=True)
+        env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
     service = subprocess.Popen(
         ["bash", "-c", f"exec {web_command()}"], cwd=ROOT, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
@@ -243,14 +251,15 @@ def main() -> None:
                     f"CPU of the fake upstream {others[0]:.1f} s, of the load generator {others[1]:.1f} s)",
                 ))
     finally:
-        for process in (service, fake):
+        for process in (service, fake, *([redis] if redis else [])):
             try:
                 os.killpg(process.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
             process.wait(timeout=30)
 
-    print(f"\nL = {L} s, E = {E} s, {os.cpu_count()} cores, service: {web_command()}")
+    shared = "Redis" if args.redis else "this instance's workers (SQLite)"
+    print(f"\nL = {L} s, E = {E} s, {os.cpu_count()} cores, service: {web_command()}, key state shared by {shared}")
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")

@@ -68,6 +68,26 @@ def sink(_sink_server: FakeSink) -> Iterator[FakeSink]:
     _sink_server.reset()
 
 
+@pytest.fixture(scope="session")
+def _redis_server():
+    from tests.servers import RedisServer
+
+    server = RedisServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def redis_server(_redis_server):
+    """A real redis-server (Debian's), emptied for each test."""
+    if _redis_server.process.poll() is not None:
+        _redis_server.start()
+    _redis_server.flush()
+    yield _redis_server
+    if _redis_server.process.poll() is not None:  # a test stopped it: bring it back for the next
+        _redis_server.start()
+
+
 class Service:
     def __init__(self, app, url: str):
         self.app, self.url = app, url

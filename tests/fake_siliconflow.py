@@ -5,6 +5,7 @@ Keys misbehave on purpose, chosen by prefix:
 | key prefix   | answer to an image call                                            |
 |--------------|--------------------------------------------------------------------|
 | sk-dead      | 401, the bare JSON string "Invalid token"                          |
+| sk-revoked   | 401 to image calls, though /v1/user/info still answers (revoked for images) |
 | sk-broke     | 403 {"code":30001,"message":"Sorry, your account balance is insufficient",...} |
 | sk-limited   | 429 rate limit message                                             |
 | sk-retry     | 429 with `Retry-After: <state.retry_after>`                        |
@@ -26,6 +27,12 @@ Keys misbehave on purpose, chosen by prefix:
 | anything else| 200 with one image URL served by this same server (a real PNG)     |
 
 A key in `state.funded` answers like a good one (a topped-up account), also on /v1/user/info.
+
+Accounts: a key holding `-acct<X>-` belongs to account X (`sk-good-acctA-1`, `sk-good-acctA-2`
+share account A); any other key is its own account. `/v1/user/info` answers the account in
+`data.id`. With `state.rate_limit = (N, seconds)` every account may make N image calls per model in
+any window of that many seconds (a sliding window, counted when a call arrives); more are refused
+with SiliconFlow's 429, counted in `state.refused`.
 Unknown models answer 400 code 20012; sizes that Kolors and Qwen-Image do not list, 400 code 20015.
 
 Run alone for a demo (`python -m tests.fake_siliconflow --port 9000`), or with `--demo` to also start
@@ -77,6 +84,10 @@ class FakeState:
     huge_bytes: int = 20 * 2**20
     drip_interval: float = 0.2
     redirect_to: str = ""
+    rate_limit: tuple[int, float] | None = None
+    refused: int = 0
+    refused_at: list[float] = field(default_factory=list)
+    windows: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     hang_seconds: float = 5.0
     retry_after: str = "1"
     funded: set[str] = field(default_factory=set)
@@ -92,10 +103,35 @@ class FakeState:
         self.huge_bytes = 20 * 2**20
         self.drip_interval = 0.2
         self.redirect_to = ""
+        self.rate_limit = None
+        self.refused = 0
+        self.refused_at = []
+        self.windows = {}
         self.hang_seconds = 5.0
         self.retry_after = "1"
         self.funded = set()
         self.limited_once = set()
+
+    def admit(self, account: str, model: str) -> bool:
+        """True when `account` may make another call to `model` now (and it is counted)."""
+        if self.rate_limit is None:
+            return True
+        count, seconds = self.rate_limit
+        now = time.monotonic()
+        with self.lock:
+            window = [t for t in self.windows.get((account, model), []) if t > now - seconds]
+            if len(window) >= count:
+                self.refused += 1
+                self.refused_at.append(now)
+                self.windows[(account, model)] = window
+                return False
+            self.windows[(account, model)] = window + [now]
+            return True
+
+    def drawing_calls(self) -> list[Call]:
+        """Image and chat calls: what costs money (account look-ups do not)."""
+        with self.lock:
+            return [c for c in self.calls if c.path in ("/v1/images/generations", "/v1/chat/completions")]
 
     def image_calls(self) -> list[Call]:
         with self.lock:
@@ -125,6 +161,14 @@ def png(width: int, height: int, seed: bytes) -> bytes:
 
 
 BIG_PNG = b"\x89PNG\r\n\x1a\n" + bytes(3 * 2**20)
+
+
+def account_of(key: str) -> str:
+    """The account a fake key belongs to: `-acct<X>-` in the key names it, else the key is its own."""
+    marker = key.find("-acct")
+    if marker < 0:
+        return key
+    return key[marker + 5 :].split("-", 1)[0]
 
 
 class FakeSiliconFlow(ThreadingHTTPServer):
@@ -209,6 +253,11 @@ class _Handler(BaseHTTPRequestHandler):
         elif path.startswith("/outputs/") and path.endswith(".png"):
             name = path.rsplit("/", 1)[-1]
             self._send(200, png(64, 64, name.encode()), "image/png")
+        elif path == "/fake/stats":  # the benchmark's counters, not SiliconFlow's
+            state = self.server.state
+            with state.lock:
+                self._json(200, {"refused": state.refused, "image_calls": len(
+                    [c for c in state.calls if c.path == "/v1/images/generations"])})
         elif path == "/v1/models":
             data = [{"id": m, "object": "model", "created": 0, "owned_by": ""} for m in IMAGE_MODELS]
             self._json(200, {"object": "list", "data": data})
@@ -220,7 +269,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             broke = self._key().startswith("sk-broke") and self._key() not in self.server.state.funded
             balance = "0.00" if broke else "14.00"
-            data = {"id": "userid", "name": "username", "balance": balance, "status": "normal",
+            data = {"id": account_of(self._key()), "name": "username", "balance": balance, "status": "normal",
                     "chargeBalance": "0.00", "totalBalance": balance}
             self._json(200, {"code": 20000, "message": "OK", "status": True, "data": data})
         else:
@@ -242,6 +291,14 @@ class _Handler(BaseHTTPRequestHandler):
                 self._image(body)
             elif path == "/v1/chat/completions":
                 self._chat(body)
+            elif path == "/fake/rate" and isinstance(body, dict):  # the benchmark's knob: meter accounts
+                state = self.server.state
+                with state.lock:
+                    state.windows, state.refused, state.refused_at = {}, 0, []
+                    state.calls.clear()
+                count, seconds = body.get("count"), body.get("seconds")
+                state.rate_limit = (int(count), float(seconds)) if count else None
+                self._json(200, {"rate_limit": state.rate_limit})
             elif path == "/fake/latency" and isinstance(body, dict):  # the benchmark's knob, not SiliconFlow's
                 self.server.state.image_latency = float(body.get("image", 0))
                 self.server.state.expansion_latency = float(body.get("expansion", 0))
@@ -259,11 +316,13 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if key.startswith("sk-hang"):
             self._wait(state.hang_seconds)
-        if key.startswith("sk-dead"):
+        if key.startswith(("sk-dead", "sk-revoked")):
             self._json(401, "Invalid token")
         elif key.startswith("sk-broke") and key not in state.funded:
             self._json(403, {"code": 30001, "message": "Sorry, your account balance is insufficient", "data": None})
-        elif key.startswith("sk-limited"):
+        elif key.startswith("sk-limited") or (
+            isinstance(body, dict) and not state.admit(account_of(key), str(body.get("model")))
+        ):
             self._json(429, {"message": RATE_LIMIT_MESSAGE, "data": None})
         elif key.startswith("sk-once") and key not in state.limited_once:
             state.limited_once.add(key)

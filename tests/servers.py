@@ -40,12 +40,15 @@ class Gunicorn:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("API_", "MAX_IMAGES", "VIRTUAL_ENV", "PYTHON", "GUNICORN_"))}
         env.update(PORT=str(self.port), PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", **env_extra)
-        # Output goes to a file: a pipe nobody reads fills up and blocks the server's logging.
-        self._log = tempfile.TemporaryFile(mode="w+")
-        self.process = subprocess.Popen(
-            ["bash", "-c", f"exec {web_command()}"], cwd=ROOT, env=env,
-            stdout=self._log, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        )
+        # Output goes to a file: a pipe nobody reads fills up and blocks the server's logging. It is
+        # read through a handle of its own: one shared with the child would move its write offset.
+        fd, self._log_path = tempfile.mkstemp(prefix="gunicorn-", suffix=".log")
+        self._final_log: str | None = None
+        with os.fdopen(fd, "w") as out:
+            self.process = subprocess.Popen(
+                ["bash", "-c", f"exec {web_command()}"], cwd=ROOT, env=env,
+                stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            )
 
     def wait_until_up(self, seconds: float = 30) -> bool:
         return wait_until_up(self.url, seconds)
@@ -71,11 +74,16 @@ class Gunicorn:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
-        return self.log()
+        if self._final_log is None:
+            self._final_log = self.log()
+            os.unlink(self._log_path)
+        return self._final_log
 
     def log(self) -> str:
-        self._log.seek(0)
-        return self._log.read()
+        if self._final_log is not None:
+            return self._final_log
+        with open(self._log_path, errors="replace") as log:
+            return log.read()
 
 
 def wait_until_up(url: str, seconds: float = 30) -> bool:
@@ -86,6 +94,19 @@ def wait_until_up(url: str, seconds: float = 30) -> bool:
                 return True
         except requests.RequestException:
             time.sleep(0.1)
+    return False
+
+
+def _listening(port: int, process: subprocess.Popen, seconds: float = 10) -> bool:
+    """True once something accepts connections on `port`; False if `process` ends or time runs out."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        if process.poll() is not None:
+            return False
+        time.sleep(0.02)
     return False
 
 
@@ -121,15 +142,8 @@ class Nginx:
             [NGINX, "-p", str(self.home), "-c", str(self.home / "nginx.conf")],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError("nginx did not start: " + self.errors())
+        if not _listening(self.port, self.process):
+            raise AssertionError("nginx did not start: " + self.errors())
 
     def errors(self) -> str:
         path = self.home / "error.log"
@@ -143,4 +157,43 @@ class Nginx:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+REDIS_SERVER = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+
+
+class RedisServer:
+    """Debian's redis-server on a free port, nothing saved to disk. `stop()` and `start()` again
+    (same port) stand for Redis going away and coming back."""
+
+    def __init__(self) -> None:
+        require(REDIS_SERVER, "Redis (Debian package redis-server)")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.home = Path(tempfile.mkdtemp(prefix="redis-test-"))
+        self.process: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.home), "--protected-mode", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        if not _listening(self.port, self.process):
+            raise AssertionError("redis-server did not start")
+
+    def flush(self) -> None:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(b"FLUSHALL\r\n")
+            assert sock.recv(64).startswith(b"+OK")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+    def close(self) -> None:
+        self.stop()
         shutil.rmtree(self.home, ignore_errors=True)

@@ -111,7 +111,7 @@ def test_banned_keyword_is_refused_without_any_upstream_call(service, fake, stre
     content = content_of(stream_chunks(response)[0]) if stream else response.json()["choices"][0]["message"]["content"]
     assert "不允许" in content and "nude" in content
     assert not images_in(content)
-    assert fake.state.calls == []
+    assert fake.state.drawing_calls() == []
 
 
 def test_banned_word_in_the_expanded_prompt_is_refused_too(serve, fake):
@@ -207,7 +207,7 @@ def test_bad_input_answers_400_saying_what_to_fix(service, fake, raw, words):
     error = _error(response, 400)
     assert words in error["message"]
     assert error["type"] == "invalid_request_error"
-    assert fake.state.calls == []
+    assert fake.state.drawing_calls() == []
 
 
 def test_no_upstream_keys_health_is_up_but_drawing_is_503(serve, fake):
@@ -220,7 +220,7 @@ def test_no_upstream_keys_health_is_up_but_drawing_is_503(serve, fake):
 @pytest.mark.parametrize(
     "key, words",
     [
-        ("sk-dead-00001111", "密钥无效"),
+        ("sk-dead-00001111", "无效（401）"),
         ("sk-broke-0000111", "余额不足"),
         ("sk-limited-00011", "限流"),
         ("sk-overload-0001", "暂时不可用"),
@@ -264,7 +264,7 @@ class TestAuth:
         response = requests.post(f"{locked.url}/v1/chat/completions", json=chat_body("cat"), headers=headers, timeout=5)
         error = _error(response, 401)
         assert error["code"] == "invalid_api_key" and error["type"] == "invalid_request_error"
-        assert fake.state.calls == []
+        assert fake.state.drawing_calls() == []
         assert _error(requests.get(f"{locked.url}/v1/models", headers=headers, timeout=5), 401)
 
     def test_right_key_draws_and_health_needs_none(self, locked):

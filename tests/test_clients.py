@@ -61,7 +61,7 @@ def test_openai_v1_errors_are_typed(locked, fake):
         )
     with pytest.raises(openai.BadRequestError, match="Unknown model"):
         client(locked).chat.completions.create(model="dall-e-3", messages=[{"role": "user", "content": "cat"}])
-    assert fake.state.calls == []
+    assert fake.state.drawing_calls() == []
 
 
 def _legacy(python: str, service, key: str, mode: str, prompt: str) -> dict:
@@ -89,4 +89,4 @@ def test_legacy_non_stream(legacy_python, locked):
 def test_legacy_wrong_key_raises_authentication_error(legacy_python, locked, fake):
     out = _legacy(legacy_python, locked, "wrong-key", "stream", "画一只猫")
     assert out == {"error": "AuthenticationError", "status": 401}
-    assert fake.state.calls == []
+    assert fake.state.drawing_calls() == []

@@ -91,7 +91,8 @@ def test_bad_image_requests_answer_400(locked, fake, body, param):
     ],
 )
 def test_no_image_made_is_an_error_with_a_fitting_status(serve, keys, status, error_class):
-    service = serve(api_keys=keys, max_key_attempts=1)
+    # A short REQUEST_TIMEOUT: a rate-limited account would otherwise be waited for.
+    service = serve(api_keys=keys, max_key_attempts=1, request_timeout=5)
     with pytest.raises(error_class) as caught:
         client(service).images.generate(prompt="a fox", n=1)
     assert caught.value.status_code == status

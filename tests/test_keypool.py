@@ -1,12 +1,18 @@
-"""The key pool's bookkeeping: which key is handed out, and how failures take keys out and back."""
+"""The key pool: which key is handed out, how failures take keys and accounts out and back, the
+budgets per account and model, the stores behind it (SQLite and a real Redis), and the line."""
 
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
-from upstream import KeyPool, UpstreamError
+from keypool import KeyPool, Lease, _with_slack, key_id
+from keystores import FallbackStore, Limit, LocalStore, RedisStore
+from upstream import AccountInfo, Failure, UpstreamError
+
+KOLORS, QWEN = "Kwai-Kolors/Kolors", "Qwen/Qwen-Image"
 
 
 class Clock:
@@ -22,128 +28,316 @@ def clock() -> Clock:
     return Clock()
 
 
-def error(kind: str, retry_after: float | None = None) -> UpstreamError:
-    return UpstreamError(kind, kind, retry_after=retry_after)
+def pool_of(keys, clock=None, accounts=None, **kwargs) -> KeyPool:
+    store = LocalStore(clock=clock) if clock else LocalStore()
+    pool = KeyPool(keys, store, clock=clock or time.monotonic, **kwargs)
+    for key, account in (accounts or {}).items():
+        pool.learn(key, AccountInfo(account, True))
+    return pool
+
+
+def error(kind: Failure, retry_after: float | None = None) -> UpstreamError:
+    return UpstreamError(kind, str(kind), retry_after=retry_after)
+
+
+def take(pool: KeyPool, model: str = KOLORS, exclude=()) -> str | None:
+    lease = pool.try_acquire(model, exclude)[0]
+    return lease.key if lease else None
+
+
+def fail(pool: KeyPool, key: str, kind: Failure, model: str | None = KOLORS, retry_after: float | None = None,
+         ticket: str | None = None) -> None:
+    pool.report(Lease(key, model, ticket), error(kind, retry_after))
+
+
+# --- which key, and failures (a clock that the test moves) -----------------------------------------
 
 
 def test_least_recently_used_key_first(clock):
-    pool = KeyPool(("a", "b", "c"), clock=clock)
+    pool = pool_of(("a", "b", "c"), clock)
     handed = []
     for _ in range(6):
         clock.now += 1
-        handed.append(pool.acquire())
+        handed.append(take(pool))
+        pool.release(Lease(handed[-1]))
     assert handed == ["a", "b", "c", "a", "b", "c"]
-    assert pool.acquire(exclude={"a", "b", "c"}) is None
+
+
+def test_untried_keys_come_first_then_tried_ones(clock):
+    pool = pool_of(("a", "b"), clock)
+    assert take(pool, exclude={"a"}) == "b"
+    assert take(pool, exclude={"a", "b"}) in ("a", "b")  # nothing untried: a tried key still draws
 
 
 def test_duplicates_are_one_key():
-    assert len(KeyPool(("a", "a", "b"))) == 2
+    assert len(pool_of(("a", "a", "b"))) == 2
 
 
-@pytest.mark.parametrize("kind, status", [("auth", "dead"), ("balance", "no_balance")])
+@pytest.mark.parametrize("kind, status", [(Failure.AUTH, "dead"), (Failure.BALANCE, "no_balance")])
 def test_dead_and_broke_keys_leave_the_rotation(clock, kind, status):
-    pool = KeyPool(("a", "b"), clock=clock)
-    pool.report("a", error(kind))
-    assert {pool.acquire() for _ in range(4)} == {"b"}
-    assert pool.summary()[status] == 1 and pool.summary()["healthy"] == 1
-    assert pool.next_ready_in(exclude={"b"}) is None  # "a" will not come back by waiting
+    pool = pool_of(("a", "b"), clock)
+    fail(pool, "a", kind, None)
+    assert {take(pool) for _ in range(4)} == {"b"}
+    summary = pool.summary()["keys"]
+    assert summary[status] == 1 and summary["healthy"] == 1
+    fail(pool, "b", kind, None)
+    assert pool.try_acquire(KOLORS) == (None, None, False)  # none will come back by waiting
 
 
-def test_broke_key_comes_back_when_revived(clock):
-    pool = KeyPool(("a",), clock=clock)
-    pool.report("a", error("balance"))
-    assert pool.acquire() is None and pool.broke_keys() == ["a"]
-    pool.revive("a")
-    assert pool.acquire() == "a"
+def test_a_broke_key_comes_back_when_its_account_has_money(clock):
+    pool = pool_of(("a",), clock)
+    fail(pool, "a", Failure.BALANCE, None)
+    assert take(pool) is None and pool.broke_keys() == ["a"]
+    pool.learn("a", AccountInfo("acct-1", True))
+    assert take(pool) == "a"
 
 
-def test_rate_limited_key_backs_off_growing_up_to_five_minutes(clock):
-    pool = KeyPool(("a",), clock=clock)
-    pauses = []
-    for _ in range(8):
-        pool.report("a", error("rate_limit"))
-        pauses.append(pool.next_ready_in())
-        clock.now += pauses[-1]
-        assert pool.acquire() == "a"
-    assert pauses == [5, 10, 20, 40, 80, 160, 300, 300]
-    pool.report("a", None)  # a success resets the streak
-    pool.report("a", error("rate_limit"))
-    assert pool.next_ready_in() == 5
+def test_a_429_rests_the_whole_account_for_that_model_only(clock):
+    pool = pool_of(("a1", "a2", "b1"), clock, accounts={"a1": "A", "a2": "A", "b1": "B"}, rest_seconds=60)
+    fail(pool, "a1", Failure.RATE_LIMIT)
+    assert {take(pool) for _ in range(3)} == {"b1"}  # a2 shares a1's account
+    assert take(pool, QWEN) in ("a1", "a2")  # another model has its own budget
+    fail(pool, "b1", Failure.RATE_LIMIT)
+    assert pool.try_acquire(KOLORS) == (None, 60, False)
+    clock.now += 60
+    assert take(pool) in ("a1", "a2")
 
 
 def test_retry_after_is_honoured(clock):
-    pool = KeyPool(("a", "b"), clock=clock)
-    pool.report("a", error("rate_limit", retry_after=42))
-    assert pool.next_ready_in(exclude={"b"}) == 42
-    assert pool.acquire() == "b" and pool.acquire() == "b"
-    clock.now += 42
-    assert pool.acquire() == "a"
+    pool = pool_of(("a",), clock, rest_seconds=60)
+    fail(pool, "a", Failure.RATE_LIMIT, retry_after=7)
+    assert pool.try_acquire(KOLORS) == (None, 7, False)
+
+
+def test_a_chat_429_says_nothing_of_image_budgets(clock):
+    pool = pool_of(("a",), clock)
+    fail(pool, "a", Failure.RATE_LIMIT, None)  # no model: a chat call
+    assert take(pool) == "a"
 
 
 def test_a_key_that_keeps_failing_cools_down(clock):
-    pool = KeyPool(("a", "b"), clock=clock)
-    pool.report("a", error("server"))
-    assert pool.summary()["cooling"] == 0  # one failure is bad luck
-    pool.report("a", error("timeout"))
-    assert pool.summary()["cooling"] == 1
-    assert pool.next_ready_in(exclude={"b"}) == 10
+    pool = pool_of(("a", "b"), clock)
+    fail(pool, "a", Failure.SERVER)
+    assert pool.summary()["keys"]["cooling"] == 0  # one failure is bad luck
+    fail(pool, "a", Failure.TIMEOUT)
+    assert pool.summary()["keys"]["cooling"] == 1
+    fail(pool, "b", Failure.SERVER)
+    fail(pool, "b", Failure.SERVER)
+    assert pool.try_acquire(KOLORS) == (None, 10, False)
 
 
 def test_a_bad_request_says_nothing_about_the_key(clock):
-    pool = KeyPool(("a",), clock=clock)
+    pool = pool_of(("a",), clock)
     for _ in range(5):
-        pool.report("a", error("bad_request"))
-    assert pool.summary() == {"total": 1, "healthy": 1, "cooling": 0, "dead": 0, "no_balance": 0, "calls_in_flight": 0}
+        fail(pool, "a", Failure.BAD_REQUEST)
+    assert pool.summary()["keys"] == {"total": 1, "healthy": 1, "cooling": 0, "dead": 0, "no_balance": 0,
+                                      "calls_in_flight": 0}
 
 
 def test_outage_says_how_many_keys_and_why(clock):
-    pool = KeyPool(("a", "b", "c", "d"), clock=clock)
-    pool.report("a", error("auth"))
-    pool.report("b", error("balance"))
-    pool.report("c", error("rate_limit", retry_after=30))
-    pool.report("d", error("rate_limit", retry_after=60))
-    message = pool.outage()
-    assert message == "全部 4 个上游密钥暂不可用：1 个无效（401）、1 个余额不足、2 个限流或出错后冷却中，最早约 30 秒后恢复"
+    pool = pool_of(("a", "b", "c", "d"), clock)
+    fail(pool, "a", Failure.AUTH, None)
+    fail(pool, "b", Failure.BALANCE, None)
+    fail(pool, "c", Failure.SERVER)
+    fail(pool, "c", Failure.SERVER)
+    fail(pool, "d", Failure.RATE_LIMIT, retry_after=30)
+    assert pool.outage(30) == ("全部 4 个上游密钥暂不可用：1 个无效（401）、1 个余额不足、1 个连续出错后冷却中、"
+                               "1 个所在账户已用完本时段的限额或限流冷却中，最早约 30 秒后恢复")
 
 
-def test_concurrent_acquires_spread_over_keys():
-    keys = tuple(f"k{i}" for i in range(8))
-    pool = KeyPool(keys)
-    handed: list[str] = []
-    barrier = threading.Barrier(8)
+# --- budgets ----------------------------------------------------------------------------------------
 
-    def take() -> None:
+
+def test_a_budget_is_per_account_and_model_and_slides(clock):
+    pool = pool_of(("a1", "a2", "b1"), clock, accounts={"a1": "A", "a2": "A", "b1": "B"}, limits=[Limit(2, 6)])
+    granted = [take(pool) for _ in range(5)]
+    assert sorted(granted[:4]) == ["a1", "a2", "b1", "b1"]
+    assert granted[4] is None  # A has made 2 calls, B 2: the 5th in 6 s is not sent
+    # Six seconds, and a little slack: SiliconFlow counts a call when it arrives.
+    assert pool.try_acquire(KOLORS) == (None, pytest.approx(_with_slack(6)), False)
+    assert take(pool, QWEN) is not None  # another model, another budget
+    clock.now += 3
+    assert pool.try_acquire(KOLORS) == (None, pytest.approx(_with_slack(6) - 3), False)
+    clock.now = 1000 + _with_slack(6)
+    assert take(pool) is not None
+
+
+def test_a_429_teaches_the_account_its_cap(clock):
+    """Four calls go out at once, two get through: the account is now kept at two per window."""
+    pool = pool_of(("a",), clock, rest_seconds=60)
+    leases = [pool.try_acquire(KOLORS)[0] for _ in range(4)]
+    for lease in leases[2:]:
+        pool.report(lease, error(Failure.RATE_LIMIT))
+    for lease in leases[:2]:
+        pool.report(lease, None)
+    assert pool.try_acquire(KOLORS) == (None, pytest.approx(_with_slack(60)), False)
+    clock.now += _with_slack(60)
+    assert take(pool) == "a" and take(pool) == "a"
+    assert pool.try_acquire(KOLORS)[0] is None  # a third in the window would be refused
+
+
+def test_two_limits_are_kept_together(clock):
+    pool = pool_of(("a",), clock, limits=[Limit(2, 6), Limit(3, 100)])
+    for _ in range(2):
+        assert take(pool) == "a"
+    clock.now += 7
+    assert take(pool) == "a"
+    clock.now += 7
+    # The short window is free again, the long one not: it frees 100 s (and slack) after the first.
+    assert pool.try_acquire(KOLORS) == (None, pytest.approx(_with_slack(100) - 14), False)
+
+
+def test_a_key_whose_account_is_unknown_is_its_own_account(clock):
+    pool = pool_of(("a", "b"), clock, limits=[Limit(1, 6)])
+    assert {take(pool), take(pool)} == {"a", "b"}
+    assert pool.summary()["accounts"] == {"total": 2, "keys_with_unknown_account": 2, "resting": []}
+
+
+# --- the stores behind one interface: SQLite across processes' connections, and a real Redis --------
+
+
+@pytest.fixture(params=["local", "redis"])
+def store(request):
+    if request.param == "local":
+        store = LocalStore()
+        yield store
+        store.remove()
+    else:
+        server = request.getfixturevalue("redis_server")
+        yield RedisStore(server.url, prefix="test:")
+
+
+def test_a_budget_slot_is_reserved_once_under_a_race(store):
+    pool = KeyPool([f"k{i}" for i in range(8)], store, limits=[Limit(3, 30)])
+    for key in pool.keys:
+        pool.learn(key, AccountInfo("shared", True))
+    barrier = threading.Barrier(16)
+    granted = []
+
+    def race():
         barrier.wait()
-        handed.append(pool.acquire())
+        lease = pool.try_acquire(KOLORS)[0]
+        granted.append(lease.key if lease else None)
 
-    threads = [threading.Thread(target=take) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(handed) == sorted(keys)
-
-
-def test_keys_that_failed_lately_or_are_busy_come_last(clock):
-    pool = KeyPool(("a", "b", "c"), clock=clock)
-    pool.report(pool.acquire(), error("server"))  # "a" failed once: still usable, but last choice
-    assert pool.acquire() == "b"  # and "b" is now busy
-    assert pool.acquire() == "c"
-    pool.release("c")
-    assert pool.acquire() == "c"  # "b" and "c" both clean: the one not busy
-    pool.release("b")
-    pool.release("c")
-    clock.now += 1
-    assert pool.acquire(exclude={"b", "c"}) == "a"  # still handed out when nothing else will do
+    threads = [threading.Thread(target=race) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len([key for key in granted if key]) == 3
 
 
-def test_a_success_clears_the_failure_record(clock):
-    pool = KeyPool(("a", "b"), clock=clock)
-    pool.report(pool.acquire(), error("server"))
-    pool.report(pool.acquire(), None)  # "b"
-    clock.now += 1
-    assert pool.acquire() == "b"
-    pool.release("b")
-    pool.report(pool.acquire(exclude={"b"}), None)  # "a" works again
-    clock.now += 1
-    assert pool.acquire() == "a"  # least recently used once the record is clean
+def test_facts_expire_and_a_claim_is_won_once(store):
+    store.put("cool:x", "1", 0.3)
+    store.put("acct:x", "A", None)
+    assert set(store.get(["cool:x", "acct:x", "dead:x"])) == {"cool:x", "acct:x"}
+    assert store.get(["acct:x"])["acct:x"] == ("A", None)
+    assert store.claim("lock:job", 0.3) and not store.claim("lock:job", 0.3)
+    time.sleep(0.35)
+    assert set(store.get(["cool:x", "acct:x"])) == {"acct:x"}
+    assert store.claim("lock:job", 0.3)
+    store.drop("acct:x")
+    assert store.get(["acct:x"]) == {}
+
+
+def test_the_window_frees_in_real_time(store):
+    pool = KeyPool(["a"], store, limits=[Limit(1, 0.4)])
+    assert take(pool) == "a"
+    lease, wait, _ = pool.try_acquire(KOLORS)
+    assert lease is None and 0.2 < wait <= _with_slack(0.4)
+    time.sleep(wait + 0.02)
+    assert take(pool) == "a"
+
+
+def test_two_pools_on_one_store_share_dead_keys_and_budgets(store):
+    first, second = KeyPool(["a", "b"], store, limits=[Limit(1, 30)]), KeyPool(["a", "b"], store, limits=[Limit(1, 30)])
+    fail(first, "a", Failure.AUTH, None)
+    assert second.summary()["keys"]["dead"] == 1
+    assert second.try_acquire(KOLORS)[0].key == "b"
+    assert first.try_acquire(KOLORS)[0] is None  # b's budget went to the other pool
+
+
+def test_a_request_that_waited_longer_has_the_turn_across_pools(store):
+    """Two processes' lines share one store: a free key goes to the request served longest ago."""
+    first, second = KeyPool(["a"], store, limits=[Limit(1, 0.3)]), KeyPool(["a"], store, limits=[Limit(1, 0.3)])
+    assert first.try_acquire(KOLORS, request="big")[0] is not None  # "big" is served now
+    assert second.try_acquire(KOLORS, request="small")[0] is None  # "small" waits, from now on
+    time.sleep(0.4)
+    lease, wait, yielded = first.try_acquire(KOLORS, request="big")
+    assert lease is None and yielded  # the key is free, but "small" has waited longer
+    assert second.try_acquire(KOLORS, request="small")[0] is not None
+    time.sleep(0.4)
+    assert first.try_acquire(KOLORS, request="big", force=True)[0] is not None
+
+
+def test_keys_are_stored_by_hash_never_by_secret(redis_server):
+    store = RedisStore(redis_server.url, prefix="test:")
+    pool = KeyPool(["sk-secretsecret-1"], store, limits=[Limit(1, 30)])
+    pool.learn("sk-secretsecret-1", AccountInfo("A", True))
+    fail(pool, "sk-secretsecret-1", Failure.AUTH, None)
+    names = [name.decode() for name in store.client.keys("*")]
+    assert names and not any("secret" in name for name in names)
+    assert f"test:dead:{key_id('sk-secretsecret-1')}" in names
+
+
+def test_without_redis_the_fallback_draws_on_local_state_and_shares_again_later(redis_server):
+    store = FallbackStore(RedisStore(redis_server.url, prefix="test:"), LocalStore(), retry_seconds=0.2)
+    pool = KeyPool(["a"], store)
+    assert take(pool) == "a" and store.describe()["reachable"] is True
+    redis_server.stop()
+    started = time.monotonic()
+    assert take(pool) == "a"  # no failure, just local state
+    assert time.monotonic() - started < 2.5
+    assert store.describe()["reachable"] is False
+    redis_server.start()
+    time.sleep(0.25)
+    assert store.describe()["reachable"] is True
+    fail(pool, "a", Failure.AUTH, None)
+    assert store.primary.get([f"dead:{key_id('a')}"])  # written to Redis again
+
+
+# --- the line --------------------------------------------------------------------------------------
+
+
+def test_waiting_images_take_turns_by_request():
+    pool = pool_of(("a",), limits=[Limit(1, 0.25)])
+    deadline = time.monotonic() + 10
+    assert pool.queue.take("first", KOLORS, (), deadline)[0].key == "a"  # the window is used now
+    order: list[str] = []
+
+    def image(request_id: str) -> None:
+        lease, _ = pool.queue.take(request_id, KOLORS, (), deadline)
+        order.append(request_id)
+        pool.release(lease)
+
+    threads = [threading.Thread(target=image, args=("big",)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.05)
+    late = threading.Thread(target=image, args=("small",))
+    late.start()
+    for thread in [*threads, late]:
+        thread.join()
+    assert order.index("small") <= 1, order  # not behind all four of "big"
+
+
+def test_a_waiting_image_gives_up_at_its_deadline_and_says_why():
+    pool = pool_of(("a",), limits=[Limit(1, 30)])
+    assert pool.queue.take("r", KOLORS, (), time.monotonic() + 5)[0].key == "a"
+    started = time.monotonic()
+    lease, why = pool.queue.take("r", KOLORS, (), time.monotonic() + 0.3)
+    assert lease is None and "REQUEST_TIMEOUT" in why and time.monotonic() - started < 1
+
+
+def test_a_cancelled_request_leaves_the_line():
+    pool = pool_of(("a",), limits=[Limit(1, 30)])
+    pool.queue.take("r", KOLORS, (), time.monotonic() + 5)
+    pool.queue.take("x", KOLORS, (), time.monotonic() + 0.01)  # someone is in line already
+    result = []
+    waiting = threading.Thread(target=lambda: result.append(pool.queue.take("r", KOLORS, (), time.monotonic() + 60)))
+    waiting.start()
+    time.sleep(0.1)
+    assert pool.queue.status("r").waiting == 1
+    pool.queue.cancel("r")
+    waiting.join(timeout=2)
+    assert result == [(None, "客户端已断开")] and pool.queue.waiting() == 0

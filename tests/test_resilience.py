@@ -24,6 +24,10 @@ def _health(service) -> dict:
     return requests.get(f"{service.url}/health", timeout=5).json()["keys"]
 
 
+def _resting(service) -> list[dict]:
+    return requests.get(f"{service.url}/health", timeout=5).json()["accounts"]["resting"]
+
+
 def _wait_for(condition, seconds: float = 5.0) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -94,22 +98,24 @@ def test_balance_recheck_brings_a_key_back(serve, fake):
     assert len(images_in(content)) == 1
 
 
-def test_429_with_retry_after_cools_the_key_for_that_long(serve, fake):
+def test_429_with_retry_after_rests_the_account_for_that_long(serve, fake):
     fake.state.retry_after = "1"
     service = serve(api_keys=("sk-retry-after001", "sk-good-other002"), prompt_expansion=False)
     assert len(images_in(_content(service, "画一只猫", stream=False))) == 1  # failed over to the good key
-    assert _health(service)["cooling"] == 1
+    [rest] = _resting(service)
+    assert rest["model"] == "Kwai-Kolors/Kolors" and rest["seconds"] == 1
     before = len(fake.state.image_calls())
     _content(service, "画一只猫 pic:2", stream=False)
     assert {c.key for c in fake.state.image_calls()[before:]} == {"sk-good-other002"}
-    assert _wait_for(lambda: _health(service)["cooling"] == 0, 3.0)  # back after Retry-After
+    assert _wait_for(lambda: _resting(service) == [], 3.0)  # back after Retry-After
 
 
-def test_429_without_retry_after_backs_off(serve, fake):
-    service = serve(api_keys=("sk-limited-noRA01", "sk-good-other002"), prompt_expansion=False)
+def test_429_without_retry_after_rests_the_account_for_rate_limit_rest(serve, fake):
+    service = serve(api_keys=("sk-limited-noRA01", "sk-good-other002"), prompt_expansion=False, rate_limit_rest=60)
     _content(service, "画一只猫", stream=False)
-    time.sleep(1.2)  # longer than a Retry-After of 1 s would be; the default back-off is 5 s
-    assert _health(service)["cooling"] == 1
+    time.sleep(1.2)  # longer than a Retry-After of 1 s would be
+    [rest] = _resting(service)
+    assert 55 <= rest["seconds"] <= 60
     before = len(fake.state.image_calls())
     _content(service, "画一只猫", stream=False)
     assert {c.key for c in fake.state.image_calls()[before:]} == {"sk-good-other002"}
@@ -131,7 +137,7 @@ def test_no_wait_past_the_request_deadline(serve, fake):
     started = time.monotonic()
     content = _content(service, "画一只猫", stream=False)
     assert time.monotonic() - started < 2.0
-    assert "限流" in content and "约 30 秒后恢复" in content
+    assert "限流" in content and "REQUEST_TIMEOUT" in content and "约 30 秒后" in content
 
 
 def test_heartbeats_are_on_the_wire_while_waiting(serve, fake):
@@ -163,11 +169,11 @@ def test_health_reports_the_pool_without_key_material(serve, fake):
     service = serve(api_keys=("sk-dead-health01", "sk-good-health02"), prompt_expansion=False)
     _content(service, "画一只猫 pic:2", stream=False)
     response = requests.get(f"{service.url}/health", timeout=5)
-    assert response.json() == {
-        "status": "ok",
-        "keys": {"total": 2, "healthy": 1, "cooling": 0, "dead": 1, "no_balance": 0, "calls_in_flight": 0},
-    }
-    assert "sk-" not in response.text
+    body = response.json()
+    assert body["keys"] == {"total": 2, "healthy": 1, "cooling": 0, "dead": 1, "no_balance": 0, "calls_in_flight": 0}
+    assert body["accounts"]["total"] == 2 and body["store"]["kind"] == "local"
+    assert body["rate_limit"] == "learned from 429s" and body["queue"] == {"waiting_in_this_worker": 0}
+    assert "sk-" not in response.text and "health01" not in response.text
 
 
 def test_unreachable_upstream_is_said_plainly(serve, fake):

@@ -1,0 +1,552 @@
+"""The pool of upstream keys: which key draws the next image, and the queue of images waiting.
+
+SiliconFlow meters image models per ACCOUNT and model and says so only with a 429. So the pool
+learns each key's account (`/v1/user/info`, at start and with every balance re-check), keeps each
+account within IMAGE_RATE_LIMIT when one is set, and rests an account for a model after a 429
+(Retry-After, else RATE_LIMIT_REST) either way. What every worker and instance must agree on lives
+in a store (keystores.py: SQLite shared by one instance's workers, or Redis); what is only a
+preference (failures in a row, calls in flight, last use) stays in each process.
+
+Images that find no key wait in `KeyQueue`: served round-robin by request, so a later pic:1 is
+not held behind all of an earlier pic:8, each as soon as an account has budget, none past its
+request's deadline. Prompt expansion (a chat model) takes any usable key and no image budget.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from keystores import Ask, Candidate, Limit, Store
+from upstream import AccountInfo, Failure, UpstreamError, mask_key
+
+log = logging.getLogger("siliconflow_proxy.keypool")
+
+DEAD_SECONDS = 86_400  # a 401 key is tried again after a day, in case it was restored
+BROKE_SECONDS = 86_400  # the balance re-check brings a key back sooner
+ACCOUNT_SECONDS = 7 * 86_400
+TRANSIENT_COOL_AFTER = 2  # failures in a row (5xx, timeouts) before a key cools down
+DISCOVERY_WAIT = 5.0  # most an image waits at start for the keys' accounts to be known
+FORCE_TURN_AFTER = 0.25  # a request gives way this long at most to one that waited longer
+OUT_CACHE_SECONDS = 1.0  # how long a process trusts its list of keys that are out, for chat calls
+
+
+def _with_slack(seconds: float) -> float:
+    return seconds * 1.02 + 0.05
+
+
+def key_id(key: str) -> str:
+    """How stores and logs name a key: a hash, useless to a thief."""
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def mask_account(account: str) -> str:
+    return account if len(account) <= 6 else f"{account[:3]}…{account[-3:]}"
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A key handed out for one call: give it back with `KeyPool.report` (or `release`)."""
+
+    key: str
+    model: str | None = None  # the image model called; None for a chat call
+    ticket: str | None = None  # the call's place in its account's window
+
+
+@dataclass
+class _Key:
+    """This process's view of one key: preferences only; facts are in the store."""
+
+    key: str
+    kid: str
+    failure_streak: int = 0
+    in_flight: int = 0
+    last_used: float = 0.0
+
+
+class KeyPool:
+    """Hands out keys for image calls (budgeted, queued) and for chat calls, and records how they went."""
+
+    def __init__(
+        self,
+        keys: Sequence[str],
+        store: Store,
+        *,
+        limits: Sequence[Limit] = (),
+        rest_seconds: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._keys = {key: _Key(key, key_id(key)) for key in dict.fromkeys(keys)}
+        self._by_id = {state.kid: state for state in self._keys.values()}
+        self._accounts: dict[str, str] = {}  # key id -> account, as learned
+        self.store = store
+        self.configured_limits = tuple(limits)
+        # The service counts a call when it sends it, SiliconFlow when it arrives; a little slack on
+        # every window keeps the two counts from disagreeing at the edge.
+        self.limits = tuple(Limit(limit.count, _with_slack(limit.seconds)) for limit in limits)
+        self.rest_seconds = rest_seconds
+        self._learn_seconds = _with_slack(rest_seconds)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._choosing = threading.Lock()
+        self._out_cache: tuple[float, dict[str, str]] | None = None
+        # Closed while this process learns the keys' accounts (Upkeep), so that the first images
+        # are counted against the right accounts; open otherwise.
+        self.accounts_known = threading.Event()
+        self.accounts_known.set()
+        self.queue = KeyQueue(self)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self._keys)
+
+    def account_of(self, kid: str) -> str:
+        """The key's account, or the key alone while its account is not known."""
+        return self._accounts.get(kid) or f"key-{kid}"
+
+    # --- handing out --------------------------------------------------------------------------
+
+    def try_acquire(
+        self, model: str, exclude: Collection[str] = (), request: str | None = None, force: bool = False
+    ) -> tuple[Lease | None, float | None, bool]:
+        """(a lease, None, False) for a key that may draw `model` now, its account's budget taken,
+        untried keys first; else (None, seconds until one may or None for never, whether a free
+        key was left to a request that has waited longer: see keystores.Store.acquire)."""
+        # One at a time in this process: choosing by calls in flight and marking the one chosen must
+        # be one step, or two images that ask together both get the same idle key.
+        with self._choosing:
+            with self._lock:
+                order = sorted(self._keys.values(),
+                               key=lambda s: (s.key in exclude, s.failure_streak, s.in_flight, s.last_used))
+            candidates = [Candidate(state.kid, self.account_of(state.kid)) for state in order]
+            answer = self.store.acquire(Ask(candidates, model, self.limits, self._learn_seconds, request, force))
+            if answer.key_id is None:
+                return None, answer.wait, answer.yielded
+            state = self._by_id[answer.key_id]
+            with self._lock:
+                state.in_flight += 1
+                state.last_used = self._clock()
+            return Lease(state.key, model, answer.ticket), None, False
+
+    def any_key(self) -> Lease | None:
+        """A key for a chat call (prompt expansion): not dead, broke or cooling; no budget taken.
+
+        Which keys are out is read from the store at most once a second per process: a stale
+        answer costs at most one failed expansion, which falls back to the user's text.
+        """
+        now = time.monotonic()
+        if self._out_cache is None or now - self._out_cache[0] > OUT_CACHE_SECONDS:
+            self._out_cache = (now, self._out())
+        out = self._out_cache[1]
+        with self._lock:
+            usable = [s for s in self._keys.values() if s.kid not in out]
+            if not usable:
+                return None
+            state = min(usable, key=lambda s: (s.failure_streak, s.in_flight, s.last_used))
+            state.in_flight += 1
+            state.last_used = self._clock()
+            return Lease(state.key)
+
+    def _out(self) -> dict[str, str]:
+        """Key id -> why it cannot be used now (dead, broke, cool), from the store."""
+        names = [f"{kind}:{state.kid}" for state in self._keys.values() for kind in ("dead", "broke", "cool")]
+        out: dict[str, str] = {}
+        for name in self.store.get(names):
+            kind, kid = name.split(":", 1)
+            if out.get(kid) not in ("dead", "broke"):
+                out[kid] = kind
+        return out
+
+    def release(self, lease: Lease) -> None:
+        """Hand back a key whose call says nothing about it."""
+        with self._lock:
+            state = self._keys.get(lease.key)
+            if state is not None and state.in_flight:
+                state.in_flight -= 1
+
+    # --- learning -----------------------------------------------------------------------------
+
+    def report(self, lease: Lease, error: UpstreamError | None) -> None:
+        """Hand back the lease and record how its call went (None: it succeeded). A chat call's 429s
+        and hiccups say nothing of image budgets: only a dead or broke key is news from it."""
+        self.release(lease)
+        state = self._keys.get(lease.key)
+        if state is None:
+            return
+        if error is None:
+            with self._lock:
+                state.failure_streak = 0
+            return
+        kind, model = error.kind, lease.model
+        self._out_cache = None
+        if kind is Failure.AUTH:
+            self.store.put(f"dead:{state.kid}", "401", DEAD_SECONDS)
+            log.warning("key %s is invalid (401): out of use", mask_key(lease.key))
+        elif kind is Failure.BALANCE:
+            self.store.put(f"broke:{state.kid}", "1", BROKE_SECONDS)
+            log.warning("key %s has no balance: out of use until a balance check finds money", mask_key(lease.key))
+        elif model is None:
+            return
+        elif kind is Failure.RATE_LIMIT:
+            account = self.account_of(state.kid)
+            rest = error.retry_after or self.rest_seconds
+            cap = self.store.refused(account, model, lease.ticket or "", rest, self._learn_seconds)
+            log.info("account %s refused (429) for %s: rests %.0f s, now at most %d call(s) per %g s",
+                     mask_account(account), model, rest, cap, self.rest_seconds)
+        elif kind is not Failure.BAD_REQUEST:
+            with self._lock:
+                state.failure_streak += 1
+                streak = state.failure_streak
+            if streak >= TRANSIENT_COOL_AFTER:
+                self.store.put(f"cool:{state.kid}", "1", min(10.0 * 2 ** (streak - TRANSIENT_COOL_AFTER), 300.0))
+
+    def learn(self, key: str, info: AccountInfo) -> None:
+        """What /v1/user/info said of `key`: its account, and whether it has money."""
+        state = self._keys[key]
+        if info.account:
+            self._accounts[state.kid] = info.account
+            self.store.put(f"acct:{state.kid}", info.account, ACCOUNT_SECONDS)
+        if info.funded:
+            self.store.drop(f"broke:{state.kid}")
+        else:
+            self.store.put(f"broke:{state.kid}", "1", BROKE_SECONDS)
+
+    def load_accounts(self) -> None:
+        """The accounts other processes already learned."""
+        facts = self.store.get([f"acct:{state.kid}" for state in self._keys.values()])
+        for name, (account, _) in facts.items():
+            self._accounts[name.split(":", 1)[1]] = account
+
+    def unknown_keys(self) -> list[str]:
+        return [s.key for s in self._keys.values() if s.kid not in self._accounts]
+
+    def broke_keys(self) -> list[str]:
+        out = self._out()
+        return [s.key for s in self._keys.values() if out.get(s.kid) == "broke"]
+
+    # --- telling ------------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        """Keys and accounts by state, for /health: no key material."""
+        out = self._out()
+        counts = {kind: sum(1 for why in out.values() if why == kind) for kind in ("dead", "broke", "cool")}
+        resting = []
+        for name, (_, seconds) in sorted(self.store.live("rest:").items()):
+            account, model = name.split(":", 2)[1:]
+            if account in self._accounts.values() or account.removeprefix("key-") in self._by_id:
+                resting.append({"account": mask_account(account), "model": model, "seconds": math.ceil(seconds or 0)})
+        with self._lock:
+            in_flight = sum(s.in_flight for s in self._keys.values())
+        return {
+            "keys": {
+                "total": len(self._keys),
+                "healthy": len(self._keys) - len(out),
+                "cooling": counts["cool"],
+                "dead": counts["dead"],
+                "no_balance": counts["broke"],
+                "calls_in_flight": in_flight,
+            },
+            "accounts": {
+                "total": len({self.account_of(kid) for kid in self._by_id}),
+                "keys_with_unknown_account": len(self.unknown_keys()),
+                "resting": resting,
+            },
+        }
+
+    def outage(self, wait: float | None = None) -> str:
+        """Why no key can draw right now, in plain words; `wait`: when one may (from `try_acquire`)."""
+        if not self._keys:
+            return "没有配置上游 API 密钥（API_KEYS）"
+        out = self._out()
+        counts = {kind: sum(1 for why in out.values() if why == kind) for kind in ("dead", "broke", "cool")}
+        parts = [f"{counts[kind]} 个{label}" for kind, label in
+                 (("dead", "无效（401）"), ("broke", "余额不足"), ("cool", "连续出错后冷却中")) if counts[kind]]
+        if len(out) < len(self._keys):
+            parts.append(f"{len(self._keys) - len(out)} 个所在账户已用完本时段的限额或限流冷却中")
+        later = f"，最早约 {math.ceil(wait)} 秒后恢复" if wait is not None else ""
+        return f"全部 {len(self._keys)} 个上游密钥暂不可用：{'、'.join(parts)}{later}"
+
+
+# --- the queue ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Waiter:
+    request_id: str
+    model: str
+    exclude: frozenset[str]
+    deadline: float
+    done: threading.Event = field(default_factory=threading.Event)
+    lease: Lease | None = None
+    reason: str | None = None
+    giving_way_since: float | None = None
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    waiting: int  # this request's images waiting for a key
+    ahead: int  # images of other requests served before this request's next one
+    next_in: float | None  # seconds until a key is expected to be free
+
+
+class KeyQueue:
+    """Images waiting for a key, served round-robin by request by one thread per process.
+
+    A taker that finds nobody waiting tries the store itself; otherwise it joins its request's
+    line. The thread serves the line after the one served last, one image at a time, and sleeps
+    until the store says a key will be free, a new image joins, or a deadline passes.
+    """
+
+    def __init__(self, pool: KeyPool):
+        self._pool = pool
+        self._condition = threading.Condition()
+        self._lines: OrderedDict[str, deque[_Waiter]] = OrderedDict()
+        self._last_served: str | None = None
+        self._changes = 0
+        self._next_free: float | None = None
+        self._pid: int | None = None
+
+    def take(
+        self, request_id: str, model: str, exclude: Collection[str], deadline: float
+    ) -> tuple[Lease | None, str | None]:
+        """(a lease, None), or (None, why not): nothing can draw, or the deadline passed first."""
+        self._pool.accounts_known.wait(max(min(DISCOVERY_WAIT, deadline - time.monotonic()), 0))
+        with self._condition:
+            alone = not self._lines
+        wait: float | None = None
+        if alone:
+            lease, wait, yielded = self._pool.try_acquire(model, exclude, request_id)
+            if lease is not None:
+                with self._condition:
+                    self._last_served = request_id
+                return lease, None
+            if wait is None:
+                return None, self._pool.outage()
+            if not yielded and time.monotonic() + wait >= deadline:
+                return None, self._too_late(wait)
+        waiter = _Waiter(request_id, model, frozenset(exclude), deadline)
+        with self._condition:
+            if alone and wait is not None and (self._next_free is None or self._next_free > time.monotonic() + wait):
+                self._next_free = time.monotonic() + wait  # known now, before the thread looks
+            self._lines.setdefault(request_id, deque()).append(waiter)
+            self._changes += 1
+            self._ensure_thread()
+            self._condition.notify_all()
+        waiter.done.wait(max(deadline - time.monotonic(), 0) + 5.0)
+        with self._condition:
+            if waiter.lease is None and waiter.reason is None:  # the thread never answered: leave the line
+                self._remove(waiter)
+                waiter.reason = self._too_late(None)
+        return waiter.lease, waiter.reason
+
+    def cancel(self, request_id: str) -> None:
+        """The client left: its images leave the line."""
+        with self._condition:
+            for waiter in self._lines.pop(request_id, ()):
+                waiter.reason = "客户端已断开"
+                waiter.done.set()
+            self._changes += 1
+            self._condition.notify_all()
+
+    def status(self, request_id: str) -> QueueStatus | None:
+        """Where this request's images stand in the line, or None when none waits."""
+        with self._condition:
+            line = self._lines.get(request_id)
+            if not line:
+                return None
+            order = self._order()
+            ahead = 0
+            for other in order:
+                if other == request_id:
+                    break
+                ahead += 1
+            # Round-robin: before this request's next image, each line ahead gets one turn.
+            next_free = None if self._next_free is None else max(self._next_free - time.monotonic(), 0.0)
+            return QueueStatus(len(line), ahead, next_free)
+
+    def waiting(self) -> int:
+        with self._condition:
+            return sum(len(line) for line in self._lines.values())
+
+    def _order(self) -> list[str]:
+        """The lines in the order they are served next: the one after the last served first."""
+        names = list(self._lines)
+        if self._last_served in names:
+            start = names.index(self._last_served) + 1
+            names = names[start:] + names[:start]
+        return names
+
+    def _remove(self, waiter: _Waiter) -> None:
+        line = self._lines.get(waiter.request_id)
+        if line and waiter in line:
+            line.remove(waiter)
+            if not line:
+                del self._lines[waiter.request_id]
+
+    def _too_late(self, wait: float | None) -> str:
+        later = f"（下一个名额约 {math.ceil(wait)} 秒后才空出）" if wait else ""
+        return f"在请求时限（REQUEST_TIMEOUT）内没有等到上游名额{later}：所有账户本时段的限额已用完或正在限流冷却"
+
+    def _ensure_thread(self) -> None:
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            threading.Thread(target=self._serve, name="key-queue", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            with self._condition:
+                while not self._lines:
+                    self._condition.wait()
+                changes = self._changes
+                self._expire(time.monotonic())
+                order = self._order()
+            soonest, served, tried = None, False, {}
+            for request_id in order:
+                with self._condition:
+                    line = self._lines.get(request_id)
+                    if not line:
+                        continue
+                    waiter = line[0]
+                wanted = (waiter.model, waiter.exclude)
+                if wanted in tried:  # the store just said no to the same question
+                    wait = tried[wanted]
+                    soonest = wait if soonest is None or (wait is not None and wait < soonest) else soonest
+                    continue
+                now = time.monotonic()
+                force = waiter.giving_way_since is not None and now - waiter.giving_way_since >= FORCE_TURN_AFTER
+                try:
+                    lease, wait, yielded = self._pool.try_acquire(waiter.model, waiter.exclude, request_id, force)
+                except Exception:  # a store failure must not stop the line for ever
+                    log.exception("key queue: the store failed")
+                    lease, wait, yielded = None, 1.0, False
+                if lease is not None:
+                    served = self._hand(waiter, lease)
+                    if served:
+                        break
+                    continue
+                if yielded:  # another request (maybe another process's) has waited longer: its turn
+                    waiter.giving_way_since = waiter.giving_way_since or now
+                    soonest = wait if soonest is None else min(soonest, wait)
+                    continue
+                waiter.giving_way_since = None
+                if wait is None:
+                    self._answer(waiter, self._pool.outage())
+                    continue
+                tried[wanted] = wait
+                soonest = wait if soonest is None else min(soonest, wait)
+            if served:
+                continue
+            with self._condition:
+                self._next_free = None if soonest is None else time.monotonic() + soonest
+                if self._changes == changes and self._lines:
+                    deadlines = [w.deadline for line in self._lines.values() for w in line]
+                    sleep = min([soonest + 0.005 if soonest is not None else 1.0, 1.0,
+                                 min(deadlines) - time.monotonic()])
+                    self._condition.wait(max(sleep, 0.001))
+
+    def _hand(self, waiter: _Waiter, lease: Lease) -> bool:
+        with self._condition:
+            line = self._lines.get(waiter.request_id)
+            if not line or line[0] is not waiter:  # it left while the store was asked
+                self._pool.release(lease)
+                return False
+            line.popleft()
+            if not line:
+                del self._lines[waiter.request_id]
+            self._last_served = waiter.request_id
+            waiter.lease = lease
+            waiter.done.set()
+            return True
+
+    def _answer(self, waiter: _Waiter, reason: str) -> None:
+        with self._condition:
+            self._remove(waiter)
+            waiter.reason = reason
+            waiter.done.set()
+
+    def _expire(self, now: float) -> None:
+        for line in list(self._lines.values()):
+            for waiter in [w for w in line if w.deadline <= now]:
+                self._remove(waiter)
+                waiter.reason = self._too_late(None)
+                waiter.done.set()
+
+
+# --- upkeep ---------------------------------------------------------------------------------------
+
+
+class Upkeep:
+    """Per process: learn each key's account at start, then every `interval` seconds bring back keys
+    whose account has money again. One process of all that share the store does each re-check.
+
+    Its thread starts on first use in each process: gunicorn forks workers after loading the app,
+    and a thread started before the fork would not exist in them.
+    """
+
+    def __init__(self, pool: KeyPool, info: Callable[[str], AccountInfo], interval: float):
+        self._pool, self._info, self._interval = pool, info, interval
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._pid: int | None = None
+
+    def ensure_running(self) -> None:
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._pool.accounts_known.clear()
+                threading.Thread(target=self._run, name="key-upkeep", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        try:
+            self._pool.load_accounts()
+            self._check(self._pool.unknown_keys())
+        except Exception:
+            log.exception("learning the keys' accounts failed; each key counts as its own account")
+        finally:
+            self._pool.accounts_known.set()
+        while not self._stop.wait(self._interval):
+            try:
+                if self._pool.store.claim("lock:recheck", self._interval * 0.9):
+                    self._check(list(dict.fromkeys(self._pool.broke_keys() + self._pool.unknown_keys())))
+                else:
+                    self._pool.load_accounts()
+            except Exception:
+                log.exception("key re-check failed")
+
+    def _check(self, keys: list[str]) -> None:
+        if not keys:
+            return
+        with ThreadPoolExecutor(min(8, len(keys)), thread_name_prefix="user-info") as executor:
+            for key, outcome in zip(keys, executor.map(self._ask, keys), strict=True):
+                if isinstance(outcome, AccountInfo):
+                    was_broke = key in self._pool.broke_keys()
+                    self._pool.learn(key, outcome)
+                    if was_broke and outcome.funded:
+                        log.info("key %s has a balance again; back in use", mask_key(key))
+                elif outcome.kind is Failure.AUTH:
+                    self._pool.report(Lease(key), outcome)
+                else:
+                    log.info("user info for key %s failed: %s", mask_key(key), outcome.kind)
+
+    def _ask(self, key: str) -> AccountInfo | UpstreamError:
+        try:
+            return self._info(key)
+        except UpstreamError as exc:
+            return exc

@@ -1,0 +1,622 @@
+"""Where the key pool keeps what every worker must agree on: a SQLite file, or Redis.
+
+Facts, each with an expiry, named like Redis keys:
+
+| fact | value | lives |
+|---|---|---|
+| `dead:<key id>` | why | a day (a 401 key; tried again after) |
+| `broke:<key id>` | "1" | until a balance check finds money, at most a day |
+| `cool:<key id>` | "1" | the cool-down after failures in a row |
+| `rest:<account>:<model>` | "1" | after a 429: until the account's window frees |
+| `cap:<account>:<model>` | calls per window that got through before a 429 | an hour, then learned again |
+| `acct:<key id>` | the SiliconFlow account (`/v1/user/info` data.id) | a week |
+| `lock:<name>` | "1" | who does a periodic job next |
+
+and, per account and model, the calls made within the budget's window (refused calls are taken
+out again, so that what is left when a 429 comes is what the account really gets). Keys are
+named by a hash (`key_id`), never by their secret. Two stores, one interface:
+
+- `LocalStore`: a SQLite file (stdlib). The gunicorn master creates it before forking, so the
+  Procfile's workers share one view without Redis; also the single process of the development
+  server and the tests. Transactions make a budget reservation atomic across processes.
+- `RedisStore` (REDIS_URL): every worker of every instance. One Lua script checks a key's facts
+  and reserves its account's budget in one round trip, atomically. `FallbackStore` puts it in front
+  of a LocalStore that takes over while Redis cannot be reached, and hands back when it can.
+
+Why not the `limits` package (moving windows over memory or Redis): it checks one limit per call
+and knows nothing of keys, accounts or cool-downs, so choosing a key would take a round trip per
+candidate and two limits (2/60s with 400/1d) could not be reserved together; it also has no store
+that forked workers share. The sliding log below is a few lines in SQL and in Lua.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger("siliconflow_proxy.keystores")
+
+CAP_SECONDS = 3600.0  # a learned cap is forgotten after this, so that a bigger allowance is found again
+
+
+@dataclass(frozen=True)
+class Limit:
+    """At most `count` image calls per account and model in any `seconds`."""
+
+    count: int
+    seconds: float
+
+    def __str__(self) -> str:
+        return f"{self.count}/{self.seconds:g}s"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    key_id: str
+    account: str
+
+
+Fact = tuple[str, float | None]  # (value, seconds left; None: no expiry)
+
+TURN_GRACE = 2.0  # a waiting request's turn is kept this long past when it said it would ask again
+YIELD_SECONDS = 0.01  # how soon a request that gave way asks again
+# A request not served yet ranks before every request served already (round-robin: each waiting
+# request one image a round), and among the not yet served by when they came.
+NOT_SERVED_YET = 1e9
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One question to the store: may one of `candidates` draw `model` now?"""
+
+    candidates: Sequence[Candidate]
+    model: str
+    limits: Sequence[Limit] = ()  # the configured budgets
+    learn_seconds: float = 60.0  # the window of an account's learned cap, and of the call log
+    request: str | None = None  # who asks, for turns between requests (None: no turn-taking)
+    force: bool = False  # take a free slot even when a request served longer ago is waiting
+
+
+@dataclass(frozen=True)
+class Answer:
+    key_id: str | None = None  # the key granted
+    ticket: str | None = None  # its call's place in its account's window
+    wait: float | None = None  # without a key: seconds until one may be free; None: never
+    yielded: bool = False  # a key was free, but another request waiting longer had the turn
+
+
+class Store:
+    """The interface both stores offer. Durations are seconds; None means "never expires"."""
+
+    kind = "store"
+
+    def acquire(self, ask: Ask) -> Answer:
+        """The first candidate that may draw the model now, its call logged in its account's window.
+
+        An account's learned cap (see `refused`) counts as one more budget, over `learn_seconds`.
+        Turns: a request that has to wait is kept with the time it was last served (a request not
+        served yet ranks first). While as many requests that have waited longer as there are free
+        calls are waiting, a free key is left to them (`yielded`) unless `force`; the caller forces
+        after a moment, so a request that cannot use that key starves no one.
+        """
+        raise NotImplementedError
+
+    def refused(self, account: str, model: str, ticket: str, rest: float, learn_seconds: float) -> int:
+        """A call was refused with 429: take it out of the window, rest the account for `rest`
+        seconds, and keep as its cap the calls left in the last `learn_seconds` (the lowest such
+        count, at least one). Returns the cap."""
+        raise NotImplementedError
+
+    def get(self, names: Sequence[str]) -> dict[str, Fact]:
+        """The live facts among `names`."""
+        raise NotImplementedError
+
+    def live(self, prefix: str) -> dict[str, Fact]:
+        """Every live fact whose name starts with `prefix`."""
+        raise NotImplementedError
+
+    def put(self, name: str, value: str, seconds: float | None) -> None:
+        raise NotImplementedError
+
+    def drop(self, name: str) -> None:
+        raise NotImplementedError
+
+    def claim(self, name: str, seconds: float) -> bool:
+        """True for the one caller that sets `name` while it is not set (a lock that expires)."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def ping(self) -> None:
+        """Raises when the store cannot be reached."""
+
+
+# --- SQLite ---------------------------------------------------------------------------------------
+
+
+def _fast_temp_dir() -> str | None:
+    """/dev/shm when there is one: the file then never touches a disk."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+class LocalStore(Store):
+    """Facts in a SQLite file shared by the processes forked from the one that made it.
+
+    Each process opens its own connection (a connection must not cross a fork). The clock is
+    time.monotonic, which all processes on one machine share.
+    """
+
+    kind = "local"
+    CLEAN_EVERY = 200  # acquisitions between two sweeps of expired rows
+
+    def __init__(self, path: str | None = None, *, clock: Callable[[], float] = time.monotonic):
+        self._owner = os.getpid()
+        if path is None:
+            directory = tempfile.mkdtemp(prefix="siliconflow-keys-", dir=_fast_temp_dir())
+            path = os.path.join(directory, "keys.sqlite3")
+        self.path = path
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._connection: sqlite3.Connection | None = None
+        self._pid: int | None = None
+        self._count = 0
+        with self._transaction() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS facts (name TEXT PRIMARY KEY, value TEXT, until REAL)")
+            db.execute("CREATE TABLE IF NOT EXISTS calls (window TEXT, at REAL)")
+            db.execute("CREATE INDEX IF NOT EXISTS calls_by_window ON calls (window, at)")
+            db.execute("CREATE TABLE IF NOT EXISTS turns (model TEXT, request TEXT, served REAL, expires REAL, "
+                       "PRIMARY KEY (model, request))")
+
+    def _db(self) -> sqlite3.Connection:
+        if self._pid != os.getpid():
+            # timeout=0: a busy database is retried below with sleeps that let other greenlets run,
+            # not inside SQLite, which would block a gevent worker's whole loop.
+            self._connection = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
+            self._connection.execute("PRAGMA journal_mode=WAL")
+            self._connection.execute("PRAGMA synchronous=OFF")
+            self._pid = os.getpid()
+        assert self._connection is not None
+        return self._connection
+
+    @contextmanager
+    def _transaction(self, write: bool = True) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            db = self._db()
+            for attempt in range(400):
+                try:
+                    db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) and "busy" not in str(exc):
+                        raise
+                    time.sleep(min(0.0002 * 2 ** min(attempt, 6), 0.01))
+            else:
+                raise sqlite3.OperationalError("key store stayed busy")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def acquire(self, ask: Ask) -> Answer:
+        now, model = self._clock(), ask.model
+        with self._transaction() as db:
+            live = {name: (value, until) for name, value, until in db.execute(
+                "SELECT name, value, until FROM facts WHERE (until IS NULL OR until > ?) AND name GLOB '[bcdr]*'",
+                (now,))}
+            soonest: float | None = None
+            chosen: tuple[str, str, float] | None = None  # key id, window, longest
+            room: dict[str, float] = {}  # calls each account with a free key may still make now
+            # The free room is counted only when turns matter: with nobody waiting, the first free key will do.
+            turns_matter = bool(ask.request and not ask.force and db.execute(
+                "SELECT 1 FROM turns WHERE model = ? AND expires > ? LIMIT 1", (model, now)).fetchone())
+            for candidate in ask.candidates:
+                if chosen is not None and not turns_matter:
+                    break
+                kid = candidate.key_id
+                if f"dead:{kid}" in live or f"broke:{kid}" in live:
+                    continue
+                window = f"{candidate.account}:{model}"
+                free_at = max([now] + [live[name][1] or now for name in (f"cool:{kid}", f"rest:{window}")
+                                       if name in live])
+                budget = list(ask.limits)
+                if f"cap:{window}" in live:
+                    budget.append(Limit(int(live[f"cap:{window}"][0]), ask.learn_seconds))
+                longest = max([ask.learn_seconds] + [limit.seconds for limit in budget])
+                times = [at for (at,) in db.execute(
+                    "SELECT at FROM calls WHERE window = ? AND at > ? ORDER BY at", (window, now - longest))]
+                free_at = max(free_at, _window_frees(times, budget, now))
+                if free_at <= now:
+                    chosen = chosen or (kid, window, longest)
+                    room[window] = min([math.inf] + [limit.count - sum(1 for at in times if at > now - limit.seconds)
+                                                     for limit in budget])
+                else:
+                    soonest = free_at if soonest is None else min(soonest, free_at)
+            if chosen is not None:
+                if turns_matter and self._waited_longer(db, ask, now) >= sum(room.values()):
+                    return Answer(wait=YIELD_SECONDS, yielded=True)
+                kid, window, longest = chosen
+                ticket = db.execute("INSERT INTO calls (window, at) VALUES (?, ?)", (window, now)).lastrowid
+                if ask.request:
+                    db.execute("UPDATE turns SET served = ?, expires = ? WHERE model = ? AND request = ?",
+                               (now, now + TURN_GRACE, model, ask.request))
+                self._sweep(db, now, longest)
+                return Answer(kid, str(ticket))
+            wait = None if soonest is None else soonest - now
+            if wait is not None and ask.request:
+                db.execute("INSERT INTO turns VALUES (?, ?, ?, ?) ON CONFLICT (model, request) DO UPDATE SET "
+                           "expires = excluded.expires",
+                           (model, ask.request, now - NOT_SERVED_YET, now + wait + TURN_GRACE))
+        return Answer(wait=wait)
+
+    def _waited_longer(self, db: sqlite3.Connection, ask: Ask, now: float) -> int:
+        """How many other waiting requests rank before this one."""
+        db.execute("DELETE FROM turns WHERE model = ? AND expires <= ?", (ask.model, now))
+        row = db.execute("SELECT served FROM turns WHERE model = ? AND request = ?", (ask.model, ask.request)).fetchone()
+        mine = row[0] if row else now - NOT_SERVED_YET
+        (before,) = db.execute("SELECT COUNT(*) FROM turns WHERE model = ? AND request != ? AND served < ?",
+                               (ask.model, ask.request, mine)).fetchone()
+        if before and row is None:  # it gave way: it waits from now on, and keeps its place
+            db.execute("INSERT INTO turns VALUES (?, ?, ?, ?)", (ask.model, ask.request, mine, now + TURN_GRACE))
+        return before
+
+    def refused(self, account: str, model: str, ticket: str, rest: float, learn_seconds: float) -> int:
+        now = self._clock()
+        window = f"{account}:{model}"
+        with self._transaction() as db:
+            if ticket.isdigit():  # not one of Redis's, from before Redis went away
+                db.execute("DELETE FROM calls WHERE rowid = ?", (int(ticket),))
+            (left,) = db.execute("SELECT COUNT(*) FROM calls WHERE window = ? AND at > ?",
+                                 (window, now - learn_seconds)).fetchone()
+            row = db.execute("SELECT value FROM facts WHERE name = ? AND until > ?", (f"cap:{window}", now)).fetchone()
+            cap = max(1, min(left, int(row[0])) if row else left)
+            db.execute("INSERT OR REPLACE INTO facts (name, value, until) VALUES (?, ?, ?)",
+                       (f"cap:{window}", str(cap), now + CAP_SECONDS))
+            db.execute("INSERT OR REPLACE INTO facts (name, value, until) VALUES (?, '1', ?)",
+                       (f"rest:{window}", now + rest))
+        return cap
+
+    def _sweep(self, db: sqlite3.Connection, now: float, longest: float) -> None:
+        self._count += 1
+        if self._count % self.CLEAN_EVERY == 0:
+            db.execute("DELETE FROM calls WHERE at <= ?", (now - longest,))
+            db.execute("DELETE FROM facts WHERE until IS NOT NULL AND until <= ?", (now,))
+            db.execute("DELETE FROM turns WHERE expires <= ?", (now,))
+
+    def get(self, names: Sequence[str]) -> dict[str, Fact]:
+        if not names:
+            return {}
+        now = self._clock()
+        with self._transaction(write=False) as db:
+            rows = db.execute(
+                f"SELECT name, value, until FROM facts WHERE name IN ({','.join('?' * len(names))}) "
+                "AND (until IS NULL OR until > ?)", (*names, now)).fetchall()
+        return {name: (value, None if until is None else until - now) for name, value, until in rows}
+
+    def live(self, prefix: str) -> dict[str, Fact]:
+        now = self._clock()
+        with self._transaction(write=False) as db:
+            rows = db.execute("SELECT name, value, until FROM facts WHERE substr(name, 1, ?) = ? "
+                              "AND (until IS NULL OR until > ?)", (len(prefix), prefix, now)).fetchall()
+        return {name: (value, None if until is None else until - now) for name, value, until in rows}
+
+    def put(self, name: str, value: str, seconds: float | None) -> None:
+        until = None if seconds is None else self._clock() + seconds
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO facts (name, value, until) VALUES (?, ?, ?)", (name, value, until))
+
+    def drop(self, name: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM facts WHERE name = ?", (name,))
+
+    def claim(self, name: str, seconds: float) -> bool:
+        now = self._clock()
+        with self._transaction() as db:
+            row = db.execute("SELECT until FROM facts WHERE name = ?", (name,)).fetchone()
+            if row is not None and (row[0] is None or row[0] > now):
+                return False
+            db.execute("INSERT OR REPLACE INTO facts (name, value, until) VALUES (?, '1', ?)", (name, now + seconds))
+            return True
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "local", "shared_by": "this instance's worker processes"}
+
+    def remove(self) -> None:
+        """Delete the file, from the process that made it (forked workers inherit this object)."""
+        if os.getpid() == self._owner:
+            for suffix in ("", "-wal", "-shm"):
+                try:
+                    os.unlink(self.path + suffix)
+                except OSError:
+                    pass
+            try:
+                os.rmdir(os.path.dirname(self.path))
+            except OSError:
+                pass
+
+
+def _window_frees(times: Sequence[float], limits: Sequence[Limit], now: float) -> float:
+    """When the sliding windows of `limits` admit one more call, given the calls at `times` (sorted)."""
+    free_at = now
+    for limit in limits:
+        inside = [at for at in times if at > now - limit.seconds]
+        if len(inside) >= limit.count:
+            free_at = max(free_at, inside[len(inside) - limit.count] + limit.seconds)
+    return free_at
+
+
+# --- Redis ----------------------------------------------------------------------------------------
+
+# KEYS: none (names are built inside: this needs one Redis, not a cluster).
+# ARGV: prefix, model, number of limits, then count and milliseconds for each limit, then key id and
+# account for each candidate in order. Returns {key id, 0} or {"", milliseconds until one may, -1: never}.
+# ARGV: prefix, model, learn ms, request ("" for none), force (0/1), turn grace ms, yield ms, the number
+# of limits, then count and milliseconds for each limit, then the candidates in one argument, a line
+# "key id<TAB>account" each (one argument packs in a fraction of the time of a hundred).
+# Returns {key id, ticket} or {"", milliseconds until a key may be free (-1: never), 1 if it yielded}.
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local prefix, model, learn = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local request, force, grace, yield = ARGV[4], ARGV[5] == '1', tonumber(ARGV[6]), tonumber(ARGV[7])
+local nlimits = tonumber(ARGV[8])
+local limits = {}
+for i = 1, nlimits do
+  limits[i] = {tonumber(ARGV[7 + 2 * i]), tonumber(ARGV[8 + 2 * i])}
+end
+local turns, expiries = prefix .. 'turns:' .. model, prefix .. 'turnexp:' .. model
+local not_served_yet = NOT_SERVED_YET_MS
+local function waiting(expires)
+  redis.call('ZADD', turns, 'NX', now - not_served_yet, request)
+  redis.call('ZADD', expiries, expires, request)
+  redis.call('PEXPIRE', turns, expires - now + grace)
+  redis.call('PEXPIRE', expiries, expires - now + grace)
+end
+local function waited_longer()
+  for _, gone in ipairs(redis.call('ZRANGEBYSCORE', expiries, '-inf', now)) do
+    redis.call('ZREM', turns, gone)
+    redis.call('ZREM', expiries, gone)
+  end
+  local mine = redis.call('ZSCORE', turns, request)
+  local before = redis.call('ZCOUNT', turns, '-inf', '(' .. (mine or (now - not_served_yet)))
+  if before > 0 and not mine then waiting(now + grace) end
+  return before
+end
+local soonest, chosen, room, inf = -1, nil, 0, 1e18
+local rooms = {}
+-- The free room is counted only when turns matter: with nobody else waiting, the first free key will do.
+local turns_matter = request ~= '' and not force and redis.call('EXISTS', turns) == 1
+for kid, account in string.gmatch(ARGV[9 + 2 * nlimits], '([^\\t\\n]+)\\t([^\\n]+)') do
+  if chosen and not turns_matter then break end
+  if redis.call('EXISTS', prefix .. 'dead:' .. kid, prefix .. 'broke:' .. kid) == 0 then
+    local window = account .. ':' .. model
+    local free_at = now
+    local cool = redis.call('PTTL', prefix .. 'cool:' .. kid)
+    if cool > 0 then free_at = math.max(free_at, now + cool) end
+    local rest = redis.call('PTTL', prefix .. 'rest:' .. window)
+    if rest > 0 then free_at = math.max(free_at, now + rest) end
+    local budget, longest = {}, learn
+    for j, limit in ipairs(limits) do
+      budget[j] = limit
+      if limit[2] > longest then longest = limit[2] end
+    end
+    local cap = redis.call('GET', prefix .. 'cap:' .. window)
+    if cap then budget[#budget + 1] = {tonumber(cap), learn} end
+    local calls = prefix .. 'win:' .. window
+    redis.call('ZREMRANGEBYSCORE', calls, '-inf', now - longest)
+    local left = inf
+    for _, limit in ipairs(budget) do
+      local inside = redis.call('ZRANGEBYSCORE', calls, '(' .. (now - limit[2]), '+inf', 'WITHSCORES')
+      local count = #inside / 2
+      if count >= limit[1] then
+        free_at = math.max(free_at, tonumber(inside[2 * (count - limit[1] + 1)]) + limit[2])
+      end
+      left = math.min(left, limit[1] - count)
+    end
+    if free_at <= now then
+      if not chosen then chosen = {kid, calls, longest} end
+      if not rooms[window] then
+        rooms[window] = true
+        room = math.min(room + left, inf)
+      end
+    elseif soonest < 0 or free_at - now < soonest then
+      soonest = free_at - now
+    end
+  end
+end
+if chosen then
+  if request ~= '' and not force and waited_longer() >= room then
+    return {'', yield, 1}
+  end
+  local ticket = now .. ':' .. redis.call('INCR', prefix .. 'seq')
+  redis.call('ZADD', chosen[2], now, ticket)
+  redis.call('PEXPIRE', chosen[2], chosen[3])
+  if request ~= '' and redis.call('ZSCORE', turns, request) then
+    redis.call('ZADD', turns, now, request)
+    redis.call('ZADD', expiries, now + grace, request)
+  end
+  return {chosen[1], ticket}
+end
+if soonest >= 0 and request ~= '' then waiting(now + soonest + grace) end
+return {'', soonest, 0}
+"""
+_ACQUIRE = _ACQUIRE.replace("NOT_SERVED_YET_MS", str(int(NOT_SERVED_YET * 1000)))
+
+# ARGV: prefix, account:model, ticket, rest ms, learn ms, cap ms. Returns the cap.
+_REFUSED = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local prefix, window, ticket = ARGV[1], ARGV[2], ARGV[3]
+local rest, learn, keep = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+redis.call('ZREM', prefix .. 'win:' .. window, ticket)
+local left = redis.call('ZCOUNT', prefix .. 'win:' .. window, '(' .. (now - learn), '+inf')
+local cap = redis.call('GET', prefix .. 'cap:' .. window)
+if cap and tonumber(cap) < left then left = tonumber(cap) end
+if left < 1 then left = 1 end
+redis.call('SET', prefix .. 'cap:' .. window, left, 'PX', keep)
+redis.call('SET', prefix .. 'rest:' .. window, '1', 'PX', math.max(rest, 1))
+return left
+"""
+
+
+class RedisStore(Store):
+    """Facts in Redis, shared by every worker of every instance; names start with `prefix`."""
+
+    kind = "redis"
+
+    def __init__(self, url: str, prefix: str = "sfp:"):
+        import redis  # only deployments with REDIS_URL need the client loaded
+
+        self.prefix = prefix
+        # Blocking pool: a thousand greenlets must not open a thousand connections. Short socket
+        # timeouts: an unreachable Redis costs a request a fraction of a second, once.
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=64, timeout=2, socket_timeout=1, socket_connect_timeout=1,
+            health_check_interval=30,
+        )
+        self.client = redis.Redis(connection_pool=pool, decode_responses=False)
+        self._acquire = self.client.register_script(_ACQUIRE)
+        self._refused = self.client.register_script(_REFUSED)
+
+    def acquire(self, ask: Ask) -> Answer:
+        args: list[Any] = [self.prefix, ask.model, int(ask.learn_seconds * 1000), ask.request or "",
+                           int(ask.force), int(TURN_GRACE * 1000), int(YIELD_SECONDS * 1000), len(ask.limits)]
+        for limit in ask.limits:
+            args += [limit.count, int(limit.seconds * 1000)]
+        args.append("\n".join(f"{c.key_id}\t{c.account.replace(chr(9), ' ').replace(chr(10), ' ')}"
+                               for c in ask.candidates))
+        answer = self._acquire(args=args)
+        if answer[0]:
+            return Answer(answer[0].decode(), answer[1].decode())
+        wait = int(answer[1])
+        return Answer(wait=None if wait < 0 else wait / 1000, yielded=int(answer[2]) == 1)
+
+    def refused(self, account: str, model: str, ticket: str, rest: float, learn_seconds: float) -> int:
+        return int(self._refused(args=[self.prefix, f"{account}:{model}", ticket, int(rest * 1000),
+                                       int(learn_seconds * 1000), int(CAP_SECONDS * 1000)]))
+
+    def get(self, names: Sequence[str]) -> dict[str, Fact]:
+        if not names:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for name in names:
+            pipe.get(self.prefix + name)
+            pipe.pttl(self.prefix + name)
+        answers = pipe.execute()
+        found = {}
+        for name, value, ttl in zip(names, answers[::2], answers[1::2], strict=True):
+            if value is not None:
+                found[name] = (value.decode(), None if ttl < 0 else ttl / 1000)
+        return found
+
+    def live(self, prefix: str) -> dict[str, Fact]:
+        names = [raw.decode()[len(self.prefix):] for raw in self.client.scan_iter(match=self.prefix + prefix + "*",
+                                                                                    count=500)]
+        return self.get(names)
+
+    def put(self, name: str, value: str, seconds: float | None) -> None:
+        self.client.set(self.prefix + name, value, px=None if seconds is None else max(int(seconds * 1000), 1))
+
+    def drop(self, name: str) -> None:
+        self.client.delete(self.prefix + name)
+
+    def claim(self, name: str, seconds: float) -> bool:
+        return bool(self.client.set(self.prefix + name, "1", nx=True, px=max(int(seconds * 1000), 1)))
+
+    def ping(self) -> None:
+        self.client.ping()
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "redis", "shared_by": "every worker of every instance using this Redis"}
+
+
+class FallbackStore(Store):
+    """Redis while it answers; this instance's LocalStore while it does not. No request fails for it.
+
+    After a failure Redis is left alone for `retry_seconds`, then tried again with the next call.
+    """
+
+    kind = "redis"
+
+    def __init__(self, primary: RedisStore, fallback: LocalStore, *, retry_seconds: float = 5.0):
+        self.primary, self.fallback = primary, fallback
+        self._retry_seconds = retry_seconds
+        self._down_since: float | None = None
+        self._retry_at = 0.0
+        self._lock = threading.Lock()
+
+    def _call(self, method: str, *args: Any) -> Any:
+        import redis
+
+        if self._down_since is None or time.monotonic() >= self._retry_at:
+            try:
+                result = getattr(self.primary, method)(*args)
+            except (redis.RedisError, OSError) as exc:
+                self._went_down(exc)
+            else:
+                if self._down_since is not None:
+                    with self._lock:
+                        if self._down_since is not None:
+                            log.warning("Redis is reachable again after %.0f s: keys are shared again",
+                                        time.monotonic() - self._down_since)
+                            self._down_since = None
+                return result
+        return getattr(self.fallback, method)(*args)
+
+    def _went_down(self, exc: Exception) -> None:
+        import redis
+
+        with self._lock:
+            self._retry_at = time.monotonic() + self._retry_seconds
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+                if isinstance(exc, redis.ResponseError):  # it answered, but with an error: say which
+                    log.error("Redis answered with an error (%s): drawing goes on with this instance's own key "
+                              "state until it answers properly", str(exc)[:200])
+                else:
+                    log.warning("Redis cannot be reached (%s): drawing goes on with this instance's own key "
+                                "state until it is back", type(exc).__name__)
+
+    @property
+    def reachable(self) -> bool:
+        return self._down_since is None
+
+    def acquire(self, ask: Ask) -> Answer:
+        return self._call("acquire", ask)
+
+    def refused(self, account: str, model: str, ticket: str, rest: float, learn_seconds: float) -> int:
+        return self._call("refused", account, model, ticket, rest, learn_seconds)
+
+    def get(self, names: Sequence[str]) -> dict[str, Fact]:
+        return self._call("get", names)
+
+    def live(self, prefix: str) -> dict[str, Fact]:
+        return self._call("live", prefix)
+
+    def put(self, name: str, value: str, seconds: float | None) -> None:
+        self._call("put", name, value, seconds)
+
+    def drop(self, name: str) -> None:
+        self._call("drop", name)
+
+    def claim(self, name: str, seconds: float) -> bool:
+        return self._call("claim", name, seconds)
+
+    def describe(self) -> dict[str, Any]:
+        self._call("ping")  # /health asks: look (within the retry interval) rather than guess
+        described = self.primary.describe()
+        described["reachable"] = self.reachable
+        if not self.reachable:
+            described["using"] = "this instance's local state until Redis is back"
+        return described

@@ -1,0 +1,148 @@
+"""One view of the keys for every worker and instance: gunicorn processes as the Procfile runs them,
+alone (workers share a SQLite file) and in pairs sharing a real Redis; Redis going away and back."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+
+import pytest
+import requests
+
+from tests.helpers import answer_text, images_in
+from tests.servers import Gunicorn
+
+SERVED_BY = re.compile(r"\[(\d+)\] siliconflow_proxy: req=\w+ chat")
+
+
+def _start(fake, production_bin, **env: str) -> Gunicorn:
+    server = Gunicorn({"API_BASE_URL": fake.url, "PROMPT_EXPANSION": "false", **env}, production_bin)
+    if not server.wait_until_up():
+        pytest.fail("gunicorn did not start: " + server.stop()[-2000:])
+    return server
+
+
+def _workers(*servers: Gunicorn) -> set[str]:
+    return {pid for server in servers for pid in SERVED_BY.findall(server.log())}
+
+
+def _draw_until_both_workers_served(server: Gunicorn, rounds: int = 40) -> None:
+    for i in range(rounds):
+        assert images_in(answer_text(server.url, f"画一只猫 {i}", stream=False))
+        if i >= 5 and len(_workers(server)) >= 2:
+            return
+    pytest.fail("every request went to one worker")
+
+
+def test_the_procfiles_workers_share_dead_keys_without_redis(fake, production_bin):
+    server = _start(fake, production_bin, API_KEYS="sk-revoked-w1,sk-good-w2")
+    try:
+        _draw_until_both_workers_served(server)
+    finally:
+        server.stop()
+    revoked = [c for c in fake.state.image_calls() if c.key == "sk-revoked-w1"]
+    assert len(revoked) == 1  # found dead by one worker, never tried by the other
+
+
+def test_the_procfiles_workers_share_one_budget_without_redis(fake, production_bin):
+    fake.state.rate_limit = (2, 1.0)
+    server = _start(fake, production_bin, API_KEYS="sk-good-acctW-1", IMAGE_RATE_LIMIT="2/1s")
+    answers: list[str] = []
+    try:
+        for round_ in range(6):  # rounds of four at once, until both workers have drawn
+            threads = [threading.Thread(target=lambda text=f"画一只猫 {round_} {i}": answers.append(
+                answer_text(server.url, text, stream=False))) for i in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            if len(_workers(server)) == 2:
+                break
+        workers = _workers(server)
+    finally:
+        server.stop()
+    assert answers and all(len(images_in(a)) == 1 for a in answers)
+    assert len(workers) == 2, "the requests should have reached both workers"
+    assert fake.state.refused == 0  # two workers, one account, one budget
+
+
+@pytest.fixture
+def two_instances(fake, production_bin, redis_server):
+    started = []
+
+    def start(**env: str) -> tuple[Gunicorn, Gunicorn]:
+        for _ in range(2):
+            started.append(_start(fake, production_bin, REDIS_URL=redis_server.url, **env))
+        return started[0], started[1]
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def test_two_instances_share_dead_keys_through_redis(two_instances, fake):
+    first, second = two_instances(API_KEYS="sk-revoked-acctC-1,sk-good-acctA-1")
+    for i in range(3):  # until the first instance has met the revoked key
+        assert images_in(answer_text(first.url, f"画一只猫 {i} pic:2", stream=False))
+    assert len([c for c in fake.state.image_calls() if c.key == "sk-revoked-acctC-1"]) == 1
+    assert requests.get(f"{second.url}/health", timeout=5).json()["keys"]["dead"] == 1
+    for i in range(3):
+        assert images_in(answer_text(second.url, f"画一只狗 {i} pic:2", stream=False))
+    assert len([c for c in fake.state.image_calls() if c.key == "sk-revoked-acctC-1"]) == 1
+
+
+def test_two_instances_share_budgets_through_redis(two_instances, fake):
+    fake.state.rate_limit = (2, 2.0)
+    first, second = two_instances(API_KEYS="sk-good-acctA-1,sk-good-acctA-2,sk-good-acctB-1",
+                                  IMAGE_RATE_LIMIT="2/2s")
+    answers: list[str] = []
+
+    def ask(url: str, i: int) -> None:
+        answers.append(answer_text(url, f"画一只狗 {i} pic:2", stream=False))
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=ask, args=(server.url, i)) for i, server in enumerate([first, second] * 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.monotonic() - started
+    assert sorted(len(images_in(a)) for a in answers) == [2, 2, 2, 2]
+    assert fake.state.refused == 0
+    # Accounts A and B at 2 per 2 s: 4 images a window, so 8 take two, the second starting at 2 s.
+    assert 2.0 <= seconds < 3.5, seconds
+    assert _workers(first) and _workers(second)
+    health = requests.get(f"{second.url}/health", timeout=5).json()
+    assert health["store"]["kind"] == "redis" and health["store"]["reachable"] is True
+    assert health["accounts"]["total"] == 2 and health["rate_limit"] == "2/2s"
+
+
+def test_without_redis_drawing_goes_on_and_health_says_so(two_instances, fake, redis_server):
+    first, _ = two_instances(API_KEYS="sk-good-r1,sk-good-r2")
+    assert images_in(answer_text(first.url, "画一只猫", stream=True))
+    redis_server.stop()
+    started = time.monotonic()
+    assert images_in(answer_text(first.url, "画一只狗", stream=True))
+    assert time.monotonic() - started < 5
+    store = requests.get(f"{first.url}/health", timeout=10).json()["store"]
+    assert store["reachable"] is False and "local" in store["using"]
+    redis_server.start()
+    # A worker that found Redis gone tries it again 5 s later, with its next call.
+    deadline = time.monotonic() + 20
+    while "Redis is reachable again" not in first.log():
+        assert time.monotonic() < deadline, "Redis is back but the service does not use it: " + first.log()[-2000:]
+        assert images_in(answer_text(first.url, "画一只鸟", stream=True))
+        time.sleep(0.5)
+    assert requests.get(f"{first.url}/health", timeout=10).json()["store"]["reachable"] is True
+    assert "Redis cannot be reached" in first.log()
+
+
+@pytest.mark.parametrize("name, value", [("IMAGE_RATE_LIMIT", "2 per minute"), ("REDIS_URL", "localhost:6379")])
+def test_a_malformed_setting_stops_start_up_naming_it(fake, production_bin, name, value):
+    server = Gunicorn({"API_BASE_URL": fake.url, name: value}, production_bin)
+    try:
+        server.process.wait(timeout=30)
+    finally:
+        out = server.stop()
+    assert server.process.returncode != 0 and f"{name}:" in out
