@@ -198,6 +198,11 @@ class Settings:
     cors_origins: tuple[str, ...] = _setting("CORS_ORIGINS", "*", _split_list)
     log_level: str = _setting("LOG_LEVEL", "INFO", lambda raw: _choice(raw.upper(), _LOG_LEVELS))
 
+    def secret_values(self) -> tuple[str, ...]:
+        """Every secret configured: what must never be repeated to anyone."""
+        values = (*self.api_keys, self.api_key, self.lsky_pro_token, self.shortlink_api_key, self.redis_url)
+        return tuple(value for value in values if value)
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from `environ` (default `os.environ`), then apply `overrides`.

@@ -52,6 +52,7 @@ class Job:
     text: str  # what the user typed, tokens included
     draw: DrawRequest
     public_base: str | None = None  # where this service is reached, for links to stored images
+    want_bytes: bool = False  # the answer carries the pictures themselves (Images API b64_json)
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,12 @@ def answer(job: Job, services: Services) -> Iterator[AnswerEvent]:
         if settings.prompt_expansion:
             expansion = services.executor.submit(expand, job, services, deadline)
             futures.append(expansion)
-            yield from _heartbeats_until_done([expansion], settings.heartbeat_seconds)
+            yield from _heartbeats_until_done(expansion, settings.heartbeat_seconds, deadline)
+            if not expansion.done():  # a restart came first
+                for index in range(1, job.draw.count + 1):
+                    yield wording.image_failed(index, _unfinished_reason(settings))
+                yield wording.summary(0, job.draw.count)
+                return
             prompt, expansion_note = expansion.result()
             if banned := find_banned(prompt, settings.banned_keywords):
                 yield wording.refusal(banned)
@@ -184,9 +190,17 @@ def _unfinished_reason(settings: Settings) -> str:
     return f"超过 {settings.request_timeout:g} 秒（REQUEST_TIMEOUT）仍未完成"
 
 
-def _heartbeats_until_done(futures: list[Future], every: float) -> Iterator[KeepAlive]:
-    while not wait(futures, timeout=every).done:
-        yield KEEPALIVE
+def _heartbeats_until_done(work: Future, every: float, deadline: float) -> Iterator[KeepAlive]:
+    """Keep-alives while `work` runs; stop waiting at the request's deadline or a shutdown's."""
+    beat = time.monotonic() + every
+    while not work.done():
+        left = _stop_at(deadline) - time.monotonic()
+        if left <= 0:
+            return
+        wait([work], timeout=min(QUEUE_CHECK_SECONDS, left, max(beat - time.monotonic(), 0.0)))
+        if not work.done() and time.monotonic() >= beat:
+            yield KEEPALIVE
+            beat = time.monotonic() + every
 
 
 def expand(job: Job, services: Services, until: float) -> tuple[str, str]:
@@ -212,7 +226,8 @@ def expand(job: Job, services: Services, until: float) -> tuple[str, str]:
         pool.release(lease)
         raise
     pool.report(lease, None)
-    return expanded, ""
+    # The chat model may have been told a key, or say one it was never told: it is not repeated.
+    return wording.redact_secrets(expanded, settings.secret_values()), ""
 
 
 def make_image(
@@ -238,7 +253,10 @@ def make_image(
         )
         if cancelled.is_set():
             return Outcome(index, error="客户端已断开")
-        links = lasting_links(services.session, settings, services.store, image.url, job.public_base, deadline)
+        if settings.api_keys and any(key in image.url for key in settings.api_keys):
+            raise UpstreamError(Failure.BAD_RESPONSE, "上游返回的图片地址里含有 API 密钥，已拒绝")
+        links = lasting_links(services.session, settings, services.store, image.url, job.public_base, deadline,
+                              job.want_bytes)
     except UpstreamError as exc:
         if exc.kind is not Failure.CANCELLED:
             log.warning("req=%s image %d failed: %s", job.request_id, index, exc.kind)
@@ -295,13 +313,12 @@ def draw_for_api(
     futures = submit_images(job, payload, services, deadline, cancelled, image_seeds(draw.seed, draw.count))
     try:
         outcomes = []
-        for future in futures:
-            left = _stop_at(deadline) - time.monotonic()
-            try:
-                outcomes.append(future.result(timeout=max(left, 0.0)))
-            except TimeoutError:
-                outcomes.append(Outcome(futures.index(future) + 1, error=_unfinished_reason(settings),
-                                        kind=Failure.TIMEOUT))
+        for index, future in enumerate(futures, 1):
+            # In steps: a shutdown that begins meanwhile moves the stop earlier.
+            while not future.done() and (left := _stop_at(deadline) - time.monotonic()) > 0:
+                wait([future], timeout=min(left, QUEUE_CHECK_SECONDS))
+            outcomes.append(future.result() if future.done() else
+                            Outcome(index, error=_unfinished_reason(settings), kind=Failure.TIMEOUT))
         return Drawn(revised=prompt if expand_first else None, outcomes=outcomes)
     finally:
         stop(job, services, cancelled, futures)

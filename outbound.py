@@ -182,6 +182,18 @@ class AddressRule:
                     origins.add((parts.hostname.lower(), parts.port or (443 if parts.scheme == "https" else 80)))
         return cls(allow_private, frozenset(origins))
 
+    def check_peer(self, host: str, port: int, sock: Any) -> None:
+        """A kept-alive connection, made earlier for another purpose, is about to be reused under
+        this rule: the address it is connected to must pass. Raises AddressRefused."""
+        if self.allow_private or (host.lower().rstrip("."), port) in self.trusted:
+            return
+        try:
+            peer = sock.getpeername()[0]
+        except (OSError, IndexError, AttributeError):
+            return  # not connected: a new connection will be checked in _new_conn
+        if why := refusal(peer):
+            raise AddressRefused(f"{host[:80]} 指向{why}，出于安全不予访问")
+
     def address_for(self, host: str, port: int) -> str | None:
         """The checked address to connect to, or None to connect as usual. Raises AddressRefused."""
         if self.allow_private or (host.lower().rstrip("."), port) in self.trusted:
@@ -263,7 +275,9 @@ class _Guarded:
         return sock
 
     def request(self, *args: Any, **kwargs: Any) -> None:
-        scope = _SCOPE.get()
+        scope, rule = _SCOPE.get(), _RULE.get()
+        if rule is not None and self.sock is not None and not getattr(self, "proxy", None):  # type: ignore[attr-defined]
+            rule.check_peer(self._dns_host, self.port, self.sock)  # type: ignore[attr-defined]
         if scope is not None and self.sock is not None:  # type: ignore[attr-defined]
             scope.watch(self.sock)  # type: ignore[attr-defined]
         super().request(*args, **kwargs)  # type: ignore[misc]

@@ -18,6 +18,7 @@ SEED_MAX = 9_999_999_999
 # hundred tokens at most (CLIP 77, Kolors' ChatGLM 256, T5 512), and a hostile or runaway expansion
 # must not become a 100 MB request. 1,000 characters hold the ~100-word expansion with room to spare.
 MAX_PROMPT_CHARS = 1000
+MAX_TEXT_CHARS = 8000  # what parse reads of a message: a drawing request is never longer
 
 # The seed's own table, used for any model without a documented list of sizes.
 SEED_SIZES: tuple[str, ...] = (
@@ -106,7 +107,9 @@ _NEGATIVE = re.compile(
 _DIGIT = re.compile(r"\d")
 _RESOLUTION = re.compile(r"(\d{3,5})\s*[xX×*]\s*(\d{3,5})(?![\d.])")
 _RATIO = re.compile(r"(\d{1,2})\s*[:：]\s*(\d{1,2})(?![\d.:：])")
-_RATIO_BEFORE = re.compile(r"比例\s*(?:为|是)?\s*$")  # "比例9:16", "比例为 9：16"
+# One \s* on each side of the optional word, never two in a row: two could split the same run of
+# spaces in n ways each, and 20 kB of spaces took seconds (a quadratic regex is a denial of service).
+_RATIO_BEFORE = re.compile(r"比例\s*(?:[为是]\s*)?$")  # "比例9:16", "比例为 9：16"
 _RATIO_AFTER = re.compile(r"\s*的?比例")  # "9:16比例", "9:16的比例"
 
 
@@ -135,6 +138,11 @@ def parse(text: str, model: str, max_images: int) -> DrawRequest:
     """
     max_images = max(max_images, 1)
     notes: list[str] = []
+    if len(text) > MAX_TEXT_CHARS:
+        text = text[:MAX_TEXT_CHARS]
+        notes.append(f"描述过长，只读取了前 {MAX_TEXT_CHARS} 个字符")
+    # A lone carriage return ends a line for the user, and for a Markdown renderer: so here too.
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
     # Substring tests are far cheaper than a case-insensitive regex scan; most messages hold no tokens.
     lowered = text.lower()
 

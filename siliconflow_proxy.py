@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import base64
 import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -31,9 +32,9 @@ from config import ConfigError, Settings
 from drawing import INLINE_ONLY, Drawn, Job, KeepAlive, Outcome, Services, answer, draw_for_api, guarded
 from keypool import KeyPool, Upkeep
 from keystores import FallbackStore, Limit, LocalStore, RedisStore, Store
-from outbound import AddressRule, deadline, make_http, make_session
+from outbound import deadline, make_http, make_session
 from parsing import SEED_MAX, DrawRequest, find_banned, parse, pick_size
-from uploaders import MIMETYPES, ImageStore, UploadError, fetch_picture
+from uploaders import MIMETYPES, ImageStore
 from upstream import Failure, account_info, mask_key
 
 log = logging.getLogger("siliconflow_proxy")
@@ -296,7 +297,7 @@ def images_generations() -> Response:
 
     draw = DrawRequest(prompt=prompt.strip(), count=n, size=size, seed=extras.pop("seed", None),
                        negative_prompt=negative or None)
-    job = Job(g.request_id, model, prompt, draw, _public_base(settings))
+    job = Job(g.request_id, model, prompt, draw, _public_base(settings), want_bytes=response_format == "b64_json")
     log.info("req=%s images model=%s n=%d size=%s format=%s", job.request_id, model, n, size, response_format)
     cancelled = threading.Event()
     drawing = services.executor.submit(draw_for_api, job, extras, services, expand_first=wants_expansion,
@@ -341,10 +342,11 @@ def _images_body(drawn: Drawn, response_format: str, services: Services) -> dict
     if drawn.refused:
         raise ApiError(400, f"The expanded prompt contains a word this service does not draw: '{drawn.refused}'.",
                        param="prompt", code="content_policy_violation")
-    made = [o for o in drawn.outcomes if o.links and (response_format == "b64_json" or o.links.showable)]
+    made = [o for o in drawn.outcomes
+            if o.links and (o.links.picture if response_format == "b64_json" else o.links.showable)]
     if not made:
         raise _images_failure(drawn.outcomes, response_format)
-    return {"created": int(time.time()), "data": [_image_item(o, response_format, drawn.revised, services) for o in made]}
+    return {"created": int(time.time()), "data": [_image_item(o, response_format, drawn.revised) for o in made]}
 
 
 def _images_size(value: Any, model: str) -> str | None:
@@ -372,7 +374,8 @@ def _images_failure(outcomes: list[Outcome], response_format: str) -> ApiError:
     """No image was made: one error with a status that says whose problem it is."""
     kinds = {o.kind for o in outcomes}  # Failure values
     reasons = "; ".join(dict.fromkeys(
-        o.error or (INLINE_ONLY + " (or ask for response_format b64_json)" if o.links else "unknown error")
+        o.error or ("; ".join(o.links.notes) if o.links and o.links.notes else
+                    INLINE_ONLY + " (or ask for response_format b64_json)" if o.links else "unknown error")
         for o in outcomes
     ))
     if Failure.BAD_REQUEST in kinds:
@@ -384,22 +387,13 @@ def _images_failure(outcomes: list[Outcome], response_format: str) -> ApiError:
     return ApiError(502, f"SiliconFlow did not deliver an image: {reasons}", code="upstream_error")
 
 
-def _image_item(outcome: Outcome, response_format: str, revised: str | None, services: Services) -> dict[str, Any]:
+def _image_item(outcome: Outcome, response_format: str, revised: str | None) -> dict[str, Any]:
     links = outcome.links
     assert links is not None
     if response_format == "url":
         return {"url": links.image, "revised_prompt": revised}
-    settings = services.settings
-    try:
-        # Re-hosting already holds the bytes; otherwise links.image is the upstream's own link.
-        picture = links.picture or fetch_picture(
-            services.session, links.image, settings.upload_timeout, int(settings.max_image_mb * 2**20),
-            AddressRule.trusting(settings.api_base_url, allow_private=settings.allow_private_image_urls),
-        )
-    except UploadError as exc:
-        raise ApiError(502, f"The image was made but could not be read back: {exc.message}",
-                       code="upstream_error") from None
-    return {"b64_json": base64.b64encode(picture.data).decode(), "revised_prompt": revised}
+    assert links.picture is not None  # fetched by the image's own worker (Job.want_bytes)
+    return {"b64_json": base64.b64encode(links.picture.data).decode(), "revised_prompt": revised}
 
 
 def _public_base(settings: Settings) -> str | None:
@@ -409,10 +403,29 @@ def _public_base(settings: Settings) -> str | None:
     proto = request.headers.get("X-Forwarded-Proto", request.scheme).split(",")[0].strip() or request.scheme
     # The raw header: werkzeug's request.host is empty for a name with an underscore.
     host = (request.headers.get("X-Forwarded-Host") or request.headers.get("Host") or "").split(",")[0].strip()
-    # Underscores are not valid in DNS names, but Docker Compose service names have them.
-    if proto not in ("http", "https") or not re.fullmatch(r"[A-Za-z0-9._\-]+(:\d+)?|\[[0-9a-fA-F:]+\](:\d+)?", host):
+    if proto not in ("http", "https") or not _valid_host(host):
         return None
     return f"{proto}://{host}"
+
+
+_HOST_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOST = re.compile(rf"({_HOST_LABEL}(?:\.{_HOST_LABEL})*|\[([0-9a-fA-F:.]+)\])(?::(\d{{1,5}}))?")
+
+
+def _valid_host(host: str) -> bool:
+    """A host[:port] a link can be built from. Underscores are not valid in DNS names, but Docker
+    Compose service names have them; a name must have a letter or digit, a port must exist."""
+    match = _HOST.fullmatch(host)
+    if not match or not any(ch.isalnum() for ch in match[1]):
+        return False
+    if match[3] and not 0 < int(match[3]) <= 65535:
+        return False
+    if match[2]:
+        try:
+            ipaddress.IPv6Address(match[2])
+        except ValueError:
+            return False
+    return True
 
 
 @bp.get("/images/<path:name>")
@@ -467,7 +480,9 @@ def _json_object() -> dict[str, Any]:
     except UnicodeEncodeError:
         raise ApiError(400, "The request body holds invalid Unicode (an unpaired surrogate escape like "
                             "\\ud800). Send text as valid UTF-8.") from None
-    except (ValueError, UnicodeDecodeError):
+    except ValueError as exc:
+        if "digits" in str(exc):  # Python refuses integers of more than 4300 digits
+            raise ApiError(400, "A number in the request body has too many digits.") from None
         raise ApiError(400, "The request body must be valid JSON, sent with Content-Type: application/json.") from None
     if not isinstance(body, dict):
         raise ApiError(400, "The request body must be a JSON object.")

@@ -81,17 +81,18 @@ def fetch_picture(
     """
     if url.startswith("data:"):
         return _decode_data_uri(url, max_bytes)
-    at = min(time.monotonic() + timeout, until or math.inf)
+    started = time.monotonic()
+    at = min(started + timeout, until or math.inf)
     try:
         with deadline(at) as scope, address_rule(rule):
             try:
                 data = _download(session, url, at, max_bytes)
             except requests.RequestException:
                 if scope.expired:
-                    raise UploadError(f"下载图片超时（{timeout:g} 秒）") from None
+                    raise requests.Timeout from None
                 raise
     except requests.Timeout:
-        raise UploadError(f"下载图片超时（{timeout:g} 秒）") from None
+        raise UploadError(f"下载图片超时（{max(at - started, 0):.0f} 秒）") from None
     except requests.TooManyRedirects:
         raise UploadError("下载图片时重定向次数过多") from None
     except requests.RequestException:
@@ -372,7 +373,7 @@ def _json_or_none(response: requests.Response) -> Any:
 @dataclass(frozen=True)
 class Links:
     image: str  # what the Markdown image shows: permanent when there is one
-    download: str  # the upstream's temporary link, shortened when that is on
+    download: str | None  # the upstream's temporary link (shortened when that is on); None for inline data
     permanent: str | None
     notes: tuple[str, ...]  # what did not work, in short words
     # The bytes when re-hosting fetched them, so that no one fetches them again.
@@ -381,7 +382,7 @@ class Links:
     @property
     def showable(self) -> bool:
         """True when the image is at a web link a chat client can load (not an inline data: URI)."""
-        return self.image.startswith(("http://", "https://"))
+        return _web_link(self.image)
 
 
 NO_PUBLIC_BASE = (
@@ -391,15 +392,17 @@ NO_PUBLIC_BASE = (
 
 def lasting_links(
     session: requests.Session, settings: Settings, store: ImageStore | None, url: str, public_base: str | None,
-    until: float | None = None,
+    until: float | None = None, want_bytes: bool = False,
 ) -> Links:
     """Re-host the image at `url` as configured. Never raises: failures become notes.
 
-    `until` (time.monotonic()) is the request's deadline: no host is waited on past it.
+    `until` (time.monotonic()) is the request's deadline: no host is waited on past it. With
+    `want_bytes` (an Images API call answering b64_json) the picture is fetched even when nothing
+    keeps it, here, in parallel with the other images and within the deadline.
     """
     permanent, notes, picture = None, [], None
     keeps = settings.use_lsky_pro or store is not None
-    if keeps:
+    if keeps or want_bytes:
         # The upstream's image link, and where it redirects, must be public, or on the upstream's own
         # host (API_BASE_URL): an upstream on a LAN serves its images from there.
         rule = AddressRule.trusting(settings.api_base_url, allow_private=settings.allow_private_image_urls)
@@ -408,7 +411,7 @@ def lasting_links(
                 session, url, settings.upload_timeout, int(settings.max_image_mb * 2**20), rule, until
             )
         except UploadError as exc:
-            notes.append(f"图片未能转存：{exc.message}")
+            notes.append(f"图片未能{'转存' if keeps else '取回'}：{exc.message}")
         else:
             if settings.use_lsky_pro:
                 try:
@@ -435,4 +438,9 @@ def lasting_links(
             )
         except UploadError as exc:
             notes.append(f"短链接生成失败：{exc.message}")
-    return Links(image=permanent or url, download=download, permanent=permanent, notes=tuple(notes), picture=picture)
+    return Links(image=permanent or url, download=download if _web_link(download) else None, permanent=permanent,
+                 notes=tuple(notes), picture=picture)
+
+
+def _web_link(url: str) -> bool:
+    return url.startswith(("http://", "https://"))

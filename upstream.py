@@ -58,10 +58,13 @@ class UpstreamError(Exception):
 
 
 def mask_key(key: str) -> str:
-    """`sk-abcdef…wxyz` -> `sk-ab…wxyz`: enough to tell keys apart in a log, useless to a thief."""
-    if len(key) <= 10:
-        return "…" + key[-2:] if len(key) > 4 else "…"
-    return f"{key[:5]}…{key[-4:]}"
+    """`sk-abcdef…wxyz` -> `sk-ab…wxyz`: enough to tell keys apart in a log, useless to a thief.
+    Short keys show less, so that never more than about a third of one is shown."""
+    if len(key) >= 24:
+        return f"{key[:5]}…{key[-4:]}"
+    if len(key) >= 12:
+        return "…" + key[-4:]
+    return "…"
 
 
 # Failures that belong to the key or its account: the next key may well succeed.
@@ -275,7 +278,10 @@ def _call(
                 method, url, body=body, headers=headers, redirect=False, preload_content=False,
                 timeout=urllib3.Timeout(connect=remaining(at, 10.0), read=remaining(at, timeout)),
             )
-            return response.status, response.headers, read_capped(response, max_bytes)
+            data = read_capped(response, max_bytes)
+            if scope.expired:  # cut at the deadline where a body without a length just ends
+                raise TimeoutError
+            return response.status, response.headers, data
         except TooLarge:
             raise UpstreamError(Failure.BAD_RESPONSE, f"上游的回答超过 {max_bytes // 1024} KB，已放弃") from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:

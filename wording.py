@@ -25,7 +25,9 @@ def one_line(text: str, limit: int) -> str:
 
 _KEYLIKE = re.compile(
     r"sk-[A-Za-z0-9_\-]{4,}"  # SiliconFlow and OpenAI-style keys
-    r"|(?i:bearer|token|api[_-]?key|authorization)\s*[:=]?\s*[^\s,;\"'}]{4,}"
+    # Never two \s* in a row (the separator's own is inside the optional group): two could share a
+    # run of spaces in n ways each, a quadratic match on a hostile upstream's 40 kB message.
+    r"|(?i:bearer|token|api[_-]?key|authorization)(?:\s*[:=])?\s*[^\s,;\"'}]{4,}"
     r"|\b\d+\|[A-Za-z0-9]{12,}"  # Lsky Pro tokens: "1|abc…"
     r"|[A-Za-z0-9_\-+/=%]{32,}"  # long opaque strings: tokens, signatures
 )
@@ -39,21 +41,38 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
     return _KEYLIKE.sub("***", text)
 
 
+UPSTREAM_TEXT_READ = 2000  # what is read of an upstream's message: more is never shown anyway
+
+
+_KEY_IN_PROSE = re.compile(r"sk-[A-Za-z0-9_\-]{8,}|(?i:bearer)\s+[^\s,;\"'}]{8,}")
+
+
+def redact_secrets(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """`text` without the given secrets and without keys and Bearer tokens, for text that is meant
+    to be prose (an expanded prompt): unlike `redact`, ordinary words are left alone."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return _KEY_IN_PROSE.sub("***", text)
+
+
 def upstream_text(text: str, limit: int = 160, secrets: Iterable[str | None] = ()) -> str:
     """What an upstream or host said, fit to repeat: one short line, no secrets."""
-    return one_line(redact(text, secrets), limit)
+    return one_line(redact(text[:UPSTREAM_TEXT_READ], secrets), limit)
 
 
 _MD_SPECIAL = re.compile(r"([\\\[\]<])")
-_BARE_LINK = re.compile(r"(?i)(?<=[a-z])(?=://)|(?<=www)(?=\.)|(?<=@)")
+_BARE_LINK = re.compile(r"(?i)(?<=[a-z])(?=://)|(?<=/)(?=/)|(?<=www)(?=\.)|(?=@)")
 
 
 def md(text: str) -> str:
     """`text` as inert Markdown: it renders as itself, never as an image, a link or HTML.
 
     Backslash escapes (CommonMark) stop `[`, `]` and `<` from opening a link, an image, an
-    autolink or a tag; a zero-width space before `://`, after `www` and after `@` stops GFM's
-    bare links (`http://…`, `www.…`, e-mail addresses), which marked and remark-gfm apply to text.
+    autolink or a tag; a zero-width space before `://`, between two slashes, after `www` and
+    before `@` stops bare links (`http://…`, `//host`, `www.…`, e-mail addresses): GFM's in marked
+    and remark-gfm, and linkify-it's in markdown-it. Before `@`, not after: after it, linkify
+    reads the space as part of an international domain name.
     """
     return _BARE_LINK.sub("\u200b", _MD_SPECIAL.sub(r"\\\1", text))
 
@@ -89,6 +108,8 @@ def expansion_failed(reason: str) -> str:
 def seeds_text(seeds: list[int]) -> str:
     if len(seeds) == 1:
         return str(seeds[0])
+    if seeds[-1] < seeds[0]:  # past the largest seed, the count starts again at 0
+        return "、".join(str(seed) for seed in seeds)
     return f"{seeds[0]}–{seeds[-1]}（每张 +1）"
 
 
@@ -114,7 +135,7 @@ def prompt_info(
         shown_size = size
     extras = f" · 种子：{seeds_text(seeds)}" if seeds else ""
     negative_line = f"🚫 负面提示词：{md(one_line(negative, 500))}\n" if negative else ""
-    note_lines = "".join(f"ℹ️ {md(note)}\n" for note in notes)
+    note_lines = "".join(f"ℹ️ {md(one_line(note, 500))}\n" for note in notes)
     return (
         f"{expansion_note}🎨 提示词：{md(one_line(prompt, 2000))}\n{negative_line}"
         f"📐 尺寸：{shown_size} · 数量：{count} · 模型：{md(model)}{extras}\n{note_lines}\n"
@@ -125,7 +146,7 @@ def image_markdown(
     index: int,
     alt: str,
     image: str,
-    download: str,
+    download: str | None,
     permanent: str | None,
     notes: Iterable[str] = (),
     seed: int | None = None,
@@ -137,13 +158,15 @@ def image_markdown(
     """
     lines = [f"![image{index}|{alt}]({md_url(image)})"]
     seed_part = f" · 种子：{seed}" if seed is not None else ""
-    if permanent:
+    if permanent and download:
         lines.append(
             f"[永久链接]({md_url(permanent)}) · [上游原图]({md_url(download)})（上游链接一小时后失效）{seed_part}"
         )
+    elif permanent:  # the upstream sent the picture inline: there is no upstream link to give
+        lines.append(f"[永久链接]({md_url(permanent)}){seed_part}")
     else:
-        lines.append(f"[下载第 {index} 张]({md_url(download)})（上游链接一小时后失效，请及时保存）{seed_part}")
-    lines.extend(f"⚠️ {md(note)}" for note in notes)
+        lines.append(f"[下载第 {index} 张]({md_url(download or image)})（上游链接一小时后失效，请及时保存）{seed_part}")
+    lines.extend(f"⚠️ {md(one_line(note, 300))}" for note in notes)
     return "\n".join(lines) + "\n\n"
 
 

@@ -24,6 +24,10 @@ Keys misbehave on purpose, chosen by prefix:
 | sk-redirect  | 200 with a URL on this server that redirects to `state.redirect_to` |
 | sk-echo      | 400 whose message echoes the key as a Bearer header, a Markdown link, an image and HTML |
 | sk-htmldata  | 200 with a `data:text/html` "image"                                |
+| sk-verbose   | 400 whose message is "token", 300,000 spaces and a comma (a regex trap)  |
+| sk-slowlink  | 200 with a URL on this server that sends its PNG a byte every `drip_interval` s |
+| sk-keyinurl  | 200 with a URL that carries the caller's key in its query            |
+| sk-elsewhere | 200 with `state.redirect_to` itself as the image URL (another host)   |
 | anything else| 200 with one image URL served by this same server (a real PNG)     |
 
 A key in `state.funded` answers like a good one (a topped-up account), also on /v1/user/info.
@@ -80,7 +84,7 @@ class Call:
 class FakeState:
     image_latency: float = 0.0
     expansion_latency: float = 0.0
-    expansion_mode: str = "ok"  # ok | fail | hang | think | garbage | huge | long | markdown | surrogate
+    expansion_mode: str = "ok"  # ok | fail | hang | think | garbage | huge | long | markdown | surrogate | secret
     huge_bytes: int = 20 * 2**20
     drip_interval: float = 0.2
     redirect_to: str = ""
@@ -241,7 +245,14 @@ class _Handler(BaseHTTPRequestHandler):
     # -- routes --
     def do_GET(self) -> None:
         path = unquote(urlsplit(self.path).path)
-        if path.startswith("/outputs/") and "redirect" in path:
+        if path.startswith("/outputs/") and path.endswith("-slow.png"):
+            body = png(64, 64, path.encode())
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self._drip(body)
+        elif path.startswith("/outputs/") and "redirect" in path:
             self.send_response(302)
             self.send_header("Location", self.server.state.redirect_to)
             self.send_header("Content-Length", "0")
@@ -341,6 +352,8 @@ class _Handler(BaseHTTPRequestHandler):
             message = (f"Invalid request for Authorization: Bearer {key} -- see [the docs](http://attacker.example/) "
                        "<img src=x onerror=alert(1)> ![x](http://attacker.example/p.png) http://attacker.example/bare")
             self._json(400, {"code": 20015, "message": message, "data": None})
+        elif key.startswith("sk-verbose"):
+            self._json(400, {"code": 20015, "message": "token" + " " * 300_000 + ",", "data": None})
         elif key.startswith("sk-huge"):
             self._huge(self._image_url(int(time.time()), key))
         elif key.startswith("sk-drip"):
@@ -406,6 +419,12 @@ class _Handler(BaseHTTPRequestHandler):
             name += "-big.png"
         elif key.startswith("sk-redirect"):
             name += "-redirect.png"
+        elif key.startswith("sk-slowlink"):
+            name += "-slow.png"
+        elif key.startswith("sk-keyinurl"):
+            name += f".png?token={key}"
+        elif key.startswith("sk-elsewhere"):
+            return self.server.state.redirect_to
         else:
             name += ".png"
         return (f"{self.server.url}/outputs%2F20251024%2F{name}?Expires={created + 3600}"
@@ -442,6 +461,8 @@ class _Handler(BaseHTTPRequestHandler):
                        "<img src=x onerror=alert(1)> www.attacker.example")
         elif mode == "surrogate":
             content = f"{content} \ud800"
+        elif mode == "secret":
+            content = f"{content}, Authorization: Bearer {self._key()}, and the key {self._key()}"
         self._json(200, {
             "id": secrets.token_hex(16), "object": "chat.completion", "created": int(time.time()),
             "model": body["model"],

@@ -58,7 +58,8 @@ def rendered(markdown: str) -> dict[str, list[str]]:
     from markdown_it import MarkdownIt
 
     renderer = MarkdownIt("gfm-like")
-    renderer.linkify.set({"fuzzy_link": False, "fuzzy_email": False})  # GFM links www. and http(s):// only
+    # GFM links www., http(s):// and e-mail addresses, not bare domains (linkify-it's fuzzy links).
+    renderer.linkify.set({"fuzzy_link": False, "fuzzy_email": True})
 
     found: dict[str, list[str]] = {"images": [], "links": [], "html": []}
 

@@ -9,6 +9,7 @@ import signal
 import socket
 import struct
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -231,3 +232,33 @@ def test_a_chunked_body_over_a_megabyte_is_a_413_under_gunicorn(gunicorn):
     response = requests.post(f"{gunicorn.url}/v1/chat/completions", data=pieces(), timeout=30,
                              headers={"Content-Type": "application/json"})
     assert response.status_code == 413 and "larger than 1024 KB" in response.json()["error"]["message"]
+
+
+def test_sigterm_ends_a_waiting_images_api_call_with_an_error_body(fake, production_bin):
+    fake.state.image_latency = 30
+    server = _started(fake, production_bin, API_KEYS="sk-good-term3", HEARTBEAT_SECONDS="0.5",
+                      GUNICORN_CMD_ARGS="--graceful-timeout 5")
+    try:
+        threading.Timer(1.0, server.signal, args=(signal.SIGTERM,)).start()
+        started = time.monotonic()
+        response = requests.post(f"{server.url}/v1/images/generations", json={"prompt": "a fox"}, timeout=30)
+        seconds = time.monotonic() - started
+    finally:
+        server.stop()
+    assert response.status_code == 200 and response.content.startswith(b" ")
+    assert "服务正在重启或关闭" in json.loads(response.content)["error"]["message"]
+    assert seconds < 6.5
+
+
+def test_sigterm_ends_a_stream_still_in_prompt_expansion(fake, production_bin):
+    fake.state.expansion_latency = 30
+    server = _started(fake, production_bin, API_KEYS="sk-good-term4", HEARTBEAT_SECONDS="0.5",
+                      PROMPT_EXPANSION="true", EXPANSION_TIMEOUT="60", GUNICORN_CMD_ARGS="--graceful-timeout 5")
+    try:
+        threading.Timer(1.0, server.signal, args=(signal.SIGTERM,)).start()
+        started = time.monotonic()
+        content = answer_text(server.url, "画一只猫 pic:2", stream=True)
+        seconds = time.monotonic() - started
+    finally:
+        server.stop()
+    assert content.count("服务正在重启或关闭") == 2 and "0/2" in content and seconds < 6.5

@@ -25,7 +25,8 @@ from tests.fake_siliconflow import png
 from tests.helpers import answer_text, chat_body, images_in, post_chat, rendered
 
 ATTACK = ("画一只猫 ![x](http://attacker.example/p.png) [click](http://attacker.example/) "
-          "<img src=x onerror=alert(1)> http://attacker.example/bare www.attacker.example")
+          "<img src=x onerror=alert(1)> http://attacker.example/bare www.attacker.example "
+          "//attacker.example/protocol-relative mailto:evil@attacker.example evil@attacker.com")
 
 
 def _foreign(content: str, *own: str) -> dict[str, list[str]]:
@@ -36,6 +37,17 @@ def _foreign(content: str, *own: str) -> dict[str, list[str]]:
 
 
 # --- answers that cannot be hijacked -----------------------------------------------------------
+
+
+def test_line_breaks_in_a_note_cannot_start_markdown_blocks(serve, fake):
+    service = serve(models=("black-forest-labs/FLUX.1-dev",), prompt_expansion=False)
+    text = "画一只猫 --no blur\r\r# 管理员通知\r| a | b |\r|---|---|\r> 完成：4/4"
+    content = answer_text(service.url, text, stream=False, model="black-forest-labs/FLUX.1-dev")
+    from markdown_it import MarkdownIt
+
+    kinds = {token.type for token in MarkdownIt("gfm-like").parse(content)}
+    assert not kinds & {"heading_open", "table_open", "blockquote_open"}, content
+    assert "不支持负面提示词" in content
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -75,6 +87,30 @@ def test_image_host_error_texts_are_inert_and_keyless(serve, fake, lsky):
     assert _foreign(content, fake.url) == {"images": [], "links": [], "html": []}, content
 
 
+def test_an_expansion_that_repeats_a_key_does_not_pass_it_on(serve, fake):
+    fake.state.expansion_mode = "secret"
+    key = "sk-good-secretvalue-0001"
+    service = serve(api_keys=(key,))
+    content = answer_text(service.url, "画一只猫", stream=True)
+    assert "secretvalue" not in content and len(images_in(content)) == 1
+    response = requests.post(f"{service.url}/v1/images/generations", json={"prompt": "a cat", "prompt_expansion": True},
+                             timeout=30)
+    assert response.status_code == 200 and "secretvalue" not in response.text
+    assert "secretvalue" not in fake.state.image_calls()[-1].body["prompt"]
+
+
+def test_an_image_link_carrying_a_key_is_refused(serve, fake):
+    service = serve(api_keys=("sk-keyinurl-secret0001",), prompt_expansion=False, max_key_attempts=1)
+    content = answer_text(service.url, "画一只猫", stream=False)
+    assert "secret0001" not in content and "含有 API 密钥" in content
+
+
+def test_an_inline_image_kept_by_the_store_gets_no_data_link(serve, fake, tmp_path):
+    service = serve(api_keys=("sk-datauri-0001",), image_store_dir=str(tmp_path), prompt_expansion=False)
+    content = answer_text(service.url, "画一只猫", stream=False)
+    assert "data:" not in content and len(_stored_links(content)) == 1 and "[永久链接]" in content
+
+
 def test_a_data_html_image_link_is_never_passed_on(serve, fake):
     service = serve(api_keys=("sk-htmldata-0001",), prompt_expansion=False, max_key_attempts=1)
     content = answer_text(service.url, "画一只猫", stream=False)
@@ -111,6 +147,34 @@ def test_a_long_expansion_is_cut_to_what_a_model_takes(serve, fake):
     [call] = fake.state.image_calls()
     assert 800 <= len(call.body["prompt"]) <= 1000 and call.body["prompt"].startswith("a very fluffy cat")
     assert "提示词过长" in content and len(content) < 3000
+
+
+def test_an_upstream_message_built_to_make_a_regex_backtrack_is_answered_at_once(serve, fake):
+    service = serve(api_keys=("sk-verbose-0001",), prompt_expansion=False)
+    started = time.monotonic()
+    content = answer_text(service.url, "画一只猫", stream=False)
+    assert time.monotonic() - started < 10 and "上游拒绝了请求（400）" in content
+
+
+def test_a_message_built_to_make_the_parser_backtrack_is_answered_at_once(serve, fake):
+    service = serve(prompt_expansion=False)
+    text = "比例" + " " * 200_000 + "为" + " " * 200_000 + "x 9:16"
+    started = time.monotonic()
+    content = answer_text(service.url, text, stream=False)
+    assert time.monotonic() - started < 10
+    assert "描述过长，只读取了前 8000 个字符" in content and len(images_in(content)) == 1
+
+
+def test_b64_json_images_are_fetched_within_the_request_deadline(serve, fake):
+    fake.state.drip_interval = 0.2  # each picture would take minutes to arrive
+    service = serve(api_keys=("sk-slowlink-0001", "sk-slowlink-0002"), request_timeout=3, upload_timeout=60,
+                    heartbeat_seconds=1)
+    started = time.monotonic()
+    response = requests.post(f"{service.url}/v1/images/generations",
+                             json={"prompt": "a fox", "n": 2, "response_format": "b64_json"}, timeout=30)
+    assert time.monotonic() - started < 6
+    error = json.loads(response.content)["error"]
+    assert "图片未能取回" in error["message"] and "超时" in error["message"]
 
 
 @pytest.mark.parametrize("key", ["sk-drip-0001", "sk-headdrip-0001"])
@@ -162,6 +226,11 @@ def test_lone_surrogates_are_a_400_and_no_key_is_held(service, fake, path, body)
     assert requests.get(f"{service.url}/health", timeout=5).json()["keys"]["calls_in_flight"] == 0
 
 
+def test_a_number_with_thousands_of_digits_is_named(service):
+    response = _post_raw(service.url, "/v1/chat/completions", '{"n": ' + "9" * 5000 + "}")
+    assert response.status_code == 400 and "too many digits" in response.json()["error"]["message"]
+
+
 def test_a_chunked_body_over_a_megabyte_is_a_413(service, fake):
     def pieces():
         yield b'{"messages": [{"role": "user", "content": "'
@@ -201,13 +270,14 @@ def test_a_host_with_an_underscore_gets_stored_links(serve, fake, tmp_path):
     assert (tmp_path / link.rsplit("/", 1)[1]).is_file()
 
 
-def test_a_request_that_gives_no_usable_host_is_told_why(serve, fake, tmp_path):
+@pytest.mark.parametrize("host", ["evil.example/path?x", "-", "_", "[::1]:99999999999", "a..b", "[zz::1]"])
+def test_a_request_that_gives_no_usable_host_is_told_why(serve, fake, tmp_path, host):
     service = serve(image_store_dir=str(tmp_path), prompt_expansion=False)
     response = requests.post(f"{service.url}/v1/chat/completions", json=chat_body("画一只猫"), timeout=30,
-                             headers={"X-Forwarded-Host": "evil.example/path?x"})
+                             headers={"X-Forwarded-Host": host})
     content = response.json()["choices"][0]["message"]["content"]
     assert _stored_links(content) == [] and len(images_in(content)) == 1
-    assert "PUBLIC_BASE_URL" in content
+    assert "PUBLIC\\_BASE\\_URL" in content or "PUBLIC_BASE_URL" in content
 
 
 def test_an_unwritable_store_stops_start_up_naming_it(fake):
@@ -301,6 +371,21 @@ def test_rehosting_refuses_a_redirect_to_a_private_address(serve, fake, tmp_path
     assert len(images_in(content)) == 1  # the user still gets the upstream's link
 
 
+def test_a_kept_alive_connection_to_a_configured_host_is_not_a_way_in(serve, fake, lsky):
+    """Lsky on this machine is the operator's; an image link someone else chose pointing there is
+    refused, also when the connection the upload left open would carry it."""
+    lsky.files["planted.png"] = ("image/png", png(16, 16, b"planted"))
+    fake.state.redirect_to = f"{lsky.url}/i/planted.png"
+    # Keys are handed out least recently used first, in the order given: the good key draws first.
+    service = serve(api_keys=("sk-good-first001", "sk-elsewhere-0001"), use_lsky_pro=True, lsky_pro_url=lsky.url,
+                    lsky_pro_token="1|good-token", prompt_expansion=False)
+    assert "[永久链接]" in answer_text(service.url, "画一只猫", stream=False)  # a connection to Lsky stays open
+    content = answer_text(service.url, "画一只狗", stream=False)
+    assert [c.key for c in fake.state.image_calls()] == ["sk-good-first001", "sk-elsewhere-0001"]
+    assert "图片链接不安全" in content and "本机地址" in content
+    assert len(lsky.uploads) == 1  # the planted file was not fetched and published again
+
+
 def test_allow_private_image_urls_lets_a_lan_redirect_through(serve, fake, tmp_path, internal):
     fake.state.redirect_to = f"http://127.0.0.1:{internal.server_address[1]}/lan.png"
     service = serve(api_keys=("sk-redirect-0001",), image_store_dir=str(tmp_path), prompt_expansion=False,
@@ -320,6 +405,13 @@ def test_a_seed_with_pic_n_draws_n_different_repeatable_pictures(serve, fake, st
     assert "种子：1234–1236" in content
     for seed in (1234, 1235, 1236):
         assert f"种子：{seed}\n" in content
+
+
+def test_seeds_past_the_largest_start_again_at_zero_and_say_so(serve, fake):
+    service = serve(prompt_expansion=False)
+    content = answer_text(service.url, "画一只猫 seed:9999999998 pic:3", stream=False)
+    assert sorted(c.body["seed"] for c in fake.state.image_calls()) == [0, 9999999998, 9999999999]
+    assert "种子：9999999998、9999999999、0" in content
 
 
 def test_images_api_seed_with_n(serve, fake):
