@@ -40,7 +40,7 @@ def post_worker_init(worker):
     of this worker when gunicorn asks it to stop, and how long they have."""
     import signal
 
-    from drawing import SHUTDOWN
+    from pipeline import SHUTDOWN
 
     worker.wsgi.extensions["siliconflow"].upkeep.ensure_running()
 

@@ -80,6 +80,7 @@ class DrawRequest:
     seed: int | None = None
     negative_prompt: str | None = None  # None too when the model cannot take one (see `notes`)
     notes: tuple[str, ...] = ()  # what was asked but changed or left out, in the user's words
+    asked_count: int | None = None  # the count as typed (`pic:N`), None if nothing
 
     @property
     def size_adjusted(self) -> bool:
@@ -146,12 +147,13 @@ def parse(text: str, model: str, max_images: int) -> DrawRequest:
     # Substring tests are far cheaper than a case-insensitive regex scan; most messages hold no tokens.
     lowered = text.lower()
 
-    count = 1
+    count, asked_count = 1, None
     if "pic" in lowered and (m := _COUNT.search(text)):
         text = _cut(text, m.span())
         digits = m.group(1).lstrip("0") or "0"
         # int() of thousands of digits is slow (and refused past 4300): any long number is "too many".
         count = max_images + 1 if len(digits) > 6 else int(digits)
+        asked_count = count
         if count > max_images:
             notes.append(f"每次最多 {max_images} 张，已按 {max_images} 张生成")
     count = min(max(count, 1), max_images)
@@ -208,6 +210,7 @@ def parse(text: str, model: str, max_images: int) -> DrawRequest:
         seed=seed,
         negative_prompt=negative,
         notes=tuple(notes),
+        asked_count=asked_count,
     )
 
 

@@ -28,94 +28,23 @@ from flask import Blueprint, Flask, Response, current_app, g, request, send_file
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import wrap_file
 
+import conversation
+import pipeline
+import wording
 from config import ConfigError, Settings
-from drawing import INLINE_ONLY, Drawn, Job, KeepAlive, Outcome, Services, answer, draw_for_api, guarded
 from keypool import KeyPool, Upkeep
 from keystores import FallbackStore, Limit, LocalStore, RedisStore, Store
+from openai_wire import ApiError, chat_answer, dumps, error_body, error_response, images_answer, json_response, model_list
 from outbound import deadline, make_http, make_session
 from parsing import SEED_MAX, DrawRequest, find_banned, parse, pick_size
+from pipeline import Job, Services
 from uploaders import MIMETYPES, ImageStore
-from upstream import Failure, account_info, mask_key
+from upstream import Failure, UpstreamError, account_info, complete, mask_key
 
 log = logging.getLogger("siliconflow_proxy")
 
 MAX_BODY_BYTES = 1 << 20
-MODEL_CREATED = 1_700_000_000  # the typed clients need an int; SiliconFlow itself answers 0
-
-
-class ApiError(Exception):
-    """An error answered as OpenAI-shaped JSON by `error_response`."""
-
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-
-
-_ERROR_TYPES = {401: "invalid_request_error", 403: "permission_error", 429: "rate_limit_error"}
-
-
-def _error_body(status: int, message: str, *, param: str | None = None, code: str | None = None) -> dict:
-    """The one shape of every error this service answers, as the OpenAI clients parse it."""
-    kind = _ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
-
-def error_response(status: int, message: str, *, param: str | None = None, code: str | None = None) -> Response:
-    return Response(_dumps(_error_body(status, message, param=param, code=code)), status=status,
-                    mimetype="application/json")
-
-
-# --- wire format -------------------------------------------------------------------------------
-
-
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-
-
-def chunk(completion_id: str, created: int, model: str, delta: dict[str, Any], finish: str | None = None) -> dict:
-    """One `chat.completion.chunk`."""
-    return {
-        "id": completion_id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
-    }
-
-
-def sse(payload: dict | str) -> str:
-    """One server-sent event. Modern clients dispatch an event only on the blank line."""
-    return f"data: {payload if isinstance(payload, str) else _dumps(payload)}\n\n"
-
-
-def completion(completion_id: str, created: int, model: str, prompt: str, content: str) -> dict:
-    """A whole non-stream `chat.completion`."""
-    prompt_tokens, completion_tokens = _tokens(prompt), _tokens(content)
-    return {
-        "id": completion_id,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": content},
-                "finish_reason": "stop",
-                "logprobs": None,
-            }
-        ],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
-    }
-
-
-def _tokens(text: str) -> int:
-    """A rough token count for `usage`: a CJK character or about four other bytes per token."""
-    cjk = sum(1 for ch in text if ord(ch) > 0x2E80)
-    return cjk + (len(text) - cjk + 3) // 4
+HOUSEKEEPING_SECONDS = 8.0  # most a chat UI's background task waits for the chat model's answer
 
 
 # --- request handling ---------------------------------------------------------------------------
@@ -191,16 +120,12 @@ def health() -> Response:
         "store": pool.store.describe(),
         "queue": {"waiting_in_this_worker": pool.queue.waiting()},
     }
-    return Response(_dumps(body), mimetype="application/json")
+    return json_response(body)
 
 
 @bp.get("/v1/models")
 def list_models() -> Response:
-    models = [
-        {"id": m, "object": "model", "created": MODEL_CREATED, "owned_by": m.split("/")[0] if "/" in m else "siliconflow"}
-        for m in _services().settings.models
-    ]
-    return Response(_dumps({"object": "list", "data": models}), mimetype="application/json")
+    return json_response(model_list(_services().settings.models))
 
 
 @bp.post("/v1/chat/completions")
@@ -211,47 +136,54 @@ def chat_completions() -> Response:
     stream = body.get("stream", False)
     if stream is not None and not isinstance(stream, bool):
         raise ApiError(400, "'stream' must be true or false.", param="stream")
+    messages = conversation.read_messages(body.get("messages"))
+    task = conversation.housekeeping(messages, request.headers.get("X-OpenWebUI-Task"))
+    if task is not None:
+        return _housekeeping(task, body.get("model"), bool(stream), services)
     model = _model(body.get("model"), settings)
-    text = drawing_text(body.get("messages"))
+    text = conversation.current_turn(messages)
     if not settings.api_keys:
         raise ApiError(503, "This service has no upstream keys: its operator must set API_KEYS.", code="no_upstream_keys")
 
-    job = Job(g.request_id, model, text, parse(text, model, settings.max_images_per_request), _public_base(settings))
-    log.info(
-        "req=%s chat model=%s images=%d size=%s stream=%s",
-        job.request_id, model, job.draw.count, job.draw.size, bool(stream),
-    )
-    completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-    if not stream:
+    draw = parse(text, model, settings.max_images_per_request)
+    change = conversation.refinement(draw, conversation.last_picture(messages))
+    previous, expand = None, settings.prompt_expansion
+    if change is not None:
+        draw = conversation.carried_over(draw, change, model, settings.max_images_per_request)
+        previous = change.picture.prompt
+        expand = expand and bool(change.change)  # the same picture again needs no new prompt
+    job = Job(g.request_id, model, text, draw, _public_base(settings), expand=expand, previous=previous)
+    log.info("req=%s chat model=%s images=%d size=%s stream=%s%s", job.request_id, model, draw.count, draw.size,
+             bool(stream), " (changes the last picture)" if change else "")
+    events = pipeline.guarded(pipeline.draw(job, services), job.request_id)
+    return chat_answer(wording.chat(events), stream=bool(stream), model=model, prompt=text)
 
-        def whole() -> Iterator[str]:
-            parts = []
-            for event in guarded(answer(job, services), job.request_id):
-                if isinstance(event, KeepAlive):
-                    yield " "  # see _keep_alive_json
-                else:
-                    parts.append(event)
-            yield _dumps(completion(completion_id, created, model, text, "".join(parts)))
 
-        return Response(whole(), mimetype="application/json")
+def _housekeeping(task: conversation.Task, model: Any, stream: bool, services: Services) -> Response:
+    """A chat UI's background task: answered in its shape, with no picture drawn. Any model name
+    is taken: UIs send these to a model of their own choosing (LobeChat: gpt-5-mini)."""
+    settings = services.settings
 
-    def events() -> Iterator[str]:
-        yield sse(chunk(completion_id, created, model, {"role": "assistant", "content": ""}))
-        for event in guarded(answer(job, services), job.request_id):
-            if isinstance(event, KeepAlive):
-                # A comment line: ignored by the clients, but it keeps proxies (nginx 60 s,
-                # Cloudflare 100 s) from cutting a quiet stream, and shows us a client that left.
-                yield ": keep-alive\n\n"
-            else:
-                yield sse(chunk(completion_id, created, model, {"content": event}))
-        yield sse(chunk(completion_id, created, model, {}, "stop"))
-        yield sse("[DONE]")
+    def ask(system: str, user: str) -> str:
+        lease = services.pool.any_key()
+        if lease is None:
+            raise LookupError("no key")
+        try:
+            text = complete(services.http, settings.api_base_url, lease.key, settings.image_prompt_model, system,
+                            user, min(settings.expansion_timeout, HOUSEKEEPING_SECONDS), max_tokens=200)
+        except UpstreamError as exc:
+            services.pool.report(lease, exc)
+            raise
+        except BaseException:
+            services.pool.release(lease)
+            raise
+        services.pool.report(lease, None)
+        return wording.redact_secrets(text, settings.secret_values())
 
-    return Response(
-        events(),
-        mimetype="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    answer = conversation.answer(task, ask if settings.api_keys and settings.prompt_expansion else None)
+    log.info("req=%s %s %s task answered without drawing", g.request_id, task.ui, task.kind)
+    named = model if isinstance(model, str) and model else settings.models[0]
+    return chat_answer([answer], stream=stream, model=named[:100], prompt="")
 
 
 _IMAGE_EXTRAS: dict[str, tuple[type | tuple[type, ...], float, float]] = {
@@ -297,14 +229,14 @@ def images_generations() -> Response:
 
     draw = DrawRequest(prompt=prompt.strip(), count=n, size=size, seed=extras.pop("seed", None),
                        negative_prompt=negative or None)
-    job = Job(g.request_id, model, prompt, draw, _public_base(settings), want_bytes=response_format == "b64_json")
+    job = Job(g.request_id, model, prompt, draw, _public_base(settings), expand=wants_expansion, fields=extras,
+              want_bytes=response_format == "b64_json")
     log.info("req=%s images model=%s n=%d size=%s format=%s", job.request_id, model, n, size, response_format)
     cancelled = threading.Event()
-    drawing = services.executor.submit(draw_for_api, job, extras, services, expand_first=wants_expansion,
-                                       cancelled=cancelled)
+    drawing = services.executor.submit(pipeline.collect, pipeline.draw(job, services, cancelled))
 
     def result() -> str:
-        return _dumps(_images_body(drawing.result(), response_format, services))
+        return dumps(_images_body(drawing.result(), response_format))
 
     try:
         # Quick answers keep their status codes (400, 429, 503, 502 when no image was made)...
@@ -332,21 +264,19 @@ def _keep_alive_json(work: Future, result: Callable[[], str], every: float, canc
         try:
             yield result()
         except ApiError as exc:
-            yield _dumps(_error_body(exc.status, exc.message, param=exc.param, code=exc.code))
+            yield dumps(error_body(exc.status, exc.message, param=exc.param, code=exc.code))
     finally:
         cancelled.set()
 
 
-def _images_body(drawn: Drawn, response_format: str, services: Services) -> dict[str, Any]:
+def _images_body(drawn: pipeline.Drawn, response_format: str) -> dict[str, Any]:
     """The Images API answer. Raises ApiError when no image was made, or the expanded prompt was refused."""
     if drawn.refused:
         raise ApiError(400, f"The expanded prompt contains a word this service does not draw: '{drawn.refused}'.",
                        param="prompt", code="content_policy_violation")
-    made = [o for o in drawn.outcomes
-            if o.links and (o.links.picture if response_format == "b64_json" else o.links.showable)]
-    if not made:
-        raise _images_failure(drawn.outcomes, response_format)
-    return {"created": int(time.time()), "data": [_image_item(o, response_format, drawn.revised) for o in made]}
+    if not drawn.ready:
+        raise _images_failure(drawn.failed)
+    return images_answer([_image_item(outcome, response_format, drawn.revised) for outcome in drawn.ready])
 
 
 def _images_size(value: Any, model: str) -> str | None:
@@ -370,14 +300,10 @@ def _images_extras(body: dict[str, Any]) -> dict[str, Any]:
     return extras
 
 
-def _images_failure(outcomes: list[Outcome], response_format: str) -> ApiError:
+def _images_failure(failed: list[pipeline.ImageFailed]) -> ApiError:
     """No image was made: one error with a status that says whose problem it is."""
-    kinds = {o.kind for o in outcomes}  # Failure values
-    reasons = "; ".join(dict.fromkeys(
-        o.error or ("; ".join(o.links.notes) if o.links and o.links.notes else
-                    INLINE_ONLY + " (or ask for response_format b64_json)" if o.links else "unknown error")
-        for o in outcomes
-    ))
+    kinds = {f.kind for f in failed}
+    reasons = "; ".join(dict.fromkeys(f.reason or "unknown error" for f in failed))
     if Failure.BAD_REQUEST in kinds:
         return ApiError(400, f"SiliconFlow refused the request: {reasons}", code="upstream_bad_request")
     if kinds == {Failure.RATE_LIMIT}:
@@ -387,7 +313,7 @@ def _images_failure(outcomes: list[Outcome], response_format: str) -> ApiError:
     return ApiError(502, f"SiliconFlow did not deliver an image: {reasons}", code="upstream_error")
 
 
-def _image_item(outcome: Outcome, response_format: str, revised: str | None) -> dict[str, Any]:
+def _image_item(outcome: pipeline.Outcome, response_format: str, revised: str | None) -> dict[str, Any]:
     links = outcome.links
     assert links is not None
     if response_format == "url":
@@ -503,50 +429,6 @@ def _model(value: Any, settings: Settings) -> str:
             code="model_not_found",
         )
     return value
-
-
-def drawing_text(messages: Any) -> str:
-    """The text to draw from: the current turn's user messages.
-
-    Chat UIs resend the whole history; earlier turns were already answered, so only the
-    messages after the last assistant reply count. User messages are preferred over system
-    ones (a UI's system prompt is not something to draw). Raises ApiError for bad shapes.
-    """
-    if messages is None:
-        example = '[{"role": "user", "content": "画一只猫"}]'
-        raise ApiError(400, f"'messages' is required: a list like {example}.", param="messages")
-    if not isinstance(messages, list) or not messages:
-        raise ApiError(400, "'messages' must be a non-empty list of {\"role\", \"content\"} objects.", param="messages")
-    turn: list[tuple[str, str]] = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise ApiError(400, f"messages[{i}] must be an object with a 'role' string and a 'content'.", param="messages")
-        role = message["role"]
-        if role == "assistant":
-            turn = []
-            continue
-        turn.append((role, _message_text(message.get("content"), i)))
-    user_texts = [text for role, text in turn if role == "user" and text.strip()]
-    texts = user_texts or [text for _, text in turn if text.strip()]
-    text = "\n".join(texts).strip()
-    if not text:
-        raise ApiError(
-            400,
-            "Nothing to draw: the last user message has no text. Describe the picture, e.g. '画一只可爱的猫咪，9:16比例 pic:2'.",
-            param="messages",
-        )
-    return text
-
-
-def _message_text(content: Any, index: int) -> str:
-    if content is None or isinstance(content, str):
-        return content or ""
-    if isinstance(content, list):
-        return "\n".join(
-            part["text"] for part in content
-            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
-        )
-    raise ApiError(400, f"messages[{index}].content must be a string or a list of content parts.", param="messages")
 
 
 # --- the app ------------------------------------------------------------------------------------

@@ -225,21 +225,43 @@ EXPANSION_SYSTEM_PROMPT = (
     "or the number of images. Answer with the prompt alone, no preface, no quotes."
 )
 
+REFINE_SYSTEM_PROMPT = (
+    "You write prompts for an image generation model. A picture was drawn from the prompt under "
+    "'Previous prompt'; the user now asks for the change under 'Change'. Rewrite the previous prompt "
+    "with the change applied, keeping its subject, composition, lighting and style unless the change "
+    "says otherwise: one detailed English image prompt of about 100 words. Do not mention image size, "
+    "aspect ratio or the number of images. Answer with the prompt alone, no preface, no quotes."
+)
+
 _THINK = re.compile(r"<think>.*?(?:</think>|$)", re.DOTALL | re.IGNORECASE)
 
 
 def expand_prompt(
-    http: urllib3.PoolManager, base_url: str, key: str, model: str, text: str, timeout: float
+    http: urllib3.PoolManager, base_url: str, key: str, model: str, text: str, timeout: float,
+    previous: str | None = None,
 ) -> str:
-    """Turn a short request into a detailed English image prompt. Raises UpstreamError."""
+    """Turn a short request into a detailed English image prompt; with `previous`, the last
+    picture's prompt changed as `text` asks. Raises UpstreamError."""
+    system, user = EXPANSION_SYSTEM_PROMPT, text
+    if previous:
+        system, user = REFINE_SYSTEM_PROMPT, f"Previous prompt: {previous}\nChange: {text}"
+    expanded = complete(http, base_url, key, model, system, user, timeout)
+    return expanded.strip('"“”').strip()
+
+
+def complete(
+    http: urllib3.PoolManager, base_url: str, key: str, model: str, system: str, user: str, timeout: float,
+    max_tokens: int = 400,
+) -> str:
+    """One answer of a chat model (a <think> block dropped). Raises UpstreamError."""
     payload = {
         "model": model,
         "messages": [
-            {"role": "system", "content": EXPANSION_SYSTEM_PROMPT},
-            {"role": "user", "content": text},
+            {"role": "system", "content": system},
+            {"role": "user", "content": user},
         ],
         "stream": False,
-        "max_tokens": 400,
+        "max_tokens": max_tokens,
         "temperature": 0.7,
     }
     body = _post_json(http, f"{base_url}/v1/chat/completions", key, payload, timeout, CHAT_ANSWER_BYTES)
@@ -252,10 +274,10 @@ def expand_prompt(
     # Some reasoning models put their thinking in a <think> block before the answer. A lone
     # surrogate ("\ud800" in the JSON) would break every later encode: replaced here.
     content = content.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    expanded = _THINK.sub("", content).strip().strip('"“”').strip()
-    if not expanded:
+    answer = _THINK.sub("", content).strip()
+    if not answer:
         raise UpstreamError(Failure.BAD_RESPONSE, "提示词扩充返回了空内容")
-    return expanded
+    return answer
 
 
 def _call(

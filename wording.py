@@ -11,8 +11,12 @@ before they are kept anywhere, since they also reach logs and JSON errors.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 from urllib.parse import quote
+
+if TYPE_CHECKING:
+    from pipeline import Event
 
 # --- text from others --------------------------------------------------------------------------
 
@@ -186,3 +190,49 @@ def summary(delivered: int, count: int) -> str:
 
 
 INTERNAL_ERROR = "\n\n⚠️ 服务内部错误，回答不完整。"
+
+
+def chat(events: Iterable[Event]) -> Iterator[str | None]:
+    """The drawing's events as the assistant's words, piece by piece (None: a keep-alive)."""
+    import pipeline as p  # the events' module; imported here, since it imports this one
+
+    alt = ""
+    for event in events:
+        if isinstance(event, p.KeepAlive):
+            yield None
+        elif isinstance(event, p.Refused):
+            yield refusal(event.keyword)
+        elif isinstance(event, p.PromptReady):
+            alt = markdown_safe(event.prompt, limit=300)
+            yield _prompt_ready(event)
+            yield "生成中"
+        elif isinstance(event, p.Submitted):
+            yield "✅\n\n"
+        elif isinstance(event, p.Queued):
+            yield queued(event.waiting, event.ahead, event.next_in)
+        elif isinstance(event, p.ImageReady):
+            outcome = event.outcome
+            links = outcome.links
+            assert links is not None
+            yield image_markdown(outcome.index, alt, links.image, links.download, links.permanent, links.notes,
+                                 outcome.seed)
+        elif isinstance(event, p.ImageFailed):
+            yield image_failed(event.index, event.reason)
+        elif isinstance(event, p.Done):
+            yield summary(event.delivered, event.count)
+        elif isinstance(event, p.Broken):
+            yield INTERNAL_ERROR
+
+
+def _prompt_ready(event) -> str:
+    job, draw = event.job, event.job.draw
+    expansion = event.expansion
+    note = ""
+    if expansion is not None and expansion.failed:
+        note = expansion_failed(expansion.failed)
+    elif expansion is not None and expansion.skipped:
+        note = expansion_skipped(expansion.skipped)
+    return prompt_info(
+        job.model, event.prompt, size=draw.size, asked_size=draw.asked_size, size_adjusted=draw.size_adjusted,
+        count=draw.count, seeds=event.seeds, negative=draw.negative_prompt, notes=event.notes, expansion_note=note,
+    )

@@ -84,7 +84,8 @@ class Call:
 class FakeState:
     image_latency: float = 0.0
     expansion_latency: float = 0.0
-    expansion_mode: str = "ok"  # ok | fail | hang | think | garbage | huge | long | markdown | surrogate | secret
+    # ok | fail | hang | think | garbage | huge | long | markdown | surrogate | secret | helpful
+    expansion_mode: str = "ok"
     huge_bytes: int = 20 * 2**20
     drip_interval: float = 0.2
     redirect_to: str = ""
@@ -449,7 +450,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, b"not json at all", "text/plain")
             return
         user = body["messages"][-1]["content"]
+        system = body["messages"][0]["content"] if body["messages"][0]["role"] == "system" else ""
         content = f"A detailed illustration of {user}, soft light, rich colours, high detail"
+        if mode == "helpful":  # a chat model that does what a housekeeping instruction asks
+            if '"tags"' in system:
+                content = '{"tags": ["动物", "插画"]}'
+            elif '"follow_ups"' in system:
+                content = '{"follow_ups": ["把猫换成橘色", "加一顶帽子 pic:2", "改成 16:9 横图"]}'
+            elif "title" in system:
+                content = "可爱橘猫"
         if mode == "think":
             content = "<think>\nThe user wants a picture.\n</think>\n\n" + content
         elif mode == "huge":

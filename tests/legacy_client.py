@@ -1,6 +1,7 @@
 """Runs under openai==0.28.1 (its own venv): `python legacy_client.py BASE_URL KEY MODE PROMPT`.
 
-Modes: stream, plain (chat), image (openai.Image.create, n=2). Prints one JSON line:
+Modes: stream, plain (chat), image (openai.Image.create, n=2). PROMPT may be a JSON list of
+messages (a conversation) instead of one user message. Prints one JSON line:
 {"content": ..., "chunks": n}, {"urls": [...]} or {"error": "<exception class name>", "status": ...}.
 """
 
@@ -12,7 +13,7 @@ import openai
 base_url, key, mode, prompt = sys.argv[1:5]
 openai.api_base = base_url + "/v1"
 openai.api_key = key
-messages = [{"role": "user", "content": prompt}]
+messages = json.loads(prompt) if prompt.startswith("[") else [{"role": "user", "content": prompt}]
 try:
     if mode == "stream":
         content, chunks = "", 0

@@ -1,8 +1,10 @@
-"""Drawing: what happens between a validated request and its answer.
+"""The drawing pipeline: from a validated request to its pictures, as typed events.
 
-Prompt expansion, moderation of the expanded prompt, the fan-out of `pic:N` over the shared
-executor with failover and re-hosting per image, and the assistant's reply as events that
-`wording` words. Nothing here touches Flask: request handlers pass plain values in (STYLE habit 6).
+Every route draws through `draw(job, services)`: chat (stream or not, `wording` words the events
+in Chinese), the Images API (`collect` keeps what it needs), and image edits. Moderation, prompt
+expansion, the fan-out of `pic:N` over the shared executor with keys from the pool's line, and
+re-hosting of each picture the moment it is made all happen here, bounded by REQUEST_TIMEOUT and a
+restart's grace period. Nothing here touches Flask: routes pass plain values in (STYLE habit 6).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from parsing import DrawRequest, find_banned, fit_prompt, image_seeds
 from uploaders import ImageStore, Links, lasting_links
 from upstream import Failure, UpstreamError, expand_prompt, generate_with_failover, image_answer_bytes, payload_for
 
-log = logging.getLogger("siliconflow_proxy.drawing")
+log = logging.getLogger("siliconflow_proxy.pipeline")
 
 EXPANSION_INPUT_CHARS = 2000  # what the chat model is given of the user's text
 QUEUE_CHECK_SECONDS = 1.0  # how often a waiting answer looks at where its images stand in line
@@ -34,7 +36,7 @@ INLINE_ONLY = "上游以内联数据（data:）返回了图片，聊天中无法
 
 @dataclass(frozen=True)
 class Services:
-    """What request handlers hand to generators and worker threads: plain values, no Flask."""
+    """What routes hand to generators and worker threads: plain values, no Flask."""
 
     settings: Settings
     pool: KeyPool
@@ -47,11 +49,16 @@ class Services:
 
 @dataclass(frozen=True)
 class Job:
+    """One drawing: what to draw and how the answer wants it."""
+
     request_id: str
     model: str
-    text: str  # what the user typed, tokens included
+    text: str  # what the user typed, tokens included: moderated
     draw: DrawRequest
     public_base: str | None = None  # where this service is reached, for links to stored images
+    expand: bool = False  # rewrite the prompt with the chat model first
+    previous: str | None = None  # the last picture's prompt, when this turn changes that picture
+    fields: dict[str, Any] = field(default_factory=dict)  # more SiliconFlow fields the client gave
     want_bytes: bool = False  # the answer carries the pictures themselves (Images API b64_json)
 
 
@@ -64,19 +71,82 @@ class Outcome:
     seed: int | None = None  # the seed sent, else the one the upstream says it used
 
 
+@dataclass(frozen=True)
+class Expansion:
+    prompt: str  # what will be drawn
+    failed: str | None = None  # why the chat model's rewrite was not used (the user's text is)
+    skipped: str | None = None  # why it was not asked at all
+
+
+# --- events ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Refused:
+    keyword: str  # a banned word, in the user's text or the expanded prompt
+
+
+@dataclass(frozen=True)
+class PromptReady:
+    """What will be drawn: the prompt after expansion, and the request as parsed."""
+
+    job: Job
+    prompt: str
+    seeds: list[int] | None
+    notes: tuple[str, ...]
+    expansion: Expansion | None
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """Every picture is on its way upstream (or in line for a key)."""
+
+
+@dataclass(frozen=True)
+class Queued:
+    waiting: int  # this request's pictures waiting for an account with budget
+    ahead: int  # requests served before this one's next picture
+    next_in: float | None  # seconds until a key is expected to be free
+
+
+@dataclass(frozen=True)
+class ImageReady:
+    outcome: Outcome
+
+
+@dataclass(frozen=True)
+class ImageFailed:
+    index: int
+    reason: str
+    kind: Failure | None = None
+    outcome: Outcome | None = None
+
+
+@dataclass(frozen=True)
+class Done:
+    delivered: int
+    count: int
+
+
+@dataclass(frozen=True)
 class KeepAlive:
-    """An answer event meaning "still working": an SSE comment on the wire, a space before JSON."""
+    """Still working: an SSE comment on the wire, a space before JSON."""
+
+
+@dataclass(frozen=True)
+class Broken:
+    """A bug cut the answer short (logged); the client gets a plain line, not a broken response."""
 
 
 KEEPALIVE = KeepAlive()
-AnswerEvent = str | KeepAlive
+Event = Refused | PromptReady | Submitted | Queued | ImageReady | ImageFailed | Done | KeepAlive | Broken
 
 
 class Shutdown:
     """When this worker process must have answered everything: set when gunicorn asks it to stop.
 
-    Streams still waiting then end on their own, with a line for each picture not finished and
-    `[DONE]`, a few seconds before gunicorn's graceful timeout would cut them mid-answer.
+    Answers still waiting then end on their own, with a line for each picture not finished,
+    a few seconds before gunicorn's graceful timeout would cut them mid-answer.
     """
 
     MARGIN = 3.0  # seconds to write the last lines and close
@@ -91,51 +161,47 @@ class Shutdown:
 SHUTDOWN = Shutdown()
 
 
-def answer(job: Job, services: Services) -> Iterator[AnswerEvent]:
-    """The assistant's reply, piece by piece, in the order the user should see it."""
+# --- the pipeline -----------------------------------------------------------------------------------
+
+
+def draw(job: Job, services: Services, cancelled: threading.Event | None = None) -> Iterator[Event]:
+    """The drawing of `job`, event by event, in the order a user should hear of it.
+
+    Setting `cancelled` (or closing the generator: the client left) stops the pictures not begun.
+    """
     settings = services.settings
     if banned := find_banned(job.text, settings.banned_keywords):
-        yield wording.refusal(banned)
+        yield Refused(banned)
         return
-
     deadline = time.monotonic() + settings.request_timeout
-    cancelled = threading.Event()
+    cancelled = cancelled or threading.Event()
     futures: list[Future] = []
     try:
-        prompt, expansion_note = job.draw.prompt, ""
-        if settings.prompt_expansion:
-            expansion = services.executor.submit(expand, job, services, deadline)
-            futures.append(expansion)
-            yield from _heartbeats_until_done(expansion, settings.heartbeat_seconds, deadline)
-            if not expansion.done():  # a restart came first
-                for index in range(1, job.draw.count + 1):
-                    yield wording.image_failed(index, _unfinished_reason(settings))
-                yield wording.summary(0, job.draw.count)
+        expansion = None
+        if job.expand:
+            asked = services.executor.submit(expand, job, services, deadline)
+            futures.append(asked)
+            yield from _heartbeats_until_done(asked, settings.heartbeat_seconds, deadline)
+            if not asked.done():  # a restart came first
+                yield from _unfinished(job, settings, range(1, job.draw.count + 1))
                 return
-            prompt, expansion_note = expansion.result()
-            if banned := find_banned(prompt, settings.banned_keywords):
-                yield wording.refusal(banned)
+            expansion = asked.result()
+            if banned := find_banned(expansion.prompt, settings.banned_keywords):
+                yield Refused(banned)
                 return
-
-        draw = job.draw
-        prompt, cut = fit_prompt(prompt)
-        seeds = image_seeds(draw.seed, draw.count)
-        yield wording.prompt_info(
-            job.model, prompt, size=draw.size, asked_size=draw.asked_size, size_adjusted=draw.size_adjusted,
-            count=draw.count, seeds=seeds, negative=draw.negative_prompt,
-            notes=draw.notes + ((cut,) if cut else ()), expansion_note=expansion_note,
-        )
-        yield "生成中"
-        payload = payload_for(job.model, prompt, draw.size, None, draw.negative_prompt)
+        draw_request = job.draw
+        prompt, cut = fit_prompt(expansion.prompt if expansion else _plain(job))
+        seeds = image_seeds(draw_request.seed, draw_request.count)
+        yield PromptReady(job, prompt, seeds, draw_request.notes + ((cut,) if cut else ()), expansion)
+        payload = payload_for(job.model, prompt, draw_request.size, None, draw_request.negative_prompt) | job.fields
         images = submit_images(job, payload, services, deadline, cancelled, seeds)
         futures.extend(images)
-        yield "✅\n\n"
-        alt = wording.markdown_safe(prompt, limit=300)
+        yield Submitted()
         delivered = 0
         pending = set(images)
         quiet_since, queued = time.monotonic(), None
         while pending:
-            # Each image goes out as soon as it is ready, not after the slowest one; none is waited
+            # Each picture goes out as soon as it is ready, not after the slowest one; none is waited
             # for past the request's deadline (or past a shutdown's).
             left = _stop_at(deadline) - time.monotonic()
             if left <= 0:
@@ -143,34 +209,43 @@ def answer(job: Job, services: Services) -> Iterator[AnswerEvent]:
             done, pending = wait(pending, timeout=min(QUEUE_CHECK_SECONDS, settings.heartbeat_seconds, left),
                                  return_when=FIRST_COMPLETED)
             for future in sorted(done, key=images.index):
-                outcome = future.result()
-                if outcome.links and outcome.links.showable:
-                    delivered += 1
-                    links = outcome.links
-                    yield wording.image_markdown(
-                        outcome.index, alt, links.image, links.download, links.permanent, links.notes, outcome.seed
-                    )
-                else:
-                    yield wording.image_failed(outcome.index, INLINE_ONLY if outcome.links else outcome.error or "")
+                event = _settled(future.result(), job)
+                delivered += isinstance(event, ImageReady)
+                yield event
                 quiet_since = time.monotonic()
             status = services.pool.queue.status(job.request_id) if pending else None
             if status and (status.waiting, status.ahead, status.next_in is None) != queued:
                 queued = (status.waiting, status.ahead, status.next_in is None)
-                yield wording.queued(status.waiting, status.ahead, status.next_in)
+                yield Queued(status.waiting, status.ahead, status.next_in)
                 quiet_since = time.monotonic()
             elif time.monotonic() - quiet_since >= settings.heartbeat_seconds:
                 yield KEEPALIVE
                 quiet_since = time.monotonic()
-        for future in sorted(pending, key=images.index):
-            yield wording.image_failed(images.index(future) + 1, _unfinished_reason(settings))
-        yield wording.summary(delivered, draw.count)
+        unfinished = sorted(images.index(future) + 1 for future in pending)
+        yield from _unfinished(job, settings, unfinished, delivered)
     finally:
-        # A client that hung up does not need the images that have not started yet.
         stop(job, services, cancelled, futures)
 
 
+def _settled(outcome: Outcome, job: Job) -> ImageReady | ImageFailed:
+    """A finished picture is ready when the answer can carry it: a web link, or (b64_json) its bytes."""
+    links = outcome.links
+    if links is not None and (links.picture is not None if job.want_bytes else links.showable):
+        return ImageReady(outcome)
+    if links is not None:
+        reason = "；".join(links.notes) if job.want_bytes and links.notes else INLINE_ONLY
+        return ImageFailed(outcome.index, reason, Failure.BAD_RESPONSE, outcome)
+    return ImageFailed(outcome.index, outcome.error or "", outcome.kind, outcome)
+
+
+def _unfinished(job: Job, settings: Settings, indexes: Any, delivered: int = 0) -> Iterator[Event]:
+    for index in indexes:
+        yield ImageFailed(index, _unfinished_reason(settings), Failure.TIMEOUT)
+    yield Done(delivered, job.draw.count)
+
+
 def stop(job: Job, services: Services, cancelled: threading.Event, futures: list[Future]) -> None:
-    """The answer is over (or its client left): images not begun are not begun, queued ones leave the line."""
+    """The drawing is over (or its client left): pictures not begun are not begun, queued ones leave the line."""
     cancelled.set()
     for future in futures:
         future.cancel()
@@ -178,7 +253,7 @@ def stop(job: Job, services: Services, cancelled: threading.Event, futures: list
 
 
 def _stop_at(deadline: float) -> float:
-    """When to stop waiting: the request's deadline (plus a second for the images' own last
+    """When to stop waiting: the request's deadline (plus a second for the pictures' own last
     steps, which end by it), or a shutdown's, whichever comes first."""
     shutdown = SHUTDOWN.deadline
     return min(deadline + 1.0, shutdown) if shutdown is not None else deadline + 1.0
@@ -203,31 +278,39 @@ def _heartbeats_until_done(work: Future, every: float, deadline: float) -> Itera
             beat = time.monotonic() + every
 
 
-def expand(job: Job, services: Services, until: float) -> tuple[str, str]:
-    """Runs on a worker thread: the expanded prompt and a note, or the user's text and why.
+def expand(job: Job, services: Services, until: float) -> Expansion:
+    """Runs on a worker thread: the prompt the chat model writes, or the user's text and why not.
 
-    The key is always handed back, whatever happens.
+    A turn that changes the last picture gives the chat model both: that picture's prompt and the
+    change. The key is always handed back, whatever happens.
     """
     settings, pool = services.settings, services.pool
     lease = pool.any_key()
     if lease is None:
-        return job.draw.prompt, wording.expansion_skipped("暂无可用密钥")
+        return Expansion(_plain(job), skipped="暂无可用密钥")
     timeout = max(min(settings.expansion_timeout, until - time.monotonic()), 0.5)
     try:
         expanded = expand_prompt(
             services.http, settings.api_base_url, lease.key, settings.image_prompt_model,
-            job.draw.prompt[:EXPANSION_INPUT_CHARS], timeout,
+            job.draw.prompt[:EXPANSION_INPUT_CHARS], timeout, previous=job.previous,
         )
     except UpstreamError as exc:
         pool.report(lease, exc)  # a chat call: only a dead or broke key is news for the images
         log.warning("req=%s prompt expansion failed (%s); using the user's text", job.request_id, exc.kind)
-        return job.draw.prompt, wording.expansion_failed(exc.message)
+        return Expansion(_plain(job), failed=exc.message)
     except BaseException:
         pool.release(lease)
         raise
     pool.report(lease, None)
     # The chat model may have been told a key, or say one it was never told: it is not repeated.
-    return wording.redact_secrets(expanded, settings.secret_values()), ""
+    return Expansion(wording.redact_secrets(expanded, settings.secret_values()))
+
+
+def _plain(job: Job) -> str:
+    """The prompt without a chat model: the change after the last picture's prompt, plainly."""
+    if job.previous and job.draw.prompt:
+        return f"{job.previous}, {job.draw.prompt}"
+    return job.previous or job.draw.prompt
 
 
 def make_image(
@@ -261,7 +344,7 @@ def make_image(
         if exc.kind is not Failure.CANCELLED:
             log.warning("req=%s image %d failed: %s", job.request_id, index, exc.kind)
         return Outcome(index, error=exc.message, kind=exc.kind)
-    except Exception:  # a bug must cost one image, not the whole stream
+    except Exception:  # a bug must cost one image, not the whole answer
         log.exception("req=%s image %d: unexpected error", job.request_id, index)
         return Outcome(index, error="服务内部错误")
     for note in links.notes:
@@ -284,52 +367,36 @@ def submit_images(
 
 @dataclass
 class Drawn:
-    """What the Images API answers from: the prompt used (when expanded) and each image's outcome."""
+    """What an Images API answer is made from: the events that matter to it, kept."""
 
-    revised: str | None = None
-    outcomes: list[Outcome] = field(default_factory=list)
-    refused: str | None = None  # a banned word found in the expanded prompt
+    revised: str | None = None  # the prompt drawn, when the chat model wrote it
+    ready: list[Outcome] = field(default_factory=list)
+    failed: list[ImageFailed] = field(default_factory=list)
+    refused: str | None = None
 
 
-def draw_for_api(
-    job: Job, fields: dict[str, Any], services: Services, *, expand_first: bool, cancelled: threading.Event
-) -> Drawn:
-    """Every image of `job`, in parallel on the shared pool, each with failover and re-hosting.
+def collect(events: Iterator[Event]) -> Drawn:
+    """Run a drawing to its end and keep what a JSON answer needs."""
+    drawn = Drawn()
+    for event in events:
+        if isinstance(event, Refused):
+            drawn.refused = event.keyword
+        elif isinstance(event, PromptReady) and event.expansion and not event.expansion.failed:
+            drawn.revised = event.prompt
+        elif isinstance(event, ImageReady):
+            drawn.ready.append(event.outcome)
+        elif isinstance(event, ImageFailed):
+            drawn.failed.append(event)
+    drawn.ready.sort(key=lambda outcome: outcome.index)
+    return drawn
 
-    Runs on a worker thread; `fields` are extra SiliconFlow fields the client gave. Setting
-    `cancelled` (the client left) stops the images not begun.
-    """
-    settings = services.settings
-    deadline = time.monotonic() + settings.request_timeout
-    draw = job.draw
-    prompt, revised = draw.prompt, None
-    if expand_first:
-        revised, _ = expand(job, services, deadline)
-        if banned := find_banned(revised, settings.banned_keywords):
-            return Drawn(refused=banned)
-        prompt = revised
-    prompt, _ = fit_prompt(prompt)
-    payload = payload_for(job.model, prompt, draw.size, None, draw.negative_prompt) | fields
-    futures = submit_images(job, payload, services, deadline, cancelled, image_seeds(draw.seed, draw.count))
+
+def guarded(events: Iterator[Event], request_id: str) -> Iterator[Event]:
+    """`events`, with a bug turned into a `Broken` event instead of a broken response."""
     try:
-        outcomes = []
-        for index, future in enumerate(futures, 1):
-            # In steps: a shutdown that begins meanwhile moves the stop earlier.
-            while not future.done() and (left := _stop_at(deadline) - time.monotonic()) > 0:
-                wait([future], timeout=min(left, QUEUE_CHECK_SECONDS))
-            outcomes.append(future.result() if future.done() else
-                            Outcome(index, error=_unfinished_reason(settings), kind=Failure.TIMEOUT))
-        return Drawn(revised=prompt if expand_first else None, outcomes=outcomes)
-    finally:
-        stop(job, services, cancelled, futures)
-
-
-def guarded(pieces: Iterator[AnswerEvent], request_id: str) -> Iterator[AnswerEvent]:
-    """`pieces`, with a bug turned into one plain line instead of a broken response."""
-    try:
-        yield from pieces
+        yield from events
     except Exception:
         log.exception("req=%s unexpected error while answering", request_id)
-        yield wording.INTERNAL_ERROR
+        yield Broken()
     finally:
-        pieces.close()  # type: ignore[attr-defined]
+        events.close()  # type: ignore[attr-defined]

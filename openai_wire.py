@@ -1,0 +1,144 @@
+"""The OpenAI wire shapes: chat completions (whole and streamed), errors, models, images answers.
+
+What the clients require is in shared/reference/CONTRACTS.md section 4: the first delta carries
+the role, the last chunk has `finish_reason` inside `choices[0]`, every SSE event ends with a blank
+line, `data: [DONE]` closes the stream, and every error is `{"error": {message, type, param, code}}`.
+One function builds each shape; routes frame what the pipeline says with them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from flask import Response
+
+MODEL_CREATED = 1_700_000_000  # the typed clients need an int; SiliconFlow itself answers 0
+
+
+class ApiError(Exception):
+    """An error answered as OpenAI-shaped JSON by `error_response`."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
+_ERROR_TYPES = {401: "invalid_request_error", 403: "permission_error", 429: "rate_limit_error"}
+
+
+def error_body(status: int, message: str, *, param: str | None = None, code: str | None = None) -> dict:
+    """The one shape of every error this service answers, as the OpenAI clients parse it."""
+    kind = _ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def error_response(status: int, message: str, *, param: str | None = None, code: str | None = None) -> Response:
+    return json_response(error_body(status, message, param=param, code=code), status)
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def json_response(obj: Any, status: int = 200) -> Response:
+    return Response(dumps(obj), status=status, mimetype="application/json")
+
+
+def chunk(completion_id: str, created: int, model: str, delta: dict[str, Any], finish: str | None = None) -> dict:
+    """One `chat.completion.chunk`."""
+    return {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+    }
+
+
+def sse(payload: dict | str) -> str:
+    """One server-sent event. Modern clients dispatch an event only on the blank line."""
+    return f"data: {payload if isinstance(payload, str) else dumps(payload)}\n\n"
+
+
+def completion(completion_id: str, created: int, model: str, prompt: str, content: str) -> dict:
+    """A whole non-stream `chat.completion`."""
+    prompt_tokens, completion_tokens = tokens(prompt), tokens(content)
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def tokens(text: str) -> int:
+    """A rough token count for `usage`: a CJK character or about four other bytes per token."""
+    cjk = sum(1 for ch in text if ord(ch) > 0x2E80)
+    return cjk + (len(text) - cjk + 3) // 4
+
+
+KEEP_ALIVE = None  # in a stream of answer pieces: "still working", sent as nothing a client reads
+
+
+def chat_answer(pieces: Iterable[str | None], *, stream: bool, model: str, prompt: str) -> Response:
+    """The assistant's answer, from its pieces (None: keep-alive), as one `chat.completion` or as
+    a stream of chunks.
+
+    A stream sends the role at once and each piece as it comes; a keep-alive becomes an SSE
+    comment (ignored by the clients, it keeps nginx and Cloudflare from cutting a quiet stream).
+    A whole answer waits for its pieces; a keep-alive becomes a space before the JSON, which JSON
+    parsers skip, for the same proxies.
+    """
+    completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+    def streamed() -> Iterator[str]:
+        yield sse(chunk(completion_id, created, model, {"role": "assistant", "content": ""}))
+        for piece in pieces:
+            yield ": keep-alive\n\n" if piece is KEEP_ALIVE else sse(chunk(completion_id, created, model,
+                                                                           {"content": piece}))
+        yield sse(chunk(completion_id, created, model, {}, "stop"))
+        yield sse("[DONE]")
+
+    def whole() -> Iterator[str]:
+        parts = []
+        for piece in pieces:
+            if piece is KEEP_ALIVE:
+                yield " "
+            else:
+                parts.append(piece)
+        yield dumps(completion(completion_id, created, model, prompt, "".join(parts)))
+
+    if stream:
+        return Response(streamed(), mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return Response(whole(), mimetype="application/json")
+
+
+def model_list(models: Iterable[str]) -> dict:
+    """`GET /v1/models`: `created` int and `owned_by` str are required by the typed clients."""
+    return {"object": "list", "data": [
+        {"id": m, "object": "model", "created": MODEL_CREATED, "owned_by": m.split("/")[0] if "/" in m else "siliconflow"}
+        for m in models
+    ]}
+
+
+def images_answer(items: list[dict[str, Any]]) -> dict:
+    """`POST /v1/images/generations` (and edits): one item per picture, `url` or `b64_json`."""
+    return {"created": int(time.time()), "data": items}

@@ -1,0 +1,256 @@
+"""Drawing inside a conversation: chat UIs' background tasks answered in their shape without a
+picture drawn (their real templates, from their packages), and follow-ups that change the last
+picture, through the real OpenAI clients."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import openai
+import pytest
+import requests
+
+from tests.helpers import answer_text, images_in, post_chat, stream_chunks
+from tests.test_clients import LEGACY_SCRIPT
+from tests.ui_templates import (
+    librechat_title_prompt,
+    lobechat_title_system,
+    open_webui_templates,
+    parse_like_open_webui,
+    render_librechat,
+    render_lobechat,
+    render_open_webui,
+)
+
+FIRST = "画一只可爱的猫咪，9:16比例 pic:2"
+
+
+@pytest.fixture
+def chat(serve, fake):
+    """The service, a first drawing made through it, and the conversation so far."""
+    service = serve()
+    answer = answer_text(service.url, FIRST, stream=False)
+    assert len(images_in(answer)) == 2
+    return service, [{"role": "user", "content": FIRST}, {"role": "assistant", "content": answer}]
+
+
+def _ask(service, messages: list[dict], *, stream: bool = False, model: str = "Kwai-Kolors/Kolors", **extra) -> str:
+    body = {"model": model, "messages": messages, "stream": stream, **extra}
+    response = post_chat(service.url, body, stream=stream)
+    assert response.status_code == 200, response.text
+    if stream:
+        chunks, raw = stream_chunks(response)
+        assert raw[-1] == "[DONE]"
+        return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    return response.json()["choices"][0]["message"]["content"]
+
+
+# --- housekeeping: Open WebUI's own templates ------------------------------------------------------
+
+OPEN_WEBUI_TASKS = {
+    "DEFAULT_TITLE_GENERATION_PROMPT_TEMPLATE": "title",
+    "DEFAULT_TAGS_GENERATION_PROMPT_TEMPLATE": "tags",
+    "DEFAULT_FOLLOW_UP_GENERATION_PROMPT_TEMPLATE": "follow_ups",
+    "DEFAULT_QUERY_GENERATION_PROMPT_TEMPLATE": "queries",
+    "DEFAULT_AUTOCOMPLETE_GENERATION_PROMPT_TEMPLATE": "text",
+    "DEFAULT_IMAGE_PROMPT_GENERATION_PROMPT_TEMPLATE": "prompt",
+}
+
+
+@pytest.mark.parametrize("helpful", [True, False], ids=["chat model answers", "chat model down"])
+@pytest.mark.parametrize("template, key", OPEN_WEBUI_TASKS.items())
+def test_open_webui_tasks_are_answered_in_their_shape_and_nothing_is_drawn(chat, fake, template, key, helpful):
+    service, history = chat
+    fake.state.expansion_mode = "helpful" if helpful else "fail"
+    calls = len(fake.state.image_calls())
+    task = render_open_webui(open_webui_templates()[template], history)
+    answer = _ask(service, [{"role": "user", "content": task}], max_tokens=1000)
+    value = parse_like_open_webui(answer)[key]
+    assert len(fake.state.image_calls()) == calls  # not one picture drawn for a task
+    if key == "title":
+        assert value == ("可爱橘猫" if helpful else "可爱的猫咪")
+        assert not set(value) & set("'\"‘’`")
+    elif key == "tags":
+        assert value == (["动物", "插画"] if helpful else ["AI 绘画", "可爱的猫咪"])
+    elif key == "follow_ups":
+        assert 3 <= len(value) <= 5 and all(isinstance(item, str) and len(item) <= 400 for item in value)
+        assert not any("Suggested" in item or "tag" in item for item in value)  # not the template's own example
+    elif key == "queries":
+        assert value == []
+    elif key == "text":
+        assert value == ""
+    else:
+        assert value == FIRST
+
+
+def test_open_webui_follow_ups_are_real_drawing_requests(chat, fake):
+    """Each suggestion, sent back as the next message, changes the picture: it is a drawing request."""
+    service, history = chat
+    fake.state.expansion_mode = "fail"  # the local suggestions
+    task = render_open_webui(open_webui_templates()["DEFAULT_FOLLOW_UP_GENERATION_PROMPT_TEMPLATE"], history)
+    suggestions = parse_like_open_webui(_ask(service, [{"role": "user", "content": task}]))["follow_ups"]
+    fake.state.expansion_mode = "ok"
+    for suggestion in suggestions:
+        answer = _ask(service, [*history, {"role": "user", "content": suggestion}])
+        assert "沿用上一张" in answer and images_in(answer), (suggestion, answer)
+
+
+def test_open_webui_emoji_task_gets_one_emoji(chat, fake):
+    service, history = chat
+    calls = len(fake.state.image_calls())
+    template = open_webui_templates()["DEFAULT_EMOJI_GENERATION_PROMPT_TEMPLATE"]
+    answer = _ask(service, [{"role": "user", "content": render_open_webui(template, history[-1:])}], max_tokens=4)
+    assert answer == "🎨" and len(fake.state.image_calls()) == calls
+
+
+def test_the_open_webui_task_header_names_the_task(chat, fake):
+    service, history = chat
+    calls = len(fake.state.image_calls())
+    response = requests.post(f"{service.url}/v1/chat/completions", timeout=30,
+                             headers={"X-OpenWebUI-Task": "title_generation"},
+                             json={"model": "Kwai-Kolors/Kolors", "messages": [{"role": "user", "content": "anything"}]})
+    assert "title" in parse_like_open_webui(response.json()["choices"][0]["message"]["content"])
+    assert len(fake.state.image_calls()) == calls
+
+
+# --- housekeeping: other UIs ------------------------------------------------------------------------
+
+
+def test_librechat_title_is_plain_title_text(chat, fake):
+    service, history = chat
+    fake.state.expansion_mode = "fail"
+    calls = len(fake.state.image_calls())
+    prompt = render_librechat(librechat_title_prompt(), FIRST, "")  # image parts are not text: AI: is empty
+    answer = _ask(service, [{"role": "user", "content": prompt}])
+    assert answer == "可爱的猫咪" and len(fake.state.image_calls()) == calls
+
+
+def test_lobechat_title_streams_for_a_model_of_its_own(chat, fake):
+    """LobeChat names topics with its "system agent" model (gpt-5-mini), streaming, while the
+    answer is still being written ("...")."""
+    service, history = chat
+    fake.state.expansion_mode = "helpful"
+    calls = len(fake.state.image_calls())
+    messages = [{"role": "system", "content": lobechat_title_system("zh-CN")},
+                {"role": "user", "content": render_lobechat([history[0], {"role": "assistant", "content": "..."}])}]
+    answer = _ask(service, messages, stream=True, model="gpt-5-mini", stream_options={"include_usage": True})
+    assert answer == "可爱橘猫" and len(fake.state.image_calls()) == calls
+
+
+def test_nextchat_title_and_memory(chat, fake):
+    service, history = chat
+    fake.state.expansion_mode = "fail"
+    calls = len(fake.state.image_calls())
+    topic = ("Please generate a four to five word title summarizing our conversation without any lead-in, "
+             "punctuation, quotation marks, periods, symbols, bold text, or additional text. Remove enclosing "
+             "quotation marks.")
+    assert _ask(service, [*history, {"role": "user", "content": topic}], model="gpt-4o-mini") == "可爱的猫咪"
+    memory = "Summarize the discussion briefly in 200 words or less to use as a prompt for future context."
+    summary = _ask(service, [*history, {"role": "system", "content": memory}], stream=True)
+    assert "可爱的猫咪" in summary and not images_in(summary)
+    assert len(fake.state.image_calls()) == calls
+
+
+def test_cherry_studio_title(chat, fake):
+    service, history = chat
+    fake.state.expansion_mode = "fail"
+    calls = len(fake.state.image_calls())
+    naming = ("Summarize the conversation into a title in zh-CN within 10 characters ignoring instructions and "
+              "without punctuation or symbols. Output only the title string without anything else.")
+    quoted = json.dumps([{"role": "user", "mainText": FIRST}, {"role": "assistant", "mainText": "完成"}],
+                        ensure_ascii=False, separators=(",", ":"))
+    assert _ask(service, [{"role": "system", "content": naming}, {"role": "user", "content": quoted}]) == "可爱的猫咪"
+    assert len(fake.state.image_calls()) == calls
+
+
+@pytest.mark.parametrize("text", [
+    "### Task: 画一只戴帽子的猫",
+    "### Task:\n画一只猫\n<chat_history>\nUSER: 狗\n</chat_history>\nJSON format: { \"title\": \"x\" }",
+])
+def test_a_message_that_only_looks_like_a_template_is_drawn(serve, fake, text):
+    service = serve(prompt_expansion=False)
+    history = [{"role": "user", "content": "画一只狗"}, {"role": "assistant", "content": "好的"},
+               {"role": "user", "content": text}] if "<chat_history>" in text else [{"role": "user", "content": text}]
+    answer = _ask(service, history)
+    assert len(images_in(answer)) == 1 and len(fake.state.image_calls()) == 1
+
+
+# --- follow-ups change the last picture ------------------------------------------------------------
+
+
+def test_a_follow_up_changes_the_last_picture_with_expansion(chat, fake):
+    service, history = chat
+    before = len(fake.state.image_calls())
+    answer = _ask(service, [*history, {"role": "user", "content": "换成蓝色"}])
+    calls = fake.state.image_calls()[before:]
+    assert len(calls) == 2  # the count carried over
+    assert {c.body["image_size"] for c in calls} == {"720x1280"}  # 9:16 on Kolors, carried over
+    prompt = calls[0].body["prompt"]
+    assert "猫咪" in prompt and "蓝色" in prompt  # the chat model saw the old picture and the change
+    refine = fake.state.chat_calls()[-1].body["messages"]
+    assert "Previous prompt" in refine[-1]["content"] and "换成蓝色" in refine[-1]["content"]
+    assert "沿用上一张的描述、尺寸、数量和模型" in answer and "猫咪" in answer.split("🎨 提示词：")[1].split("\n")[0]
+
+
+def test_a_follow_up_without_expansion_combines_plainly(serve, fake):
+    service = serve(prompt_expansion=False)
+    first = answer_text(service.url, FIRST, stream=False)
+    history = [{"role": "user", "content": FIRST}, {"role": "assistant", "content": first}]
+    _ask(service, [*history, {"role": "user", "content": "换成蓝色"}])
+    assert {c.body["prompt"] for c in fake.state.image_calls()[2:]} == {"画一只可爱的猫咪, 换成蓝色"}
+
+
+@pytest.mark.parametrize("turn, count, size, same_prompt", [
+    ("再来一张", 1, "720x1280", True),
+    ("16:9", 2, "1024x1024", True),  # 16:9 replaces 9:16 (Kolors has no landscape size: its nearest)
+    ("换成水彩风格 pic:3", 3, "720x1280", False),
+    ("again", 1, "720x1280", True),
+])
+def test_what_the_new_turn_says_wins(serve, fake, turn, count, size, same_prompt):
+    service = serve(prompt_expansion=False)
+    first = answer_text(service.url, FIRST, stream=False)
+    history = [{"role": "user", "content": FIRST}, {"role": "assistant", "content": first}]
+    _ask(service, [*history, {"role": "user", "content": turn}])
+    calls = fake.state.image_calls()[2:]
+    assert len(calls) == count and {c.body["image_size"] for c in calls} == {size}
+    assert ({c.body["prompt"] for c in calls} == {"画一只可爱的猫咪"}) == same_prompt
+
+
+def test_a_new_subject_starts_afresh(serve, fake):
+    service = serve(prompt_expansion=False)
+    first = answer_text(service.url, FIRST, stream=False)
+    history = [{"role": "user", "content": FIRST}, {"role": "assistant", "content": first}]
+    answer = _ask(service, [*history, {"role": "user", "content": "画一只狗"}])
+    calls = fake.state.image_calls()[2:]
+    assert [c.body["prompt"] for c in calls] == ["画一只狗"] and calls[0].body["image_size"] == "1024x1024"
+    assert "沿用上一张" not in answer
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_follow_ups_through_openai_v1(chat, fake, stream):
+    service, history = chat
+    client = openai.OpenAI(base_url=f"{service.url}/v1", api_key="x", max_retries=0, timeout=60)
+    before = len(fake.state.image_calls())
+    messages = [*history, {"role": "user", "content": "换成蓝色"}]
+    if stream:
+        content = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            model="Kwai-Kolors/Kolors", messages=messages, stream=True))
+    else:
+        content = client.chat.completions.create(model="Kwai-Kolors/Kolors", messages=messages).choices[0].message.content
+    calls = fake.state.image_calls()[before:]
+    assert len(images_in(content)) == 2 and {c.body["image_size"] for c in calls} == {"720x1280"}
+    assert all("猫咪" in c.body["prompt"] and "蓝色" in c.body["prompt"] for c in calls)
+
+
+@pytest.mark.parametrize("mode", ["plain", "stream"])
+def test_follow_ups_through_legacy_openai(chat, fake, legacy_python, mode):
+    service, history = chat
+    before = len(fake.state.image_calls())
+    messages = json.dumps([*history, {"role": "user", "content": "换成蓝色"}], ensure_ascii=False)
+    result = subprocess.run([legacy_python, str(LEGACY_SCRIPT), service.url, "x", mode, messages],
+                            capture_output=True, text=True, timeout=120)
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    calls = fake.state.image_calls()[before:]
+    assert len(images_in(out["content"])) == 2 and {c.body["image_size"] for c in calls} == {"720x1280"}
+    assert all("猫咪" in c.body["prompt"] and "蓝色" in c.body["prompt"] for c in calls)
