@@ -241,8 +241,11 @@ def _from_model(task: Task, ask: Ask) -> str | list[str] | None:
         text = ask(f"Give a short title for a chat in which the user asked an image generator to draw the requests "
                    f"below: at most 6 words (12 Chinese characters), in {language}, no quotes, no punctuation. "
                    f"Answer with the title alone.", requests)
-        title = _clean(text.splitlines()[0] if text.strip() else "", 40)
-        return title or None
+        lines = text.strip().splitlines()
+        title = _clean(lines[0], 60) if len(lines) == 1 else ""
+        # A model that echoes or rambles has not made a title: a title is short.
+        short = len(title) <= 16 if _is_chinese([title]) else len(title.split()) <= 8 and len(title) <= 50
+        return title if title and short and not any(request in title for request in task.requests) else None
     if task.kind == "tags":
         text = ask(f"Give 1 to 3 broad tags (one or two words each, in {language}) for a chat in which the user "
                    f'asked an image generator to draw the requests below. Answer with JSON: {{"tags": ["..."]}}',
@@ -285,7 +288,7 @@ def _local(task: Task) -> str | list[str] | list[Any]:
     if task.kind == "tags":
         return tags(requests, zh)
     if task.kind == "follow_ups":
-        return follow_ups(requests[-1] if requests else "", zh)
+        return follow_ups(requests, zh)
     if task.kind == "image_prompt":
         return requests[-1] if requests else ""
     if task.kind == "emoji":
@@ -345,14 +348,31 @@ def tags(requests: tuple[str, ...], zh: bool) -> list[str]:
     return list(dict.fromkeys(found))[:3]
 
 
-def follow_ups(request: str, zh: bool) -> list[str]:
-    """Three real next drawing requests: another style, another shape, more pictures."""
-    parsed = parse(request, "Kwai-Kolors/Kolors", 16)
-    shape = parsed.asked_shape
+_NEXT_STYLES = (("水彩", "watercolor", "换成水彩风格", "Make it a watercolor"),
+                ("油画", "oil painting", "换成油画风格", "Make it an oil painting"),
+                ("赛博朋克", "cyberpunk", "换成赛博朋克风格", "Make it cyberpunk"),
+                ("像素", "pixel", "换成像素风", "Make it pixel art"),
+                ("动漫", "anime", "换成动漫风格", "Make it anime style"))
+
+
+def follow_ups(requests: tuple[str, ...] | list[str], zh: bool) -> list[str]:
+    """Three real next drawing requests that move on from what was asked so far: a style not
+    used yet, the other shape, and more pictures or another angle."""
+    said = " ".join(requests).lower()
+    style = next(((chinese, english) for key_zh, key_en, chinese, english in _NEXT_STYLES
+                  if key_zh not in said and key_en not in said), ("换个角度", "Show it from another angle"))
+    shape = None
+    for request in reversed(requests):
+        shape = parse(request, "Kwai-Kolors/Kolors", 16).asked_shape or shape
+        if shape:
+            break
     wide = shape is not None and shape[0] > shape[1]
-    if zh:
-        return ["换成水彩风格", "改成 9:16 竖图" if wide else "改成 16:9 横图 pic:2", "再来一张"]
-    return ["Make it a watercolor", "Make it 9:16" if wide else "Make it 16:9 pic:2", "Draw it again"]
+    other_shape = ("改成 9:16 竖图", "Make it 9:16") if wide else ("改成 16:9 横图", "Make it 16:9")
+    last = requests[-1] if requests else ""
+    more = ("换个角度", "Show it from another angle") if _AGAIN.search(last.strip()) or "pic" in last.lower() \
+        else ("再画两张 pic:2", "Two more pic:2")
+    picked = [style, other_shape, more if more != style else ("再来一张", "Draw it again")]
+    return [chinese if zh else english for chinese, english in picked]
 
 
 # --- follow-ups: the last picture, changed ----------------------------------------------------------

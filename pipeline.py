@@ -302,6 +302,9 @@ def expand(job: Job, services: Services, until: float) -> Expansion:
         pool.release(lease)
         raise
     pool.report(lease, None)
+    if job.previous and ("Previous prompt:" in expanded or "Change:" in expanded):
+        # The chat model repeated what it was given instead of rewriting it: join the two plainly.
+        return Expansion(_plain(job), failed="对话模型没有改写提示词")
     # The chat model may have been told a key, or say one it was never told: it is not repeated.
     return Expansion(wording.redact_secrets(expanded, settings.secret_values()))
 

@@ -452,8 +452,11 @@ class _Handler(BaseHTTPRequestHandler):
         user = body["messages"][-1]["content"]
         system = body["messages"][0]["content"] if body["messages"][0]["role"] == "system" else ""
         content = f"A detailed illustration of {user}, soft light, rich colours, high detail"
-        if mode == "helpful":  # a chat model that does what a housekeeping instruction asks
-            if '"tags"' in system:
+        if mode == "helpful":  # a chat model that does what it is asked
+            if user.startswith("Previous prompt: "):
+                previous, change = user.removeprefix("Previous prompt: ").split("\nChange: ", 1)
+                content = f"{previous}, rewritten so that: {change}"
+            elif '"tags"' in system:
                 content = '{"tags": ["动物", "插画"]}'
             elif '"follow_ups"' in system:
                 content = '{"follow_ups": ["把猫换成橘色", "加一顶帽子 pic:2", "改成 16:9 横图"]}'

@@ -181,6 +181,7 @@ def test_a_message_that_only_looks_like_a_template_is_drawn(serve, fake, text):
 
 def test_a_follow_up_changes_the_last_picture_with_expansion(chat, fake):
     service, history = chat
+    fake.state.expansion_mode = "helpful"  # a chat model that rewrites the prompt as asked
     before = len(fake.state.image_calls())
     answer = _ask(service, [*history, {"role": "user", "content": "换成蓝色"}])
     calls = fake.state.image_calls()[before:]
@@ -190,7 +191,9 @@ def test_a_follow_up_changes_the_last_picture_with_expansion(chat, fake):
     assert "猫咪" in prompt and "蓝色" in prompt  # the chat model saw the old picture and the change
     refine = fake.state.chat_calls()[-1].body["messages"]
     assert "Previous prompt" in refine[-1]["content"] and "换成蓝色" in refine[-1]["content"]
+    assert "rewritten so that: 换成蓝色" in prompt  # the chat model's rewrite is what is drawn
     assert "沿用上一张的描述、尺寸、数量和模型" in answer and "猫咪" in answer.split("🎨 提示词：")[1].split("\n")[0]
+    assert "提示词扩充失败" not in answer
 
 
 def test_a_follow_up_without_expansion_combines_plainly(serve, fake):
@@ -254,3 +257,42 @@ def test_follow_ups_through_legacy_openai(chat, fake, legacy_python, mode):
     calls = fake.state.image_calls()[before:]
     assert len(images_in(out["content"])) == 2 and {c.body["image_size"] for c in calls} == {"720x1280"}
     assert all("猫咪" in c.body["prompt"] and "蓝色" in c.body["prompt"] for c in calls)
+
+
+# --- what a real chat UI showed (Open WebUI 0.12.4, driven in Chromium) ------------------------------
+
+
+def test_a_chat_model_that_echoes_does_not_make_the_title(chat, fake):
+    """Open WebUI asks for the title before the answer exists; a model that repeats its input
+    has not written a title, and the local one is used."""
+    service, history = chat
+    fake.state.expansion_mode = "ok"  # the fake chat model echoes: "A detailed illustration of …"
+    task = render_open_webui(open_webui_templates()["DEFAULT_TITLE_GENERATION_PROMPT_TEMPLATE"],
+                             [history[0], {"role": "assistant", "content": ""}])
+    assert parse_like_open_webui(_ask(service, [{"role": "user", "content": task}]))["title"] == "可爱的猫咪"
+
+
+def test_follow_up_suggestions_move_on_with_the_conversation(chat, fake):
+    service, history = chat
+    fake.state.expansion_mode = "fail"
+    template = open_webui_templates()["DEFAULT_FOLLOW_UP_GENERATION_PROMPT_TEMPLATE"]
+
+    def suggestions(messages: list[dict]) -> list[str]:
+        task = render_open_webui(template, messages)
+        return parse_like_open_webui(_ask(service, [{"role": "user", "content": task}]))["follow_ups"]
+
+    first = suggestions(history)
+    assert "换成水彩风格" in first and "改成 16:9 横图" in first  # the picture is 9:16
+    later = suggestions([*history, {"role": "user", "content": "换成水彩风格"},
+                         {"role": "assistant", "content": "…"}])
+    assert not any("水彩" in item for item in later) and later != first
+
+
+def test_an_expansion_that_echoes_the_change_is_not_drawn_as_is(chat, fake):
+    service, history = chat
+    fake.state.expansion_mode = "ok"  # echoes "Previous prompt: … Change: …" back
+    before = len(fake.state.image_calls())
+    answer = _ask(service, [*history, {"role": "user", "content": "换成蓝色"}])
+    prompts = {c.body["prompt"] for c in fake.state.image_calls()[before:]}
+    assert len(prompts) == 1 and not any("Previous prompt" in p or "Change:" in p for p in prompts)
+    assert "蓝色" in prompts.pop() and "Previous prompt" not in answer
