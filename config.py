@@ -13,25 +13,6 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit
 
-# Every image model the seed names, plus today's SiliconFlow image models. Today's come first:
-# the first entry is the default when a client sends no model, so it should be one that answers.
-DEFAULT_MODELS: tuple[str, ...] = (
-    "Kwai-Kolors/Kolors",
-    "Qwen/Qwen-Image",
-    "black-forest-labs/FLUX.1-schnell",
-    "black-forest-labs/FLUX.1-dev",
-    "black-forest-labs/FLUX.1",
-    "stabilityai/stable-diffusion-xl-base-1.0",
-    "stabilityai/stable-diffusion-2-1-base",
-    "runwayml/stable-diffusion-v1-5",
-    "CompVis/stable-diffusion-v1-4",
-    "stabilityai/stable-diffusion-2-base",
-    "prompthero/openjourney",
-    "Linaqruf/anything-v3.0",
-    "hakurei/waifu-diffusion",
-    "dreamlike-art/dreamlike-photoreal-2.0",
-)
-
 DEFAULT_BANNED_KEYWORDS = "porn,nude,naked,sex,xxx,adult"
 
 
@@ -145,11 +126,9 @@ def _optional_redis_url(raw: str) -> str | None:
     return value
 
 
-def _models(raw: str) -> tuple[str, ...]:
-    models = _split_list(raw)
-    if not models:
-        raise ValueError("expected at least one model id, comma-separated")
-    return models
+def _models(raw: str) -> tuple[str, ...] | None:
+    """None: offer the image models SiliconFlow lists."""
+    return _split_list(raw) or None
 
 
 def _setting(env: str, default: str, parse: Callable[[str], Any], *, secret: bool = False) -> Any:
@@ -183,7 +162,8 @@ class Settings:
     banned_keywords: tuple[str, ...] = _setting(
         "BANNED_KEYWORDS", DEFAULT_BANNED_KEYWORDS, lambda raw: tuple(k.lower() for k in _split_list(raw))
     )
-    models: tuple[str, ...] = _setting("MODELS", ",".join(DEFAULT_MODELS), _models)
+    models: tuple[str, ...] | None = _setting("MODELS", "", _models)
+    models_refresh_seconds: float = _setting("MODELS_REFRESH_SECONDS", "3600", _number_of("seconds", 86400))
     upstream_timeout: float = _setting("UPSTREAM_TIMEOUT", "120", _seconds)
     expansion_timeout: float = _setting("EXPANSION_TIMEOUT", "20", _seconds)
     request_timeout: float = _setting("REQUEST_TIMEOUT", "300", _seconds)

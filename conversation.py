@@ -38,6 +38,46 @@ def message_text(content: Any, index: int) -> str:
     raise ApiError(400, f"messages[{index}].content must be a string or a list of content parts.", param="messages")
 
 
+@dataclass(frozen=True)
+class ImageRef:
+    """An input picture: where it is (a data: URI or an http(s) link) or its bytes, and how the
+    answer names it."""
+
+    label: str  # "附图 1", "上一张图片"
+    url: str | None = None
+    data: bytes | None = None  # already in hand (an upload)
+
+
+def turn_images(messages: Any) -> tuple[tuple[ImageRef, ...], tuple[str, ...]]:
+    """The pictures attached to the current turn's user messages (`image_url` parts), in order,
+    and a note for each part that cannot be used. Nothing here fails the request: what is not
+    understood is said, and the rest is drawn."""
+    turn: list[Any] = []
+    for message in messages:
+        if message.get("role") == "assistant":
+            turn = []
+        elif message.get("role") == "user" and isinstance(message.get("content"), list):
+            turn.extend(message["content"])
+    refs: list[ImageRef] = []
+    notes: list[str] = []
+    for part in turn:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            continue
+        if kind != "image_url":
+            notes.append(f"消息里有一段无法使用的内容（{str(kind)[:40] if kind else '没有 type'}），已忽略；"
+                         "只有文字和 image_url 图片能用")
+            continue
+        image = part.get("image_url")
+        url = image.get("url") if isinstance(image, dict) else image
+        label = f"附图 {len(refs) + 1}"
+        if not isinstance(url, str) or not url.strip():
+            notes.append(f"{label} 没有图片地址（image_url.url），已忽略")
+            continue
+        refs.append(ImageRef(label, url.strip()))
+    return tuple(refs), tuple(notes)
+
+
 def read_messages(messages: Any) -> list[tuple[str, str]]:
     """(role, text) of each message. Raises ApiError for shapes the OpenAI API does not allow."""
     if messages is None:
@@ -387,12 +427,14 @@ class Picture:
     count: int
     model: str | None
     negative: str | None
+    url: str | None = None  # the first picture's own link, as the answer shows it
 
 
 _PROMPT_LINE = re.compile(r"^🎨 提示词：(.+)$", re.M)
 _NEGATIVE_LINE = re.compile(r"^🚫 负面提示词：(.+)$", re.M)
 _SIZE_LINE = re.compile(r"^📐 尺寸：(?:(\d{2,5})x(\d{2,5})|跟随输入图片)[^\n]*?数量：(\d+)[^\n]*?模型：([^ \n·]+)", re.M)
 _ESCAPED = re.compile(r"\\([\\\[\]<])")
+_FIRST_IMAGE = re.compile(r"^!\[image\d+\|[^\]\n]*\]\((https?://[^)\s]+)\)$", re.M)
 
 
 def _unescape(text: str) -> str:
@@ -409,8 +451,9 @@ def last_picture(messages: list[tuple[str, str]]) -> Picture | None:
         if prompt and size_line:
             negative = _NEGATIVE_LINE.search(text)
             size = (int(size_line[1]), int(size_line[2])) if size_line[1] else None
+            image = _FIRST_IMAGE.search(text)
             return Picture(_unescape(prompt[1]), size, int(size_line[3]), _unescape(size_line[4]),
-                           _unescape(negative[1]) if negative else None)
+                           _unescape(negative[1]) if negative else None, image[1] if image else None)
     return None
 
 

@@ -159,6 +159,11 @@ class KeyPool:
             state.last_used = self._clock()
             return Lease(state.key)
 
+    def peek_key(self) -> str | None:
+        """A usable key for a call that says nothing of keys (listing models): the rotation is left as it is."""
+        out = self._out()
+        return next((s.key for s in self._keys.values() if s.kid not in out), None)
+
     def _out(self) -> dict[str, str]:
         """Key id -> why it cannot be used now (dead, broke, cool), from the store."""
         names = [f"{kind}:{state.kid}" for state in self._keys.values() for kind in ("dead", "broke", "cool")]

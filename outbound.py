@@ -219,6 +219,8 @@ def refusal(address: str) -> str | None:
         return "无效地址"
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         ip = ip.ipv4_mapped
+    if ip.is_unspecified:
+        return "保留地址"
     if ip.is_loopback:
         return "本机地址"
     if ip.is_link_local:

@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+from models import FREE_SIDE_RANGE, family
+
 SEED_MAX = 9_999_999_999
 # Longest prompt sent upstream. SiliconFlow documents no limit; its models' text encoders read a few
 # hundred tokens at most (CLIP 77, Kolors' ChatGLM 256, T5 512), and a hostile or runaway expansion
@@ -20,52 +22,11 @@ SEED_MAX = 9_999_999_999
 MAX_PROMPT_CHARS = 1000
 MAX_TEXT_CHARS = 8000  # what parse reads of a message: a drawing request is never longer
 
-# The seed's own table, used for any model without a documented list of sizes.
-SEED_SIZES: tuple[str, ...] = (
-    "1024x1024", "512x1024", "1024x512", "768x512", "512x768",
-    "768x1024", "1024x768", "1024x576", "576x1024",
-)
-KOLORS_SIZES = ("1024x1024", "960x1280", "768x1024", "720x1440", "720x1280")
-QWEN_IMAGE_SIZES = ("1328x1328", "1664x928", "928x1664", "1472x1140", "1140x1472", "1584x1056", "1056x1584")
-FLUX_SCHNELL_SIZES = ("1024x1024", "512x1024", "768x512", "768x1024", "1024x576", "576x1024")
-SD21_SIZES = ("512x512", "512x1024", "768x512", "768x1024", "1024x576", "576x1024")
-# FLUX.1-dev, Pro FLUX.1-schnell, SDXL, SD3-medium take their listed sizes "and others up to
-# 2,359,296 pixels", so an explicit size within that budget is sent as typed.
-FREE_SIZES = KOLORS_SIZES + ("1024x576", "1024x768", "768x512", "1024x512")
-FREE_MAX_PIXELS = 2_359_296
-
-
-@dataclass(frozen=True)
-class SizeRule:
-    sizes: tuple[str, ...]  # empty: the model's API takes no size
-    max_free_pixels: int = 0  # > 0: explicit sizes within this many pixels pass unchanged
-
-
-def size_rule(model: str) -> SizeRule:
-    """The sizes `model` accepts, by model family (CONTRACTS.md section 1)."""
-    m = model.lower()
-    if "qwen-image-edit" in m:
-        return SizeRule(())
-    if "qwen-image" in m:
-        return SizeRule(QWEN_IMAGE_SIZES)
-    if "kolors" in m:
-        return SizeRule(KOLORS_SIZES)
-    if m.startswith("pro/") or any(k in m for k in ("flux.1-dev", "stable-diffusion-xl", "stable-diffusion-3-medium")):
-        return SizeRule(FREE_SIZES, FREE_MAX_PIXELS)
-    if "flux.1-schnell" in m or "stable-diffusion-3-5-large" in m:
-        return SizeRule(FLUX_SCHNELL_SIZES)
-    if "stable-diffusion-2-1" in m:
-        return SizeRule(SD21_SIZES)
-    return SizeRule(SEED_SIZES)
-
-
-NEGATIVE_PROMPT_FAMILIES = ("kolors", "stable-diffusion", "openjourney", "anything-v3", "waifu-diffusion", "photoreal")
 
 
 def accepts_negative_prompt(model: str) -> bool:
     """Kolors and the Stable Diffusion family take `negative_prompt`; FLUX and Qwen-Image do not."""
-    m = model.lower()
-    return any(family in m for family in NEGATIVE_PROMPT_FAMILIES)
+    return family(model).negative_prompt
 
 
 @dataclass(frozen=True)
@@ -88,7 +49,7 @@ class DrawRequest:
         if self.size is None or self.asked_shape is None:
             return False
         w, h = self.asked_shape
-        sw, sh = (int(v) for v in self.size.split("x"))
+        sw, sh = (int(v) for v in re.split("[x:]", self.size))
         if self.asked_size and "x" in self.asked_size:
             return (sw, sh) != (w, h)
         # Documented sizes are approximate ("1472x1140 (4:3)" is 3 % off), so allow 5 %.
@@ -129,7 +90,6 @@ _KEYWORDS: tuple[tuple[tuple[str, ...], re.Pattern[str], tuple[int, int]], ...] 
     for english, chinese, shape in _SHAPE_WORDS
 )
 _SEPARATORS = "，,、;；。"
-FREE_SIDE_RANGE = (256, 4096)
 
 
 def parse(text: str, model: str, max_images: int) -> DrawRequest:
@@ -251,8 +211,9 @@ def _cut(text: str, span: tuple[int, int]) -> str:
 
 @lru_cache(maxsize=1024)
 def pick_size(model: str, shape: tuple[int, int] | None, *, explicit: bool = False) -> str | None:
-    """The size `model` accepts closest in aspect ratio to `shape` (default square)."""
-    rule = size_rule(model)
+    """The size `model` accepts closest in aspect ratio to `shape` (default square): a `WxH`, or
+    for a family that takes an aspect ratio, the nearest ratio; None when it takes neither."""
+    rule = family(model)
     if not rule.sizes:
         return None
     w, h = shape if shape and shape[0] > 0 and shape[1] > 0 else (1, 1)
@@ -262,7 +223,7 @@ def pick_size(model: str, shape: tuple[int, int] | None, *, explicit: bool = Fal
     want = math.log(w / h)
 
     def distance(size: str) -> tuple[float, float]:
-        sw, sh = (int(v) for v in size.split("x"))
+        sw, sh = (int(v) for v in re.split("[x:]", size))
         # Ties on aspect go to the size closest in area to an explicit request, else the largest.
         area_gap = abs(sw * sh - w * h) if explicit else -sw * sh
         return (round(abs(math.log(sw / sh) - want), 9), area_gap)

@@ -22,9 +22,11 @@ import urllib3
 
 import wording
 from config import Settings
+from conversation import ImageRef
 from keypool import KeyPool, Upkeep
+from models import ModelCatalog, family
 from parsing import DrawRequest, find_banned, fit_prompt, image_seeds
-from uploaders import ImageStore, Links, lasting_links
+from uploaders import ImageStore, Links, UploadError, data_uri, input_picture, lasting_links
 from upstream import Failure, UpstreamError, expand_prompt, generate_with_failover, image_answer_bytes, payload_for
 
 log = logging.getLogger("siliconflow_proxy.pipeline")
@@ -45,6 +47,7 @@ class Services:
     executor: ThreadPoolExecutor
     upkeep: Upkeep
     store: ImageStore | None
+    catalog: ModelCatalog
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class Job:
     previous: str | None = None  # the last picture's prompt, when this turn changes that picture
     fields: dict[str, Any] = field(default_factory=dict)  # more SiliconFlow fields the client gave
     want_bytes: bool = False  # the answer carries the pictures themselves (Images API b64_json)
+    inputs: tuple[ImageRef, ...] = ()  # pictures to draw from (an edit, or image-to-image)
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,15 @@ class Outcome:
     error: str | None = None
     kind: Failure | None = None  # the UpstreamError kind when it failed
     seed: int | None = None  # the seed sent, else the one the upstream says it used
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The input pictures as the model takes them: its fields filled, and what was left out."""
+
+    fields: dict[str, str] = field(default_factory=dict)  # `image`, `image2`, … -> data URIs
+    notes: tuple[str, ...] = ()
+    missing: str | None = None  # an edit model got no usable picture: why
 
 
 @dataclass(frozen=True)
@@ -177,23 +190,34 @@ def draw(job: Job, services: Services, cancelled: threading.Event | None = None)
     cancelled = cancelled or threading.Event()
     futures: list[Future] = []
     try:
-        expansion = None
-        if job.expand:
-            asked = services.executor.submit(expand, job, services, deadline)
-            futures.append(asked)
-            yield from _heartbeats_until_done(asked, settings.heartbeat_seconds, deadline)
-            if not asked.done():  # a restart came first
-                yield from _unfinished(job, settings, range(1, job.draw.count + 1))
-                return
-            expansion = asked.result()
-            if banned := find_banned(expansion.prompt, settings.banned_keywords):
-                yield Refused(banned)
-                return
+        # The input pictures are fetched while the chat model rewrites the prompt.
+        inputs_asked = services.executor.submit(load_inputs, job, services, deadline) if job.inputs else None
+        asked = services.executor.submit(expand, job, services, deadline) if job.expand else None
+        steps = [step for step in (inputs_asked, asked) if step is not None]
+        futures.extend(steps)
+        for step in steps:
+            yield from _heartbeats_until_done(step, settings.heartbeat_seconds, deadline)
+        if not all(step.done() for step in steps):  # a restart came first
+            yield from _unfinished(job, settings, range(1, job.draw.count + 1))
+            return
+        expansion = asked.result() if asked else None
+        if expansion and (banned := find_banned(expansion.prompt, settings.banned_keywords)):
+            yield Refused(banned)
+            return
+        inputs = inputs_asked.result() if inputs_asked else Inputs(
+            missing=_needs_a_picture(job.model) if family(job.model).needs_input else None)
         draw_request = job.draw
         prompt, cut = fit_prompt(expansion.prompt if expansion else _plain(job))
         seeds = image_seeds(draw_request.seed, draw_request.count)
-        yield PromptReady(job, prompt, seeds, draw_request.notes + ((cut,) if cut else ()), expansion)
-        payload = payload_for(job.model, prompt, draw_request.size, None, draw_request.negative_prompt) | job.fields
+        notes = draw_request.notes + inputs.notes + ((cut,) if cut else ())
+        yield PromptReady(job, prompt, seeds, notes, expansion)
+        if inputs.missing:
+            for index in range(1, draw_request.count + 1):
+                yield ImageFailed(index, inputs.missing, Failure.BAD_REQUEST)
+            yield Done(0, draw_request.count)
+            return
+        payload = (payload_for(job.model, prompt, draw_request.size, None, draw_request.negative_prompt)
+                   | job.fields | inputs.fields)
         images = submit_images(job, payload, services, deadline, cancelled, seeds)
         futures.extend(images)
         yield Submitted()
@@ -307,6 +331,35 @@ def expand(job: Job, services: Services, until: float) -> Expansion:
         return Expansion(_plain(job), failed="对话模型没有改写提示词")
     # The chat model may have been told a key, or say one it was never told: it is not repeated.
     return Expansion(wording.redact_secrets(expanded, settings.secret_values()))
+
+
+def load_inputs(job: Job, services: Services, until: float) -> Inputs:
+    """Runs on a worker thread: the job's pictures, in order, in the fields its model takes
+    (`image`, `image2`, `image3`; Kolors' `image` for image-to-image), and a note for each that
+    is not used and why. Never raises."""
+    takes, settings = family(job.model), services.settings
+    if not takes.inputs:
+        return Inputs(notes=(f"{job.model} 不接受输入图片，{'、'.join(ref.label for ref in job.inputs)}没有使用",))
+    fields: dict[str, str] = {}
+    notes: list[str] = []
+    for ref in job.inputs:
+        if len(fields) == len(takes.inputs):
+            notes.append(f"{ref.label}没有使用：{job.model} 最多接受 {len(takes.inputs)} 张图片")
+            continue
+        try:
+            picture = input_picture(services.session, settings, services.store, ref.url, ref.data, until)
+        except UploadError as exc:
+            notes.append(f"{ref.label}没有使用：{exc.message}")
+            continue
+        fields[takes.inputs[len(fields)]] = data_uri(picture)
+    if fields:
+        used = [ref.label for ref in job.inputs][: len(fields)]
+        notes.insert(0, f"按{'、'.join(used)}修改" if takes.needs_input else f"以{'、'.join(used)}为底图")
+    return Inputs(fields, tuple(notes), _needs_a_picture(job.model) if takes.needs_input and not fields else None)
+
+
+def _needs_a_picture(model: str) -> str:
+    return f"{model} 需要一张输入图片：请在消息里附上图片，或先画一张再让它修改"
 
 
 def _plain(job: Job) -> str:

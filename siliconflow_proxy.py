@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import base64
 import hmac
+import io
 import ipaddress
 import json
 import logging
@@ -21,11 +22,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, request, send_file
 from werkzeug.exceptions import HTTPException
+from werkzeug.formparser import FormDataParser
 from werkzeug.wsgi import wrap_file
 
 import conversation
@@ -34,12 +37,13 @@ import wording
 from config import ConfigError, Settings
 from keypool import KeyPool, Upkeep
 from keystores import FallbackStore, Limit, LocalStore, RedisStore, Store
+from models import DEFAULT_MODELS, ModelCatalog, family
 from openai_wire import ApiError, chat_answer, dumps, error_body, error_response, images_answer, json_response, model_list
 from outbound import deadline, make_http, make_session
 from parsing import SEED_MAX, DrawRequest, find_banned, parse, pick_size
 from pipeline import Job, Services
-from uploaders import MIMETYPES, ImageStore
-from upstream import Failure, UpstreamError, account_info, complete, mask_key
+from uploaders import MIMETYPES, ImageStore, UploadError, input_picture
+from upstream import Failure, UpstreamError, account_info, complete, image_models, mask_key
 
 log = logging.getLogger("siliconflow_proxy")
 
@@ -125,14 +129,14 @@ def health() -> Response:
 
 @bp.get("/v1/models")
 def list_models() -> Response:
-    return json_response(model_list(_services().settings.models))
+    return json_response(model_list(_services().catalog.models()))
 
 
 @bp.post("/v1/chat/completions")
 def chat_completions() -> Response:
     services = _services()
     settings = services.settings
-    body = _json_object()
+    body = _json_object(_with_pictures_limit(settings))
     stream = body.get("stream", False)
     if stream is not None and not isinstance(stream, bool):
         raise ApiError(400, "'stream' must be true or false.", param="stream")
@@ -140,21 +144,31 @@ def chat_completions() -> Response:
     task = conversation.housekeeping(messages, request.headers.get("X-OpenWebUI-Task"))
     if task is not None:
         return _housekeeping(task, body.get("model"), bool(stream), services)
-    model = _model(body.get("model"), settings)
+    model = _model(body.get("model"), services)
     text = conversation.current_turn(messages)
     if not settings.api_keys:
         raise ApiError(503, "This service has no upstream keys: its operator must set API_KEYS.", code="no_upstream_keys")
 
     draw = parse(text, model, settings.max_images_per_request)
-    change = conversation.refinement(draw, conversation.last_picture(messages))
-    previous, expand = None, settings.prompt_expansion
-    if change is not None:
+    inputs, part_notes = conversation.turn_images(body["messages"])
+    picture = conversation.last_picture(messages)
+    change, previous, expand = None, None, settings.prompt_expansion
+    if family(model).needs_input:
+        # An edit model changes a picture: the one attached, else the last one drawn here. Its
+        # instruction is used as typed: a 100-word scene would not be an edit.
+        expand = False
+        if not inputs and picture is not None and picture.url:
+            inputs = (conversation.ImageRef("上一张图片", picture.url),)
+    elif not inputs and (change := conversation.refinement(draw, picture)) is not None:
         draw = conversation.carried_over(draw, change, model, settings.max_images_per_request)
         previous = change.picture.prompt
         expand = expand and bool(change.change)  # the same picture again needs no new prompt
-    job = Job(g.request_id, model, text, draw, _public_base(settings), expand=expand, previous=previous)
-    log.info("req=%s chat model=%s images=%d size=%s stream=%s%s", job.request_id, model, draw.count, draw.size,
-             bool(stream), " (changes the last picture)" if change else "")
+    if part_notes:
+        draw = replace(draw, notes=draw.notes + part_notes)
+    job = Job(g.request_id, model, text, draw, _public_base(settings), expand=expand, previous=previous,
+              inputs=inputs)
+    log.info("req=%s chat model=%s images=%d size=%s stream=%s inputs=%d%s", job.request_id, model, draw.count,
+             draw.size, bool(stream), len(inputs), " (changes the last picture)" if change else "")
     events = pipeline.guarded(pipeline.draw(job, services), job.request_id)
     return chat_answer(wording.chat(events), stream=bool(stream), model=model, prompt=text)
 
@@ -182,7 +196,7 @@ def _housekeeping(task: conversation.Task, model: Any, stream: bool, services: S
 
     answer = conversation.answer(task, ask if settings.api_keys and settings.prompt_expansion else None)
     log.info("req=%s %s %s task answered without drawing", g.request_id, task.ui, task.kind)
-    named = model if isinstance(model, str) and model else settings.models[0]
+    named = model if isinstance(model, str) and model else services.catalog.default()
     return chat_answer([answer], stream=stream, model=named[:100], prompt="")
 
 
@@ -199,12 +213,81 @@ _IMAGE_EXTRAS: dict[str, tuple[type | tuple[type, ...], float, float]] = {
 def images_generations() -> Response:
     """The OpenAI Images API, for Open WebUI, Cherry Studio and one-api/new-api channels."""
     services = _services()
-    settings = services.settings
     body = _json_object()
+    return _images(body, _model(body.get("model"), services), (), services)
+
+
+_NUMBER_FIELDS = ("n", "seed", "num_inference_steps", "guidance_scale", "cfg")
+
+
+@bp.post("/v1/images/edits")
+def images_edits() -> Response:
+    """OpenAI image edits, multipart as `client.images.edit(...)` and Open WebUI send them: the
+    picture(s) in `image` or repeated `image[]`, the instruction in `prompt`, then as generations."""
+    services = _services()
+    settings = services.settings
+    limit = _with_pictures_limit(settings)
+    if request.mimetype != "multipart/form-data":
+        raise ApiError(400, "Send an edit as multipart/form-data: the picture in 'image' (or 'image[]'), the "
+                            "instruction in 'prompt'.")
+    raw = _body(limit)
+    try:
+        _, form, files = FormDataParser(max_form_memory_size=limit, max_content_length=limit, max_form_parts=64).parse(
+            io.BytesIO(raw), request.mimetype, len(raw), request.mimetype_params)
+    except (ValueError, HTTPException):
+        raise ApiError(400, "The multipart body could not be read: check its boundary and parts.") from None
+    body: dict[str, Any] = {}
+    for name, value in form.items():
+        body[name] = _number(value) if name in _NUMBER_FIELDS else value
+    model = _model(body.get("model"), services, default=services.catalog.default_editor())
+    takes = family(model)
+    editors = [m for m in services.catalog.models() if family(m).edits][:4]
+    if not takes.edits:
+        raise ApiError(400, f"'{model}' does not take an input picture. Use a model that edits, such as "
+                            f"{', '.join(editors) or 'Qwen/Qwen-Image-Edit-2509'}.", param="model")
+    if "mask" in files or "mask" in form:
+        raise ApiError(400, f"'mask' is not taken: {model} edits from the prompt alone. Say in the prompt which "
+                            "part to change (\"make the sky blue\").", param="mask")
+    uploads = files.getlist("image") + files.getlist("image[]")
+    if not uploads:
+        raise ApiError(400, "'image' is required: the picture to edit, as a file part named image (or image[] for "
+                            "several).", param="image")
+    if len(uploads) > len(takes.inputs):
+        raise ApiError(400, f"'image' holds {len(uploads)} pictures; {model} takes at most {len(takes.inputs)}.",
+                       param="image")
+    inputs = []
+    for number, upload in enumerate(uploads, 1):
+        data = upload.read()
+        try:
+            input_picture(services.session, settings, None, None, data)
+        except UploadError:
+            name = (upload.filename or "unnamed")[:60]
+            if len(data) > settings.max_image_mb * 2**20:
+                raise ApiError(413, f"'image' file {number} ({name}) is larger than {settings.max_image_mb:g} MB.",
+                               param="image") from None
+            raise ApiError(400, f"'image' file {number} ({name}) is not a PNG, JPEG, WebP or GIF picture.",
+                           param="image") from None
+        inputs.append(conversation.ImageRef(f"image {number}", data=data))
+    return _images(body, model, tuple(inputs), services)
+
+
+def _number(value: str) -> Any:
+    """A multipart field's text as the number it spells (the form carries only text)."""
+    try:
+        return int(value)
+    except ValueError:
+        try:
+            return float(value)
+        except ValueError:
+            return value
+
+
+def _images(body: dict[str, Any], model: str, inputs: tuple[conversation.ImageRef, ...], services: Services) -> Response:
+    """Generations and edits, once validated: the pictures, as JSON (spaces first when slow)."""
+    settings = services.settings
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise ApiError(400, "'prompt' is required: a description of the picture.", param="prompt")
-    model = _model(body.get("model"), settings)
     n = body.get("n", 1)
     if n is None:
         n = 1
@@ -226,12 +309,12 @@ def images_generations() -> Response:
                        param="prompt", code="content_policy_violation")
     if not settings.api_keys:
         raise ApiError(503, "This service has no upstream keys: its operator must set API_KEYS.", code="no_upstream_keys")
-
     draw = DrawRequest(prompt=prompt.strip(), count=n, size=size, seed=extras.pop("seed", None),
                        negative_prompt=negative or None)
     job = Job(g.request_id, model, prompt, draw, _public_base(settings), expand=wants_expansion, fields=extras,
-              want_bytes=response_format == "b64_json")
-    log.info("req=%s images model=%s n=%d size=%s format=%s", job.request_id, model, n, size, response_format)
+              want_bytes=response_format == "b64_json", inputs=inputs)
+    log.info("req=%s images model=%s n=%d size=%s format=%s inputs=%d", job.request_id, model, n, size,
+             response_format, len(inputs))
     cancelled = threading.Event()
     drawing = services.executor.submit(pipeline.collect, pipeline.draw(job, services, cancelled))
 
@@ -370,32 +453,43 @@ def stored_image(name: str) -> Response:
     return response.make_conditional(request, accept_ranges=True, complete_length=info.st_size)
 
 
-def _body() -> bytes:
-    """The request body, at most MAX_BODY_BYTES whatever its transfer encoding, within CLIENT_BODY_TIMEOUT.
+def _with_pictures_limit(settings: Settings) -> int:
+    """Bodies that may carry pictures (chat with image parts, edits): room for three inputs of
+    MAX_IMAGE_MB each, base64-encoded, besides the text."""
+    return MAX_BODY_BYTES + int(4 * settings.max_image_mb * 2**20)
+
+
+def _too_large(limit: int) -> ApiError:
+    size = f"{limit // 2**20} MB" if limit >= 2**20 else f"{limit // 1024} KB"
+    return ApiError(413, f"The request body is larger than {size}.")
+
+
+def _body(limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, at most `limit` bytes whatever its transfer encoding, within CLIENT_BODY_TIMEOUT.
 
     A client that sends half a body and waits has its socket dropped then, instead of holding a
     worker's connection for ever.
     """
     seconds = _services().settings.client_body_timeout
-    if (request.content_length or 0) > MAX_BODY_BYTES:
-        raise ApiError(413, f"The request body is larger than {MAX_BODY_BYTES // 1024} KB.")
+    if (request.content_length or 0) > limit:
+        raise _too_large(limit)
     sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
     with deadline(time.monotonic() + seconds) as scope:
         if sock is not None:
             scope.watch(sock)
         try:
-            raw = request.stream.read(MAX_BODY_BYTES + 1)
+            raw = request.stream.read(limit + 1)
         except (OSError, ValueError):
             raw = None
         if scope.expired or raw is None:
             raise ApiError(408, f"The request body did not arrive within {seconds:g} seconds.")
-    if len(raw) > MAX_BODY_BYTES:
-        raise ApiError(413, f"The request body is larger than {MAX_BODY_BYTES // 1024} KB.")
+    if len(raw) > limit:
+        raise _too_large(limit)
     return raw
 
 
-def _json_object() -> dict[str, Any]:
-    raw = _body()
+def _json_object(limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    raw = _body(limit)
     try:
         body = json.loads(raw)
         # Lone surrogates ("\ud800") parse, but no text with one can be encoded: find them here,
@@ -415,13 +509,21 @@ def _json_object() -> dict[str, Any]:
     return body
 
 
-def _model(value: Any, settings: Settings) -> str:
+def _model(value: Any, services: Services, *, default: str | None = None) -> str:
+    """The model a request names, or the default. Raises ApiError for one this service does not know.
+
+    Offered: MODELS, else what SiliconFlow lists now. Also taken when MODELS is not set: the
+    built-in list, so that a withdrawn model asked for by name reaches SiliconFlow and its answer
+    (20012) is said in plain words.
+    """
+    catalog = services.catalog
     if value is None or value == "":
-        return settings.models[0]
+        return default or catalog.default()
     if not isinstance(value, str):
         raise ApiError(400, "'model' must be a string: one of the ids from GET /v1/models.", param="model")
-    if value not in settings.models:
-        shown = ", ".join(settings.models[:6]) + (", …" if len(settings.models) > 6 else "")
+    offered = catalog.models()
+    if value not in offered and (services.settings.models or value not in DEFAULT_MODELS):
+        shown = ", ".join(offered[:6]) + (", …" if len(offered) > 6 else "")
         raise ApiError(
             400,
             f"Unknown model '{value[:100]}'. Use one of the ids listed by GET /v1/models ({shown}).",
@@ -466,6 +568,8 @@ def create_app(settings: Settings | None = None) -> Flask:
             settings.key_recheck_seconds,
         ),
         store=store,
+        catalog=ModelCatalog(settings.models, lambda: _fetch_models(pool, http, settings),
+                             refresh=settings.models_refresh_seconds),
     )
     app.register_blueprint(bp)
     app.register_error_handler(ApiError, lambda e: error_response(e.status, e.message, param=e.param, code=e.code))
@@ -473,6 +577,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_error_handler(Exception, _unexpected_error)
     _startup_notes(settings)
     return app
+
+
+def _fetch_models(pool: KeyPool, http: Any, settings: Settings) -> list[str]:
+    """SiliconFlow's image models now, asked with any usable key (raises when none, or no answer)."""
+    key = pool.peek_key()
+    if key is None:
+        raise LookupError("no usable key")
+    return image_models(http, settings.api_base_url, key, min(settings.expansion_timeout, 10.0))
 
 
 def _key_store(settings: Settings) -> Store:

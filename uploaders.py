@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import urlsplit
 
 import requests
 
@@ -122,6 +123,49 @@ def _download(session: requests.Session, url: str, at: float, max_bytes: int) ->
             if len(data) > max_bytes:
                 raise UploadError(f"图片超过 {max_bytes // 2**20} MB")
     return data
+
+
+def input_picture(
+    session: requests.Session, settings: Settings, store: ImageStore | None, url: str | None, data: bytes | None,
+    until: float | None = None,
+) -> Picture:
+    """A picture someone gave us to draw from: its bytes (an upload), a data: URI, or a link.
+    Raises UploadError saying why it cannot be used.
+
+    A link must be http(s); one to a picture this service keeps is read from its disk; any other
+    is fetched under the address rule (public addresses only, checked on the address connected to
+    and on every redirect, unless ALLOW_PRIVATE_IMAGE_URLS), at most MAX_IMAGE_MB, its type
+    sniffed from the bytes, within UPLOAD_TIMEOUT and the request's deadline.
+    """
+    max_bytes = int(settings.max_image_mb * 2**20)
+    if data is not None:
+        if len(data) > max_bytes:
+            raise UploadError(f"图片超过 {settings.max_image_mb:g} MB")
+        mimetype = sniff(data[:16])
+        if mimetype is None:
+            raise UploadError("不是 PNG、JPEG、WebP 或 GIF 图片")
+        return Picture(data, mimetype)
+    url = (url or "").strip()
+    if url.lower().startswith("data:"):
+        return _decode_data_uri(url, max_bytes)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise UploadError("只能使用 http(s) 图片链接或 data: 图片（file:、ftp:、gopher: 等链接不会被打开）")
+    name = parts.path.rsplit("/", 1)[-1]
+    if store is not None and parts.path == f"/images/{name}" and (handle := store.open(name)) is not None:
+        with handle:
+            return Picture(handle.read(max_bytes + 1)[:max_bytes], MIMETYPES[name.rsplit(".", 1)[1]])
+    rule = AddressRule.trusting(settings.api_base_url, settings.lsky_pro_url,
+                                allow_private=settings.allow_private_image_urls)
+    return fetch_picture(session, url, settings.upload_timeout, max_bytes, rule, until)
+
+
+def data_uri(picture: Picture) -> str:
+    """How SiliconFlow takes an input image (CONTRACTS.md: send data URIs, not links)."""
+    return f"data:{picture.mimetype};base64,{base64.b64encode(picture.data).decode()}"
 
 
 def _decode_data_uri(url: str, max_bytes: int) -> Picture:

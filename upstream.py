@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 
 import urllib3
 
+from models import family
 from outbound import TooLarge, deadline, read_capped, remaining
-from parsing import accepts_negative_prompt
 from wording import upstream_text
 
 if TYPE_CHECKING:
@@ -123,6 +123,26 @@ def _is_web_link(url: str) -> bool:
 class AccountInfo:
     account: str | None  # the SiliconFlow account (data.id); keys of one account share its budget
     funded: bool  # a balance above zero (totalBalance includes charged balance)
+
+
+MODELS_ANSWER_BYTES = 1024 * 1024
+
+
+def image_models(http: urllib3.PoolManager, base_url: str, key: str, timeout: float) -> list[str]:
+    """GET /v1/models?type=image: the image models served now, text-to-image and image-to-image
+    (chat models are not image models). Raises UpstreamError."""
+    found: list[str] = []
+    for sub_type in ("text-to-image", "image-to-image"):
+        url = f"{base_url}/v1/models?type=image&sub_type={sub_type}"
+        status, headers, data = _call(http, "GET", url, key, None, timeout, MODELS_ANSWER_BYTES)
+        if status != 200:
+            raise _error_for(status, headers, data, key)
+        try:
+            items = json.loads(data)["data"]
+            found += [item["id"] for item in items if isinstance(item, dict) and isinstance(item.get("id"), str)]
+        except (ValueError, KeyError, TypeError, RecursionError):
+            raise UpstreamError(Failure.BAD_RESPONSE, "模型列表无法解析") from None
+    return list(dict.fromkeys(model[:200] for model in found))
 
 
 def account_info(http: urllib3.PoolManager, base_url: str, key: str, timeout: float) -> AccountInfo:
@@ -342,6 +362,9 @@ def _error_for(status: int, headers: Any, data: bytes, key: str) -> UpstreamErro
         )
     if status == 404:
         return UpstreamError(Failure.BAD_REQUEST, "上游地址不存在（404），请检查 API_BASE_URL", status)
+    if code == 20012:
+        return UpstreamError(Failure.BAD_REQUEST, "这个模型已下线或不存在（SiliconFlow 20012），请换一个模型："
+                                                  "GET /v1/models 列出现在能用的", status)
     if 400 <= status < 500:
         return UpstreamError(Failure.BAD_REQUEST, f"上游拒绝了请求（{status}）：{detail or '参数无效'}", status)
     if status == 504:
@@ -382,14 +405,15 @@ def _error_detail(data: bytes, key: str) -> tuple[int | None, str]:
 
 
 def payload_for(model: str, prompt: str, size: str | None, seed: int | None, negative: str | None) -> dict[str, Any]:
-    """The body of one image request, holding only the fields `model` accepts."""
+    """The body of one image request, holding only the fields `model` accepts (models.family)."""
+    takes = family(model)
     payload: dict[str, Any] = {"model": model, "prompt": prompt}
     if size:
-        payload["image_size"] = size
+        payload[takes.size_field] = size
     if seed is not None:
         payload["seed"] = seed
-    if accepts_negative_prompt(model):
+    if takes.batch_size:
         payload["batch_size"] = 1  # Kolors and the SD family: one image per call, spread over keys
-        if negative:
-            payload["negative_prompt"] = negative
+    if negative and takes.negative_prompt:
+        payload["negative_prompt"] = negative
     return payload

@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT))
 
 from config import Settings  # noqa: E402
 from siliconflow_proxy import create_app  # noqa: E402
-from tests.fake_hosts import FakeLsky, FakeSink  # noqa: E402
+from tests.fake_hosts import FakeLsky, FakeSink, InternalHost  # noqa: E402
 from tests.fake_siliconflow import FakeSiliconFlow  # noqa: E402
 
 GOOD_KEYS = ("sk-good-aaaa1111", "sk-good-bbbb2222", "sk-good-cccc3333")
@@ -66,6 +66,15 @@ def sink(_sink_server: FakeSink) -> Iterator[FakeSink]:
     _sink_server.reset()
     yield _sink_server
     _sink_server.reset()
+
+
+@pytest.fixture
+def internal() -> Iterator[InternalHost]:
+    """A server on this machine that image links must not reach; `internal.hits` lists what did."""
+    server = InternalHost()
+    yield server
+    server.shutdown()
+    server.server_close()
 
 
 @pytest.fixture(scope="session")

@@ -285,3 +285,32 @@ class _SinkHandler(_Handler):
             self._error(409, "Link already exists")
             return
         self._json(201, {"link": link, "shortLink": f"{server.url}/{slug}"})
+
+
+class InternalHost(ThreadingHTTPServer):
+    """Something on this machine that must not be reached through an image link: it answers every
+    GET with a picture and records the path, so a test sees whether anything got through."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        from tests.fake_siliconflow import png
+
+        self.hits: list[str] = []
+        picture = png(16, 16, b"internal")
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.hits.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(picture)))
+                self.end_headers()
+                self.wfile.write(picture)
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()

@@ -49,6 +49,7 @@ import argparse
 import base64
 import hashlib
 import json
+import re
 import secrets
 import socket
 import struct
@@ -58,12 +59,25 @@ import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
+# The image models served today, by sub_type, as GET /v1/models?type=image&sub_type=… lists them;
+# sizes where the model checks them; edit models and the input fields each takes (CONTRACTS.md 1).
 IMAGE_MODELS = {
     "Kwai-Kolors/Kolors": ("1024x1024", "960x1280", "768x1024", "720x1440", "720x1280"),
     "Qwen/Qwen-Image": ("1328x1328", "1664x928", "928x1664", "1472x1140", "1140x1472", "1584x1056", "1056x1584"),
+    "Tongyi-MAI/Z-Image-Turbo": ("512x512", "768x1024", "1024x576", "576x1024"),
+    "black-forest-labs/FLUX.2-pro": ("512x512", "768x1024", "1024x768", "576x1024", "1024x576"),
 }
+TEXT_TO_IMAGE = (*IMAGE_MODELS, "black-forest-labs/FLUX.1-schnell", "black-forest-labs/FLUX.1-dev")
+EDIT_MODELS = {
+    "Qwen/Qwen-Image-Edit": ("image",),
+    "Qwen/Qwen-Image-Edit-2509": ("image", "image2", "image3"),
+    "black-forest-labs/FLUX.1-Kontext-dev": ("image",),
+    "black-forest-labs/FLUX.1-Kontext-pro": ("input_image",),
+}
+IMAGE_TO_IMAGE = (*EDIT_MODELS, "Kwai-Kolors/Kolors")
+_DATA_IMAGE = re.compile(r"data:image/(?:png|jpeg|webp);base64,([A-Za-z0-9+/=]+)")
 CHAT_MODELS = {"Qwen/Qwen2.5-7B-Instruct", "deepseek-ai/DeepSeek-R1"}
 RATE_LIMIT_MESSAGE = (
     "Request was rejected due to rate limiting. If you want more, please contact contact@siliconflow.cn. "
@@ -90,6 +104,7 @@ class FakeState:
     drip_interval: float = 0.2
     redirect_to: str = ""
     rate_limit: tuple[int, float] | None = None
+    models_down: bool = False
     refused: int = 0
     refused_at: list[float] = field(default_factory=list)
     windows: dict[tuple[str, str], list[float]] = field(default_factory=dict)
@@ -109,6 +124,7 @@ class FakeState:
         self.drip_interval = 0.2
         self.redirect_to = ""
         self.rate_limit = None
+        self.models_down = False
         self.refused = 0
         self.refused_at = []
         self.windows = {}
@@ -166,6 +182,31 @@ def png(width: int, height: int, seed: bytes) -> bytes:
 
 
 BIG_PNG = b"\x89PNG\r\n\x1a\n" + bytes(3 * 2**20)
+
+
+def _edit_problem(body: dict) -> str | None:
+    """What an edit (or image-to-image) call does wrong, as SiliconFlow's 400 would say; None if fine."""
+    model, fields = body["model"], EDIT_MODELS.get(body["model"])
+    given = [name for name in ("image", "image2", "image3", "input_image") if name in body]
+    if fields is None:
+        if given and (model != "Kwai-Kolors/Kolors" or given != ["image"]):
+            return f"The parameter is invalid: {model} takes no {given[0]}."
+        fields = ("image",) if given else ()
+    elif fields[0] not in given:
+        return f"The parameter is invalid: {fields[0]} is required."
+    elif "image_size" in body:
+        return "The parameter is invalid: image_size is not accepted, the output follows the input image."
+    for name in given:
+        if name not in fields:
+            return f"The parameter is invalid: {model} takes no {name}."
+        match = _DATA_IMAGE.fullmatch(str(body[name]))
+        try:
+            if match is None or not base64.b64decode(match[1], validate=True).startswith(
+                    (b"\x89PNG", b"\xff\xd8\xff", b"RIFF")):
+                return f"The parameter is invalid: {name} must be a data:image/…;base64 URI of an image."
+        except ValueError:
+            return f"The parameter is invalid: {name} is not base64."
+    return None
 
 
 def account_of(key: str) -> str:
@@ -271,7 +312,20 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(200, {"refused": state.refused, "image_calls": len(
                     [c for c in state.calls if c.path == "/v1/images/generations"])})
         elif path == "/v1/models":
-            data = [{"id": m, "object": "model", "created": 0, "owned_by": ""} for m in IMAGE_MODELS]
+            state = self.server.state
+            with state.lock:
+                state.calls.append(Call(path, self._key(), self.path, time.monotonic(), time.monotonic()))
+            if state.models_down:
+                self._json(503, {"code": 50505, "message": "Model service overloaded. Please try again later.",
+                                 "data": None})
+                return
+            query = parse_qs(urlsplit(self.path).query)
+            kind, sub_type = query.get("type", [""])[0], query.get("sub_type", [""])[0]
+            listed = {"text-to-image": TEXT_TO_IMAGE, "image-to-image": IMAGE_TO_IMAGE}.get(sub_type) if kind == "image" \
+                else sorted(CHAT_MODELS) if kind == "text" else (*TEXT_TO_IMAGE, *EDIT_MODELS, *sorted(CHAT_MODELS))
+            if kind == "image" and not sub_type:
+                listed = (*TEXT_TO_IMAGE, *EDIT_MODELS)
+            data = [{"id": m, "object": "model", "created": 0, "owned_by": ""} for m in listed or ()]
             self._json(200, {"object": "list", "data": data})
         elif path == "/v1/user/info":
             with self.server.state.lock:
@@ -363,8 +417,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._drip_headers(self._image_url(int(time.time()), key))
         elif not isinstance(body, dict) or not isinstance(body.get("prompt"), str) or not body.get("model"):
             self._json(400, {"code": 20015, "message": "The parameter is invalid. Please check again.", "data": None})
-        elif body["model"] not in IMAGE_MODELS and not body["model"].startswith(("black-forest-labs/", "stabilityai/")):
+        elif body["model"] not in (*TEXT_TO_IMAGE, *EDIT_MODELS) and not body["model"].startswith(
+                ("black-forest-labs/", "stabilityai/")):
             self._json(400, {"code": 20012, "message": "Model does not exist. Please check it carefully.", "data": None})
+        elif (problem := _edit_problem(body)) is not None:
+            self._json(400, {"code": 20015, "message": problem, "data": None})
         elif body["model"] in IMAGE_MODELS and body.get("image_size") not in IMAGE_MODELS[body["model"]]:
             self._json(400, {"code": 20015, "message": "The parameter is invalid. Please check again.", "data": None})
         else:

@@ -247,10 +247,14 @@ def test_upstream_failure_becomes_a_plain_line_and_the_answer_completes(serve, f
     assert "0/1" in content
 
 
-def test_unknown_upstream_model_is_explained(serve, fake):
-    service = serve(models=("Kwai-Kolors/Kolors", "prompthero/openjourney"), prompt_expansion=False)
+def test_a_withdrawn_model_asked_for_by_name_is_explained(serve, fake):
+    """openjourney is in the built-in list but SiliconFlow no longer serves it: the request goes
+    through, and SiliconFlow's 20012 becomes a plain line."""
+    service = serve(prompt_expansion=False)
+    listed = [m["id"] for m in requests.get(f"{service.url}/v1/models", timeout=5).json()["data"]]
+    assert "prompthero/openjourney" not in listed
     content = post_chat(service.url, chat_body("a cat", model="prompthero/openjourney")).json()
-    assert "Model does not exist" in content["choices"][0]["message"]["content"]
+    assert "这个模型已下线或不存在（SiliconFlow 20012）" in content["choices"][0]["message"]["content"]
 
 
 class TestAuth:
@@ -272,23 +276,40 @@ class TestAuth:
         assert requests.get(f"{locked.url}/health", timeout=5).status_code == 200
 
 
-def test_models_lists_the_seed_models_and_todays(service):
+def test_models_lists_the_image_models_siliconflow_serves_now(service, fake):
     response = requests.get(f"{service.url}/v1/models", timeout=5)
     listing = response.json()
     assert listing["object"] == "list"
     ids = [m["id"] for m in listing["data"]]
-    seed_ids = {
-        "black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.1", "Kwai-Kolors/Kolors",
-        "stabilityai/stable-diffusion-xl-base-1.0", "stabilityai/stable-diffusion-2-1-base",
-        "runwayml/stable-diffusion-v1-5", "CompVis/stable-diffusion-v1-4", "stabilityai/stable-diffusion-2-base",
-        "prompthero/openjourney", "Linaqruf/anything-v3.0", "hakurei/waifu-diffusion",
-        "dreamlike-art/dreamlike-photoreal-2.0",
-    }
-    assert seed_ids | {"Qwen/Qwen-Image", "black-forest-labs/FLUX.1-schnell"} <= set(ids)
+    assert ids[:2] == ["Kwai-Kolors/Kolors", "Qwen/Qwen-Image"]  # ours first, in our order
+    assert {"Tongyi-MAI/Z-Image-Turbo", "black-forest-labs/FLUX.2-pro", "Qwen/Qwen-Image-Edit-2509",
+            "black-forest-labs/FLUX.1-Kontext-dev"} <= set(ids)  # newer models, and the edit models
+    assert "prompthero/openjourney" not in ids and "Qwen/Qwen2.5-7B-Instruct" not in ids  # withdrawn; chat
     assert len(ids) == len(set(ids))
+    asked = [c.body for c in fake.state.calls if c.path == "/v1/models"]
+    assert any("sub_type=text-to-image" in query for query in asked)
+    assert any("sub_type=image-to-image" in query for query in asked)
     for model in listing["data"]:
         assert model["object"] == "model"
         assert isinstance(model["created"], int) and isinstance(model["owned_by"], str)
+
+
+def test_models_fall_back_to_the_built_in_list_when_siliconflow_cannot_say(serve, fake):
+    fake.state.models_down = True
+    service = serve()
+    ids = [m["id"] for m in requests.get(f"{service.url}/v1/models", timeout=5).json()["data"]]
+    assert "prompthero/openjourney" in ids and "Kwai-Kolors/Kolors" in ids
+
+
+def test_models_are_asked_again_in_the_background(serve, fake):
+    fake.state.models_down = True
+    service = serve(models_refresh_seconds=0.3)
+    assert "FLUX.2-pro" not in requests.get(f"{service.url}/v1/models", timeout=5).text  # not a built-in one
+    fake.state.models_down = False
+    deadline = time.monotonic() + 5
+    while "FLUX.2-pro" not in requests.get(f"{service.url}/v1/models", timeout=5).text:
+        assert time.monotonic() < deadline, "the list was not refreshed"
+        time.sleep(0.1)
 
 
 def test_models_variable_replaces_the_list(serve):

@@ -224,14 +224,14 @@ def test_huge_upstream_answers_do_not_swell_the_worker(fake, production_bin):
 
 def test_a_chunked_body_over_a_megabyte_is_a_413_under_gunicorn(gunicorn):
     def pieces():
-        yield b'{"messages": [{"role": "user", "content": "'
+        yield b'{"prompt": "'
         for _ in range(20):
             yield b"x" * 100_000
-        yield b'"}]}'
+        yield b'"}'
 
-    response = requests.post(f"{gunicorn.url}/v1/chat/completions", data=pieces(), timeout=30,
+    response = requests.post(f"{gunicorn.url}/v1/images/generations", data=pieces(), timeout=30,
                              headers={"Content-Type": "application/json"})
-    assert response.status_code == 413 and "larger than 1024 KB" in response.json()["error"]["message"]
+    assert response.status_code == 413 and "larger than 1 MB" in response.json()["error"]["message"]
 
 
 def test_sigterm_ends_a_waiting_images_api_call_with_an_error_body(fake, production_bin):

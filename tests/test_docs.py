@@ -22,9 +22,7 @@ def test_readme_table_lists_every_setting_with_its_default():
     table = _readme_table()
     for name, default in [*env_table(), *GUNICORN_SETTINGS.items()]:
         assert name in table, f"{name} is missing from the README table"
-        if name == "MODELS":
-            assert table[name] == "built-in list"
-        elif default:
+        if default:
             assert table[name] == f"`{default}`", name
         else:
             assert table[name] == "(empty)", name
@@ -34,8 +32,7 @@ def test_env_example_lists_every_setting():
     example = dict(re.findall(r"^([A-Z_]+)=(.*)$", (ROOT / ".env.example").read_text(), re.M))
     for name, default in [*env_table(), *GUNICORN_SETTINGS.items()]:
         assert name in example, f"{name} is missing from .env.example"
-        if name != "MODELS":
-            assert example[name] == default, name
+        assert example[name] == default, name
 
 
 def test_ci_runs_exactly_the_readme_test_command():

@@ -10,9 +10,7 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import openai
 import pytest
@@ -231,17 +229,27 @@ def test_a_number_with_thousands_of_digits_is_named(service):
     assert response.status_code == 400 and "too many digits" in response.json()["error"]["message"]
 
 
-def test_a_chunked_body_over_a_megabyte_is_a_413(service, fake):
+def _chunked(megabytes: int):
     def pieces():
-        yield b'{"messages": [{"role": "user", "content": "'
-        for _ in range(20):
+        yield b'{"prompt": "'
+        for _ in range(megabytes * 10):
             yield b"x" * 100_000
-        yield b'"}]}'
+        yield b'"}'
 
-    response = _post_raw(service.url, "/v1/chat/completions", pieces())
+    return pieces()
+
+
+def test_a_chunked_body_over_a_megabyte_is_a_413(service, fake):
+    response = _post_raw(service.url, "/v1/images/generations", _chunked(2))
     assert response.request.headers.get("Transfer-Encoding") == "chunked"
     assert response.status_code == 413
-    assert "larger than 1024 KB" in response.json()["error"]["message"]
+    assert "larger than 1 MB" in response.json()["error"]["message"]
+
+
+def test_a_chat_body_has_room_for_pictures_and_no_more(serve, fake):
+    service = serve(max_image_mb=1)  # room for 1 MB of text and three 1 MB pictures as base64: 5 MB
+    response = _post_raw(service.url, "/v1/chat/completions", _chunked(6))
+    assert response.status_code == 413 and "larger than 5 MB" in response.json()["error"]["message"]
 
 
 def test_a_lone_surrogate_from_the_expansion_costs_nothing(serve, fake):
@@ -326,40 +334,6 @@ def test_a_symlink_in_the_store_is_never_served(serve, tmp_path):
     (tmp_path / name).symlink_to(ROOT / "config.py")
     response = requests.get(f"{service.url}/images/{name}", timeout=5)
     assert response.status_code == 404 and "Settings" not in response.text
-
-
-class _Internal(ThreadingHTTPServer):
-    """Something on this machine that must not be reached through an image link."""
-
-    daemon_threads = True
-
-    def __init__(self):
-        self.hits: list[str] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                server.hits.append(self.path)
-                body = png(16, 16, b"internal")
-                self.send_response(200)
-                self.send_header("Content-Type", "image/png")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        super().__init__(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-
-@pytest.fixture
-def internal():
-    server = _Internal()
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 def test_rehosting_refuses_a_redirect_to_a_private_address(serve, fake, tmp_path, internal):

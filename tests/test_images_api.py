@@ -100,7 +100,7 @@ def test_no_image_made_is_an_error_with_a_fitting_status(serve, keys, status, er
 
 def test_unknown_upstream_model_is_a_400(serve):
     service = serve(models=("prompthero/openjourney",))
-    with pytest.raises(openai.BadRequestError, match="Model does not exist"):
+    with pytest.raises(openai.BadRequestError, match="SiliconFlow 20012"):
         client(service).images.generate(prompt="a fox")
 
 

@@ -6,14 +6,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from config import DEFAULT_MODELS
+from models import DEFAULT_MODELS, FREE_MAX_PIXELS
+from models import family as size_rule
 from parsing import (
-    FREE_MAX_PIXELS,
     SEED_MAX,
     accepts_negative_prompt,
     find_banned,
     parse,
-    size_rule,
 )
 from wording import markdown_safe
 

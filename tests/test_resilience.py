@@ -82,7 +82,7 @@ def test_a_hanging_key_times_out_and_the_image_moves_on(serve, fake):
 def test_upstream_400_is_not_retried_on_other_keys(serve, fake):
     service = serve(models=("prompthero/openjourney",), prompt_expansion=False)
     response = post_chat(service.url, chat_body("a cat", model="prompthero/openjourney"))
-    assert "Model does not exist" in response.json()["choices"][0]["message"]["content"]
+    assert "已下线或不存在（SiliconFlow 20012）" in response.json()["choices"][0]["message"]["content"]
     assert len(fake.state.image_calls()) == 1
     assert _health(service)["healthy"] == 3
 

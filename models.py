@@ -1,0 +1,180 @@
+"""What each image model can do, in one table; and which models SiliconFlow serves today.
+
+SiliconFlow's model list carries no capabilities (shared/reference/CONTRACTS.md section 1), so the
+sizes, fields and image inputs of each model family live here, and everyone asks `family(model)`:
+the prompt parser for sizes, the upstream client for the fields it sends, the pipeline and the
+routes for image inputs. `ModelCatalog` keeps the list of image models to offer, refreshed from
+SiliconFlow in the background, with the built-in list when it cannot be asked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+log = logging.getLogger("siliconflow_proxy.models")
+
+# The seed's own table, used for any model without a documented list of sizes.
+SEED_SIZES: tuple[str, ...] = (
+    "1024x1024", "512x1024", "1024x512", "768x512", "512x768",
+    "768x1024", "1024x768", "1024x576", "576x1024",
+)
+KOLORS_SIZES = ("1024x1024", "960x1280", "768x1024", "720x1440", "720x1280")
+QWEN_IMAGE_SIZES = ("1328x1328", "1664x928", "928x1664", "1472x1140", "1140x1472", "1584x1056", "1056x1584")
+FLUX_SCHNELL_SIZES = ("1024x1024", "512x1024", "768x512", "768x1024", "1024x576", "576x1024")
+SD21_SIZES = ("512x512", "512x1024", "768x512", "768x1024", "1024x576", "576x1024")
+Z_IMAGE_SIZES = ("512x512", "768x1024", "1024x576", "576x1024")
+FLUX2_SIZES = ("512x512", "768x1024", "1024x768", "576x1024", "1024x576")
+# FLUX.1-dev, Pro FLUX.1-schnell, SDXL, SD3-medium take their listed sizes "and others up to
+# 2,359,296 pixels", so an explicit size within that budget is sent as typed.
+FREE_SIZES = KOLORS_SIZES + ("1024x576", "1024x768", "768x512", "1024x512")
+FREE_MAX_PIXELS = 2_359_296
+FREE_SIDE_RANGE = (256, 4096)
+# FLUX.1-Kontext max/pro take an aspect ratio, not a size.
+ASPECT_RATIOS = ("1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "21:9", "9:21")
+
+
+@dataclass(frozen=True)
+class Family:
+    """What the models of one family take."""
+
+    name: str
+    sizes: tuple[str, ...]  # empty: the API takes no size (the output follows the input image)
+    max_free_pixels: int = 0  # > 0: explicit sizes within this many pixels pass unchanged
+    size_field: str = "image_size"  # "aspect_ratio" for Kontext max/pro, which take a ratio instead
+    negative_prompt: bool = False  # takes `negative_prompt`
+    batch_size: bool = False  # takes `batch_size` (one image per call is asked, spread over keys)
+    inputs: tuple[str, ...] = ()  # fields for input images, in order (`image`, `image2`, `image3`)
+    needs_input: bool = False  # an edit model: no input image, no picture
+
+    @property
+    def edits(self) -> bool:
+        return bool(self.inputs)
+
+
+_SD = Family("Stable Diffusion", SEED_SIZES, negative_prompt=True, batch_size=True)
+FAMILIES: tuple[tuple[tuple[str, ...], Family], ...] = (
+    # (substrings of the lower-cased model id, family): the first that matches wins
+    (("qwen-image-edit-2509",), Family("Qwen-Image-Edit-2509", (), negative_prompt=True,
+                                       inputs=("image", "image2", "image3"), needs_input=True)),
+    (("qwen-image-edit",), Family("Qwen-Image-Edit", (), negative_prompt=True, inputs=("image",), needs_input=True)),
+    (("qwen-image",), Family("Qwen-Image", QWEN_IMAGE_SIZES)),
+    (("kontext-max", "kontext-pro"), Family("FLUX.1-Kontext max/pro", ASPECT_RATIOS, size_field="aspect_ratio",
+                                            inputs=("input_image",), needs_input=True)),
+    (("kontext",), Family("FLUX.1-Kontext", (), inputs=("image",), needs_input=True)),
+    (("kolors",), Family("Kolors", KOLORS_SIZES, negative_prompt=True, batch_size=True, inputs=("image",))),
+    (("z-image",), Family("Z-Image", Z_IMAGE_SIZES)),
+    (("flux.2",), Family("FLUX.2", FLUX2_SIZES)),
+    (("pro/", "flux.1-dev"), Family("FLUX free size", FREE_SIZES, FREE_MAX_PIXELS)),
+    (("stable-diffusion-xl", "stable-diffusion-3-medium"),
+     Family("SDXL free size", FREE_SIZES, FREE_MAX_PIXELS, negative_prompt=True, batch_size=True)),
+    (("flux.1-schnell",), Family("FLUX.1-schnell", FLUX_SCHNELL_SIZES)),
+    (("stable-diffusion-3-5-large",), Family("SD 3.5 large", FLUX_SCHNELL_SIZES, negative_prompt=True,
+                                             batch_size=True)),
+    (("stable-diffusion-2-1",), Family("SD 2.1", SD21_SIZES, negative_prompt=True, batch_size=True)),
+    (("stable-diffusion", "openjourney", "anything-v3", "waifu-diffusion", "photoreal"), _SD),
+)
+OTHER = Family("other", SEED_SIZES)
+
+
+def family(model: str) -> Family:
+    """The family of `model` by its id (CONTRACTS.md section 1); the seed's sizes for any other."""
+    m = model.lower()
+    for needles, found in FAMILIES:
+        if any(needle in m for needle in needles):
+            # FLUX.1-dev's "pro/" rule must not catch Kontext pro, nor "qwen-image" an edit model:
+            # the order of FAMILIES sees to both.
+            return found
+    return OTHER
+
+
+# Every image model the seed names, plus today's SiliconFlow image models. Today's come first:
+# the first entry is the default when a client sends no model, so it should be one that answers.
+DEFAULT_MODELS: tuple[str, ...] = (
+    "Kwai-Kolors/Kolors",
+    "Qwen/Qwen-Image",
+    "Qwen/Qwen-Image-Edit-2509",
+    "Qwen/Qwen-Image-Edit",
+    "Tongyi-MAI/Z-Image-Turbo",
+    "black-forest-labs/FLUX.1-Kontext-dev",
+    "black-forest-labs/FLUX.1-schnell",
+    "black-forest-labs/FLUX.1-dev",
+    "black-forest-labs/FLUX.1",
+    "stabilityai/stable-diffusion-xl-base-1.0",
+    "stabilityai/stable-diffusion-2-1-base",
+    "runwayml/stable-diffusion-v1-5",
+    "CompVis/stable-diffusion-v1-4",
+    "stabilityai/stable-diffusion-2-base",
+    "prompthero/openjourney",
+    "Linaqruf/anything-v3.0",
+    "hakurei/waifu-diffusion",
+    "dreamlike-art/dreamlike-photoreal-2.0",
+)
+
+
+class ModelCatalog:
+    """The image models to offer: `configured` (MODELS) exactly when given; else SiliconFlow's
+    own list (text-to-image and image-to-image), asked when first needed and every `refresh`
+    seconds in the background, and the built-in list until it answers or when it cannot."""
+
+    def __init__(self, configured: tuple[str, ...] | None, fetch: Callable[[], list[str]], *,
+                 refresh: float = 3600.0, fallback: tuple[str, ...] = DEFAULT_MODELS):
+        self._configured, self._fetch, self._refresh, self._fallback = configured, fetch, refresh, fallback
+        self._models: tuple[str, ...] | None = None
+        self._source = "MODELS" if configured else "built-in list"
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._stop = threading.Event()
+
+    def models(self) -> tuple[str, ...]:
+        if self._configured:
+            return self._configured
+        self._ensure_running()
+        return self._models or self._fallback
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    def default(self) -> str:
+        """The model for a request that names none: the first of ours SiliconFlow offers."""
+        offered = self.models()
+        return next((m for m in DEFAULT_MODELS if m in offered and not family(m).needs_input), offered[0])
+
+    def default_editor(self) -> str | None:
+        """The model for an edit that names none: the first offered edit model, else one that
+        takes a picture at all (Kolors, image-to-image)."""
+        offered = self.models()
+        return next((m for m in offered if family(m).needs_input), next((m for m in offered if family(m).edits), None))
+
+    def _ensure_running(self) -> None:
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._load()  # the first request waits for one answer (bounded by the call's timeout)
+                threading.Thread(target=self._run, name="model-catalog", daemon=True).start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._refresh):
+            self._load()
+
+    def _load(self) -> None:
+        try:
+            found = self._fetch()
+        except Exception as exc:  # SiliconFlow cannot be asked: the list we had, or the built-in one
+            log.warning("the image model list could not be fetched (%s); offering the %s", type(exc).__name__,
+                        "last list" if self._models else "built-in list")
+            return
+        if found:
+            ours = [m for m in DEFAULT_MODELS if m in found]
+            self._models = tuple(ours + sorted(m for m in found if m not in ours))
+            self._source = f"SiliconFlow, {time.strftime('%H:%M:%S')}"
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,320 @@
+"""Editing pictures: POST /v1/images/edits with the real clients, pictures in chat (data: and
+links), the last picture as an edit's input, and fetching a user's link safely."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import time
+
+import openai
+import pytest
+import requests
+
+from outbound import AddressRefused, AddressRule
+from tests.fake_siliconflow import png
+from tests.helpers import answer_text, images_in
+from tests.test_clients import LEGACY_SCRIPT
+
+EDIT, EDIT1, KONTEXT = "Qwen/Qwen-Image-Edit-2509", "Qwen/Qwen-Image-Edit", "black-forest-labs/FLUX.1-Kontext-dev"
+RED, BLUE, GREEN = png(32, 32, b"red"), png(32, 32, b"blue"), png(32, 32, b"green")
+
+
+def data_url(picture: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(picture).decode()
+
+
+def sent(call, field: str = "image") -> bytes:
+    """The picture an upstream call carried in `field` (a data URI, as SiliconFlow takes it)."""
+    value = call.body[field]
+    assert value.startswith("data:image/png;base64,"), value[:40]
+    return base64.b64decode(value.split(",", 1)[1])
+
+
+def client(service) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{service.url}/v1", api_key="x", max_retries=0, timeout=60)
+
+
+def ask_with_images(service, text: str, urls: list[str], *, model: str = EDIT, stream: bool = False,
+                    history: list[dict] | None = None, extra_parts: list[dict] | None = None) -> str:
+    content = [{"type": "text", "text": text}, *[{"type": "image_url", "image_url": {"url": u}} for u in urls],
+               *(extra_parts or [])]
+    body = {"model": model, "stream": stream, "messages": [*(history or []), {"role": "user", "content": content}]}
+    response = requests.post(f"{service.url}/v1/chat/completions", json=body, stream=stream, timeout=60)
+    assert response.status_code == 200, response.text
+    if stream:
+        from tests.helpers import content_of, stream_chunks
+
+        return content_of(stream_chunks(response)[0])
+    return response.json()["choices"][0]["message"]["content"]
+
+
+# --- POST /v1/images/edits -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("response_format", ["url", "b64_json"])
+def test_openai_v1_images_edit(serve, fake, response_format):
+    service = serve()
+    result = client(service).images.edit(image=("cat.png", RED, "image/png"), prompt="把猫换成蓝色", n=2,
+                                         response_format=response_format)
+    assert len(result.data) == 2
+    if response_format == "url":
+        assert all(requests.get(item.url, timeout=5).content.startswith(b"\x89PNG") for item in result.data)
+    else:
+        assert all(base64.b64decode(item.b64_json).startswith(b"\x89PNG") for item in result.data)
+    calls = fake.state.image_calls()
+    assert len(calls) == 2 and {c.body["model"] for c in calls} == {EDIT}  # the default edit model
+    assert all(sent(c) == RED and "image_size" not in c.body and c.body["prompt"] == "把猫换成蓝色" for c in calls)
+
+
+def test_an_edit_as_open_webui_sends_it(serve, fake):
+    """Open WebUI 0.12 (routers/images.py): form fields as text, files as image[] for a list,
+    a size the edit model does not take, and b64_json."""
+    service = serve()
+    response = requests.post(f"{service.url}/v1/images/edits", timeout=60,
+                             data={"model": EDIT, "prompt": "换成蓝色", "n": "1", "size": "1024x1024",
+                                   "background": "auto", "response_format": "b64_json"},
+                             files=[("image[]", ("image.png", RED, "image/png"))])
+    assert response.status_code == 200, response.text
+    assert base64.b64decode(response.json()["data"][0]["b64_json"]).startswith(b"\x89PNG")
+    [call] = fake.state.image_calls()
+    assert sent(call) == RED and "image_size" not in call.body
+
+
+def test_kontext_pro_takes_input_image_and_an_aspect_ratio(serve, fake):
+    service = serve(models=("black-forest-labs/FLUX.1-Kontext-pro",))
+    content = ask_with_images(service, "换成蓝色 16:9", [data_url(RED)], model="black-forest-labs/FLUX.1-Kontext-pro")
+    [call] = fake.state.image_calls()
+    assert sent(call, "input_image") == RED and call.body["aspect_ratio"] == "16:9" and "image" not in call.body
+    assert len(images_in(content)) == 1
+
+
+def test_several_pictures_go_to_image_image2_image3_in_order(serve, fake):
+    service = serve()
+    client(service).images.edit(model=EDIT, prompt="把三张合成一张", image=[
+        ("a.png", RED, "image/png"), ("b.png", BLUE, "image/png"), ("c.png", GREEN, "image/png")])
+    [call] = fake.state.image_calls()
+    assert (sent(call, "image"), sent(call, "image2"), sent(call, "image3")) == (RED, BLUE, GREEN)
+
+
+@pytest.mark.parametrize("case, status, words", [
+    ("mask", 400, "'mask' is not taken"),
+    ("four", 400, "takes at most 3"),
+    ("none", 400, "'image' is required"),
+    ("text", 400, "not a PNG, JPEG, WebP or GIF"),
+    ("huge", 413, "larger than 20 MB"),
+    ("t2i", 400, "does not take an input picture"),
+    ("json", 400, "multipart/form-data"),
+])
+def test_bad_edits_are_told_what_to_fix(serve, fake, case, status, words):
+    service = serve()
+    files: list = [("image", ("cat.png", RED, "image/png"))]
+    data = {"prompt": "换成蓝色", "model": EDIT}
+    if case == "mask":
+        files.append(("mask", ("mask.png", RED, "image/png")))
+    elif case == "four":
+        files = [("image[]", (f"{i}.png", RED, "image/png")) for i in range(4)]
+    elif case == "none":
+        files = [("other", ("x.png", RED, "image/png"))]
+    elif case == "text":
+        files = [("image", ("notes.txt", b"just some text", "text/plain"))]
+    elif case == "huge":
+        files = [("image", ("big.png", b"\x89PNG\r\n\x1a\n" + bytes(30 * 2**20), "image/png"))]
+    elif case == "t2i":
+        data["model"] = "Qwen/Qwen-Image"
+    if case == "json":
+        response = requests.post(f"{service.url}/v1/images/edits", json=data, timeout=60)
+    else:
+        response = requests.post(f"{service.url}/v1/images/edits", data=data, files=files, timeout=60)
+    assert response.status_code == status, response.text
+    assert words in response.json()["error"]["message"]
+    assert fake.state.image_calls() == []
+
+
+def test_an_edit_model_without_a_picture_in_generations_is_a_400(serve, fake):
+    service = serve()
+    response = requests.post(f"{service.url}/v1/images/generations", json={"prompt": "换成蓝色", "model": EDIT},
+                             timeout=30)
+    assert response.status_code == 400 and "需要一张输入图片" in response.json()["error"]["message"]
+    assert fake.state.image_calls() == []
+
+
+# --- pictures in chat ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_picture_in_chat_is_the_edit_models_input(serve, fake, stream):
+    service = serve()
+    content = ask_with_images(service, "把猫换成蓝色", [data_url(RED)], stream=stream)
+    [call] = fake.state.image_calls()
+    assert sent(call) == RED and call.body["prompt"] == "把猫换成蓝色"  # an edit's instruction, not expanded
+    assert "按附图 1修改" in content and len(images_in(content)) == 1 and fake.state.chat_calls() == []
+
+
+def test_a_picture_link_in_chat_is_fetched_and_sent_as_data(serve, fake):
+    service = serve()
+    link = images_in(answer_text(service.url, "画一只猫", stream=False))[1]  # a picture on the upstream's host
+    picture = requests.get(link, timeout=5).content
+    ask_with_images(service, "换成蓝色", [link])
+    assert sent(fake.state.image_calls()[-1]) == picture
+
+
+def test_more_pictures_than_the_model_takes_says_which_were_left_out(serve, fake):
+    service = serve()
+    content = ask_with_images(service, "换成蓝色", [data_url(RED), data_url(BLUE)], model=EDIT1)
+    [call] = fake.state.image_calls()
+    assert sent(call) == RED and "image2" not in call.body
+    assert f"附图 2没有使用：{EDIT1} 最多接受 1 张图片" in content
+
+
+def test_kolors_takes_a_picture_for_image_to_image(serve, fake):
+    service = serve(prompt_expansion=False)
+    content = ask_with_images(service, "水彩风格的猫", [data_url(RED)], model="Kwai-Kolors/Kolors")
+    [call] = fake.state.image_calls()
+    assert sent(call) == RED and call.body["image_size"] == "1024x1024" and "以附图 1为底图" in content
+
+
+def test_a_model_without_picture_inputs_says_the_picture_was_not_used(serve, fake):
+    service = serve(prompt_expansion=False)
+    content = ask_with_images(service, "一只猫", [data_url(RED)], model="Qwen/Qwen-Image")
+    [call] = fake.state.image_calls()
+    assert "image" not in call.body and "Qwen/Qwen-Image 不接受输入图片，附图 1没有使用" in content
+
+
+@pytest.mark.parametrize("part, words", [
+    ({"type": "image_url", "image_url": {"url": "data:image/png;base64,!!!not-base64!!!"}}, "base64"),
+    ({"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(b"plain text").decode()}},
+     "不是 PNG"),
+    ({"type": "input_audio", "input_audio": {"data": "AAAA"}}, "无法使用的内容（input_audio）"),
+    ({"type": "image_url", "image_url": {}}, "没有图片地址"),
+])
+def test_a_bad_part_is_said_and_the_rest_is_drawn(serve, fake, part, words):
+    service = serve()
+    content = ask_with_images(service, "换成蓝色", [data_url(RED)], extra_parts=[part])
+    assert words in content and len(images_in(content)) == 1
+    assert sent(fake.state.image_calls()[0]) == RED
+
+
+def test_a_picture_over_max_image_mb_is_said(serve, fake):
+    service = serve(max_image_mb=1)
+    big = b"\x89PNG\r\n\x1a\n" + bytes(int(1.5 * 2**20))
+    content = ask_with_images(service, "换成蓝色", [data_url(big), data_url(RED)], model=EDIT)
+    assert "附图 1没有使用：图片超过 1 MB" in content and sent(fake.state.image_calls()[0]) == RED
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_pictures_in_chat_through_openai_v1(serve, fake, stream):
+    service = serve()
+    messages = [{"role": "user", "content": [{"type": "text", "text": "换成蓝色"},
+                                              {"type": "image_url", "image_url": {"url": data_url(RED)}}]}]
+    answer = client(service).chat.completions.create(model=EDIT, messages=messages, stream=stream)
+    content = "".join(c.choices[0].delta.content or "" for c in answer) if stream else answer.choices[0].message.content
+    assert len(images_in(content)) == 1 and sent(fake.state.image_calls()[0]) == RED
+
+
+@pytest.mark.parametrize("mode", ["plain", "stream"])
+def test_pictures_in_chat_through_legacy_openai(serve, fake, legacy_python, mode):
+    service = serve()
+    messages = [{"role": "user", "content": [{"type": "text", "text": "换成蓝色"},
+                                              {"type": "image_url", "image_url": {"url": data_url(RED)}}]}]
+    script = LEGACY_SCRIPT.read_text().replace('model="Kwai-Kolors/Kolors"', f'model="{EDIT}"')
+    result = subprocess.run([legacy_python, "-c", script, service.url, "x", mode, json.dumps(messages)],
+                            capture_output=True, text=True, timeout=120)
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(images_in(out["content"])) == 1 and sent(fake.state.image_calls()[0]) == RED
+
+
+# --- the last picture -------------------------------------------------------------------------------------
+
+
+def test_the_last_picture_is_the_input_when_none_is_attached(serve, fake):
+    service = serve(prompt_expansion=False)
+    first = answer_text(service.url, "画一只猫", stream=False)
+    picture = requests.get(images_in(first)[1], timeout=5).content
+    history = [{"role": "user", "content": "画一只猫"}, {"role": "assistant", "content": first}]
+    content = answer_text(service.url, "把它换成蓝色", stream=False, model=EDIT,
+                          messages=[*history, {"role": "user", "content": "把它换成蓝色"}])
+    call = fake.state.image_calls()[-1]
+    assert call.body["model"] == EDIT and sent(call) == picture and call.body["prompt"] == "把它换成蓝色"
+    assert "按上一张图片修改" in content and len(images_in(content)) == 1
+
+
+def test_a_picture_kept_here_is_read_from_disk(serve, fake, tmp_path):
+    # Links to kept pictures name a host nothing listens on: only the disk can give the picture.
+    service = serve(image_store_dir=str(tmp_path), public_base_url="http://127.0.0.1:9", prompt_expansion=False)
+    first = answer_text(service.url, "画一只猫", stream=False)
+    link = images_in(first)[1]
+    assert link.startswith("http://127.0.0.1:9/images/")
+    history = [{"role": "user", "content": "画一只猫"}, {"role": "assistant", "content": first}]
+    answer_text(service.url, "换成蓝色", stream=False, model=EDIT,
+                messages=[*history, {"role": "user", "content": "换成蓝色"}])
+    assert sent(fake.state.image_calls()[-1]) == (tmp_path / link.rsplit("/", 1)[1]).read_bytes()
+
+
+def test_an_edit_model_with_no_picture_anywhere_says_so(serve, fake):
+    service = serve()
+    content = answer_text(service.url, "换成蓝色", stream=False, model=EDIT)
+    assert "需要一张输入图片" in content and "0/1" in content and fake.state.image_calls() == []
+
+
+# --- fetching a user's link safely ---------------------------------------------------------------------
+
+
+def _refused_links(fake, internal) -> list[tuple[str, str]]:
+    port = internal.server_address[1]
+    fake.state.redirect_to = f"http://127.0.0.1:{port}/after-redirect.png"
+    return [
+        (f"http://127.0.0.1:{port}/x.png", "本机地址"),
+        (f"http://localhost:{port}/x.png", "本机地址"),  # a name that resolves to loopback
+        (f"http://[::1]:{port}/x.png", "本机地址"),
+        (f"http://127.1:{port}/x.png", "本机地址"),
+        (f"{fake.url}/outputs%2Fx-redirect.png", "本机地址"),  # a link allowed at first, redirected to loopback
+        ("file:///etc/passwd", "只能使用 http(s)"),
+        (f"gopher://127.0.0.1:{port}/_GET", "只能使用 http(s)"),
+        (f"ftp://127.0.0.1:{port}/x.png", "只能使用 http(s)"),
+    ]
+
+
+def test_links_to_this_machine_are_refused_without_a_connection(serve, fake, internal):
+    service = serve()
+    for link, words in _refused_links(fake, internal):
+        started = time.monotonic()
+        content = ask_with_images(service, "换成蓝色", [link])
+        assert words in content and "附图 1没有使用" in content, (link, content)
+        assert time.monotonic() - started < 5
+    assert internal.hits == []  # nothing reached the target
+    assert fake.state.image_calls() == []  # no usable picture: no edit was sent
+
+
+@pytest.mark.parametrize("address, words", [
+    ("10.1.2.3", "内网地址"), ("192.168.0.1", "内网地址"), ("172.16.5.4", "内网地址"),
+    ("169.254.169.254", "链路本地地址"), ("100.64.0.1", "运营商内网地址"), ("0.0.0.0", "保留地址"),
+    ("::ffff:10.0.0.1", "内网地址"), ("fd00::1", "内网地址"), ("224.0.0.1", "保留地址"),
+])
+def test_private_addresses_are_refused_before_any_connection(address, words):
+    """Checked on the rule itself: an IP literal resolves without a packet, and a test must never
+    send one to a private network."""
+    with pytest.raises(AddressRefused, match=words):
+        AddressRule().address_for(address, 80)
+
+
+def test_allow_private_image_urls_lets_a_lan_picture_in(serve, fake, internal):
+    service = serve(allow_private_image_urls=True)
+    ask_with_images(service, "换成蓝色", [f"http://127.0.0.1:{internal.server_address[1]}/lan.png"])
+    assert internal.hits == ["/lan.png"] and len(fake.state.image_calls()) == 1
+
+
+def test_a_link_that_is_not_a_picture_is_said(serve, fake):
+    service = serve()
+    content = ask_with_images(service, "换成蓝色", [f"{fake.url}/outputs%2Fpage.html"])
+    assert "附图 1没有使用：链接返回的不是图片" in content
+
+
+def test_the_upload_limits_fit_the_body_limit():
+    """A multipart edit with three pictures of MAX_IMAGE_MB fits the body the service reads."""
+    from config import Settings
+    from siliconflow_proxy import _with_pictures_limit
+
+    settings = Settings.from_env({})
+    assert _with_pictures_limit(settings) > 3 * settings.max_image_mb * 2**20 * 4 / 3
