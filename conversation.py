@@ -20,22 +20,31 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import wording
 from openai_wire import ApiError
 from parsing import DrawRequest, accepts_negative_prompt, parse, pick_size
 
 # --- reading messages --------------------------------------------------------------------------------
 
 
+# Open WebUI (native tool calling, its default) puts the files of a message before its text, for
+# its tools: `<attached_files>\n<file type="file" id=… name="cat.png"/>\n</attached_files>\n\n`.
+# The pictures themselves come as image_url parts; the block is not something to draw.
+_ATTACHED_FILES = re.compile(r"\A\s*<attached_files>\s*(?:<file\b[^<>]*/>\s*)*</attached_files>\s*")
+
+
 def message_text(content: Any, index: int) -> str:
     """The text of a message's content: a string, or the `text` parts of a list."""
     if content is None or isinstance(content, str):
-        return content or ""
+        return _ATTACHED_FILES.sub("", content or "", count=1)
     if isinstance(content, list):
-        return "\n".join(
-            part["text"] for part in content
-            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
-        )
+        texts = [_ATTACHED_FILES.sub("", part["text"], count=1) for part in content
+                 if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)]
+        return "\n".join(text for text in texts if text)
     raise ApiError(400, f"messages[{index}].content must be a string or a list of content parts.", param="messages")
+
+
+MAX_PART_NOTES = 5  # one line each for the first few parts that cannot be used, then a count
 
 
 @dataclass(frozen=True)
@@ -60,13 +69,16 @@ def turn_images(messages: Any) -> tuple[tuple[ImageRef, ...], tuple[str, ...]]:
             turn.extend(message["content"])
     refs: list[ImageRef] = []
     notes: list[str] = []
+    unusable = 0
     for part in turn:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text":
             continue
         if kind != "image_url":
-            notes.append(f"消息里有一段无法使用的内容（{str(kind)[:40] if kind else '没有 type'}），已忽略；"
-                         "只有文字和 image_url 图片能用")
+            unusable += 1
+            if unusable <= MAX_PART_NOTES:
+                notes.append(f"消息里有一段无法使用的内容（{str(kind)[:40] if kind else '没有 type'}），已忽略；"
+                             "只有文字和 image_url 图片能用")
             continue
         image = part.get("image_url")
         url = image.get("url") if isinstance(image, dict) else image
@@ -75,6 +87,8 @@ def turn_images(messages: Any) -> tuple[tuple[ImageRef, ...], tuple[str, ...]]:
             notes.append(f"{label} 没有图片地址（image_url.url），已忽略")
             continue
         refs.append(ImageRef(label, url.strip()))
+    if unusable > MAX_PART_NOTES:
+        notes.append(f"另有 {unusable - MAX_PART_NOTES} 段无法使用的内容，已忽略")
     return tuple(refs), tuple(notes)
 
 
@@ -127,9 +141,10 @@ class Task:
 
     ui: str  # who asks, for the log
     kind: str  # title | tags | follow_ups | queries | autocomplete | image_prompt | emoji | summary | tools |
-    #            memory | check
+    #            memory | check | image_done | image_failed
     json: bool  # the UI parses a JSON object out of the answer (Open WebUI); else plain text
     requests: tuple[str, ...]  # the user's messages the task quotes, oldest first
+    detail: str = ""  # image_failed: the error the UI asks to pass on
 
 
 # Open WebUI's task templates all start "### Task:" and quote the chat in <chat_history> tags; the
@@ -170,6 +185,8 @@ def housekeeping(messages: list[tuple[str, str]], task_header: str | None = None
     others = [(r, text) for r, text in messages if r != "system"]
     first_system = systems[0].strip() if systems else ""
 
+    if role == "user" and messages[0][0] == "system" and (done := _owui_image_context(messages[0][1])):
+        return Task("Open WebUI", done[0], False, (last,), done[1])
     if task_header and task_header in _OWUI_HEADER_KINDS:
         kind = _OWUI_HEADER_KINDS[task_header]
         return Task("Open WebUI", kind, kind not in ("emoji", "summary"), _owui_requests(last))
@@ -202,6 +219,23 @@ def housekeeping(messages: list[tuple[str, str]], task_header: str | None = None
         return Task("Cherry Studio", "title", False, requests)
     if role == "user" and first_system == "test" and last.strip() == "hi" and len(messages) == 2:
         return Task("Cherry Studio", "check", False, ())
+    return None
+
+
+# Open WebUI's own image generation (its "Image" switch with Function Calling "Legacy") calls the
+# Images API itself, shows the picture, then asks the chat model to tell the user, with this
+# system message first. Drawing again would give a second picture, and spend a second call.
+_OWUI_IMAGE_DONE = ("<context>The requested image has been created by the system successfully",
+                    "<context>The requested image has been edited and created")
+_OWUI_IMAGE_FAILED = re.compile(r"\A<context>Image generation was attempted but failed.{0,200}?the following error "
+                                r"occurred: ?(.{0,2000}?)</context>", re.S)
+
+
+def _owui_image_context(system: str) -> tuple[str, str] | None:
+    if system.startswith(_OWUI_IMAGE_DONE):
+        return "image_done", ""
+    if failed := _OWUI_IMAGE_FAILED.match(system):
+        return "image_failed", wording.md(wording.one_line(failed[1], 300))
     return None
 
 
@@ -255,17 +289,17 @@ def _cherry_requests(text: str) -> tuple[str, ...] | None:
 Ask = Callable[[str, str], str]  # (system, user) -> the chat model's answer; raises when it has none
 
 
-def answer(task: Task, ask: Ask | None) -> str:
+def answer(task: Task, ask: Ask | None, *, resizable: bool = True) -> str:
     """The task's answer in the shape the UI parses: from the chat model when it answers in that
     shape, else made here from the user's drawing requests."""
     made = None
     if ask is not None and task.kind in ("title", "tags", "follow_ups") and task.requests:
         try:
-            made = _from_model(task, ask)
+            made = _from_model(task, ask, resizable)
         except Exception:  # the chat model is a nicety: any failure means the local answer
             made = None
     if made is None:
-        made = _local(task)
+        made = _local(task, resizable)
     if not task.json:
         return made if isinstance(made, str) else ""
     key = {"title": "title", "tags": "tags", "follow_ups": "follow_ups", "queries": "queries",
@@ -273,7 +307,7 @@ def answer(task: Task, ask: Ask | None) -> str:
     return json.dumps({key: made}, ensure_ascii=False)
 
 
-def _from_model(task: Task, ask: Ask) -> str | list[str] | None:
+def _from_model(task: Task, ask: Ask, resizable: bool) -> str | list[str] | None:
     zh = _is_chinese(task.requests)
     requests = "\n".join(f"- {request[:300]}" for request in task.requests[-5:])
     language = "Chinese" if zh else "the same language as the requests"
@@ -292,8 +326,9 @@ def _from_model(task: Task, ask: Ask) -> str | list[str] | None:
                    requests)
         tags = _json_list(text, "tags", 3, 24)
         return tags or None
+    ratio = "another aspect ratio such as 16:9, " if resizable else ""
     text = ask(f"Suggest 3 short next messages the user could send to the image generator to change or continue "
-               f"the last picture: a style, a colour, a detail, another aspect ratio such as 16:9, or pic:2 for two "
+               f"the last picture: a style, a colour, a detail, {ratio}or pic:2 for two "
                f"pictures. In {language}, each a request to draw, under 20 words. "
                f'Answer with JSON: {{"follow_ups": ["..."]}}', requests)
     follow_ups = _json_list(text, "follow_ups", 5, 120)
@@ -320,7 +355,7 @@ def _clean(text: str, longest: int) -> str:
     return text[:longest].strip()
 
 
-def _local(task: Task) -> str | list[str] | list[Any]:
+def _local(task: Task, resizable: bool = True) -> str | list[str] | list[Any]:
     requests = task.requests
     zh = _is_chinese(requests)
     if task.kind == "title":
@@ -328,7 +363,7 @@ def _local(task: Task) -> str | list[str] | list[Any]:
     if task.kind == "tags":
         return tags(requests, zh)
     if task.kind == "follow_ups":
-        return follow_ups(requests, zh)
+        return follow_ups(requests, zh, resizable)
     if task.kind == "image_prompt":
         return requests[-1] if requests else ""
     if task.kind == "emoji":
@@ -338,6 +373,11 @@ def _local(task: Task) -> str | list[str] | list[Any]:
         return f"用户请本服务画了这些图：{drawn}" if zh else f"The user asked this image service to draw: {drawn}"
     if task.kind == "check":
         return "OK"
+    if task.kind == "image_done":
+        return "图片已经画好，就在上面。" if zh else "Your picture is ready, shown above."
+    if task.kind == "image_failed":
+        reason = task.detail or ("没有说明原因" if zh else "no reason given")
+        return f"图片没有画成：{reason}" if zh else f"The picture could not be made: {reason}"
     if task.kind == "autocomplete":
         return ""
     return []  # queries, tool calls, memory operations: none
@@ -395,9 +435,10 @@ _NEXT_STYLES = (("水彩", "watercolor", "换成水彩风格", "Make it a waterc
                 ("动漫", "anime", "换成动漫风格", "Make it anime style"))
 
 
-def follow_ups(requests: tuple[str, ...] | list[str], zh: bool) -> list[str]:
+def follow_ups(requests: tuple[str, ...] | list[str], zh: bool, resizable: bool = True) -> list[str]:
     """Three real next drawing requests that move on from what was asked so far: a style not
-    used yet, the other shape, and more pictures or another angle."""
+    used yet, the other shape (a detail instead, for an edit model, which keeps the input's
+    size), and more pictures or another angle."""
     said = " ".join(requests).lower()
     style = next(((chinese, english) for key_zh, key_en, chinese, english in _NEXT_STYLES
                   if key_zh not in said and key_en not in said), ("换个角度", "Show it from another angle"))
@@ -408,6 +449,8 @@ def follow_ups(requests: tuple[str, ...] | list[str], zh: bool) -> list[str]:
             break
     wide = shape is not None and shape[0] > shape[1]
     other_shape = ("改成 9:16 竖图", "Make it 9:16") if wide else ("改成 16:9 横图", "Make it 16:9")
+    if not resizable:
+        other_shape = ("把背景换成海边", "Change the background to a beach")
     last = requests[-1] if requests else ""
     more = ("换个角度", "Show it from another angle") if _AGAIN.search(last.strip()) or "pic" in last.lower() \
         else ("再画两张 pic:2", "Two more pic:2")

@@ -46,9 +46,10 @@ class TooLarge(Exception):
 class AddressRefused(Exception):
     """A connection was refused by the address rule before anything was sent. `reason` is for users."""
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str, *, unresolved: bool = False):
         super().__init__(reason)
         self.reason = reason
+        self.unresolved = unresolved  # the host's name did not resolve here
 
 
 # --- deadlines ------------------------------------------------------------------------------------
@@ -201,13 +202,13 @@ class AddressRule:
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError):
-            raise AddressRefused(f"无法解析主机名 {host[:80]}") from None
+            raise AddressRefused(f"无法解析主机名 {host[:80]}", unresolved=True) from None
         addresses = [info[4][0] for info in infos]
         for address in addresses:
             if why := refusal(address):
                 raise AddressRefused(f"{host[:80]} 指向{why}，出于安全不予访问")
         if not addresses:
-            raise AddressRefused(f"无法解析主机名 {host[:80]}")
+            raise AddressRefused(f"无法解析主机名 {host[:80]}", unresolved=True)
         return addresses[0]
 
 
@@ -333,10 +334,35 @@ class _GuardedAdapter(requests.adapters.HTTPAdapter):
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> urllib3.PoolManager:
         return _guarded(super().proxy_manager_for(proxy, **proxy_kwargs))
 
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        """Every hop, redirects included. Through a proxy the proxy connects, so the address rule
+        is applied here, to the address the URL's host has from this machine, before the proxy is
+        asked (a name this machine cannot resolve is left to the proxy)."""
+        proxies = kwargs.get("proxies") or {}
+        url = request.url or ""
+        if proxies and requests.utils.should_bypass_proxies(url, no_proxy=None):
+            kwargs["proxies"] = proxies = {}
+        rule = _RULE.get()
+        if rule is not None and proxies and requests.utils.select_proxy(url, proxies):
+            parts = urlsplit(url)
+            try:
+                rule.address_for(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+            except AddressRefused as refused:
+                if not refused.unresolved:
+                    raise
+        return super().send(request, *args, **kwargs)
+
 
 def make_session(pool_size: int) -> requests.Session:
-    """The client for image hosts and image downloads, its pool sized for the worker threads."""
+    """The client for image hosts and image downloads, its pool sized for the worker threads.
+
+    It reads HTTP(S)_PROXY, NO_PROXY and a CA bundle (REQUESTS_CA_BUNDLE) from the environment,
+    but not ~/.netrc: links someone else chose must never carry the operator's logins.
+    """
     session = requests.Session()
+    session.trust_env = False  # no netrc (requests would add its logins to every hop, redirects too)
+    session.proxies = {scheme: url for scheme, url in getproxies().items() if scheme in ("http", "https", "all")}
+    session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
     adapter = _GuardedAdapter(pool_connections=4, pool_maxsize=pool_size)
     session.mount("http://", adapter)
     session.mount("https://", adapter)

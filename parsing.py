@@ -161,10 +161,13 @@ def parse(text: str, model: str, max_images: int) -> DrawRequest:
             notes.append(f"{model} 不支持负面提示词，已忽略：{negative}")
             negative = None
 
+    size = pick_size(model, shape, explicit=asked is not None and "x" in asked)
+    if asked is not None and size is None:  # an edit model: its picture keeps the input's size
+        notes.append(f"{model} 画出的图跟随输入图片的尺寸，{asked} 没有使用")
     return DrawRequest(
         prompt=text.strip().strip(_SEPARATORS).strip(),
         count=count,
-        size=pick_size(model, shape, explicit=asked is not None and "x" in asked),
+        size=size,
         asked_size=asked,
         asked_shape=shape,
         seed=seed,

@@ -27,7 +27,7 @@ from keypool import KeyPool, Upkeep
 from models import ModelCatalog, family
 from parsing import DrawRequest, find_banned, fit_prompt, image_seeds
 from uploaders import ImageStore, Links, UploadError, data_uri, input_picture, lasting_links
-from upstream import Failure, UpstreamError, expand_prompt, generate_with_failover, image_answer_bytes, payload_for
+from upstream import Failure, JsonText, UpstreamError, expand_prompt, generate_with_failover, image_answer_bytes, payload_for
 
 log = logging.getLogger("siliconflow_proxy.pipeline")
 
@@ -79,7 +79,7 @@ class Outcome:
 class Inputs:
     """The input pictures as the model takes them: its fields filled, and what was left out."""
 
-    fields: dict[str, str] = field(default_factory=dict)  # `image`, `image2`, … -> data URIs
+    fields: dict[str, JsonText] = field(default_factory=dict)  # `image`, `image2`, … -> data URIs
     notes: tuple[str, ...] = ()
     missing: str | None = None  # an edit model got no usable picture: why
 
@@ -191,7 +191,7 @@ def draw(job: Job, services: Services, cancelled: threading.Event | None = None)
     futures: list[Future] = []
     try:
         # The input pictures are fetched while the chat model rewrites the prompt.
-        inputs_asked = services.executor.submit(load_inputs, job, services, deadline) if job.inputs else None
+        inputs_asked = services.executor.submit(load_inputs, job, services, deadline, cancelled) if job.inputs else None
         asked = services.executor.submit(expand, job, services, deadline) if job.expand else None
         steps = [step for step in (inputs_asked, asked) if step is not None]
         futures.extend(steps)
@@ -333,29 +333,50 @@ def expand(job: Job, services: Services, until: float) -> Expansion:
     return Expansion(wording.redact_secrets(expanded, settings.secret_values()))
 
 
-def load_inputs(job: Job, services: Services, until: float) -> Inputs:
+def load_inputs(job: Job, services: Services, until: float, cancelled: threading.Event | None = None) -> Inputs:
     """Runs on a worker thread: the job's pictures, in order, in the fields its model takes
     (`image`, `image2`, `image3`; Kolors' `image` for image-to-image), and a note for each that
-    is not used and why. Never raises."""
+    is not used and why. Never raises.
+
+    At most two pictures more than the model takes are tried (a message with a thousand links
+    does not make a thousand fetches), and none once the client has left."""
     takes, settings = family(job.model), services.settings
     if not takes.inputs:
-        return Inputs(notes=(f"{job.model} 不接受输入图片，{'、'.join(ref.label for ref in job.inputs)}没有使用",))
-    fields: dict[str, str] = {}
+        return Inputs(notes=(f"{job.model} 不接受输入图片，{_labels(job.inputs)}没有使用",))
+    fields: dict[str, JsonText] = {}
+    used: list[ImageRef] = []
     notes: list[str] = []
-    for ref in job.inputs:
+    tries = len(takes.inputs) + 2
+    for number, ref in enumerate(job.inputs):
         if len(fields) == len(takes.inputs):
-            notes.append(f"{ref.label}没有使用：{job.model} 最多接受 {len(takes.inputs)} 张图片")
-            continue
+            notes.append(f"{_labels(job.inputs[number:])}没有使用：{job.model} 最多接受 {len(takes.inputs)} 张图片")
+            break
+        if number == tries or (cancelled is not None and cancelled.is_set()):
+            notes.append(f"{_labels(job.inputs[number:])}没有使用：前面的图片已试过 {number} 张")
+            break
         try:
             picture = input_picture(services.session, settings, services.store, ref.url, ref.data, until)
         except UploadError as exc:
-            notes.append(f"{ref.label}没有使用：{exc.message}")
+            notes.append(f"{_labels([ref])}没有使用：{exc.message}")
             continue
-        fields[takes.inputs[len(fields)]] = data_uri(picture)
-    if fields:
-        used = [ref.label for ref in job.inputs][: len(fields)]
-        notes.insert(0, f"按{'、'.join(used)}修改" if takes.needs_input else f"以{'、'.join(used)}为底图")
+        except Exception:  # a host that answers in ways nothing expects: this picture only
+            log.exception("req=%s reading %s failed", job.request_id, ref.label)
+            notes.append(f"{_labels([ref])}没有使用：读取图片时出错")
+            continue
+        fields[takes.inputs[len(fields)]] = JsonText.of(data_uri(picture))
+        used.append(ref)
+    if used:
+        notes.insert(0, f"按{_labels(used)}修改" if takes.needs_input else f"以{_labels(used)}为底图")
     return Inputs(fields, tuple(notes), _needs_a_picture(job.model) if takes.needs_input and not fields else None)
+
+
+def _labels(refs: Any) -> str:
+    """「附图 1、附图 2 」: the pictures' names, spaced from the Chinese that follows when they end in a digit."""
+    labels = [ref.label for ref in refs]
+    if len(labels) > 3:
+        labels = [*labels[:2], f"…{labels[-1]}（共 {len(labels)} 张）"]
+    text = "、".join(labels)
+    return f"{text} " if text[-1:].isascii() else text
 
 
 def _needs_a_picture(model: str) -> str:

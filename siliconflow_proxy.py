@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, request, send_file
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.formparser import FormDataParser
 from werkzeug.wsgi import wrap_file
 
@@ -48,6 +48,7 @@ from upstream import Failure, UpstreamError, account_info, complete, image_model
 log = logging.getLogger("siliconflow_proxy")
 
 MAX_BODY_BYTES = 1 << 20
+EDIT_FORM_PARTS = 64  # image, image[] ×3, prompt, model, n, size, response_format, …: a few dozen at most
 HOUSEKEEPING_SECONDS = 8.0  # most a chat UI's background task waits for the chat model's answer
 
 
@@ -194,9 +195,10 @@ def _housekeeping(task: conversation.Task, model: Any, stream: bool, services: S
         services.pool.report(lease, None)
         return wording.redact_secrets(text, settings.secret_values())
 
-    answer = conversation.answer(task, ask if settings.api_keys and settings.prompt_expansion else None)
-    log.info("req=%s %s %s task answered without drawing", g.request_id, task.ui, task.kind)
     named = model if isinstance(model, str) and model else services.catalog.default()
+    answer = conversation.answer(task, ask if settings.api_keys and settings.prompt_expansion else None,
+                                 resizable=bool(family(named).sizes))
+    log.info("req=%s %s %s task answered without drawing", g.request_id, task.ui, task.kind)
     return chat_answer([answer], stream=stream, model=named[:100], prompt="")
 
 
@@ -230,12 +232,24 @@ def images_edits() -> Response:
     if request.mimetype != "multipart/form-data":
         raise ApiError(400, "Send an edit as multipart/form-data: the picture in 'image' (or 'image[]'), the "
                             "instruction in 'prompt'.")
+    if not request.mimetype_params.get("boundary"):
+        raise ApiError(400, "The Content-Type multipart/form-data has no boundary: let the HTTP client build the "
+                            "multipart body (files=… in requests, -F in curl) rather than setting the header by hand.")
     raw = _body(limit)
     try:
-        _, form, files = FormDataParser(max_form_memory_size=limit, max_content_length=limit, max_form_parts=64).parse(
+        # Text fields (the prompt, the options) are held to MAX_BODY_BYTES together; only files are large.
+        _, form, files = FormDataParser(max_form_memory_size=MAX_BODY_BYTES, max_content_length=limit,
+                                        max_form_parts=EDIT_FORM_PARTS).parse(
             io.BytesIO(raw), request.mimetype, len(raw), request.mimetype_params)
+    except RequestEntityTooLarge:
+        raise ApiError(413, f"The edit has more than {EDIT_FORM_PARTS} parts or a text field larger than "
+                            f"{MAX_BODY_BYTES // 1024} KB: send the picture(s), the prompt and the options only.") from None
     except (ValueError, HTTPException):
         raise ApiError(400, "The multipart body could not be read: check its boundary and parts.") from None
+    del raw  # the parser holds the parts now
+    if not form and not files:
+        raise ApiError(400, "The multipart body could not be read: no part matched its boundary. Check that the "
+                            "body is complete and uses the boundary its Content-Type names.")
     body: dict[str, Any] = {}
     for name, value in form.items():
         body[name] = _number(value) if name in _NUMBER_FIELDS else value
@@ -488,8 +502,20 @@ def _body(limit: int = MAX_BODY_BYTES) -> bytes:
     return raw
 
 
+# A picture inside a JSON string: a data: URI (a serializer may escape its slashes).
+_DATA_URI_IN_JSON = re.compile(rb'"data:image(?:/|\\/)[A-Za-z0-9.+-]{1,40};base64,[A-Za-z0-9+/=\\]*"')
+
+
 def _json_object(limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    """The request's JSON object. Past MAX_BODY_BYTES (chat with pictures may go up to `limit`),
+    only pictures' data: URIs may make up the difference: the rest (text, structure) is what
+    costs memory and time to parse, and stays within MAX_BODY_BYTES."""
     raw = _body(limit)
+    if len(raw) > MAX_BODY_BYTES:
+        pictures = sum(len(match) for match in _DATA_URI_IN_JSON.findall(raw))
+        if len(raw) - pictures > MAX_BODY_BYTES:
+            raise ApiError(413, f"The request body is larger than {MAX_BODY_BYTES // 1024} KB besides its pictures' "
+                                "data: URIs. Send less text or history.")
     try:
         body = json.loads(raw)
         # Lone surrogates ("\ud800") parse, but no text with one can be encoded: find them here,

@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 
 from config import Settings
 from outbound import AddressRefused, AddressRule, address_rule, deadline, remaining
@@ -98,6 +99,8 @@ def fetch_picture(
         raise UploadError("下载图片时重定向次数过多") from None
     except requests.RequestException:
         raise UploadError("下载图片失败（连接出错）") from None
+    except (ValueError, LookupError, urllib3.exceptions.HTTPError):  # a redirect to a broken URL, a broken answer
+        raise UploadError("下载图片失败（对方的回答无效）") from None
     except AddressRefused as exc:
         raise UploadError(f"图片链接不安全：{exc.reason}") from None
     mimetype = sniff(bytes(data[:16]))
@@ -107,7 +110,7 @@ def fetch_picture(
 
 
 def _download(session: requests.Session, url: str, at: float, max_bytes: int) -> bytearray:
-    if not url.startswith(("http://", "https://")):
+    if not url.lower().startswith(("http://", "https://")):
         raise UploadError("图片链接不是 http(s) 地址")
     with session.get(url, timeout=(remaining(at, 10.0), remaining(at, 60.0)), stream=True, allow_redirects=True) as response:
         if response.status_code != 200:
@@ -115,7 +118,8 @@ def _download(session: requests.Session, url: str, at: float, max_bytes: int) ->
         declared = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if declared and not declared.startswith(("image/", "application/octet-stream", "binary/")):
             raise UploadError(f"链接返回的不是图片（{upstream_text(declared, 40)}）")
-        if int(response.headers.get("Content-Length") or 0) > max_bytes:
+        declared_length = response.headers.get("Content-Length") or ""
+        if declared_length.isdigit() and int(declared_length) > max_bytes:  # a bad one: the bytes are counted anyway
             raise UploadError(f"图片超过 {max_bytes // 2**20} MB")
         data = bytearray()
         for piece in response.iter_content(64 * 1024):

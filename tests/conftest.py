@@ -125,6 +125,7 @@ def serve(fake: FakeSiliconFlow) -> Iterator[Callable[..., Service]]:
         server.shutdown()
         server.server_close()
         app.extensions["siliconflow"].executor.shutdown(wait=False, cancel_futures=True)
+        app.extensions["siliconflow"].catalog.stop()  # its refresh thread would outlive the test
 
 
 @pytest.fixture

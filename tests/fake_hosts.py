@@ -288,8 +288,10 @@ class _SinkHandler(_Handler):
 
 
 class InternalHost(ThreadingHTTPServer):
-    """Something on this machine that must not be reached through an image link: it answers every
-    GET with a picture and records the path, so a test sees whether anything got through."""
+    """Something on this machine that must not be reached through an image link: it records every
+    GET (path and headers), so a test sees whether anything got through. Paths choose the answer:
+    `/missing…` 404, `/bad-length…` a picture with `Content-Length: abc`, `/bad-redirect…` a
+    redirect to `http://[::1` (no closing bracket); anything else a picture."""
 
     daemon_threads = True
 
@@ -297,17 +299,74 @@ class InternalHost(ThreadingHTTPServer):
         from tests.fake_siliconflow import png
 
         self.hits: list[str] = []
+        self.headers_seen: list[dict[str, str]] = []
         picture = png(16, 16, b"internal")
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
                 server.hits.append(self.path)
+                server.headers_seen.append(dict(self.headers))
+                if self.path.startswith("/missing"):
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if self.path.startswith("/bad-redirect"):
+                    self.send_response(302)
+                    self.send_header("Location", "http://[::1")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 self.send_response(200)
                 self.send_header("Content-Type", "image/png")
-                self.send_header("Content-Length", str(len(picture)))
+                self.send_header("Content-Length", "abc" if self.path.startswith("/bad-length") else str(len(picture)))
                 self.end_headers()
                 self.wfile.write(picture)
+                self.close_connection = True
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}{path}"
+
+
+class ForwardProxy(ThreadingHTTPServer):
+    """A plain HTTP forward proxy (absolute-form requests, no CONNECT), recording each URL asked:
+    what HTTP_PROXY points at in the tests that check the address rule still holds behind one."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        import http.client
+
+        self.asked: list[str] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _forward(self):
+                server.asked.append(self.path)
+                parts = urlsplit(self.path)
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                upstream = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("proxy-connection", "connection")}
+                upstream.request(self.command, parts.path + (f"?{parts.query}" if parts.query else ""), body, headers)
+                answer = upstream.getresponse()
+                data = answer.read()
+                self.send_response(answer.status)
+                for name, value in answer.getheaders():
+                    if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                upstream.close()
+
+            do_GET = do_POST = _forward
 
             def log_message(self, *args):
                 pass

@@ -105,6 +105,7 @@ class FakeState:
     redirect_to: str = ""
     rate_limit: tuple[int, float] | None = None
     models_down: bool = False
+    extra_models: tuple[str, ...] = ()  # listed as text-to-image too (hostile ids, for the model list)
     refused: int = 0
     refused_at: list[float] = field(default_factory=list)
     windows: dict[tuple[str, str], list[float]] = field(default_factory=dict)
@@ -125,6 +126,7 @@ class FakeState:
         self.redirect_to = ""
         self.rate_limit = None
         self.models_down = False
+        self.extra_models = ()
         self.refused = 0
         self.refused_at = []
         self.windows = {}
@@ -321,7 +323,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             query = parse_qs(urlsplit(self.path).query)
             kind, sub_type = query.get("type", [""])[0], query.get("sub_type", [""])[0]
-            listed = {"text-to-image": TEXT_TO_IMAGE, "image-to-image": IMAGE_TO_IMAGE}.get(sub_type) if kind == "image" \
+            listed = {"text-to-image": (*TEXT_TO_IMAGE, *state.extra_models),
+                      "image-to-image": IMAGE_TO_IMAGE}.get(sub_type) if kind == "image" \
                 else sorted(CHAT_MODELS) if kind == "text" else (*TEXT_TO_IMAGE, *EDIT_MODELS, *sorted(CHAT_MODELS))
             if kind == "image" and not sub_type:
                 listed = (*TEXT_TO_IMAGE, *EDIT_MODELS)

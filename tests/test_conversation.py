@@ -5,17 +5,19 @@ picture, through the real OpenAI clients."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import openai
 import pytest
 import requests
 
-from tests.helpers import answer_text, images_in, post_chat, stream_chunks
+from tests.helpers import answer_text, images_in, post_chat, rendered, stream_chunks
 from tests.test_clients import LEGACY_SCRIPT
 from tests.ui_templates import (
     librechat_title_prompt,
     lobechat_title_system,
+    open_webui_image_contexts,
     open_webui_templates,
     parse_like_open_webui,
     render_librechat,
@@ -174,6 +176,43 @@ def test_a_message_that_only_looks_like_a_template_is_drawn(serve, fake, text):
                {"role": "user", "content": text}] if "<chat_history>" in text else [{"role": "user", "content": text}]
     answer = _ask(service, history)
     assert len(images_in(answer)) == 1 and len(fake.state.image_calls()) == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_open_webuis_own_image_generation_is_told_not_drawn_again(serve, fake, stream):
+    """Open WebUI's Image switch (Function Calling "Legacy") calls the Images API itself, then asks
+    the chat model to tell the user, with its own context first: one picture, not two."""
+    service = serve()
+    done, edited, failed = (next(c for c in open_webui_image_contexts() if c.startswith(start)) for start in (
+        "<context>The requested image has been created", "<context>The requested image has been edited",
+        "<context>Image generation was attempted but failed because"))
+    said = []
+    for context in (done, edited, failed.replace("{error_message}", "[x](http://attacker.example/) quota")):
+        messages = [{"role": "system", "content": f"{context}\nYou are a helpful assistant."},
+                    {"role": "user", "content": "画一只可爱的小狗"}]
+        said.append(_ask(service, messages, stream=stream))
+    assert said[:2] == ["图片已经画好，就在上面。"] * 2
+    assert said[2].startswith("图片没有画成：") and "quota" in said[2]
+    assert rendered(said[2])["links"] == [] and fake.state.image_calls() == [] and fake.state.chat_calls() == []
+
+
+def test_open_webui_with_image_generation_switched_off_still_draws(serve, fake):
+    service = serve(prompt_expansion=False)
+    [off] = [c for c in open_webui_image_contexts() if "disabled by the administrator" in c]
+    answer = _ask(service, [{"role": "system", "content": off}, {"role": "user", "content": "画一只可爱的小狗"}])
+    assert len(images_in(answer)) == 1 and len(fake.state.image_calls()) == 1
+
+
+def test_follow_up_suggestions_for_an_edit_model_keep_to_what_it_can_do(serve, fake):
+    """An edit model keeps the input's size: suggesting "16:9" would suggest what it cannot do."""
+    service = serve(prompt_expansion=False)
+    template = open_webui_templates()["DEFAULT_FOLLOW_UP_GENERATION_PROMPT_TEMPLATE"]
+    prompt = render_open_webui(template, [{"role": "user", "content": "把它换成蓝色"},
+                                          {"role": "assistant", "content": "好的"}])
+    edit = parse_like_open_webui(_ask(service, [{"role": "user", "content": prompt}], model="Qwen/Qwen-Image-Edit-2509"))
+    draw = parse_like_open_webui(_ask(service, [{"role": "user", "content": prompt}]))
+    assert any("16:9" in s for s in draw["follow_ups"]) and not any(re.search(r"\d+:\d+", s) for s in edit["follow_ups"])
+    assert len(edit["follow_ups"]) == 3 and fake.state.image_calls() == []
 
 
 # --- follow-ups change the last picture ------------------------------------------------------------

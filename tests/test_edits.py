@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from outbound import AddressRefused, AddressRule
+from tests.fake_hosts import ForwardProxy
 from tests.fake_siliconflow import png
 from tests.helpers import answer_text, images_in
 from tests.test_clients import LEGACY_SCRIPT
@@ -37,11 +38,12 @@ def client(service) -> openai.OpenAI:
 
 
 def ask_with_images(service, text: str, urls: list[str], *, model: str = EDIT, stream: bool = False,
-                    history: list[dict] | None = None, extra_parts: list[dict] | None = None) -> str:
-    content = [{"type": "text", "text": text}, *[{"type": "image_url", "image_url": {"url": u}} for u in urls],
-               *(extra_parts or [])]
+                    history: list[dict] | None = None, extra_parts: list[dict] | None = None,
+                    before: list[dict] | None = None, session: requests.Session | None = None) -> str:
+    content = [*(before or []), {"type": "text", "text": text},
+               *[{"type": "image_url", "image_url": {"url": u}} for u in urls], *(extra_parts or [])]
     body = {"model": model, "stream": stream, "messages": [*(history or []), {"role": "user", "content": content}]}
-    response = requests.post(f"{service.url}/v1/chat/completions", json=body, stream=stream, timeout=60)
+    response = (session or requests).post(f"{service.url}/v1/chat/completions", json=body, stream=stream, timeout=60)
     assert response.status_code == 200, response.text
     if stream:
         from tests.helpers import content_of, stream_chunks
@@ -149,7 +151,7 @@ def test_a_picture_in_chat_is_the_edit_models_input(serve, fake, stream):
     content = ask_with_images(service, "把猫换成蓝色", [data_url(RED)], stream=stream)
     [call] = fake.state.image_calls()
     assert sent(call) == RED and call.body["prompt"] == "把猫换成蓝色"  # an edit's instruction, not expanded
-    assert "按附图 1修改" in content and len(images_in(content)) == 1 and fake.state.chat_calls() == []
+    assert "按附图 1 修改" in content and len(images_in(content)) == 1 and fake.state.chat_calls() == []
 
 
 def test_a_picture_link_in_chat_is_fetched_and_sent_as_data(serve, fake):
@@ -165,21 +167,21 @@ def test_more_pictures_than_the_model_takes_says_which_were_left_out(serve, fake
     content = ask_with_images(service, "换成蓝色", [data_url(RED), data_url(BLUE)], model=EDIT1)
     [call] = fake.state.image_calls()
     assert sent(call) == RED and "image2" not in call.body
-    assert f"附图 2没有使用：{EDIT1} 最多接受 1 张图片" in content
+    assert f"附图 2 没有使用：{EDIT1} 最多接受 1 张图片" in content
 
 
 def test_kolors_takes_a_picture_for_image_to_image(serve, fake):
     service = serve(prompt_expansion=False)
     content = ask_with_images(service, "水彩风格的猫", [data_url(RED)], model="Kwai-Kolors/Kolors")
     [call] = fake.state.image_calls()
-    assert sent(call) == RED and call.body["image_size"] == "1024x1024" and "以附图 1为底图" in content
+    assert sent(call) == RED and call.body["image_size"] == "1024x1024" and "以附图 1 为底图" in content
 
 
 def test_a_model_without_picture_inputs_says_the_picture_was_not_used(serve, fake):
     service = serve(prompt_expansion=False)
     content = ask_with_images(service, "一只猫", [data_url(RED)], model="Qwen/Qwen-Image")
     [call] = fake.state.image_calls()
-    assert "image" not in call.body and "Qwen/Qwen-Image 不接受输入图片，附图 1没有使用" in content
+    assert "image" not in call.body and "Qwen/Qwen-Image 不接受输入图片，附图 1 没有使用" in content
 
 
 @pytest.mark.parametrize("part, words", [
@@ -200,7 +202,7 @@ def test_a_picture_over_max_image_mb_is_said(serve, fake):
     service = serve(max_image_mb=1)
     big = b"\x89PNG\r\n\x1a\n" + bytes(int(1.5 * 2**20))
     content = ask_with_images(service, "换成蓝色", [data_url(big), data_url(RED)], model=EDIT)
-    assert "附图 1没有使用：图片超过 1 MB" in content and sent(fake.state.image_calls()[0]) == RED
+    assert "附图 1 没有使用：图片超过 1 MB" in content and sent(fake.state.image_calls()[0]) == RED
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -281,7 +283,7 @@ def test_links_to_this_machine_are_refused_without_a_connection(serve, fake, int
     for link, words in _refused_links(fake, internal):
         started = time.monotonic()
         content = ask_with_images(service, "换成蓝色", [link])
-        assert words in content and "附图 1没有使用" in content, (link, content)
+        assert words in content and "附图 1 没有使用" in content, (link, content)
         assert time.monotonic() - started < 5
     assert internal.hits == []  # nothing reached the target
     assert fake.state.image_calls() == []  # no usable picture: no edit was sent
@@ -308,7 +310,7 @@ def test_allow_private_image_urls_lets_a_lan_picture_in(serve, fake, internal):
 def test_a_link_that_is_not_a_picture_is_said(serve, fake):
     service = serve()
     content = ask_with_images(service, "换成蓝色", [f"{fake.url}/outputs%2Fpage.html"])
-    assert "附图 1没有使用：链接返回的不是图片" in content
+    assert "附图 1 没有使用：链接返回的不是图片" in content
 
 
 def test_the_upload_limits_fit_the_body_limit():
@@ -318,3 +320,135 @@ def test_the_upload_limits_fit_the_body_limit():
 
     settings = Settings.from_env({})
     assert _with_pictures_limit(settings) > 3 * settings.max_image_mb * 2**20 * 4 / 3
+
+
+# --- what an attack on the first version found -----------------------------------------------------------
+
+
+def test_a_large_chat_body_must_be_large_by_its_pictures(serve, fake):
+    """Chat may be large to carry pictures; text and structure stay within the 1 MB they had."""
+    service = serve(prompt_expansion=False)
+    structure = (b'{"model":"Kwai-Kolors/Kolors","messages":[{"role":"user","content":"cat"}],"x":['
+                 + b"[]," * 1_000_000 + b"[]]}")  # 3 MB, no picture anywhere
+    response = requests.post(f"{service.url}/v1/chat/completions", data=structure, timeout=60,
+                             headers={"Content-Type": "application/json"})
+    assert response.status_code == 413 and "besides its pictures" in response.json()["error"]["message"]
+    big = png(32, 32, b"big") + bytes(3 * 2**20)  # a 3 MB picture: the body is large by it, and taken
+    content = ask_with_images(service, "换成蓝色", [data_url(big)])
+    assert len(images_in(content)) == 1 and sent(fake.state.image_calls()[0]) == big
+
+
+def test_many_links_make_a_few_fetches(serve, fake, internal):
+    service = serve(allow_private_image_urls=True)  # only so that the test's host, on 127.0.0.1, counts
+    links = [internal.url(f"/missing-{i}.png") for i in range(50)]
+    content = ask_with_images(service, "换成蓝色", links, model=EDIT1)
+    assert len(internal.hits) == 3  # the one picture the model takes, and two more tries
+    assert "附图 4、附图 5、…附图 50（共 47 张）没有使用：前面的图片已试过 3 张" in content
+    assert fake.state.image_calls() == [] and "需要一张输入图片" in content
+
+
+@pytest.mark.parametrize("path, used", [("/bad-length.png", "附图 1"), ("/bad-redirect.png", "附图 2")])
+def test_a_host_answering_nonsense_loses_at_most_its_own_picture(serve, fake, internal, path, used):
+    """A Content-Length that is not a number (the bytes are counted anyway), a redirect to a URL
+    that cannot be parsed: the rest of the message is drawn."""
+    service = serve(allow_private_image_urls=True)
+    content = ask_with_images(service, "换成蓝色", [internal.url(path), data_url(BLUE)], model=EDIT1)
+    assert f"按{used} 修改" in content and "内部错误" not in content and len(images_in(content)) == 1
+    if used == "附图 2":
+        assert "附图 1 没有使用：下载图片失败" in content and sent(fake.state.image_calls()[0]) == BLUE
+
+
+def test_the_answer_names_the_picture_that_was_used(serve, fake):
+    service = serve(prompt_expansion=False)
+    content = ask_with_images(service, "换成蓝色", [data_url(b"not a picture"), data_url(BLUE)], model=EDIT1)
+    assert "按附图 2 修改" in content and "附图 1 没有使用" in content and sent(fake.state.image_calls()[0]) == BLUE
+
+
+def test_behind_http_proxy_the_address_rule_still_holds(serve, fake, internal, monkeypatch):
+    proxy = ForwardProxy()
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{proxy.server_address[1]}")
+    for name in ("no_proxy", "NO_PROXY", "HTTP_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    try:
+        refused, allowed = serve(), serve(allow_private_image_urls=True)
+        for service in (refused, allowed):
+            ask_with_images(service, "换成蓝色", [internal.url("/secret.png")], session=_no_env())
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    # Refused before the proxy was asked; the LAN set-up's fetch went through the proxy.
+    assert proxy.asked.count(internal.url("/secret.png")) == 1 and internal.hits == ["/secret.png"]
+    assert any("/v1/images/generations" in url for url in proxy.asked)  # SiliconFlow's calls used it too
+
+
+def test_the_operators_netrc_logins_are_not_sent_with_a_link(serve, fake, internal, tmp_path, monkeypatch):
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login operator password hunter2\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    service = serve(allow_private_image_urls=True)
+    ask_with_images(service, "换成蓝色", [internal.url("/x.png")])
+    assert internal.hits == ["/x.png"] and "Authorization" not in internal.headers_seen[0]
+
+
+def test_an_upper_case_scheme_is_a_link_like_any_other(serve, fake):
+    service = serve(prompt_expansion=False)
+    link = images_in(answer_text(service.url, "画一只猫", stream=False))[1]
+    picture = requests.get(link, timeout=5).content
+    ask_with_images(service, "换成蓝色", [link.replace("http://", "HTTP://", 1)])
+    assert sent(fake.state.image_calls()[-1]) == picture
+
+
+def test_open_webuis_attached_files_block_is_not_drawn(serve, fake):
+    """Open WebUI 0.12 (utils/middleware.py add_file_context) puts its files before the text."""
+    service = serve(prompt_expansion=False)
+    block = ('<attached_files>\n<file type="file" id="9f1c" url="9f1c" content_type="image/png" name="cat.png"/>\n'
+             '</attached_files>\n\n')
+    content = ask_with_images(service, "换成水彩风格", [data_url(RED)], extra_parts=[], history=None,
+                              before=[{"type": "text", "text": block}])
+    [call] = fake.state.image_calls()
+    assert call.body["prompt"] == "换成水彩风格" and "attached_files" not in content
+
+
+def test_an_edit_model_says_a_size_it_cannot_use(serve, fake):
+    service = serve()
+    content = ask_with_images(service, "改成 16:9", [data_url(RED)])
+    assert f"{EDIT} 画出的图跟随输入图片的尺寸，16:9 没有使用" in content
+    assert "image_size" not in fake.state.image_calls()[0].body
+
+
+def test_upstream_model_ids_that_are_not_ids_are_not_offered(serve, fake):
+    fake.state.extra_models = ("", "  ", "Qwen/Qwen-Image-Edit-evil\n\n# hi", "<b>x</b>", "a" * 300, "vendor/New-Model-2")
+    service = serve()
+    ids = [m["id"] for m in requests.get(f"{service.url}/v1/models", timeout=30).json()["data"]]
+    assert "vendor/New-Model-2" in ids and all(i and "\n" not in i and "<" not in i and len(i) < 200 for i in ids)
+
+
+@pytest.mark.parametrize("case, status, words", [
+    ("no boundary", 400, "has no boundary"),
+    ("wrong boundary", 400, "no part matched its boundary"),
+    ("many parts", 413, "more than 64 parts"),
+    ("long prompt", 413, "text field larger than 1024 KB"),
+])
+def test_a_broken_multipart_edit_is_told_what_to_fix(serve, fake, case, status, words):
+    service = serve()
+    url = f"{service.url}/v1/images/edits"
+    picture = b'--XyZ\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n' + RED + b"\r\n--XyZ--\r\n"
+    if case == "no boundary":
+        response = requests.post(url, data=picture, headers={"Content-Type": "multipart/form-data"}, timeout=30)
+    elif case == "wrong boundary":
+        response = requests.post(url, data=picture, headers={"Content-Type": "multipart/form-data; boundary=Other"},
+                                 timeout=30)
+    else:
+        data = {"prompt": "x" * (2 * 2**20) if case == "long prompt" else "换成蓝色", "model": EDIT}
+        if case == "many parts":
+            data |= {f"extra{i}": "1" for i in range(70)}
+        response = requests.post(url, data=data, files=[("image", ("a.png", RED, "image/png"))], timeout=30)
+    assert response.status_code == status, response.text
+    assert words in response.json()["error"]["message"] and fake.state.image_calls() == []
+
+
+def _no_env() -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False  # the test's own requests go straight to the service, not through the proxy
+    return session

@@ -10,6 +10,7 @@ import openai
 import pytest
 import requests
 
+from tests.fake_siliconflow import png
 from tests.helpers import answer_text, chat_body, images_in, post_chat
 from tests.servers import Gunicorn, Nginx
 
@@ -48,6 +49,18 @@ def test_slow_answers_outlast_a_short_proxy_read_timeout(stack, fake):
     # What Open WebUI's image settings send: non-stream, b64_json.
     images = client.images.generate(model="Kwai-Kolors/Kolors", prompt="a fox", n=1, response_format="b64_json")
     assert base64.b64decode(images.data[0].b64_json).startswith(b"\x89PNG")
+
+
+def test_an_edit_with_large_pictures_passes_nginx(stack, fake):
+    """The shipped config lets through what the service takes: three pictures of several MB."""
+    proxy = stack()
+    picture = png(32, 32, b"edit") + bytes(6 * 2**20)
+    client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="x", max_retries=0, timeout=120)
+    result = client.images.edit(model="Qwen/Qwen-Image-Edit-2509", prompt="合成一张", response_format="b64_json",
+                                image=[(f"{i}.png", picture, "image/png") for i in range(3)])
+    assert base64.b64decode(result.data[0].b64_json).startswith(b"\x89PNG")
+    [call] = fake.state.image_calls()
+    assert all(call.body[field].startswith("data:image/png;base64,") for field in ("image", "image2", "image3"))
 
 
 def test_without_keep_alive_nginx_would_cut_a_slow_answer(stack, fake):

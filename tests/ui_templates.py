@@ -65,6 +65,15 @@ def open_webui_templates() -> dict[str, str]:
 
 
 @cache
+def open_webui_image_contexts() -> list[str]:
+    """The system messages Open WebUI's own image generation and editing (open_webui/utils/
+    middleware.py) put first after drawing: done, edited, failed (`{error_message}` left in)."""
+    with zipfile.ZipFile(_download_wheel(OPEN_WEBUI)) as wheel:
+        source = wheel.read("open_webui/utils/middleware.py").decode()
+    return list(dict.fromkeys(re.findall(r"system_message_content = f?'(<context>.*?</context>)'", source)))
+
+
+@cache
 def librechat_title_prompt() -> str:
     source = _npm_source(LIBRECHAT, "package/src/utils/title.ts")
     return re.search(r"const defaultCompletionPrompt = `(.*?)`;", source, re.S).group(1)
