@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import wording
+from models import family
 from openai_wire import ApiError
 from parsing import DrawRequest, accepts_negative_prompt, parse, pick_size
 
@@ -144,7 +145,7 @@ class Task:
     #            memory | check | image_done | image_failed
     json: bool  # the UI parses a JSON object out of the answer (Open WebUI); else plain text
     requests: tuple[str, ...]  # the user's messages the task quotes, oldest first
-    detail: str = ""  # image_failed: the error the UI asks to pass on
+    detail: str = ""  # image_failed: the error the UI asks to pass on; image_done: "edited" after an edit
 
 
 # Open WebUI's task templates all start "### Task:" and quote the chat in <chat_history> tags; the
@@ -233,7 +234,7 @@ _OWUI_IMAGE_FAILED = re.compile(r"\A<context>Image generation was attempted but 
 
 def _owui_image_context(system: str) -> tuple[str, str] | None:
     if system.startswith(_OWUI_IMAGE_DONE):
-        return "image_done", ""
+        return "image_done", "edited" if system.startswith(_OWUI_IMAGE_DONE[1]) else ""
     if failed := _OWUI_IMAGE_FAILED.match(system):
         return "image_failed", wording.md(wording.one_line(failed[1], 300))
     return None
@@ -289,17 +290,17 @@ def _cherry_requests(text: str) -> tuple[str, ...] | None:
 Ask = Callable[[str, str], str]  # (system, user) -> the chat model's answer; raises when it has none
 
 
-def answer(task: Task, ask: Ask | None, *, resizable: bool = True) -> str:
+def answer(task: Task, ask: Ask | None, *, model: str | None = None) -> str:
     """The task's answer in the shape the UI parses: from the chat model when it answers in that
     shape, else made here from the user's drawing requests."""
     made = None
     if ask is not None and task.kind in ("title", "tags", "follow_ups") and task.requests:
         try:
-            made = _from_model(task, ask, resizable)
+            made = _from_model(task, ask, model)
         except Exception:  # the chat model is a nicety: any failure means the local answer
             made = None
     if made is None:
-        made = _local(task, resizable)
+        made = _local(task, model)
     if not task.json:
         return made if isinstance(made, str) else ""
     key = {"title": "title", "tags": "tags", "follow_ups": "follow_ups", "queries": "queries",
@@ -307,7 +308,7 @@ def answer(task: Task, ask: Ask | None, *, resizable: bool = True) -> str:
     return json.dumps({key: made}, ensure_ascii=False)
 
 
-def _from_model(task: Task, ask: Ask, resizable: bool) -> str | list[str] | None:
+def _from_model(task: Task, ask: Ask, model: str | None) -> str | list[str] | None:
     zh = _is_chinese(task.requests)
     requests = "\n".join(f"- {request[:300]}" for request in task.requests[-5:])
     language = "Chinese" if zh else "the same language as the requests"
@@ -326,13 +327,18 @@ def _from_model(task: Task, ask: Ask, resizable: bool) -> str | list[str] | None
                    requests)
         tags = _json_list(text, "tags", 3, 24)
         return tags or None
-    ratio = "another aspect ratio such as 16:9, " if resizable else ""
+    shapes = _shapes(model)
+    ratio = "another aspect ratio such as 16:9, " if "wide" in shapes else "another aspect ratio such as 9:16, " \
+        if "tall" in shapes else ""
     text = ask(f"Suggest 3 short next messages the user could send to the image generator to change or continue "
                f"the last picture: a style, a colour, a detail, {ratio}or pic:2 for two "
                f"pictures. In {language}, each a request to draw, under 20 words. "
                f'Answer with JSON: {{"follow_ups": ["..."]}}', requests)
-    follow_ups = _json_list(text, "follow_ups", 5, 120)
-    return follow_ups if len(follow_ups) >= 2 else None
+    # A chat model suggests shapes whatever it is told: keep those the model can draw.
+    made = [s for s in _json_list(text, "follow_ups", 5, 120) if _shape_of(s, model) in shapes | {None}]
+    if not made:
+        return None
+    return made + [s for s in follow_ups(task.requests, zh, model) if s not in made][: max(3 - len(made), 0)]
 
 
 def _json_list(text: str, key: str, most: int, longest: int) -> list[str]:
@@ -355,7 +361,7 @@ def _clean(text: str, longest: int) -> str:
     return text[:longest].strip()
 
 
-def _local(task: Task, resizable: bool = True) -> str | list[str] | list[Any]:
+def _local(task: Task, model: str | None = None) -> str | list[str] | list[Any]:
     requests = task.requests
     zh = _is_chinese(requests)
     if task.kind == "title":
@@ -363,7 +369,7 @@ def _local(task: Task, resizable: bool = True) -> str | list[str] | list[Any]:
     if task.kind == "tags":
         return tags(requests, zh)
     if task.kind == "follow_ups":
-        return follow_ups(requests, zh, resizable)
+        return follow_ups(requests, zh, model)
     if task.kind == "image_prompt":
         return requests[-1] if requests else ""
     if task.kind == "emoji":
@@ -374,6 +380,8 @@ def _local(task: Task, resizable: bool = True) -> str | list[str] | list[Any]:
     if task.kind == "check":
         return "OK"
     if task.kind == "image_done":
+        if task.detail == "edited":
+            return "图片已经改好，就在上面。" if zh else "Your picture is changed, shown above."
         return "图片已经画好，就在上面。" if zh else "Your picture is ready, shown above."
     if task.kind == "image_failed":
         reason = task.detail or ("没有说明原因" if zh else "no reason given")
@@ -435,10 +443,26 @@ _NEXT_STYLES = (("水彩", "watercolor", "换成水彩风格", "Make it a waterc
                 ("动漫", "anime", "换成动漫风格", "Make it anime style"))
 
 
-def follow_ups(requests: tuple[str, ...] | list[str], zh: bool, resizable: bool = True) -> list[str]:
+def _orientation(shape: tuple[int, int]) -> str:
+    return "wide" if shape[0] > shape[1] else "tall" if shape[1] > shape[0] else "square"
+
+
+def _shapes(model: str | None) -> set[str]:
+    """The orientations `model` draws: of its sizes (or ratios); none for an edit model."""
+    if model is None:
+        return {"wide", "tall", "square"}
+    return {_orientation(tuple(int(v) for v in re.split("[x:]", size))) for size in family(model).sizes}
+
+
+def _shape_of(suggestion: str, model: str | None) -> str | None:
+    shape = parse(suggestion, model or "Kwai-Kolors/Kolors", 16).asked_shape
+    return _orientation(shape) if shape else None
+
+
+def follow_ups(requests: tuple[str, ...] | list[str], zh: bool, model: str | None = None) -> list[str]:
     """Three real next drawing requests that move on from what was asked so far: a style not
-    used yet, the other shape (a detail instead, for an edit model, which keeps the input's
-    size), and more pictures or another angle."""
+    used yet, another shape the model can draw (a detail instead when it has none: an edit model
+    keeps the input's size; Kolors draws no landscape), and more pictures or another angle."""
     said = " ".join(requests).lower()
     style = next(((chinese, english) for key_zh, key_en, chinese, english in _NEXT_STYLES
                   if key_zh not in said and key_en not in said), ("换个角度", "Show it from another angle"))
@@ -447,10 +471,11 @@ def follow_ups(requests: tuple[str, ...] | list[str], zh: bool, resizable: bool 
         shape = parse(request, "Kwai-Kolors/Kolors", 16).asked_shape or shape
         if shape:
             break
-    wide = shape is not None and shape[0] > shape[1]
-    other_shape = ("改成 9:16 竖图", "Make it 9:16") if wide else ("改成 16:9 横图", "Make it 16:9")
-    if not resizable:
-        other_shape = ("把背景换成海边", "Change the background to a beach")
+    now, shapes = _orientation(shape) if shape else "square", _shapes(model)
+    tall, wide = ("改成 9:16 竖图", "Make it 9:16"), ("改成 16:9 横图", "Make it 16:9")
+    other_shape = next((words for orientation, words in (("wide", wide), ("tall", tall))
+                        if orientation in shapes and orientation != now),
+                       ("把背景换成海边", "Change the background to a beach"))
     last = requests[-1] if requests else ""
     more = ("换个角度", "Show it from another angle") if _AGAIN.search(last.strip()) or "pic" in last.lower() \
         else ("再画两张 pic:2", "Two more pic:2")

@@ -72,14 +72,14 @@ _RATIO = re.compile(r"(\d{1,2})\s*[:：]\s*(\d{1,2})(?![\d.:：])")
 # One \s* on each side of the optional word, never two in a row: two could split the same run of
 # spaces in n ways each, and 20 kB of spaces took seconds (a quadratic regex is a denial of service).
 _RATIO_BEFORE = re.compile(r"比例\s*(?:[为是]\s*)?$")  # "比例9:16", "比例为 9：16"
-_RATIO_AFTER = re.compile(r"\s*的?比例")  # "9:16比例", "9:16的比例"
+_RATIO_AFTER = re.compile(r"\s*的?(?:比例|[横竖方]图|[横竖][屏版])")  # "9:16比例", "9:16的比例", "16:9 横图"
 
 
 _SHAPE_WORDS: tuple[tuple[tuple[str, ...], tuple[str, ...], tuple[int, int]], ...] = (
     # (English words, Chinese words, shape)
     (("square",), ("正方形", "方图"), (1, 1)),
-    (("landscape", "wide"), ("横向", "横屏", "横版", "宽屏"), (16, 9)),
-    (("portrait",), ("纵向", "竖屏", "竖版", "手机壁纸"), (9, 16)),
+    (("landscape", "wide"), ("横向", "横屏", "横版", "横图", "宽屏"), (16, 9)),
+    (("portrait",), ("纵向", "竖屏", "竖版", "竖图", "手机壁纸"), (9, 16)),
 )
 _KEYWORDS: tuple[tuple[tuple[str, ...], re.Pattern[str], tuple[int, int]], ...] = tuple(
     (

@@ -10,6 +10,7 @@ restart's grace period. Nothing here touches Flask: routes pass plain values in 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -211,6 +212,8 @@ def draw(job: Job, services: Services, cancelled: threading.Event | None = None)
         seeds = image_seeds(draw_request.seed, draw_request.count)
         notes = draw_request.notes + inputs.notes + ((cut,) if cut else ())
         yield PromptReady(job, prompt, seeds, notes, expansion)
+        if not inputs.missing and family(job.model).needs_input and not _INSTRUCTION.sub("", prompt):
+            inputs = Inputs(inputs.fields, inputs.notes, NOTHING_TO_CHANGE)  # "改成 16:9": an edit keeps the size
         if inputs.missing:
             for index in range(1, draw_request.count + 1):
                 yield ImageFailed(index, inputs.missing, Failure.BAD_REQUEST)
@@ -377,6 +380,11 @@ def _labels(refs: Any) -> str:
         labels = [*labels[:2], f"…{labels[-1]}（共 {len(labels)} 张）"]
     text = "、".join(labels)
     return f"{text} " if text[-1:].isascii() else text
+
+
+# What is left of an edit's instruction once its verbs and punctuation go: nothing means no change.
+_INSTRUCTION = re.compile(r"(?i)\b(?:make it|change it to|change to|turn it into|to)\b|改成|改为|换成|变成|调成|[\W_]")
+NOTHING_TO_CHANGE = "没有要修改的内容：请说明要怎样改（例如“换成蓝色”）；要改比例请换用文生图模型"
 
 
 def _needs_a_picture(model: str) -> str:

@@ -196,8 +196,7 @@ def _housekeeping(task: conversation.Task, model: Any, stream: bool, services: S
         return wording.redact_secrets(text, settings.secret_values())
 
     named = model if isinstance(model, str) and model else services.catalog.default()
-    answer = conversation.answer(task, ask if settings.api_keys and settings.prompt_expansion else None,
-                                 resizable=bool(family(named).sizes))
+    answer = conversation.answer(task, ask if settings.api_keys and settings.prompt_expansion else None, model=named)
     log.info("req=%s %s %s task answered without drawing", g.request_id, task.ui, task.kind)
     return chat_answer([answer], stream=stream, model=named[:100], prompt="")
 

@@ -191,7 +191,7 @@ def test_open_webuis_own_image_generation_is_told_not_drawn_again(serve, fake, s
         messages = [{"role": "system", "content": f"{context}\nYou are a helpful assistant."},
                     {"role": "user", "content": "画一只可爱的小狗"}]
         said.append(_ask(service, messages, stream=stream))
-    assert said[:2] == ["图片已经画好，就在上面。"] * 2
+    assert said[:2] == ["图片已经画好，就在上面。", "图片已经改好，就在上面。"]
     assert said[2].startswith("图片没有画成：") and "quota" in said[2]
     assert rendered(said[2])["links"] == [] and fake.state.image_calls() == [] and fake.state.chat_calls() == []
 
@@ -203,16 +203,31 @@ def test_open_webui_with_image_generation_switched_off_still_draws(serve, fake):
     assert len(images_in(answer)) == 1 and len(fake.state.image_calls()) == 1
 
 
-def test_follow_up_suggestions_for_an_edit_model_keep_to_what_it_can_do(serve, fake):
-    """An edit model keeps the input's size: suggesting "16:9" would suggest what it cannot do."""
-    service = serve(prompt_expansion=False)
+@pytest.mark.parametrize("chat_model", ["local", "helpful"])
+def test_follow_up_suggestions_keep_to_shapes_the_model_can_draw(serve, fake, chat_model):
+    """An edit model keeps the input's size and Kolors draws no landscape: suggesting "16:9" to
+    them suggests what they cannot do, whether the suggestion is made here or by the chat model."""
+    if chat_model == "helpful":
+        fake.state.expansion_mode = "helpful"  # its suggestions include "改成 16:9 横图"
+    service = serve(prompt_expansion=chat_model == "helpful")
     template = open_webui_templates()["DEFAULT_FOLLOW_UP_GENERATION_PROMPT_TEMPLATE"]
-    prompt = render_open_webui(template, [{"role": "user", "content": "把它换成蓝色"},
+    prompt = render_open_webui(template, [{"role": "user", "content": "画一只猫"},
                                           {"role": "assistant", "content": "好的"}])
-    edit = parse_like_open_webui(_ask(service, [{"role": "user", "content": prompt}], model="Qwen/Qwen-Image-Edit-2509"))
-    draw = parse_like_open_webui(_ask(service, [{"role": "user", "content": prompt}]))
-    assert any("16:9" in s for s in draw["follow_ups"]) and not any(re.search(r"\d+:\d+", s) for s in edit["follow_ups"])
-    assert len(edit["follow_ups"]) == 3 and fake.state.image_calls() == []
+    offered = {model: parse_like_open_webui(_ask(service, [{"role": "user", "content": prompt}], model=model))["follow_ups"]
+               for model in ("Qwen/Qwen-Image", "Kwai-Kolors/Kolors", "Qwen/Qwen-Image-Edit-2509")}
+    ratios = {model: [s for s in suggested if re.search(r"\d+:\d+", s)] for model, suggested in offered.items()}
+    assert ratios["Qwen/Qwen-Image"] == ["改成 16:9 横图"] and ratios["Qwen/Qwen-Image-Edit-2509"] == []
+    assert ratios["Kwai-Kolors/Kolors"] == ([] if chat_model == "helpful" else ["改成 9:16 竖图"])
+    assert all(len(suggested) >= 2 for suggested in offered.values()) and fake.state.image_calls() == []
+
+
+def test_an_edit_that_only_asks_for_a_ratio_is_told_not_drawn(serve, fake):
+    service = serve(prompt_expansion=False)
+    first = answer_text(service.url, "画一只猫", stream=False)
+    history = [{"role": "user", "content": "画一只猫"}, {"role": "assistant", "content": first}]
+    answer = _ask(service, [*history, {"role": "user", "content": "改成 16:9"}], model="Qwen/Qwen-Image-Edit-2509")
+    assert "16:9 没有使用" in answer and "没有要修改的内容" in answer and "0/1" in answer
+    assert len(fake.state.image_calls()) == 1  # the first picture only
 
 
 # --- follow-ups change the last picture ------------------------------------------------------------
@@ -318,10 +333,11 @@ def test_follow_up_suggestions_move_on_with_the_conversation(chat, fake):
 
     def suggestions(messages: list[dict]) -> list[str]:
         task = render_open_webui(template, messages)
-        return parse_like_open_webui(_ask(service, [{"role": "user", "content": task}]))["follow_ups"]
+        return parse_like_open_webui(_ask(service, [{"role": "user", "content": task}],
+                                          model="Qwen/Qwen-Image"))["follow_ups"]
 
     first = suggestions(history)
-    assert "换成水彩风格" in first and "改成 16:9 横图" in first  # the picture is 9:16
+    assert "换成水彩风格" in first and "改成 16:9 横图" in first  # the picture is 9:16; Qwen-Image draws 16:9
     later = suggestions([*history, {"role": "user", "content": "换成水彩风格"},
                          {"role": "assistant", "content": "…"}])
     assert not any("水彩" in item for item in later) and later != first

@@ -412,7 +412,7 @@ def test_open_webuis_attached_files_block_is_not_drawn(serve, fake):
 
 def test_an_edit_model_says_a_size_it_cannot_use(serve, fake):
     service = serve()
-    content = ask_with_images(service, "改成 16:9", [data_url(RED)])
+    content = ask_with_images(service, "换成蓝色 16:9", [data_url(RED)])
     assert f"{EDIT} 画出的图跟随输入图片的尺寸，16:9 没有使用" in content
     assert "image_size" not in fake.state.image_calls()[0].body
 

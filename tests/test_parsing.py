@@ -116,6 +116,9 @@ def test_ratio(text, size):
         ("竖屏少女", "576x1024", "少女"),
         ("竖版 海报", "576x1024", "海报"),
         ("星空手机壁纸", "576x1024", "星空"),
+        ("横图 城市夜景", "1024x576", "城市夜景"),
+        ("竖图 少女", "576x1024", "少女"),
+        ("改成 16:9 横图", "1024x576", "改成"),  # the shape word beside the ratio goes with it
         # An English word inside a phrase sets the shape and stays in the prompt.
         ("a portrait of an old man", "576x1024", "a portrait of an old man"),
         ("a wide river", "1024x576", "a wide river"),
