@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -125,7 +124,6 @@ class ModelCatalog:
                  refresh: float = 3600.0, fallback: tuple[str, ...] = DEFAULT_MODELS):
         self._configured, self._fetch, self._refresh, self._fallback = configured, fetch, refresh, fallback
         self._models: tuple[str, ...] | None = None
-        self._source = "MODELS" if configured else "built-in list"
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._stop = threading.Event()
@@ -135,10 +133,6 @@ class ModelCatalog:
             return self._configured
         self._ensure_running()
         return self._models or self._fallback
-
-    @property
-    def source(self) -> str:
-        return self._source
 
     def default(self) -> str:
         """The model for a request that names none: the first of ours SiliconFlow offers."""
@@ -174,7 +168,6 @@ class ModelCatalog:
         if found:
             ours = [m for m in DEFAULT_MODELS if m in found]
             self._models = tuple(ours + sorted(m for m in found if m not in ours))
-            self._source = f"SiliconFlow, {time.strftime('%H:%M:%S')}"
 
     def stop(self) -> None:
         self._stop.set()

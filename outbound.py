@@ -153,6 +153,19 @@ def deadline(at: float) -> Iterator[Scope]:
         scope.close()
 
 
+@contextmanager
+def requests_deadline(at: float) -> Iterator[Scope]:
+    """deadline(at) for calls through requests: a call the deadline cut raises requests.Timeout,
+    whatever error its closed socket happened to give."""
+    with deadline(at) as scope:
+        try:
+            yield scope
+        except requests.RequestException:
+            if scope.expired:
+                raise requests.Timeout from None
+            raise
+
+
 def remaining(at: float, cap: float) -> float:
     """Seconds for a socket timeout: what is left before `at`, at most `cap`, never zero."""
     return max(min(cap, at - time.monotonic()), 0.001)

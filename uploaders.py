@@ -29,7 +29,7 @@ import requests
 import urllib3
 
 from config import Settings
-from outbound import AddressRefused, AddressRule, address_rule, deadline, remaining
+from outbound import AddressRefused, AddressRule, address_rule, remaining, requests_deadline
 from wording import upstream_text
 
 log = logging.getLogger("siliconflow_proxy.uploaders")
@@ -86,13 +86,8 @@ def fetch_picture(
     started = time.monotonic()
     at = min(started + timeout, until or math.inf)
     try:
-        with deadline(at) as scope, address_rule(rule):
-            try:
-                data = _download(session, url, at, max_bytes)
-            except requests.RequestException:
-                if scope.expired:
-                    raise requests.Timeout from None
-                raise
+        with requests_deadline(at), address_rule(rule):
+            data = _download(session, url, at, max_bytes)
     except requests.Timeout:
         raise UploadError(f"下载图片超时（{max(at - started, 0):.0f} 秒）") from None
     except requests.TooManyRedirects:
@@ -200,17 +195,10 @@ def _post(
     """
     at = min(time.monotonic() + timeout, until or math.inf)
     try:
-        with deadline(at) as scope:
-            try:
-                with session.post(
-                    url, timeout=(remaining(at, 10.0), remaining(at, timeout)), stream=True, allow_redirects=False,
-                    **kwargs,
-                ) as response:
-                    return response.status_code, _json_or_none(response)
-            except requests.RequestException:
-                if scope.expired:
-                    raise requests.Timeout from None
-                raise
+        with requests_deadline(at), session.post(
+            url, timeout=(remaining(at, 10.0), remaining(at, timeout)), stream=True, allow_redirects=False, **kwargs,
+        ) as response:
+            return response.status_code, _json_or_none(response)
     except requests.Timeout:
         raise UploadError(f"{what}在 {timeout:g} 秒内没有响应") from None
     except requests.RequestException:
