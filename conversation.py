@@ -498,11 +498,11 @@ class Picture:
     url: str | None = None  # the first picture's own link, as the answer shows it
 
 
-_PROMPT_LINE = re.compile(r"^🎨 提示词：(.+)$", re.M)
-_NEGATIVE_LINE = re.compile(r"^🚫 负面提示词：(.+)$", re.M)
-_SIZE_LINE = re.compile(r"^📐 尺寸：(?:(\d{2,5})x(\d{2,5})|跟随输入图片)[^\n]*?数量：(\d+)[^\n]*?模型：([^ \n·]+)", re.M)
+ANSWER_READ = 32 * 1024  # of each earlier answer: the lines that describe a drawing come first
+_SIZE = re.compile(r"(\d{2,5})x(\d{2,5})")
+_COUNT = re.compile(r"\d{1,3}")
 _ESCAPED = re.compile(r"\\([\\\[\]<])")
-_FIRST_IMAGE = re.compile(r"^!\[image\d+\|[^\]\n]*\]\((https?://[^)\s]+)\)$", re.M)
+_IMAGE_LINE = re.compile(r"!\[image\d{1,3}\|[^\]\n]*\]\((https?://[^)\s]+)\)")
 
 
 def _unescape(text: str) -> str:
@@ -510,18 +510,53 @@ def _unescape(text: str) -> str:
     return _ESCAPED.sub(r"\1", text.replace("\u200b", "")).strip()
 
 
+def _size_line(line: str) -> tuple[tuple[int, int] | None, int, str] | None:
+    """(size or None for "follows the input", count, model) of a size line, or None if it is not one.
+
+    Read with `str.find` from one label to the next, never a regex over the whole line: a forged
+    answer of repeated labels must cost its length, not its square.
+    """
+    rest = line[len(wording.SIZE_LABEL):]
+    size_match = _SIZE.match(rest)
+    if size_match is None and not rest.startswith(wording.FOLLOWS_INPUT):
+        return None
+    count_at = rest.find(wording.COUNT_LABEL)
+    model_at = rest.find(wording.MODEL_LABEL, count_at) if count_at >= 0 else -1
+    count = _COUNT.fullmatch(rest[count_at + len(wording.COUNT_LABEL):model_at]) if model_at >= 0 else None
+    if count is None:
+        return None
+    model = rest[model_at + len(wording.MODEL_LABEL):].split(" ", 1)[0].split("·", 1)[0]
+    if not model:
+        return None
+    size = (int(size_match[1]), int(size_match[2])) if size_match else None
+    return size, int(count[0]), model
+
+
+def _read_answer(text: str) -> Picture | None:
+    """The drawing an answer of this service describes, from its own lines (the first of each
+    kind), read line by line: linear in the answer's length, and only its first ANSWER_READ chars."""
+    prompt = negative = url = None
+    size_line = None
+    for line in text[:ANSWER_READ].split("\n"):
+        if prompt is None and line.startswith(wording.PROMPT_LABEL):
+            prompt = line[len(wording.PROMPT_LABEL):]
+        elif negative is None and line.startswith(wording.NEGATIVE_LABEL):
+            negative = line[len(wording.NEGATIVE_LABEL):]
+        elif size_line is None and line.startswith(wording.SIZE_LABEL):
+            size_line = _size_line(line)
+        elif url is None and line.startswith(wording.IMAGE_MARK) and (image := _IMAGE_LINE.fullmatch(line)):
+            url = image[1]
+    if not prompt or size_line is None:
+        return None
+    size, count, model = size_line
+    return Picture(_unescape(prompt), size, count, _unescape(model), _unescape(negative) if negative else None, url)
+
+
 def last_picture(messages: list[tuple[str, str]]) -> Picture | None:
     """The picture the service's last answer in this conversation drew (or tried to), if any."""
     for role, text in reversed(messages[:-1]):
-        if role != "assistant":
-            continue
-        prompt, size_line = _PROMPT_LINE.search(text), _SIZE_LINE.search(text)
-        if prompt and size_line:
-            negative = _NEGATIVE_LINE.search(text)
-            size = (int(size_line[1]), int(size_line[2])) if size_line[1] else None
-            image = _FIRST_IMAGE.search(text)
-            return Picture(_unescape(prompt[1]), size, int(size_line[3]), _unescape(size_line[4]),
-                           _unescape(negative[1]) if negative else None, image[1] if image else None)
+        if role == "assistant" and (picture := _read_answer(text)) is not None:
+            return picture
     return None
 
 

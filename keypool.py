@@ -40,6 +40,11 @@ FORCE_TURN_AFTER = 0.25  # a request gives way this long at most to one that wai
 OUT_CACHE_SECONDS = 1.0  # how long a process trusts its list of keys that are out, for chat calls
 
 
+# Why keys cool down, in words (the failure kinds of upstream.Failure that cool a key).
+COOL_CAUSES = {"server": "上游服务出错", "timeout": "上游超时", "network": "连不上上游", "bad_response": "上游回答无效",
+               "forbidden": "模型对该账户不可用"}
+
+
 def _with_slack(seconds: float) -> float:
     return seconds * 1.02 + 0.05
 
@@ -174,6 +179,10 @@ class KeyPool:
                 out[kid] = kind
         return out
 
+    def keys_out(self) -> int:
+        """How many keys are dead, broke or cooling now."""
+        return len(self._out())
+
     def release(self, lease: Lease) -> None:
         """Hand back a key whose call says nothing about it."""
         with self._lock:
@@ -214,8 +223,8 @@ class KeyPool:
             with self._lock:
                 state.failure_streak += 1
                 streak = state.failure_streak
-            if streak >= TRANSIENT_COOL_AFTER:
-                self.store.put(f"cool:{state.kid}", "1", min(10.0 * 2 ** (streak - TRANSIENT_COOL_AFTER), 300.0))
+            if streak >= TRANSIENT_COOL_AFTER:  # the cause is kept, for the words of the next refusal
+                self.store.put(f"cool:{state.kid}", str(kind), min(10.0 * 2 ** (streak - TRANSIENT_COOL_AFTER), 300.0))
 
     def learn(self, key: str, info: AccountInfo) -> None:
         """What /v1/user/info said of `key`: its account, and whether it has money."""
@@ -276,8 +285,11 @@ class KeyPool:
             return "没有配置上游 API 密钥（API_KEYS）"
         out = self._out()
         counts = {kind: sum(1 for why in out.values() if why == kind) for kind in ("dead", "broke", "cool")}
+        causes = [value for value, _ in self.store.get([f"cool:{kid}" for kid, why in out.items() if why == "cool"]).values()]
+        cooling = "连续出错后冷却中" + (f"（{'、'.join(dict.fromkeys(COOL_CAUSES.get(c, '上游出错') for c in causes))}）"
+                                        if causes else "")
         parts = [f"{counts[kind]} 个{label}" for kind, label in
-                 (("dead", "无效（401）"), ("broke", "余额不足"), ("cool", "连续出错后冷却中")) if counts[kind]]
+                 (("dead", "无效（401）"), ("broke", "余额不足"), ("cool", cooling)) if counts[kind]]
         if len(out) < len(self._keys):
             parts.append(f"{len(self._keys) - len(out)} 个所在账户已用完本时段的限额或限流冷却中")
         later = f"，最早约 {math.ceil(wait)} 秒后恢复" if wait is not None else ""
@@ -401,7 +413,11 @@ class KeyQueue:
                 del self._lines[waiter.request_id]
 
     def _too_late(self, wait: float | None) -> str:
+        """Why an image found no key before its deadline: the keys' own states when some are out
+        (cooling after errors, dead, broke), else the accounts' budgets."""
         later = f"（下一个名额约 {math.ceil(wait)} 秒后才空出）" if wait else ""
+        if self._pool.keys_out():
+            return f"在请求时限（REQUEST_TIMEOUT）内没有等到上游名额{later}：{self._pool.outage()}"
         return f"在请求时限（REQUEST_TIMEOUT）内没有等到上游名额{later}：所有账户本时段的限额已用完或正在限流冷却"
 
     def _ensure_thread(self) -> None:

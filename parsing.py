@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -234,13 +235,18 @@ def pick_size(model: str, shape: tuple[int, int] | None, *, explicit: bool = Fal
     return min(rule.sizes, key=distance)
 
 
+_INVISIBLE = re.compile("[\u00ad\u034f\u180e\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff]")
+
+
 def find_banned(text: str, keywords: tuple[str, ...]) -> str | None:
     """The first banned keyword in `text`, case-insensitively, or None.
 
     ASCII keywords must start a word ("sexy" is caught, "Essex" is not); others match anywhere,
     since CJK text has no spaces between words.
     """
-    lowered = text.lower()
+    # Width and compatibility forms fold (ｎｕｄｅ is nude) and invisible format characters go
+    # (nu\u200bde): the image model reads past both.
+    lowered = _INVISIBLE.sub("", unicodedata.normalize("NFKC", text)).lower()
     for keyword in keywords:
         if keyword.isascii() and keyword[:1].isalnum():
             if re.search(r"(?<![a-z0-9])" + re.escape(keyword), lowered):

@@ -121,6 +121,7 @@ class Queued:
     waiting: int  # this request's pictures waiting for an account with budget
     ahead: int  # requests served before this one's next picture
     next_in: float | None  # seconds until a key is expected to be free
+    cooling: int = 0  # keys out (cooling after errors, dead, broke): then not only budgets are the cause
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,10 @@ def draw(job: Job, services: Services, cancelled: threading.Event | None = None)
     Setting `cancelled` (or closing the generator: the client left) stops the pictures not begun.
     """
     settings = services.settings
-    if banned := find_banned(job.text, settings.banned_keywords):
+    # What this turn typed, and the earlier prompt it changes: a forged earlier answer is text
+    # from the client like any other, and it reaches the chat model and the image model.
+    if banned := find_banned(job.text, settings.banned_keywords) or find_banned(job.previous or "",
+                                                                                 settings.banned_keywords):
         yield Refused(banned)
         return
     deadline = time.monotonic() + settings.request_timeout
@@ -211,6 +215,9 @@ def draw(job: Job, services: Services, cancelled: threading.Event | None = None)
         prompt, cut = fit_prompt(expansion.prompt if expansion else _plain(job))
         seeds = image_seeds(draw_request.seed, draw_request.count)
         notes = draw_request.notes + inputs.notes + ((cut,) if cut else ())
+        if banned := find_banned(prompt, settings.banned_keywords):  # what is sent, whatever it was made from
+            yield Refused(banned)
+            return
         yield PromptReady(job, prompt, seeds, notes, expansion)
         if not inputs.missing and family(job.model).needs_input and not _INSTRUCTION.sub("", prompt):
             inputs = Inputs(inputs.fields, inputs.notes, NOTHING_TO_CHANGE)  # "改成 16:9": an edit keeps the size
@@ -243,7 +250,7 @@ def draw(job: Job, services: Services, cancelled: threading.Event | None = None)
             status = services.pool.queue.status(job.request_id) if pending else None
             if status and (status.waiting, status.ahead, status.next_in is None) != queued:
                 queued = (status.waiting, status.ahead, status.next_in is None)
-                yield Queued(status.waiting, status.ahead, status.next_in)
+                yield Queued(status.waiting, status.ahead, status.next_in, cooling=services.pool.keys_out())
                 quiet_since = time.monotonic()
             elif time.monotonic() - quiet_since >= settings.heartbeat_seconds:
                 yield KEEPALIVE
@@ -257,6 +264,8 @@ def draw(job: Job, services: Services, cancelled: threading.Event | None = None)
 def _settled(outcome: Outcome, job: Job) -> ImageReady | ImageFailed:
     """A finished picture is ready when the answer can carry it: a web link, or (b64_json) its bytes."""
     links = outcome.links
+    if links is not None and links.unsafe:  # never offered: a browser or a chat UI's server would fetch it
+        return ImageFailed(outcome.index, f"上游返回的图片链接没有提供：{links.unsafe}", Failure.BAD_RESPONSE, outcome)
     if links is not None and (links.picture is not None if job.want_bytes else links.showable):
         return ImageReady(outcome)
     if links is not None:
@@ -289,7 +298,7 @@ def _stop_at(deadline: float) -> float:
 def _unfinished_reason(settings: Settings) -> str:
     if SHUTDOWN.deadline is not None and SHUTDOWN.deadline <= time.monotonic():
         return "服务正在重启或关闭，这张图片没能完成，请稍后重试"
-    return f"超过 {settings.request_timeout:g} 秒（REQUEST_TIMEOUT）仍未完成"
+    return f"超过 {wording.seconds(settings.request_timeout)} 秒（REQUEST_TIMEOUT）仍未完成"
 
 
 def _heartbeats_until_done(work: Future, every: float, deadline: float) -> Iterator[KeepAlive]:

@@ -30,7 +30,7 @@ import urllib3
 
 from config import Settings
 from outbound import AddressRefused, AddressRule, address_rule, remaining, requests_deadline
-from wording import upstream_text
+from wording import seconds, upstream_text
 
 log = logging.getLogger("siliconflow_proxy.uploaders")
 
@@ -46,9 +46,10 @@ SHORT_ENOUGH = 100  # links up to this long are not worth shortening
 class UploadError(Exception):
     """Fetching, re-hosting or shortening failed; `message` is a short reason for the user."""
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, *, unsafe: bool = False):
         super().__init__(message)
         self.message = message
+        self.unsafe = unsafe  # the link leads where the address rule forbids: never offer it
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def fetch_picture(
         with requests_deadline(at), address_rule(rule):
             data = _download(session, url, at, max_bytes)
     except requests.Timeout:
-        raise UploadError(f"下载图片超时（{max(at - started, 0):.0f} 秒）") from None
+        raise UploadError(f"下载图片超时（{seconds(at - started)} 秒）") from None
     except requests.TooManyRedirects:
         raise UploadError("下载图片时重定向次数过多") from None
     except requests.RequestException:
@@ -97,7 +98,7 @@ def fetch_picture(
     except (ValueError, LookupError, urllib3.exceptions.HTTPError):  # a redirect to a broken URL, a broken answer
         raise UploadError("下载图片失败（对方的回答无效）") from None
     except AddressRefused as exc:
-        raise UploadError(f"图片链接不安全：{exc.reason}") from None
+        raise UploadError(f"图片链接不安全：{exc.reason}", unsafe=not exc.unresolved) from None
     mimetype = sniff(bytes(data[:16]))
     if mimetype is None:
         raise UploadError("下载的内容不是 PNG、JPEG、WebP 或 GIF 图片")
@@ -200,7 +201,7 @@ def _post(
         ) as response:
             return response.status_code, _json_or_none(response)
     except requests.Timeout:
-        raise UploadError(f"{what}在 {timeout:g} 秒内没有响应") from None
+        raise UploadError(f"{what}在 {seconds(timeout)} 秒内没有响应") from None
     except requests.RequestException:
         raise UploadError(f"无法连接{what}") from None
 
@@ -414,6 +415,7 @@ class Links:
     notes: tuple[str, ...]  # what did not work, in short words
     # The bytes when re-hosting fetched them, so that no one fetches them again.
     picture: Picture | None = field(default=None, repr=False, compare=False)
+    unsafe: str | None = None  # the upstream's link leads where the address rule forbids: why, for the user
 
     @property
     def showable(self) -> bool:
@@ -438,15 +440,18 @@ def lasting_links(
     """
     permanent, notes, picture = None, [], None
     keeps = settings.use_lsky_pro or store is not None
+    # The upstream's image link, and where it redirects, must be public, or on the upstream's own
+    # host (API_BASE_URL): an upstream on a LAN serves its images from there. A link that is not
+    # is never offered either: a browser, or a chat UI's server, would fetch it.
+    rule = AddressRule.trusting(settings.api_base_url, allow_private=settings.allow_private_image_urls)
     if keeps or want_bytes:
-        # The upstream's image link, and where it redirects, must be public, or on the upstream's own
-        # host (API_BASE_URL): an upstream on a LAN serves its images from there.
-        rule = AddressRule.trusting(settings.api_base_url, allow_private=settings.allow_private_image_urls)
         try:
             picture = fetch_picture(
                 session, url, settings.upload_timeout, int(settings.max_image_mb * 2**20), rule, until
             )
         except UploadError as exc:
+            if exc.unsafe:
+                return Links(image=url, download=None, permanent=None, notes=(), unsafe=exc.message)
             notes.append(f"图片未能{'转存' if keeps else '取回'}：{exc.message}")
         else:
             if settings.use_lsky_pro:
@@ -465,6 +470,8 @@ def lasting_links(
                         permanent = f"{public_base}/images/{store.save(picture)}"
                     except UploadError as exc:
                         notes.append(exc.message)
+    elif unsafe := _unsafe_link(url, rule):
+        return Links(image=url, download=None, permanent=None, notes=(), unsafe=unsafe)
     download = url
     if settings.use_shortlink and url.startswith(("http://", "https://")) and len(url) > SHORT_ENOUGH:
         try:
@@ -476,6 +483,20 @@ def lasting_links(
             notes.append(f"短链接生成失败：{exc.message}")
     return Links(image=permanent or url, download=download if _web_link(download) else None, permanent=permanent,
                  notes=tuple(notes), picture=picture)
+
+
+def _unsafe_link(url: str, rule: AddressRule) -> str | None:
+    """Why a link nothing fetches may not be offered (its host is a private address), or None."""
+    if not _web_link(url):
+        return None
+    try:
+        parts = urlsplit(url)
+        rule.address_for(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+    except ValueError:
+        return "图片链接无效"
+    except AddressRefused as exc:
+        return None if exc.unresolved else f"图片链接不安全：{exc.reason}"
+    return None
 
 
 def _web_link(url: str) -> bool:

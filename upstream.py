@@ -22,7 +22,7 @@ import urllib3
 
 from models import family
 from outbound import TooLarge, deadline, read_capped, remaining
-from wording import upstream_text
+from wording import seconds, upstream_text
 
 if TYPE_CHECKING:
     from keypool import KeyPool
@@ -341,7 +341,7 @@ def _call(
                 exc, urllib3.exceptions.NewConnectionError
             )
             if scope.expired or slow:
-                raise UpstreamError(Failure.TIMEOUT, f"上游在 {timeout:g} 秒内没有响应") from None
+                raise UpstreamError(Failure.TIMEOUT, f"上游在 {seconds(timeout)} 秒内没有响应") from None
             raise UpstreamError(Failure.NETWORK, "无法连接上游服务") from None
 
 

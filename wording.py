@@ -45,6 +45,13 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
     return _KEYLIKE.sub("***", text)
 
 
+def seconds(value: float) -> str:
+    """A duration as people say it: whole seconds (at least 1), tenths below one second."""
+    if value >= 0.95:
+        return str(max(1, round(value)))
+    return f"{max(value, 0.1):.1f}"
+
+
 UPSTREAM_TEXT_READ = 2000  # what is read of an upstream's message: more is never shown anyway
 
 
@@ -96,6 +103,17 @@ def md_url(url: str) -> str:
 
 # --- the answer's lines ------------------------------------------------------------------------
 
+# The labels of the lines that describe a drawing. The follow-up reader (conversation.py) reads the
+# last answer back by these same constants, so renaming one cannot break follow-ups.
+PROMPT_LABEL = "🎨 提示词："
+NEGATIVE_LABEL = "🚫 负面提示词："
+SIZE_LABEL = "📐 尺寸："
+COUNT_LABEL = " · 数量："
+MODEL_LABEL = " · 模型："
+SEED_LABEL = " · 种子："
+FOLLOWS_INPUT = "跟随输入图片"
+IMAGE_MARK = "![image"
+
 
 def refusal(keyword: str) -> str:
     return f"抱歉，您的请求包含不允许的内容（“{md(keyword)}”），无法生成图片。请修改描述后重试。"
@@ -132,17 +150,17 @@ def prompt_info(
 ) -> str:
     """The lines before the images: the prompt used, size, count, model, seeds and notes."""
     if size is None:
-        shown_size = "跟随输入图片"
+        shown_size = FOLLOWS_INPUT
     elif size_adjusted:
         shown_size = f"{size}（{md(model)} 不支持 {md(asked_size or '')}，已使用最接近的尺寸）"
     else:
         shown_size = size
-    extras = f" · 种子：{seeds_text(seeds)}" if seeds else ""
-    negative_line = f"🚫 负面提示词：{md(one_line(negative, 500))}\n" if negative else ""
+    extras = f"{SEED_LABEL}{seeds_text(seeds)}" if seeds else ""
+    negative_line = f"{NEGATIVE_LABEL}{md(one_line(negative, 500))}\n" if negative else ""
     note_lines = "".join(f"ℹ️ {md(one_line(note, 500))}\n" for note in notes)
     return (
-        f"{expansion_note}🎨 提示词：{md(one_line(prompt, 2000))}\n{negative_line}"
-        f"📐 尺寸：{shown_size} · 数量：{count} · 模型：{md(model)}{extras}\n{note_lines}\n"
+        f"{expansion_note}{PROMPT_LABEL}{md(one_line(prompt, 2000))}\n{negative_line}"
+        f"{SIZE_LABEL}{shown_size}{COUNT_LABEL}{count}{MODEL_LABEL}{md(model)}{extras}\n{note_lines}\n"
     )
 
 
@@ -160,7 +178,7 @@ def image_markdown(
     The image line stands alone on its line and starts with `![image<N>|`: that is the marker
     the seed's format promises UIs, and the one the playground looks for.
     """
-    lines = [f"![image{index}|{alt}]({md_url(image)})"]
+    lines = [f"{IMAGE_MARK}{index}|{alt}]({md_url(image)})"]
     seed_part = f" · 种子：{seed}" if seed is not None else ""
     if permanent and download:
         lines.append(
@@ -178,11 +196,12 @@ def image_failed(index: int, reason: str) -> str:
     return f"⚠️ 第 {index} 张图片生成失败：{md(reason)}\n\n"
 
 
-def queued(waiting: int, ahead: int, next_in: float | None) -> str:
-    """Images waiting for an account with budget: how many, behind whom, and when a key frees."""
+def queued(waiting: int, ahead: int, next_in: float | None, cooling: int = 0) -> str:
+    """Images waiting for a key: how many, behind whom, when a key frees, and why they wait."""
     behind = f"，前面还有 {ahead} 个请求在排" if ahead else ""
     soon = f"，下一个名额约 {max(1, round(next_in))} 秒后空出" if next_in is not None else ""
-    return f"⏳ 排队等候上游名额：本次还有 {waiting} 张在等{behind}{soon}（账户限额用完后按时段恢复）\n\n"
+    why = f"{cooling} 个密钥出错后冷却中或不可用，其余账户限额用完后按时段恢复" if cooling else "账户限额用完后按时段恢复"
+    return f"⏳ 排队等候上游名额：本次还有 {waiting} 张在等{behind}{soon}（{why}）\n\n"
 
 
 def summary(delivered: int, count: int) -> str:
@@ -209,7 +228,7 @@ def chat(events: Iterable[Event]) -> Iterator[str | None]:
         elif isinstance(event, p.Submitted):
             yield "✅\n\n"
         elif isinstance(event, p.Queued):
-            yield queued(event.waiting, event.ahead, event.next_in)
+            yield queued(event.waiting, event.ahead, event.next_in, event.cooling)
         elif isinstance(event, p.ImageReady):
             outcome = event.outcome
             links = outcome.links

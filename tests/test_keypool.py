@@ -141,8 +141,21 @@ def test_outage_says_how_many_keys_and_why(clock):
     fail(pool, "c", Failure.SERVER)
     fail(pool, "c", Failure.SERVER)
     fail(pool, "d", Failure.RATE_LIMIT, retry_after=30)
-    assert pool.outage(30) == ("全部 4 个上游密钥暂不可用：1 个无效（401）、1 个余额不足、1 个连续出错后冷却中、"
+    assert pool.outage(30) == ("全部 4 个上游密钥暂不可用：1 个无效（401）、1 个余额不足、1 个连续出错后冷却中（上游服务出错）、"
                                "1 个所在账户已用完本时段的限额或限流冷却中，最早约 30 秒后恢复")
+
+
+def test_keys_cooling_after_timeouts_are_not_blamed_on_quotas(clock):
+    """After 504s and timeouts cool every key, an image that waits out its deadline is told that,
+    not that the accounts' quotas are used up."""
+    pool = pool_of(("a", "b"), clock)
+    for key, kind in (("a", Failure.TIMEOUT), ("b", Failure.SERVER)):
+        fail(pool, key, kind)
+        fail(pool, key, kind)
+    lease, why = pool.queue.take("r1", KOLORS, (), time.monotonic() + 0.2)
+    assert lease is None
+    assert "2 个连续出错后冷却中（" in why and "上游超时" in why and "上游服务出错" in why
+    assert "限额已用完" not in why
 
 
 # --- budgets ----------------------------------------------------------------------------------------
