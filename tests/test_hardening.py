@@ -341,9 +341,9 @@ def test_rehosting_refuses_a_redirect_to_a_private_address(serve, fake, tmp_path
     fake.state.redirect_to = f"http://127.0.0.1:{internal.server_address[1]}/secret.png"
     service = serve(api_keys=("sk-redirect-0001",), image_store_dir=str(tmp_path), prompt_expansion=False)
     content = answer_text(service.url, "画一只猫", stream=False)
-    assert "图片未能转存：图片链接不安全" in content and "本机地址" in content
+    assert "第 1 张图片生成失败：上游返回的图片链接没有提供：图片链接不安全" in content and "本机地址" in content
     assert internal.hits == [] and list(tmp_path.iterdir()) == []
-    assert len(images_in(content)) == 1  # the user still gets the upstream's link
+    assert images_in(content) == {}  # a link that leads there is not offered either: a browser would follow it
 
 
 def test_a_kept_alive_connection_to_a_configured_host_is_not_a_way_in(serve, fake, lsky):
