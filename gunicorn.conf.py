@@ -16,6 +16,23 @@ if worker_class == "gevent":
 
     monkey.patch_all()
 
+
+def _large_allocations_go_back() -> None:
+    """glibc raises its mmap threshold up to 32 MB after freeing a large block, so an edit's tens of
+    MB of pictures then come from the heap and stay in the worker after it (a worker kept 803 MB
+    of a 1.5 GB peak). Fixed at 1 MB, every such block is mapped and unmapped: given back when freed.
+    Set in the master, before it forks; a libc without mallopt (musl) is left as it is."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+_large_allocations_go_back()
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))  # gevent: streams per worker
 threads = int(os.environ.get("GUNICORN_THREADS", "64"))  # gthread: streams per worker

@@ -27,7 +27,7 @@ from conversation import ImageRef
 from keypool import KeyPool, Upkeep
 from models import ModelCatalog, family
 from parsing import DrawRequest, find_banned, fit_prompt, image_seeds
-from uploaders import ImageStore, Links, UploadError, data_uri, input_picture, lasting_links
+from uploaders import ImageStore, Links, UploadError, input_picture, lasting_links
 from upstream import Failure, JsonText, UpstreamError, expand_prompt, generate_with_failover, image_answer_bytes, payload_for
 
 log = logging.getLogger("siliconflow_proxy.pipeline")
@@ -375,7 +375,7 @@ def load_inputs(job: Job, services: Services, until: float, cancelled: threading
             log.exception("req=%s reading %s failed", job.request_id, ref.label)
             notes.append(f"{_labels([ref])}没有使用：读取图片时出错")
             continue
-        fields[takes.inputs[len(fields)]] = JsonText.of(data_uri(picture))
+        fields[takes.inputs[len(fields)]] = JsonText.data_uri(picture.mimetype, picture.data)
         used.append(ref)
     if used:
         notes.insert(0, f"按{_labels(used)}修改" if takes.needs_input else f"以{_labels(used)}为底图")

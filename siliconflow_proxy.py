@@ -26,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, g, request, send_file
+from flask import Blueprint, Flask, Response, after_this_request, current_app, g, request, send_file
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.formparser import FormDataParser
 from werkzeug.wsgi import wrap_file
@@ -34,6 +34,7 @@ from werkzeug.wsgi import wrap_file
 import conversation
 import pipeline
 import wording
+from bodies import BodyBudget, Busy, Hold, picture_bytes
 from config import ConfigError, Settings
 from keypool import KeyPool, Upkeep
 from keystores import FallbackStore, Limit, LocalStore, RedisStore, Store
@@ -45,9 +46,19 @@ from pipeline import Job, Services
 from uploaders import MIMETYPES, ImageStore, UploadError, input_picture
 from upstream import Failure, UpstreamError, account_info, complete, image_models, mask_key
 
+try:  # what gunicorn raises for a body whose chunked framing is broken
+    from gunicorn.http.errors import ParseException as _ServerParseError
+except ImportError:  # the development server alone
+
+    class _ServerParseError(Exception):  # type: ignore[no-redef]
+        pass
+
+
 log = logging.getLogger("siliconflow_proxy")
 
 MAX_BODY_BYTES = 1 << 20
+BODY_PIECE = 8 << 20  # a chunked body over MAX_BODY_BYTES is held, and read, this much at a time
+RETRY_AFTER_SECONDS = 10  # a request refused for memory: about what one edit takes upstream
 EDIT_FORM_PARTS = 64  # image, image[] ×3, prompt, model, n, size, response_format, …: a few dozen at most
 HOUSEKEEPING_SECONDS = 8.0  # most a chat UI's background task waits for the chat model's answer
 
@@ -477,49 +488,107 @@ def _too_large(limit: int) -> ApiError:
     return ApiError(413, f"The request body is larger than {size}.")
 
 
-def _body(limit: int = MAX_BODY_BYTES) -> bytes:
+def _body(limit: int = MAX_BODY_BYTES) -> bytes | bytearray:
     """The request body, at most `limit` bytes whatever its transfer encoding, within CLIENT_BODY_TIMEOUT.
 
     A client that sends half a body and waits has its socket dropped then, instead of holding a
-    worker's connection for ever.
+    worker's connection for ever. A body over MAX_BODY_BYTES takes its size from the worker's
+    PICTURE_BODIES_MB until its answer is closed (ApiError 503 when there is no room); broken
+    framing (chunk sizes, extensions, terminators, a body that ends early) is a 400.
     """
     seconds = _services().settings.client_body_timeout
-    if (request.content_length or 0) > limit:
+    declared = request.content_length
+    if (declared or 0) > limit:
         raise _too_large(limit)
+    hold = _hold()
     sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
+    stream = request.stream
+    late = ApiError(408, f"The request body did not arrive within {seconds:g} seconds.")
     with deadline(time.monotonic() + seconds) as scope:
         if sock is not None:
             scope.watch(sock)
         try:
-            raw = request.stream.read(limit + 1)
-        except (OSError, ValueError):
-            raw = None
-        if scope.expired or raw is None:
-            raise ApiError(408, f"The request body did not arrive within {seconds:g} seconds.")
+            if declared is not None and declared > MAX_BODY_BYTES:
+                _grow(hold, declared, stream)
+                raw: bytes | bytearray = stream.read(limit + 1)
+            else:
+                raw = stream.read(MAX_BODY_BYTES + 1)
+                if declared is None and len(raw) > MAX_BODY_BYTES:
+                    raw = _rest_of_chunked(bytearray(raw), limit, hold, stream)
+        except (OSError, ValueError, HTTPException, _ServerParseError):
+            if scope.expired:
+                raise late from None
+            raise ApiError(400, "The request body's framing is broken: a chunk size, chunk extension or chunk "
+                                "terminator of its chunked encoding is malformed, or the body ended before its "
+                                "Content-Length or its last chunk. Send the whole body, with a correct "
+                                "Content-Length or valid chunked encoding.") from None
+        if scope.expired:
+            raise late
     if len(raw) > limit:
         raise _too_large(limit)
     return raw
 
 
-# A picture inside a JSON string: a data: URI (a serializer may escape its slashes).
-_DATA_URI_IN_JSON = re.compile(rb'"data:image(?:/|\\/)[A-Za-z0-9.+-]{1,40};base64,[A-Za-z0-9+/=\\]*"')
+def _rest_of_chunked(raw: bytearray, limit: int, hold: Hold, stream: Any) -> bytearray:
+    """A chunked body past its first MAX_BODY_BYTES: held a piece at a time, before each piece is read."""
+    for _ in range(limit // BODY_PIECE + 2):  # each pass reads a piece, or the body has ended
+        if len(raw) > limit:
+            break
+        want = min(BODY_PIECE, limit + 1 - len(raw))
+        _grow(hold, len(raw) + want - hold.size, stream)
+        piece = stream.read(want)
+        if not piece:
+            break
+        raw += piece
+    return raw
+
+
+def _hold() -> Hold:
+    """This request's share of the worker's PICTURE_BODIES_MB, given back when its answer is closed
+    (a stream's or a slow JSON answer's pictures live that long), or when no answer was made."""
+    hold = g.get("body_hold")
+    if hold is None:
+        hold = g.body_hold = current_app.extensions["siliconflow.bodies"].take(0)
+
+        @after_this_request
+        def release_on_close(response: Response) -> Response:
+            response.call_on_close(hold.release)
+            g.body_hold_closes = True
+            return response
+
+    return hold
+
+
+def _grow(hold: Hold, size: int, stream: Any) -> None:
+    """Hold `size` more bytes, or refuse with a 503 to retry. What the client still sends is read
+    and dropped first (never kept), so that it gets the answer rather than a reset connection."""
+    try:
+        hold.grow(size)
+    except Busy as busy:
+        for _ in range(busy.budget // BODY_PIECE + 2 + (request.content_length or 0) // BODY_PIECE):
+            if not stream.read(BODY_PIECE):
+                break
+        log.warning("req=%s refused: %d MB of large bodies held by this worker (PICTURE_BODIES_MB=%g)",
+                    g.request_id, busy.held // 2**20, busy.budget / 2**20)
+        raise ApiError(503, f"This worker is busy with other requests carrying large pictures: retry in "
+                            f"{RETRY_AFTER_SECONDS} seconds (or send smaller pictures).", code="server_busy",
+                       retry_after=RETRY_AFTER_SECONDS) from None
 
 
 def _json_object(limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
     """The request's JSON object. Past MAX_BODY_BYTES (chat with pictures may go up to `limit`),
-    only pictures' data: URIs may make up the difference: the rest (text, structure) is what
-    costs memory and time to parse, and stays within MAX_BODY_BYTES."""
+    only pictures' data: URIs (bodies.picture_bytes) may make up the difference: the rest (text,
+    structure) is what costs memory and time to parse, and stays within MAX_BODY_BYTES."""
     raw = _body(limit)
-    if len(raw) > MAX_BODY_BYTES:
-        pictures = sum(len(match) for match in _DATA_URI_IN_JSON.findall(raw))
-        if len(raw) - pictures > MAX_BODY_BYTES:
-            raise ApiError(413, f"The request body is larger than {MAX_BODY_BYTES // 1024} KB besides its pictures' "
-                                "data: URIs. Send less text or history.")
+    if len(raw) > MAX_BODY_BYTES and len(raw) - picture_bytes(raw) > MAX_BODY_BYTES:
+        raise ApiError(413, f"The request body is larger than {MAX_BODY_BYTES // 1024} KB besides its pictures' "
+                            "data: URIs. Send less text or history.")
     try:
         body = json.loads(raw)
+        del raw  # tens of MB with pictures: not held while they are drawn
         # Lone surrogates ("\ud800") parse, but no text with one can be encoded: find them here,
         # not in an upstream call or a log line.
-        json.dumps(body, ensure_ascii=False).encode()
+        _check_encodable(body)
     except RecursionError:
         raise ApiError(400, "The request body is nested too deeply to be a chat or image request.") from None
     except UnicodeEncodeError:
@@ -532,6 +601,23 @@ def _json_object(limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, "The request body must be a JSON object.")
     return body
+
+
+def _check_encodable(value: Any) -> None:
+    """Raises UnicodeEncodeError for a string (or key) holding a lone surrogate. ASCII strings (a
+    picture's data URI among them) are skipped without a copy: encoding the whole body again cost
+    twice its size."""
+    todo = [value]
+    while todo:  # bounded: each node of the parsed body is visited once
+        item = todo.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                item.encode()
+        elif isinstance(item, dict):
+            todo.extend(item.keys())
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
 
 
 def _model(value: Any, services: Services, *, default: str | None = None) -> str:
@@ -596,8 +682,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         catalog=ModelCatalog(settings.models, lambda: _fetch_models(pool, http, settings),
                              refresh=settings.models_refresh_seconds),
     )
+    # Per worker process: gunicorn forks after this, and each worker counts its own.
+    app.extensions["siliconflow.bodies"] = BodyBudget(int(settings.picture_bodies_mb * 2**20))
     app.register_blueprint(bp)
-    app.register_error_handler(ApiError, lambda e: error_response(e.status, e.message, param=e.param, code=e.code))
+    app.register_error_handler(ApiError, _api_error)
+    app.teardown_request(_release_unanswered)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
     _startup_notes(settings)
@@ -620,6 +709,21 @@ def _key_store(settings: Settings) -> Store:
     if not settings.redis_url:
         return local
     return FallbackStore(RedisStore(settings.redis_url), local)
+
+
+def _api_error(exc: ApiError) -> Response:
+    response = error_response(exc.status, exc.message, param=exc.param, code=exc.code)
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
+
+
+def _release_unanswered(_: BaseException | None) -> None:
+    """A request whose answer never reached the server (a bug after the body was read) gives its
+    hold back here; one that was answered gives it back when the answer is closed."""
+    hold = g.get("body_hold")
+    if hold is not None and not g.get("body_hold_closes"):
+        hold.release()
 
 
 def _http_error(exc: HTTPException) -> Response:

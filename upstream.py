@@ -6,6 +6,7 @@ user: plain words, never a Python exception text, never a key.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import math
@@ -345,14 +346,23 @@ def _call(
             raise UpstreamError(Failure.NETWORK, "无法连接上游服务") from None
 
 
-class JsonText(bytes):
+@dataclass(frozen=True)
+class JsonText:
     """A payload value already encoded as a JSON string: an input picture's data URI, up to tens
     of MB. It is sent as it is, so the `n` calls of one request share this one copy instead of
     each encoding its own (four calls with three 19 MB pictures took 760 MB that way)."""
 
+    encoded: bytes
+
     @classmethod
     def of(cls, text: str) -> JsonText:
         return cls(json.dumps(text).encode())
+
+    @classmethod
+    def data_uri(cls, mimetype: str, data: bytes) -> JsonText:
+        """`data` as a `data:` URI in a JSON string (base64 needs no escapes), made with one copy
+        besides the base64 itself, where encoding a str took five."""
+        return cls(b"".join((b'"data:', mimetype.encode(), b";base64,", base64.b64encode(data), b'"')))
 
 
 def json_body(payload: dict[str, Any]) -> list[bytes]:
@@ -365,7 +375,7 @@ def json_body(payload: dict[str, Any]) -> list[bytes]:
     pieces = [encoded[:-1]]  # without its closing brace
     for name, value in large:
         comma = b"," if small or len(pieces) > 1 else b""
-        pieces += [comma + json.dumps(name).encode() + b":", value]
+        pieces += [comma + json.dumps(name).encode() + b":", value.encoded]
     return [*pieces, b"}"]
 
 

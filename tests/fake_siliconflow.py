@@ -115,6 +115,10 @@ class FakeState:
     limited_once: set[str] = field(default_factory=set)
     calls: list[Call] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Closed (an Event not set): image calls wait for it to open (at most a minute), and `arrived`
+    # is set as the first one starts waiting: a test can hold a request in flight for as long as it needs.
+    gate: threading.Event | None = None
+    arrived: threading.Event = field(default_factory=threading.Event)
 
     def reset(self) -> None:
         with self.lock:
@@ -134,6 +138,9 @@ class FakeState:
         self.retry_after = "1"
         self.funded = set()
         self.limited_once = set()
+        if self.gate is not None:
+            self.gate.set()  # nothing stays waiting behind a test that ended
+        self.gate, self.arrived = None, threading.Event()
 
     def admit(self, account: str, model: str) -> bool:
         """True when `account` may make another call to `model` now (and it is counted)."""
@@ -428,6 +435,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif body["model"] in IMAGE_MODELS and body.get("image_size") not in IMAGE_MODELS[body["model"]]:
             self._json(400, {"code": 20015, "message": "The parameter is invalid. Please check again.", "data": None})
         else:
+            if (gate := state.gate) is not None:
+                state.arrived.set()
+                gate.wait(60)
             self._wait(state.image_latency)
             created = int(time.time())
             images = [] if key.startswith("sk-empty") else [{"url": self._image_url(created, key)}]
