@@ -231,8 +231,12 @@ def remove_stale_dirs(parent: str) -> list[str]:
         except OSError:
             continue
     if removed:
-        log.info("removed %d key-state director%s of processes that are gone from %s",
-                 len(removed), "y" if len(removed) == 1 else "ies", parent)
+        log.info(
+            "removed %d key-state director%s of processes that are gone from %s",
+            len(removed),
+            "y" if len(removed) == 1 else "ies",
+            parent,
+        )
     return removed
 
 
@@ -298,8 +302,11 @@ class LocalStore(Store):
             found = _inode(self.path)
             if found is None or (self._damaged and found == self._inode):
                 if found is not None or (self._pid is not None and self._inode is not None):
-                    log.warning("%s %s: made anew; the dead keys, budgets and accounts it held are forgotten",
-                                self.name, "was damaged" if found is not None else "was deleted")
+                    log.warning(
+                        "%s %s: made anew; the dead keys, budgets and accounts it held are forgotten",
+                        self.name,
+                        "was damaged" if found is not None else "was deleted",
+                    )
                 for suffix in ("", "-wal", "-shm"):  # a WAL left by the file that went would be read into the new one
                     try:
                         os.unlink(self.path + suffix)
@@ -363,15 +370,21 @@ class LocalStore(Store):
     def acquire(self, ask: Ask) -> Answer:
         now, model = self._clock(), ask.model
         with self._transaction() as db:
-            live = {name: (value, until) for name, value, until in db.execute(
-                "SELECT name, value, until FROM facts WHERE (until IS NULL OR until > ?) AND name GLOB '[bcdr]*'",
-                (now,))}
+            live = {
+                name: (value, until)
+                for name, value, until in db.execute(
+                    "SELECT name, value, until FROM facts WHERE (until IS NULL OR until > ?) AND name GLOB '[bcdr]*'", (now,)
+                )
+            }
             soonest: float | None = None
             chosen: tuple[str, str, float] | None = None  # key id, window, longest
             room: dict[str, float] = {}  # calls each account with a free key may still make now
             # The free room is counted only when turns matter: with nobody waiting, the first free key will do.
-            turns_matter = bool(ask.request and not ask.force and db.execute(
-                "SELECT 1 FROM turns WHERE model = ? AND expires > ? LIMIT 1", (model, now)).fetchone())
+            turns_matter = bool(
+                ask.request
+                and not ask.force
+                and db.execute("SELECT 1 FROM turns WHERE model = ? AND expires > ? LIMIT 1", (model, now)).fetchone()
+            )
             for candidate in ask.candidates:
                 if chosen is not None and not turns_matter:
                     break
@@ -379,19 +392,23 @@ class LocalStore(Store):
                 if f"dead:{kid}" in live or f"broke:{kid}" in live:
                     continue
                 window = f"{candidate.account}:{model}"
-                free_at = max([now] + [live[name][1] or now for name in (f"cool:{kid}", f"rest:{window}")
-                                       if name in live])
+                free_at = max([now] + [live[name][1] or now for name in (f"cool:{kid}", f"rest:{window}") if name in live])
                 budget = list(ask.limits)
                 if f"cap:{window}" in live:
                     budget.append(Limit(int(live[f"cap:{window}"][0]), ask.learn_seconds))
                 longest = max([ask.learn_seconds] + [limit.seconds for limit in budget])
-                times = [at for (at,) in db.execute(
-                    "SELECT at FROM calls WHERE window = ? AND at > ? ORDER BY at", (window, now - longest))]
+                times = [
+                    at
+                    for (at,) in db.execute(
+                        "SELECT at FROM calls WHERE window = ? AND at > ? ORDER BY at", (window, now - longest)
+                    )
+                ]
                 free_at = max(free_at, _window_frees(times, budget, now))
                 if free_at <= now:
                     chosen = chosen or (kid, window, longest)
-                    room[window] = min([math.inf] + [limit.count - sum(1 for at in times if at > now - limit.seconds)
-                                                     for limit in budget])
+                    room[window] = min(
+                        [math.inf] + [limit.count - sum(1 for at in times if at > now - limit.seconds) for limit in budget]
+                    )
                 else:
                     soonest = free_at if soonest is None else min(soonest, free_at)
             if chosen is not None:
@@ -400,15 +417,18 @@ class LocalStore(Store):
                 kid, window, longest = chosen
                 ticket = db.execute("INSERT INTO calls (window, at) VALUES (?, ?)", (window, now)).lastrowid
                 if ask.request:
-                    db.execute("UPDATE turns SET served = ?, expires = ? WHERE model = ? AND request = ?",
-                               (now, now + TURN_GRACE, model, ask.request))
+                    db.execute(
+                        "UPDATE turns SET served = ?, expires = ? WHERE model = ? AND request = ?",
+                        (now, now + TURN_GRACE, model, ask.request),
+                    )
                 self._sweep(db, now, longest)
                 return Answer(kid, str(ticket))
             wait = None if soonest is None else soonest - now
             if wait is not None and ask.request:
-                db.execute("INSERT INTO turns VALUES (?, ?, ?, ?) ON CONFLICT (model, request) DO UPDATE SET "
-                           "expires = excluded.expires",
-                           (model, ask.request, now - NOT_SERVED_YET, now + wait + TURN_GRACE))
+                db.execute(
+                    "INSERT INTO turns VALUES (?, ?, ?, ?) ON CONFLICT (model, request) DO UPDATE SET expires = excluded.expires",
+                    (model, ask.request, now - NOT_SERVED_YET, now + wait + TURN_GRACE),
+                )
         return Answer(wait=wait)
 
     def _waited_longer(self, db: sqlite3.Connection, ask: Ask, now: float) -> int:
@@ -416,8 +436,9 @@ class LocalStore(Store):
         db.execute("DELETE FROM turns WHERE model = ? AND expires <= ?", (ask.model, now))
         row = db.execute("SELECT served FROM turns WHERE model = ? AND request = ?", (ask.model, ask.request)).fetchone()
         mine = row[0] if row else now - NOT_SERVED_YET
-        (before,) = db.execute("SELECT COUNT(*) FROM turns WHERE model = ? AND request != ? AND served < ?",
-                               (ask.model, ask.request, mine)).fetchone()
+        (before,) = db.execute(
+            "SELECT COUNT(*) FROM turns WHERE model = ? AND request != ? AND served < ?", (ask.model, ask.request, mine)
+        ).fetchone()
         if before and row is None:  # it gave way: it waits from now on, and keeps its place
             db.execute("INSERT INTO turns VALUES (?, ?, ?, ?)", (ask.model, ask.request, mine, now + TURN_GRACE))
         return before
@@ -428,14 +449,16 @@ class LocalStore(Store):
         with self._transaction() as db:
             if ticket.isdigit():  # not one of Redis's, from before Redis went away
                 db.execute("DELETE FROM calls WHERE rowid = ?", (int(ticket),))
-            (left,) = db.execute("SELECT COUNT(*) FROM calls WHERE window = ? AND at > ?",
-                                 (window, now - learn_seconds)).fetchone()
+            (left,) = db.execute(
+                "SELECT COUNT(*) FROM calls WHERE window = ? AND at > ?", (window, now - learn_seconds)
+            ).fetchone()
             row = db.execute("SELECT value FROM facts WHERE name = ? AND until > ?", (f"cap:{window}", now)).fetchone()
             cap = max(1, min(left, int(row[0])) if row else left)
-            db.execute("INSERT OR REPLACE INTO facts (name, value, until) VALUES (?, ?, ?)",
-                       (f"cap:{window}", str(cap), now + CAP_SECONDS))
-            db.execute("INSERT OR REPLACE INTO facts (name, value, until) VALUES (?, '1', ?)",
-                       (f"rest:{window}", now + rest))
+            db.execute(
+                "INSERT OR REPLACE INTO facts (name, value, until) VALUES (?, ?, ?)",
+                (f"cap:{window}", str(cap), now + CAP_SECONDS),
+            )
+            db.execute("INSERT OR REPLACE INTO facts (name, value, until) VALUES (?, '1', ?)", (f"rest:{window}", now + rest))
         return cap
 
     def _sweep(self, db: sqlite3.Connection, now: float, longest: float) -> None:
@@ -452,14 +475,18 @@ class LocalStore(Store):
         with self._transaction(write=False) as db:
             rows = db.execute(
                 f"SELECT name, value, until FROM facts WHERE name IN ({','.join('?' * len(names))}) "
-                "AND (until IS NULL OR until > ?)", (*names, now)).fetchall()
+                "AND (until IS NULL OR until > ?)",
+                (*names, now),
+            ).fetchall()
         return {name: (value, None if until is None else until - now) for name, value, until in rows}
 
     def live(self, prefix: str) -> dict[str, Fact]:
         now = self._clock()
         with self._transaction(write=False) as db:
-            rows = db.execute("SELECT name, value, until FROM facts WHERE substr(name, 1, ?) = ? "
-                              "AND (until IS NULL OR until > ?)", (len(prefix), prefix, now)).fetchall()
+            rows = db.execute(
+                "SELECT name, value, until FROM facts WHERE substr(name, 1, ?) = ? AND (until IS NULL OR until > ?)",
+                (len(prefix), prefix, now),
+            ).fetchall()
         return {name: (value, None if until is None else until - now) for name, value, until in rows}
 
     def put(self, name: str, value: str, seconds: float | None) -> None:
@@ -666,7 +693,11 @@ class RedisStore(Store):
         # Blocking pool: a thousand greenlets must not open a thousand connections. Short socket
         # timeouts: an unreachable Redis costs a request a fraction of a second, once.
         pool = redis.BlockingConnectionPool.from_url(
-            url, max_connections=64, timeout=2, socket_timeout=1, socket_connect_timeout=1,
+            url,
+            max_connections=64,
+            timeout=2,
+            socket_timeout=1,
+            socket_connect_timeout=1,
             health_check_interval=30,
         )
         self.client = redis.Redis(connection_pool=pool, decode_responses=False)
@@ -674,12 +705,19 @@ class RedisStore(Store):
         self._refused = self.client.register_script(_REFUSED)
 
     def acquire(self, ask: Ask) -> Answer:
-        args: list[Any] = [self.prefix, ask.model, int(ask.learn_seconds * 1000), ask.request or "",
-                           int(ask.force), int(TURN_GRACE * 1000), int(YIELD_SECONDS * 1000), len(ask.limits)]
+        args: list[Any] = [
+            self.prefix,
+            ask.model,
+            int(ask.learn_seconds * 1000),
+            ask.request or "",
+            int(ask.force),
+            int(TURN_GRACE * 1000),
+            int(YIELD_SECONDS * 1000),
+            len(ask.limits),
+        ]
         for limit in ask.limits:
             args += [limit.count, int(limit.seconds * 1000)]
-        args.append("\n".join(f"{c.key_id}\t{c.account.replace(chr(9), ' ').replace(chr(10), ' ')}"
-                               for c in ask.candidates))
+        args.append("\n".join(f"{c.key_id}\t{c.account.replace(chr(9), ' ').replace(chr(10), ' ')}" for c in ask.candidates))
         answer = self._acquire(args=args)
         if answer[0]:
             return Answer(answer[0].decode(), answer[1].decode())
@@ -687,8 +725,18 @@ class RedisStore(Store):
         return Answer(wait=None if wait < 0 else wait / 1000, yielded=int(answer[2]) == 1)
 
     def refused(self, account: str, model: str, ticket: str, rest: float, learn_seconds: float) -> int:
-        return int(self._refused(args=[self.prefix, f"{account}:{model}", ticket, int(rest * 1000),
-                                       int(learn_seconds * 1000), int(CAP_SECONDS * 1000)]))
+        return int(
+            self._refused(
+                args=[
+                    self.prefix,
+                    f"{account}:{model}",
+                    ticket,
+                    int(rest * 1000),
+                    int(learn_seconds * 1000),
+                    int(CAP_SECONDS * 1000),
+                ]
+            )
+        )
 
     def get(self, names: Sequence[str]) -> dict[str, Fact]:
         if not names:
@@ -705,8 +753,7 @@ class RedisStore(Store):
         return found
 
     def live(self, prefix: str) -> dict[str, Fact]:
-        names = [raw.decode()[len(self.prefix):] for raw in self.client.scan_iter(match=self.prefix + prefix + "*",
-                                                                                    count=500)]
+        names = [raw.decode()[len(self.prefix) :] for raw in self.client.scan_iter(match=self.prefix + prefix + "*", count=500)]
         return self.get(names)
 
     def put(self, name: str, value: str, seconds: float | None) -> None:
@@ -749,8 +796,14 @@ class FallbackStore(Store):
     the fallback meanwhile stay there: the primary's view is the one shared again.
     """
 
-    def __init__(self, primary: RedisStore | LocalStore, fallback: Store, *, retry_seconds: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        primary: RedisStore | LocalStore,
+        fallback: Store,
+        *,
+        retry_seconds: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.primary, self.fallback = primary, fallback
         self.kind = primary.kind
         self.clock = clock  # when to try the primary again (tests set it)
@@ -783,12 +836,19 @@ class FallbackStore(Store):
                 self._problem = self.primary.failure(exc)
                 if isinstance(self.primary, RedisStore):
                     level = logging.WARNING if "cannot be reached" in self._problem else logging.ERROR
-                    log.log(level, "%s: drawing goes on with this instance's own key state until it %s", self._problem,
-                            "is back" if level == logging.WARNING else "answers properly")
+                    log.log(
+                        level,
+                        "%s: drawing goes on with this instance's own key state until it %s",
+                        self._problem,
+                        "is back" if level == logging.WARNING else "answers properly",
+                    )
                 else:
-                    log.error("%s: this process draws on with key state in its own memory, not shared with the "
-                              "other workers, until the file works again (tried every %g s)",
-                              self._problem, self._retry_seconds)
+                    log.error(
+                        "%s: this process draws on with key state in its own memory, not shared with the "
+                        "other workers, until the file works again (tried every %g s)",
+                        self._problem,
+                        self._retry_seconds,
+                    )
 
     def _came_back(self, seconds: float) -> None:
         if isinstance(self.primary, RedisStore):
@@ -827,8 +887,11 @@ class FallbackStore(Store):
         described["reachable"] = self.reachable
         if not self.reachable:
             described["problem"] = self._problem
-            described["using"] = ("this instance's local state until Redis is back" if isinstance(self.primary, RedisStore)
-                                  else "this process's own memory until the file works again")
+            described["using"] = (
+                "this instance's local state until Redis is back"
+                if isinstance(self.primary, RedisStore)
+                else "this process's own memory until the file works again"
+            )
             inner = self.fallback.describe()
             if inner.get("reachable") is False:
                 described["fallback"] = inner
