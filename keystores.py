@@ -20,8 +20,13 @@ named by a hash (`key_id`), never by their secret. Two stores, one interface:
   Procfile's workers share one view without Redis; also the single process of the development
   server and the tests. Transactions make a budget reservation atomic across processes.
 - `RedisStore` (REDIS_URL): every worker of every instance. One Lua script checks a key's facts
-  and reserves its account's budget in one round trip, atomically. `FallbackStore` puts it in front
-  of a LocalStore that takes over while Redis cannot be reached, and hands back when it can.
+  and reserves its account's budget in one round trip, atomically.
+- `MemoryStore`: the same tables in one process's memory, shared with nobody.
+
+`FallbackStore` puts a store in front of another that takes over while the first fails, and hands
+back when it works again: Redis in front of the LocalStore (Redis unreachable), the LocalStore in
+front of a MemoryStore (its file full or damaged). So a local fault never fails a request, and is
+never reported as SiliconFlow's.
 
 Why not the `limits` package (moving windows over memory or Redis): it checks one limit per call
 and knows nothing of keys, accounts or cool-downs, so choosing a key would take a round trip per
@@ -31,9 +36,11 @@ that forked workers share. The sliding log below is a few lines in SQL and in Lu
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
 import os
+import shutil
 import sqlite3
 import tempfile
 import threading
@@ -143,10 +150,94 @@ class Store:
 
 # --- SQLite ---------------------------------------------------------------------------------------
 
+STATE_PREFIX = "siliconflow-keys-"
+OWNER_LOCK = "owner.lock"  # held (flock, shared) by every live process using the directory's file
+IDLE_DAYS = 1.0  # a directory without an owner lock (from before there was one) goes after a day untouched
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS facts (name TEXT PRIMARY KEY, value TEXT, until REAL)",
+    "CREATE TABLE IF NOT EXISTS calls (window TEXT, at REAL)",
+    "CREATE INDEX IF NOT EXISTS calls_by_window ON calls (window, at)",
+    "CREATE TABLE IF NOT EXISTS turns (model TEXT, request TEXT, served REAL, expires REAL, PRIMARY KEY (model, request))",
+)
+# A file SQLite cannot read as a database: replaced with a new one (the facts are lost, not shared wrongly).
+DAMAGED = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
+
 
 def _fast_temp_dir() -> str | None:
     """/dev/shm when there is one: the file then never touches a disk."""
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+def _inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
+
+
+def _hold(path: str) -> int:
+    """An fd of `path` holding a shared flock; the file made already locked (renamed into place),
+    so that no other process ever sees it unheld."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        temporary = f"{path}.{os.getpid()}.{threading.get_ident()}"
+        fd = os.open(temporary, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        os.rename(temporary, path)
+        return fd
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+def remove_stale_dirs(parent: str) -> list[str]:
+    """Remove the state directories of processes that are gone (killed: atexit never ran).
+
+    One is gone when nobody holds its owner lock: a lock, unlike a pid, is not reused by another
+    process and is seen across PID namespaces (containers sharing /dev/shm). A directory without
+    an owner lock (made by a version before it) goes when nothing in it changed for IDLE_DAYS.
+    Directories of other users, and anything not named like ours, are left alone.
+    """
+    removed = []
+    try:
+        names = [name for name in os.listdir(parent) if name.startswith(STATE_PREFIX)]
+    except OSError:
+        return removed
+    for name in names:
+        directory = os.path.join(parent, name)
+        try:
+            if not os.path.isdir(directory) or os.path.islink(directory) or os.stat(directory).st_uid != os.getuid():
+                continue
+            lock = os.path.join(directory, OWNER_LOCK)
+            if os.path.exists(lock):
+                fd = os.open(lock, os.O_RDWR)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue  # a live process holds it
+                try:
+                    shutil.rmtree(directory)
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                    os.close(fd)
+            else:
+                paths = [directory] + [os.path.join(directory, entry) for entry in os.listdir(directory)]
+                newest = max(os.lstat(path).st_mtime for path in paths)
+                if time.time() - newest < IDLE_DAYS * 86400:
+                    continue
+                shutil.rmtree(directory)
+            removed.append(name)
+        except OSError:
+            continue
+    if removed:
+        log.info(
+            "removed %d key-state director%s of processes that are gone from %s",
+            len(removed),
+            "y" if len(removed) == 1 else "ies",
+            parent,
+        )
+    return removed
 
 
 class LocalStore(Store):
@@ -154,73 +245,146 @@ class LocalStore(Store):
 
     Each process opens its own connection (a connection must not cross a fork). The clock is
     time.monotonic, which all processes on one machine share.
+
+    The file can go wrong under the service. Deleted (a tmp cleaner, a person): the next call of any
+    process sees another file, or none, at the path, makes it anew (one process, under a flock on
+    the directory) and uses it, so the workers share again. Damaged (SQLite cannot read it): the
+    call raises, and the next one replaces the file with a new one. Full: the call raises. Callers
+    that must not fail put a `FallbackStore` in front (see `_key_store`).
     """
 
     kind = "local"
+    name = "the key-state file"
     CLEAN_EVERY = 200  # acquisitions between two sweeps of expired rows
 
     def __init__(self, path: str | None = None, *, clock: Callable[[], float] = time.monotonic):
         self._owner = os.getpid()
         if path is None:
-            directory = tempfile.mkdtemp(prefix="siliconflow-keys-", dir=_fast_temp_dir())
+            parent = _fast_temp_dir() or tempfile.gettempdir()
+            remove_stale_dirs(parent)
+            directory = tempfile.mkdtemp(prefix=f"{STATE_PREFIX}{os.getpid()}-", dir=parent)
             path = os.path.join(directory, "keys.sqlite3")
         self.path = path
         self._clock = clock
         self._lock = threading.Lock()
         self._connection: sqlite3.Connection | None = None
         self._pid: int | None = None
+        self._inode: int | None = None  # of the file this process's connection has open
+        self._held: int | None = None  # this process's fd of the owner lock
+        self._damaged = False
         self._count = 0
-        with self._transaction() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS facts (name TEXT PRIMARY KEY, value TEXT, until REAL)")
-            db.execute("CREATE TABLE IF NOT EXISTS calls (window TEXT, at REAL)")
-            db.execute("CREATE INDEX IF NOT EXISTS calls_by_window ON calls (window, at)")
-            db.execute("CREATE TABLE IF NOT EXISTS turns (model TEXT, request TEXT, served REAL, expires REAL, "
-                       "PRIMARY KEY (model, request))")
+        with self._transaction():
+            pass  # the file and its tables exist from here on
+
+    @property
+    def failures(self) -> tuple[type[Exception], ...]:
+        return (sqlite3.Error, OSError)
+
+    def failure(self, exc: Exception) -> str:
+        if isinstance(exc, sqlite3.Error):
+            return f"{self.name} failed ({str(exc)[:200]})"
+        return f"{self.name} failed ({exc.strerror or type(exc).__name__})" if isinstance(exc, OSError) else self.name
 
     def _db(self) -> sqlite3.Connection:
-        if self._pid != os.getpid():
-            # timeout=0: a busy database is retried below with sleeps that let other greenlets run,
-            # not inside SQLite, which would block a gevent worker's whole loop.
-            self._connection = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
-            self._connection.execute("PRAGMA journal_mode=WAL")
-            self._connection.execute("PRAGMA synchronous=OFF")
-            self._pid = os.getpid()
+        if self._pid != os.getpid() or self._damaged or _inode(self.path) != self._inode:
+            self._open()
         assert self._connection is not None
         return self._connection
+
+    def _open(self) -> None:
+        """Connect to the file at the path, making it (and its tables) when there is none, or a new
+        one when this process found it damaged and no other process has replaced it yet."""
+        directory = os.path.dirname(self.path)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        guard = os.open(directory, os.O_RDONLY)
+        try:
+            fcntl.flock(guard, fcntl.LOCK_EX)  # one process at a time decides what is at the path
+            found = _inode(self.path)
+            if found is None or (self._damaged and found == self._inode):
+                if found is not None or (self._pid is not None and self._inode is not None):
+                    log.warning(
+                        "%s %s: made anew; the dead keys, budgets and accounts it held are forgotten",
+                        self.name,
+                        "was damaged" if found is not None else "was deleted",
+                    )
+                for suffix in ("", "-wal", "-shm"):  # a WAL left by the file that went would be read into the new one
+                    try:
+                        os.unlink(self.path + suffix)
+                    except FileNotFoundError:
+                        pass
+            if self._pid == os.getpid() and self._connection is not None:
+                self._connection.close()
+            self._connection = None
+            # timeout=0: a busy database is retried below with sleeps that let other greenlets run,
+            # not inside SQLite, which would block a gevent worker's whole loop.
+            connection = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
+            try:
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=OFF")
+                for statement in SCHEMA:
+                    connection.execute(statement)
+            except BaseException:
+                connection.close()
+                raise
+            held = _hold(os.path.join(directory, OWNER_LOCK))
+            if self._pid == os.getpid() and self._held is not None:
+                os.close(self._held)  # this process's own; one inherited from the master is the master's
+            self._connection, self._pid, self._held = connection, os.getpid(), held
+            self._inode, self._damaged = _inode(self.path), False
+        finally:
+            # Unlocked before closed: under gevent's monkey patching the close may wait for the hub's
+            # loop, and a master that forks meanwhile hands the lock to a worker that never lets go.
+            fcntl.flock(guard, fcntl.LOCK_UN)
+            os.close(guard)
 
     @contextmanager
     def _transaction(self, write: bool = True) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            db = self._db()
-            for attempt in range(400):
-                try:
-                    db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-                    break
-                except sqlite3.OperationalError as exc:
-                    if "locked" not in str(exc) and "busy" not in str(exc):
-                        raise
-                    time.sleep(min(0.0002 * 2 ** min(attempt, 6), 0.01))
-            else:
-                raise sqlite3.OperationalError("key store stayed busy")
             try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
+                db = self._db()
+                for attempt in range(400):
+                    try:
+                        db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                        break
+                    except sqlite3.OperationalError as exc:
+                        if "locked" not in str(exc) and "busy" not in str(exc):
+                            raise
+                        time.sleep(min(0.0002 * 2 ** min(attempt, 6), 0.01))
+                else:
+                    raise sqlite3.OperationalError("key store stayed busy")
+                try:
+                    yield db
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:  # a failed COMMIT (a full disk) leaves it open
+                        try:
+                            db.execute("ROLLBACK")
+                        except sqlite3.Error:
+                            pass
+                    raise
+            except sqlite3.DatabaseError as exc:
+                if getattr(exc, "sqlite_errorname", None) in DAMAGED:
+                    self._damaged = True
                 raise
-            db.execute("COMMIT")
 
     def acquire(self, ask: Ask) -> Answer:
         now, model = self._clock(), ask.model
         with self._transaction() as db:
-            live = {name: (value, until) for name, value, until in db.execute(
-                "SELECT name, value, until FROM facts WHERE (until IS NULL OR until > ?) AND name GLOB '[bcdr]*'",
-                (now,))}
+            live = {
+                name: (value, until)
+                for name, value, until in db.execute(
+                    "SELECT name, value, until FROM facts WHERE (until IS NULL OR until > ?) AND name GLOB '[bcdr]*'", (now,)
+                )
+            }
             soonest: float | None = None
             chosen: tuple[str, str, float] | None = None  # key id, window, longest
             room: dict[str, float] = {}  # calls each account with a free key may still make now
             # The free room is counted only when turns matter: with nobody waiting, the first free key will do.
-            turns_matter = bool(ask.request and not ask.force and db.execute(
-                "SELECT 1 FROM turns WHERE model = ? AND expires > ? LIMIT 1", (model, now)).fetchone())
+            turns_matter = bool(
+                ask.request
+                and not ask.force
+                and db.execute("SELECT 1 FROM turns WHERE model = ? AND expires > ? LIMIT 1", (model, now)).fetchone()
+            )
             for candidate in ask.candidates:
                 if chosen is not None and not turns_matter:
                     break
@@ -228,19 +392,23 @@ class LocalStore(Store):
                 if f"dead:{kid}" in live or f"broke:{kid}" in live:
                     continue
                 window = f"{candidate.account}:{model}"
-                free_at = max([now] + [live[name][1] or now for name in (f"cool:{kid}", f"rest:{window}")
-                                       if name in live])
+                free_at = max([now] + [live[name][1] or now for name in (f"cool:{kid}", f"rest:{window}") if name in live])
                 budget = list(ask.limits)
                 if f"cap:{window}" in live:
                     budget.append(Limit(int(live[f"cap:{window}"][0]), ask.learn_seconds))
                 longest = max([ask.learn_seconds] + [limit.seconds for limit in budget])
-                times = [at for (at,) in db.execute(
-                    "SELECT at FROM calls WHERE window = ? AND at > ? ORDER BY at", (window, now - longest))]
+                times = [
+                    at
+                    for (at,) in db.execute(
+                        "SELECT at FROM calls WHERE window = ? AND at > ? ORDER BY at", (window, now - longest)
+                    )
+                ]
                 free_at = max(free_at, _window_frees(times, budget, now))
                 if free_at <= now:
                     chosen = chosen or (kid, window, longest)
-                    room[window] = min([math.inf] + [limit.count - sum(1 for at in times if at > now - limit.seconds)
-                                                     for limit in budget])
+                    room[window] = min(
+                        [math.inf] + [limit.count - sum(1 for at in times if at > now - limit.seconds) for limit in budget]
+                    )
                 else:
                     soonest = free_at if soonest is None else min(soonest, free_at)
             if chosen is not None:
@@ -249,15 +417,18 @@ class LocalStore(Store):
                 kid, window, longest = chosen
                 ticket = db.execute("INSERT INTO calls (window, at) VALUES (?, ?)", (window, now)).lastrowid
                 if ask.request:
-                    db.execute("UPDATE turns SET served = ?, expires = ? WHERE model = ? AND request = ?",
-                               (now, now + TURN_GRACE, model, ask.request))
+                    db.execute(
+                        "UPDATE turns SET served = ?, expires = ? WHERE model = ? AND request = ?",
+                        (now, now + TURN_GRACE, model, ask.request),
+                    )
                 self._sweep(db, now, longest)
                 return Answer(kid, str(ticket))
             wait = None if soonest is None else soonest - now
             if wait is not None and ask.request:
-                db.execute("INSERT INTO turns VALUES (?, ?, ?, ?) ON CONFLICT (model, request) DO UPDATE SET "
-                           "expires = excluded.expires",
-                           (model, ask.request, now - NOT_SERVED_YET, now + wait + TURN_GRACE))
+                db.execute(
+                    "INSERT INTO turns VALUES (?, ?, ?, ?) ON CONFLICT (model, request) DO UPDATE SET expires = excluded.expires",
+                    (model, ask.request, now - NOT_SERVED_YET, now + wait + TURN_GRACE),
+                )
         return Answer(wait=wait)
 
     def _waited_longer(self, db: sqlite3.Connection, ask: Ask, now: float) -> int:
@@ -265,8 +436,9 @@ class LocalStore(Store):
         db.execute("DELETE FROM turns WHERE model = ? AND expires <= ?", (ask.model, now))
         row = db.execute("SELECT served FROM turns WHERE model = ? AND request = ?", (ask.model, ask.request)).fetchone()
         mine = row[0] if row else now - NOT_SERVED_YET
-        (before,) = db.execute("SELECT COUNT(*) FROM turns WHERE model = ? AND request != ? AND served < ?",
-                               (ask.model, ask.request, mine)).fetchone()
+        (before,) = db.execute(
+            "SELECT COUNT(*) FROM turns WHERE model = ? AND request != ? AND served < ?", (ask.model, ask.request, mine)
+        ).fetchone()
         if before and row is None:  # it gave way: it waits from now on, and keeps its place
             db.execute("INSERT INTO turns VALUES (?, ?, ?, ?)", (ask.model, ask.request, mine, now + TURN_GRACE))
         return before
@@ -277,14 +449,16 @@ class LocalStore(Store):
         with self._transaction() as db:
             if ticket.isdigit():  # not one of Redis's, from before Redis went away
                 db.execute("DELETE FROM calls WHERE rowid = ?", (int(ticket),))
-            (left,) = db.execute("SELECT COUNT(*) FROM calls WHERE window = ? AND at > ?",
-                                 (window, now - learn_seconds)).fetchone()
+            (left,) = db.execute(
+                "SELECT COUNT(*) FROM calls WHERE window = ? AND at > ?", (window, now - learn_seconds)
+            ).fetchone()
             row = db.execute("SELECT value FROM facts WHERE name = ? AND until > ?", (f"cap:{window}", now)).fetchone()
             cap = max(1, min(left, int(row[0])) if row else left)
-            db.execute("INSERT OR REPLACE INTO facts (name, value, until) VALUES (?, ?, ?)",
-                       (f"cap:{window}", str(cap), now + CAP_SECONDS))
-            db.execute("INSERT OR REPLACE INTO facts (name, value, until) VALUES (?, '1', ?)",
-                       (f"rest:{window}", now + rest))
+            db.execute(
+                "INSERT OR REPLACE INTO facts (name, value, until) VALUES (?, ?, ?)",
+                (f"cap:{window}", str(cap), now + CAP_SECONDS),
+            )
+            db.execute("INSERT OR REPLACE INTO facts (name, value, until) VALUES (?, '1', ?)", (f"rest:{window}", now + rest))
         return cap
 
     def _sweep(self, db: sqlite3.Connection, now: float, longest: float) -> None:
@@ -301,14 +475,18 @@ class LocalStore(Store):
         with self._transaction(write=False) as db:
             rows = db.execute(
                 f"SELECT name, value, until FROM facts WHERE name IN ({','.join('?' * len(names))}) "
-                "AND (until IS NULL OR until > ?)", (*names, now)).fetchall()
+                "AND (until IS NULL OR until > ?)",
+                (*names, now),
+            ).fetchall()
         return {name: (value, None if until is None else until - now) for name, value, until in rows}
 
     def live(self, prefix: str) -> dict[str, Fact]:
         now = self._clock()
         with self._transaction(write=False) as db:
-            rows = db.execute("SELECT name, value, until FROM facts WHERE substr(name, 1, ?) = ? "
-                              "AND (until IS NULL OR until > ?)", (len(prefix), prefix, now)).fetchall()
+            rows = db.execute(
+                "SELECT name, value, until FROM facts WHERE substr(name, 1, ?) = ? AND (until IS NULL OR until > ?)",
+                (len(prefix), prefix, now),
+            ).fetchall()
         return {name: (value, None if until is None else until - now) for name, value, until in rows}
 
     def put(self, name: str, value: str, seconds: float | None) -> None:
@@ -329,21 +507,54 @@ class LocalStore(Store):
             db.execute("INSERT OR REPLACE INTO facts (name, value, until) VALUES (?, '1', ?)", (name, now + seconds))
             return True
 
+    def ping(self) -> None:
+        """A write, as drawing does: a full disk still reads."""
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO facts (name, value, until) VALUES ('ping', '1', ?)", (self._clock() + 60,))
+
     def describe(self) -> dict[str, Any]:
         return {"kind": "local", "shared_by": "this instance's worker processes"}
 
     def remove(self) -> None:
         """Delete the file, from the process that made it (forked workers inherit this object)."""
         if os.getpid() == self._owner:
-            for suffix in ("", "-wal", "-shm"):
+            directory = os.path.dirname(self.path)
+            for name in (self.path + suffix for suffix in ("", "-wal", "-shm")):
                 try:
-                    os.unlink(self.path + suffix)
+                    os.unlink(name)
                 except OSError:
                     pass
             try:
-                os.rmdir(os.path.dirname(self.path))
+                os.unlink(os.path.join(directory, OWNER_LOCK))
+                os.rmdir(directory)
             except OSError:
                 pass
+
+
+class MemoryStore(LocalStore):
+    """The same tables in this process's memory: what a process draws on while its file fails.
+    Each process that uses it (a forked worker too) has its own, empty at first."""
+
+    kind = "memory"
+    name = "the in-memory key state"
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic):
+        super().__init__(":memory:", clock=clock)
+
+    def _db(self) -> sqlite3.Connection:
+        if self._pid != os.getpid():
+            self._connection = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            for statement in SCHEMA:
+                self._connection.execute(statement)
+            self._pid = os.getpid()
+        assert self._connection is not None
+        return self._connection
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "memory", "shared_by": "nobody: this process only"}
+
+    def remove(self) -> None:
+        pass
 
 
 def _window_frees(times: Sequence[float], limits: Sequence[Limit], now: float) -> float:
@@ -482,7 +693,11 @@ class RedisStore(Store):
         # Blocking pool: a thousand greenlets must not open a thousand connections. Short socket
         # timeouts: an unreachable Redis costs a request a fraction of a second, once.
         pool = redis.BlockingConnectionPool.from_url(
-            url, max_connections=64, timeout=2, socket_timeout=1, socket_connect_timeout=1,
+            url,
+            max_connections=64,
+            timeout=2,
+            socket_timeout=1,
+            socket_connect_timeout=1,
             health_check_interval=30,
         )
         self.client = redis.Redis(connection_pool=pool, decode_responses=False)
@@ -490,12 +705,19 @@ class RedisStore(Store):
         self._refused = self.client.register_script(_REFUSED)
 
     def acquire(self, ask: Ask) -> Answer:
-        args: list[Any] = [self.prefix, ask.model, int(ask.learn_seconds * 1000), ask.request or "",
-                           int(ask.force), int(TURN_GRACE * 1000), int(YIELD_SECONDS * 1000), len(ask.limits)]
+        args: list[Any] = [
+            self.prefix,
+            ask.model,
+            int(ask.learn_seconds * 1000),
+            ask.request or "",
+            int(ask.force),
+            int(TURN_GRACE * 1000),
+            int(YIELD_SECONDS * 1000),
+            len(ask.limits),
+        ]
         for limit in ask.limits:
             args += [limit.count, int(limit.seconds * 1000)]
-        args.append("\n".join(f"{c.key_id}\t{c.account.replace(chr(9), ' ').replace(chr(10), ' ')}"
-                               for c in ask.candidates))
+        args.append("\n".join(f"{c.key_id}\t{c.account.replace(chr(9), ' ').replace(chr(10), ' ')}" for c in ask.candidates))
         answer = self._acquire(args=args)
         if answer[0]:
             return Answer(answer[0].decode(), answer[1].decode())
@@ -503,8 +725,18 @@ class RedisStore(Store):
         return Answer(wait=None if wait < 0 else wait / 1000, yielded=int(answer[2]) == 1)
 
     def refused(self, account: str, model: str, ticket: str, rest: float, learn_seconds: float) -> int:
-        return int(self._refused(args=[self.prefix, f"{account}:{model}", ticket, int(rest * 1000),
-                                       int(learn_seconds * 1000), int(CAP_SECONDS * 1000)]))
+        return int(
+            self._refused(
+                args=[
+                    self.prefix,
+                    f"{account}:{model}",
+                    ticket,
+                    int(rest * 1000),
+                    int(learn_seconds * 1000),
+                    int(CAP_SECONDS * 1000),
+                ]
+            )
+        )
 
     def get(self, names: Sequence[str]) -> dict[str, Fact]:
         if not names:
@@ -521,8 +753,7 @@ class RedisStore(Store):
         return found
 
     def live(self, prefix: str) -> dict[str, Fact]:
-        names = [raw.decode()[len(self.prefix):] for raw in self.client.scan_iter(match=self.prefix + prefix + "*",
-                                                                                    count=500)]
+        names = [raw.decode()[len(self.prefix) :] for raw in self.client.scan_iter(match=self.prefix + prefix + "*", count=500)]
         return self.get(names)
 
     def put(self, name: str, value: str, seconds: float | None) -> None:
@@ -534,6 +765,21 @@ class RedisStore(Store):
     def claim(self, name: str, seconds: float) -> bool:
         return bool(self.client.set(self.prefix + name, "1", nx=True, px=max(int(seconds * 1000), 1)))
 
+    name = "Redis"
+
+    @property
+    def failures(self) -> tuple[type[Exception], ...]:
+        import redis
+
+        return (redis.RedisError, OSError)
+
+    def failure(self, exc: Exception) -> str:
+        import redis
+
+        if isinstance(exc, redis.ResponseError):  # it answered, but with an error: say which
+            return f"Redis answered with an error ({str(exc)[:200]})"
+        return f"Redis cannot be reached ({type(exc).__name__})"
+
     def ping(self) -> None:
         self.client.ping()
 
@@ -542,51 +788,73 @@ class RedisStore(Store):
 
 
 class FallbackStore(Store):
-    """Redis while it answers; this instance's LocalStore while it does not. No request fails for it.
+    """`primary` while it works; `fallback` while it fails. No request fails for it.
 
-    After a failure Redis is left alone for `retry_seconds`, then tried again with the next call.
+    Redis in front of this instance's LocalStore (Redis unreachable); a LocalStore in front of a
+    MemoryStore (its file full or damaged). After a failure the primary is left alone for
+    `retry_seconds`, then tried again with the next call, /health's included. The facts written to
+    the fallback meanwhile stay there: the primary's view is the one shared again.
     """
 
-    kind = "redis"
-
-    def __init__(self, primary: RedisStore, fallback: LocalStore, *, retry_seconds: float = 5.0):
+    def __init__(
+        self,
+        primary: RedisStore | LocalStore,
+        fallback: Store,
+        *,
+        retry_seconds: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.primary, self.fallback = primary, fallback
+        self.kind = primary.kind
+        self.clock = clock  # when to try the primary again (tests set it)
         self._retry_seconds = retry_seconds
         self._down_since: float | None = None
+        self._problem = ""
         self._retry_at = 0.0
         self._lock = threading.Lock()
 
     def _call(self, method: str, *args: Any) -> Any:
-        import redis
-
-        if self._down_since is None or time.monotonic() >= self._retry_at:
+        if self._down_since is None or self.clock() >= self._retry_at:
             try:
                 result = getattr(self.primary, method)(*args)
-            except (redis.RedisError, OSError) as exc:
+            except self.primary.failures as exc:
                 self._went_down(exc)
             else:
                 if self._down_since is not None:
                     with self._lock:
                         if self._down_since is not None:
-                            log.warning("Redis is reachable again after %.0f s: keys are shared again",
-                                        time.monotonic() - self._down_since)
+                            self._came_back(self.clock() - self._down_since)
                             self._down_since = None
                 return result
         return getattr(self.fallback, method)(*args)
 
     def _went_down(self, exc: Exception) -> None:
-        import redis
-
         with self._lock:
-            self._retry_at = time.monotonic() + self._retry_seconds
+            self._retry_at = self.clock() + self._retry_seconds
             if self._down_since is None:
-                self._down_since = time.monotonic()
-                if isinstance(exc, redis.ResponseError):  # it answered, but with an error: say which
-                    log.error("Redis answered with an error (%s): drawing goes on with this instance's own key "
-                              "state until it answers properly", str(exc)[:200])
+                self._down_since = self.clock()
+                self._problem = self.primary.failure(exc)
+                if isinstance(self.primary, RedisStore):
+                    level = logging.WARNING if "cannot be reached" in self._problem else logging.ERROR
+                    log.log(
+                        level,
+                        "%s: drawing goes on with this instance's own key state until it %s",
+                        self._problem,
+                        "is back" if level == logging.WARNING else "answers properly",
+                    )
                 else:
-                    log.warning("Redis cannot be reached (%s): drawing goes on with this instance's own key "
-                                "state until it is back", type(exc).__name__)
+                    log.error(
+                        "%s: this process draws on with key state in its own memory, not shared with the "
+                        "other workers, until the file works again (tried every %g s)",
+                        self._problem,
+                        self._retry_seconds,
+                    )
+
+    def _came_back(self, seconds: float) -> None:
+        if isinstance(self.primary, RedisStore):
+            log.warning("Redis is reachable again after %.0f s: keys are shared again", seconds)
+        else:
+            log.warning("%s works again after %.0f s: this instance's workers share keys again", self.primary.name, seconds)
 
     @property
     def reachable(self) -> bool:
@@ -618,5 +886,18 @@ class FallbackStore(Store):
         described = self.primary.describe()
         described["reachable"] = self.reachable
         if not self.reachable:
-            described["using"] = "this instance's local state until Redis is back"
+            described["problem"] = self._problem
+            described["using"] = (
+                "this instance's local state until Redis is back"
+                if isinstance(self.primary, RedisStore)
+                else "this process's own memory until the file works again"
+            )
+            inner = self.fallback.describe()
+            if inner.get("reachable") is False:
+                described["fallback"] = inner
         return described
+
+    def remove(self) -> None:
+        for store in (self.primary, self.fallback):
+            if isinstance(store, (LocalStore, FallbackStore)):
+                store.remove()

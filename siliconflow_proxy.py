@@ -37,7 +37,7 @@ import wording
 from bodies import BodyBudget, Busy, Hold, picture_bytes
 from config import ConfigError, Settings
 from keypool import KeyPool, Upkeep
-from keystores import FallbackStore, Limit, LocalStore, RedisStore, Store
+from keystores import FallbackStore, Limit, LocalStore, MemoryStore, RedisStore, Store
 from models import DEFAULT_MODELS, ModelCatalog, family
 from openai_wire import ApiError, chat_answer, dumps, error_body, error_response, images_answer, json_response, model_list
 from outbound import deadline, make_http, make_session
@@ -129,11 +129,13 @@ def health() -> Response:
     """The pool without key material: keys and accounts by state, the store shared, the line."""
     services = _services()
     pool = services.pool
+    store = pool.store.describe()
     body = {
-        "status": "ok",
+        # degraded: the shared key state failed and this process draws on from its own (see "store")
+        "status": "ok" if store.get("reachable", True) else "degraded",
         **pool.summary(),
         "rate_limit": ",".join(str(limit) for limit in pool.configured_limits) or "learned from 429s",
-        "store": pool.store.describe(),
+        "store": store,
         "queue": {"waiting_in_this_worker": pool.queue.waiting()},
     }
     return json_response(body)
@@ -703,8 +705,9 @@ def _fetch_models(pool: KeyPool, http: Any, settings: Settings) -> list[str]:
 
 def _key_store(settings: Settings) -> Store:
     """Redis when REDIS_URL is set (with this instance's local store while it cannot be reached),
-    else a local store. Made here, before gunicorn forks, so that every worker shares it."""
-    local = LocalStore()
+    else a local store; a local store's file failing (full, damaged), each process's own memory.
+    Made here, before gunicorn forks, so that every worker shares it."""
+    local = FallbackStore(LocalStore(), MemoryStore())
     atexit.register(local.remove)
     if not settings.redis_url:
         return local
