@@ -1,6 +1,8 @@
-"""What request bodies may cost a worker: which bytes count as pictures, and the memory large bodies hold.
+"""Reading request bodies, and what they may cost a worker.
 
-Two rules, both here so that the routes only ask:
+`read_body`, `json_object` and `multipart_form` read a request's body within its byte limit and
+CLIENT_BODY_TIMEOUT; every error is an `ApiError` saying what to fix (400, 408, 413, 503), raised
+before any answer starts. Two rules decide what a body may hold:
 - `picture_bytes(raw)`: how much of a JSON body is pictures' data: URIs. Only a string that is
   one, with a payload of plain base64 (a serializer may escape its slashes, nothing else) whose
   first bytes are a PNG, JPEG, WebP or GIF, counts; `\\uXXXX` escapes spell text, and text is what
@@ -14,10 +16,38 @@ Two rules, both here so that the routes only ask:
 from __future__ import annotations
 
 import binascii
+import io
+import json
+import logging
 import re
 import threading
+import time
+from typing import Any
 
+from flask import Response, after_this_request, current_app, g, request
+from werkzeug.datastructures import FileStorage, MultiDict
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.formparser import FormDataParser
+
+from config import Settings
+from openai_wire import ApiError
+from outbound import deadline
 from uploaders import sniff
+
+try:  # what gunicorn raises for a body whose chunked framing is broken
+    from gunicorn.http.errors import ParseException as _ServerParseError
+except ImportError:  # the development server alone
+
+    class _ServerParseError(Exception):  # type: ignore[no-redef]
+        pass
+
+
+log = logging.getLogger("siliconflow_proxy")
+
+MAX_BODY_BYTES = 1 << 20
+BODY_PIECE = 8 << 20  # a chunked body over MAX_BODY_BYTES is held, and read, this much at a time
+RETRY_AFTER_SECONDS = 10  # a request refused for memory: about what one edit takes upstream
+EDIT_FORM_PARTS = 64  # image, image[] ×3, prompt, model, n, size, response_format, …: a few dozen at most
 
 # A JSON string that is a picture's data: URI. The payload is base64 with `\/` the only escape
 # allowed (PHP's json_encode escapes slashes); a `\uXXXX` ends the match, and the string with it.
@@ -104,3 +134,205 @@ class Hold:
         size, self.size = self.size, 0
         if size:
             self._budget._shrink(size)
+
+
+def with_pictures_limit(settings: Settings) -> int:
+    """Bodies that may carry pictures (chat with image parts, edits): room for three inputs of
+    MAX_IMAGE_MB each, base64-encoded, besides the text."""
+    return MAX_BODY_BYTES + int(4 * settings.max_image_mb * 2**20)
+
+
+def _too_large(limit: int) -> ApiError:
+    size = f"{limit // 2**20} MB" if limit >= 2**20 else f"{limit // 1024} KB"
+    return ApiError(413, f"The request body is larger than {size}.")
+
+
+def read_body(limit: int = MAX_BODY_BYTES) -> bytes | bytearray:
+    """The request body, at most `limit` bytes whatever its transfer encoding, within CLIENT_BODY_TIMEOUT.
+
+    A client that sends half a body and waits has its socket dropped then, instead of holding a
+    worker's connection for ever. A body over MAX_BODY_BYTES takes its size from the worker's
+    PICTURE_BODIES_MB until its answer is closed (ApiError 503 when there is no room); broken
+    framing (chunk sizes, extensions, terminators, a body that ends early) is a 400.
+    """
+    seconds = current_app.extensions["siliconflow"].settings.client_body_timeout
+    declared = request.content_length
+    if (declared or 0) > limit:
+        raise _too_large(limit)
+    hold = _hold()
+    sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
+    stream = request.stream
+    late = ApiError(408, f"The request body did not arrive within {seconds:g} seconds.")
+    with deadline(time.monotonic() + seconds) as scope:
+        if sock is not None:
+            scope.watch(sock)
+        try:
+            if declared is not None and declared > MAX_BODY_BYTES:
+                _grow(hold, declared, stream)
+                raw: bytes | bytearray = stream.read(limit + 1)
+            else:
+                raw = stream.read(MAX_BODY_BYTES + 1)
+                if declared is None and len(raw) > MAX_BODY_BYTES:
+                    raw = _rest_of_chunked(bytearray(raw), limit, hold, stream)
+        except (OSError, ValueError, HTTPException, _ServerParseError):
+            if scope.expired:
+                raise late from None
+            raise ApiError(
+                400,
+                "The request body's framing is broken: a chunk size, chunk extension or chunk "
+                "terminator of its chunked encoding is malformed, or the body ended before its "
+                "Content-Length or its last chunk. Send the whole body, with a correct "
+                "Content-Length or valid chunked encoding.",
+            ) from None
+        if scope.expired:
+            raise late
+    if len(raw) > limit:
+        raise _too_large(limit)
+    return raw
+
+
+def _rest_of_chunked(raw: bytearray, limit: int, hold: Hold, stream: Any) -> bytearray:
+    """A chunked body past its first MAX_BODY_BYTES: held a piece at a time, before each piece is read."""
+    for _ in range(limit // BODY_PIECE + 2):  # each pass reads a piece, or the body has ended
+        if len(raw) > limit:
+            break
+        want = min(BODY_PIECE, limit + 1 - len(raw))
+        _grow(hold, len(raw) + want - hold.size, stream)
+        piece = stream.read(want)
+        if not piece:
+            break
+        raw += piece
+    return raw
+
+
+def _hold() -> Hold:
+    """This request's share of the worker's PICTURE_BODIES_MB, given back when its answer is closed
+    (a stream's or a slow JSON answer's pictures live that long), or when no answer was made."""
+    hold = g.get("body_hold")
+    if hold is None:
+        hold = g.body_hold = current_app.extensions["siliconflow.bodies"].take(0)
+
+        @after_this_request
+        def release_on_close(response: Response) -> Response:
+            response.call_on_close(hold.release)
+            g.body_hold_closes = True
+            return response
+
+    return hold
+
+
+def _grow(hold: Hold, size: int, stream: Any) -> None:
+    """Hold `size` more bytes, or refuse with a 503 to retry. What the client still sends is read
+    and dropped first (never kept), so that it gets the answer rather than a reset connection."""
+    try:
+        hold.grow(size)
+    except Busy as busy:
+        for _ in range(busy.budget // BODY_PIECE + 2 + (request.content_length or 0) // BODY_PIECE):
+            if not stream.read(BODY_PIECE):
+                break
+        log.warning(
+            "req=%s refused: %d MB of large bodies held by this worker (PICTURE_BODIES_MB=%g)",
+            g.request_id,
+            busy.held // 2**20,
+            busy.budget / 2**20,
+        )
+        raise ApiError(
+            503,
+            f"This worker is busy with other requests carrying large pictures: retry in "
+            f"{RETRY_AFTER_SECONDS} seconds (or send smaller pictures).",
+            code="server_busy",
+            retry_after=RETRY_AFTER_SECONDS,
+        ) from None
+
+
+def json_object(limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    """The request's JSON object. Past MAX_BODY_BYTES (chat with pictures may go up to `limit`),
+    only pictures' data: URIs (bodies.picture_bytes) may make up the difference: the rest (text,
+    structure) is what costs memory and time to parse, and stays within MAX_BODY_BYTES."""
+    raw = read_body(limit)
+    if len(raw) > MAX_BODY_BYTES and len(raw) - picture_bytes(raw) > MAX_BODY_BYTES:
+        raise ApiError(
+            413,
+            f"The request body is larger than {MAX_BODY_BYTES // 1024} KB besides its pictures' "
+            "data: URIs. Send less text or history.",
+        )
+    try:
+        body = json.loads(raw)
+        del raw  # tens of MB with pictures: not held while they are drawn
+        # Lone surrogates ("\ud800") parse, but no text with one can be encoded: find them here,
+        # not in an upstream call or a log line.
+        _check_encodable(body)
+    except RecursionError:
+        raise ApiError(400, "The request body is nested too deeply to be a chat or image request.") from None
+    except UnicodeEncodeError:
+        raise ApiError(
+            400, "The request body holds invalid Unicode (an unpaired surrogate escape like \\ud800). Send text as valid UTF-8."
+        ) from None
+    except ValueError as exc:
+        if "digits" in str(exc):  # Python refuses integers of more than 4300 digits
+            raise ApiError(400, "A number in the request body has too many digits.") from None
+        raise ApiError(400, "The request body must be valid JSON, sent with Content-Type: application/json.") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object.")
+    return body
+
+
+def _check_encodable(value: Any) -> None:
+    """Raises UnicodeEncodeError for a string (or key) holding a lone surrogate. ASCII strings (a
+    picture's data URI among them) are skipped without a copy: encoding the whole body again cost
+    twice its size."""
+    todo = [value]
+    while todo:  # bounded: each node of the parsed body is visited once
+        item = todo.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                item.encode()
+        elif isinstance(item, dict):
+            todo.extend(item.keys())
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+
+
+def multipart_form(limit: int) -> tuple[MultiDict[str, str], MultiDict[str, FileStorage]]:
+    """The request's multipart form (an image edit): its text fields and its files."""
+    if request.mimetype != "multipart/form-data":
+        raise ApiError(
+            400, "Send an edit as multipart/form-data: the picture in 'image' (or 'image[]'), the instruction in 'prompt'."
+        )
+    if not request.mimetype_params.get("boundary"):
+        raise ApiError(
+            400,
+            "The Content-Type multipart/form-data has no boundary: let the HTTP client build the "
+            "multipart body (files=… in requests, -F in curl) rather than setting the header by hand.",
+        )
+    raw = read_body(limit)
+    try:
+        # Text fields (the prompt, the options) are held to MAX_BODY_BYTES together; only files are large.
+        _, form, files = FormDataParser(
+            max_form_memory_size=MAX_BODY_BYTES, max_content_length=limit, max_form_parts=EDIT_FORM_PARTS
+        ).parse(io.BytesIO(raw), request.mimetype, len(raw), request.mimetype_params)
+    except RequestEntityTooLarge:
+        raise ApiError(
+            413,
+            f"The edit has more than {EDIT_FORM_PARTS} parts or a text field larger than "
+            f"{MAX_BODY_BYTES // 1024} KB: send the picture(s), the prompt and the options only.",
+        ) from None
+    except (ValueError, HTTPException):
+        raise ApiError(400, "The multipart body could not be read: check its boundary and parts.") from None
+    del raw  # the parser holds the parts now
+    if not form and not files:
+        raise ApiError(
+            400,
+            "The multipart body could not be read: no part matched its boundary. Check that the "
+            "body is complete and uses the boundary its Content-Type names.",
+        )
+    return form, files
+
+
+def release_unanswered(_: BaseException | None) -> None:
+    """A request whose answer never reached the server (a bug after the body was read) gives its
+    hold back here; one that was answered gives it back when the answer is closed."""
+    hold = g.get("body_hold")
+    if hold is not None and not g.get("body_hold_closes"):
+        hold.release()

@@ -21,13 +21,16 @@ import os
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from keystores import Ask, Candidate, Limit, Store
-from upstream import AccountInfo, Failure, UpstreamError, mask_key
+from events import Failure, Reason
+from keystores import Ask, Candidate, Fact, Limit, Store
+from text import mask_key
+from upstream import AccountInfo, UpstreamError
 
 log = logging.getLogger("siliconflow_proxy.keypool")
 
@@ -38,11 +41,6 @@ TRANSIENT_COOL_AFTER = 2  # failures in a row (5xx, timeouts) before a key cools
 DISCOVERY_WAIT = 5.0  # most an image waits at start for the keys' accounts to be known
 FORCE_TURN_AFTER = 0.25  # a request gives way this long at most to one that waited longer
 OUT_CACHE_SECONDS = 1.0  # how long a process trusts its list of keys that are out, for chat calls
-
-
-# Why keys cool down, in words (the failure kinds of upstream.Failure that cool a key).
-COOL_CAUSES = {"server": "上游服务出错", "timeout": "上游超时", "network": "连不上上游", "bad_response": "上游回答无效",
-               "forbidden": "模型对该账户不可用"}
 
 
 def _with_slack(seconds: float) -> float:
@@ -65,6 +63,23 @@ class Lease:
     key: str
     model: str | None = None  # the image model called; None for a chat call
     ticket: str | None = None  # the call's place in its account's window
+
+
+@dataclass(frozen=True)
+class Acquired:
+    """What the store said to a request for a key: a lease, or when one may be free."""
+
+    lease: Lease | None
+    wait: float | None = None  # seconds until a key may be free; None with no lease: never
+    yielded: bool = False  # a free key was left to a request that has waited longer
+
+
+@dataclass(frozen=True)
+class Taken:
+    """A key from the line, or why none came."""
+
+    lease: Lease | None
+    why_not: Reason | None = None
 
 
 @dataclass
@@ -123,27 +138,24 @@ class KeyPool:
 
     # --- handing out --------------------------------------------------------------------------
 
-    def try_acquire(
-        self, model: str, exclude: Collection[str] = (), request: str | None = None, force: bool = False
-    ) -> tuple[Lease | None, float | None, bool]:
-        """(a lease, None, False) for a key that may draw `model` now, its account's budget taken,
-        untried keys first; else (None, seconds until one may or None for never, whether a free
-        key was left to a request that has waited longer: see keystores.Store.acquire)."""
+    def try_acquire(self, model: str, exclude: Collection[str] = (), request: str | None = None, force: bool = False) -> Acquired:
+        """A lease for a key that may draw `model` now, its account's budget taken, untried keys
+        first; else when one may, and whether a free key was left to a request that has waited
+        longer (see keystores.Store.acquire)."""
         # One at a time in this process: choosing by calls in flight and marking the one chosen must
         # be one step, or two images that ask together both get the same idle key.
         with self._choosing:
             with self._lock:
-                order = sorted(self._keys.values(),
-                               key=lambda s: (s.key in exclude, s.failure_streak, s.in_flight, s.last_used))
+                order = sorted(self._keys.values(), key=lambda s: (s.key in exclude, s.failure_streak, s.in_flight, s.last_used))
             candidates = [Candidate(state.kid, self.account_of(state.kid)) for state in order]
             answer = self.store.acquire(Ask(candidates, model, self.limits, self._learn_seconds, request, force))
             if answer.key_id is None:
-                return None, answer.wait, answer.yielded
+                return Acquired(None, answer.wait, answer.yielded)
             state = self._by_id[answer.key_id]
             with self._lock:
                 state.in_flight += 1
                 state.last_used = self._clock()
-            return Lease(state.key, model, answer.ticket), None, False
+            return Acquired(Lease(state.key, model, answer.ticket))
 
     def any_key(self) -> Lease | None:
         """A key for a chat call (prompt expansion): not dead, broke or cooling; no budget taken.
@@ -171,17 +183,31 @@ class KeyPool:
 
     def _out(self) -> dict[str, str]:
         """Key id -> why it cannot be used now (dead, broke, cool), from the store."""
-        names = [f"{kind}:{state.kid}" for state in self._keys.values() for kind in ("dead", "broke", "cool")]
+        names = [f"{kind}:{state.kid}" for state in self._keys.values() for kind in (Fact.DEAD, Fact.BROKE, Fact.COOL)]
         out: dict[str, str] = {}
         for name in self.store.get(names):
             kind, kid = name.split(":", 1)
-            if out.get(kid) not in ("dead", "broke"):
+            if out.get(kid) not in (Fact.DEAD, Fact.BROKE):
                 out[kid] = kind
         return out
 
     def keys_out(self) -> int:
         """How many keys are dead, broke or cooling now."""
         return len(self._out())
+
+    @contextmanager
+    def using(self, lease: Lease) -> Iterator[Lease]:
+        """`with pool.using(lease):` one call with the key: an UpstreamError raised inside is
+        learned from (and raised on), a clean exit is a success, anything else hands the key back."""
+        try:
+            yield lease
+        except UpstreamError as exc:
+            self.report(lease, exc)
+            raise
+        except BaseException:
+            self.release(lease)
+            raise
+        self.report(lease, None)
 
     def release(self, lease: Lease) -> None:
         """Hand back a key whose call says nothing about it."""
@@ -206,10 +232,10 @@ class KeyPool:
         kind, model = error.kind, lease.model
         self._out_cache = None
         if kind is Failure.AUTH:
-            self.store.put(f"dead:{state.kid}", "401", DEAD_SECONDS)
+            self.store.put(f"{Fact.DEAD}:{state.kid}", "401", DEAD_SECONDS)
             log.warning("key %s is invalid (401): out of use", mask_key(lease.key))
         elif kind is Failure.BALANCE:
-            self.store.put(f"broke:{state.kid}", "1", BROKE_SECONDS)
+            self.store.put(f"{Fact.BROKE}:{state.kid}", "1", BROKE_SECONDS)
             log.warning("key %s has no balance: out of use until a balance check finds money", mask_key(lease.key))
         elif model is None:
             return
@@ -217,29 +243,35 @@ class KeyPool:
             account = self.account_of(state.kid)
             rest = error.retry_after or self.rest_seconds
             cap = self.store.refused(account, model, lease.ticket or "", rest, self._learn_seconds)
-            log.info("account %s refused (429) for %s: rests %.0f s, now at most %d call(s) per %g s",
-                     mask_account(account), model, rest, cap, self.rest_seconds)
+            log.info(
+                "account %s refused (429) for %s: rests %.0f s, now at most %d call(s) per %g s",
+                mask_account(account),
+                model,
+                rest,
+                cap,
+                self.rest_seconds,
+            )
         elif kind is not Failure.BAD_REQUEST:
             with self._lock:
                 state.failure_streak += 1
                 streak = state.failure_streak
             if streak >= TRANSIENT_COOL_AFTER:  # the cause is kept, for the words of the next refusal
-                self.store.put(f"cool:{state.kid}", str(kind), min(10.0 * 2 ** (streak - TRANSIENT_COOL_AFTER), 300.0))
+                self.store.put(f"{Fact.COOL}:{state.kid}", str(kind), min(10.0 * 2 ** (streak - TRANSIENT_COOL_AFTER), 300.0))
 
     def learn(self, key: str, info: AccountInfo) -> None:
         """What /v1/user/info said of `key`: its account, and whether it has money."""
         state = self._keys[key]
         if info.account:
             self._accounts[state.kid] = info.account
-            self.store.put(f"acct:{state.kid}", info.account, ACCOUNT_SECONDS)
+            self.store.put(f"{Fact.ACCOUNT}:{state.kid}", info.account, ACCOUNT_SECONDS)
         if info.funded:
-            self.store.drop(f"broke:{state.kid}")
+            self.store.drop(f"{Fact.BROKE}:{state.kid}")
         else:
-            self.store.put(f"broke:{state.kid}", "1", BROKE_SECONDS)
+            self.store.put(f"{Fact.BROKE}:{state.kid}", "1", BROKE_SECONDS)
 
     def load_accounts(self) -> None:
         """The accounts other processes already learned."""
-        facts = self.store.get([f"acct:{state.kid}" for state in self._keys.values()])
+        facts = self.store.get([f"{Fact.ACCOUNT}:{state.kid}" for state in self._keys.values()])
         for name, (account, _) in facts.items():
             self._accounts[name.split(":", 1)[1]] = account
 
@@ -248,16 +280,16 @@ class KeyPool:
 
     def broke_keys(self) -> list[str]:
         out = self._out()
-        return [s.key for s in self._keys.values() if out.get(s.kid) == "broke"]
+        return [s.key for s in self._keys.values() if out.get(s.kid) == Fact.BROKE]
 
     # --- telling ------------------------------------------------------------------------------
 
     def summary(self) -> dict[str, Any]:
         """Keys and accounts by state, for /health: no key material."""
         out = self._out()
-        counts = {kind: sum(1 for why in out.values() if why == kind) for kind in ("dead", "broke", "cool")}
+        counts = {kind: sum(1 for why in out.values() if why == kind) for kind in (Fact.DEAD, Fact.BROKE, Fact.COOL)}
         resting = []
-        for name, (_, seconds) in sorted(self.store.live("rest:").items()):
+        for name, (_, seconds) in sorted(self.store.live(f"{Fact.REST}:").items()):
             account, model = name.split(":", 2)[1:]
             if account in self._accounts.values() or account.removeprefix("key-") in self._by_id:
                 resting.append({"account": mask_account(account), "model": model, "seconds": math.ceil(seconds or 0)})
@@ -267,9 +299,9 @@ class KeyPool:
             "keys": {
                 "total": len(self._keys),
                 "healthy": len(self._keys) - len(out),
-                "cooling": counts["cool"],
-                "dead": counts["dead"],
-                "no_balance": counts["broke"],
+                "cooling": counts[Fact.COOL],
+                "dead": counts[Fact.DEAD],
+                "no_balance": counts[Fact.BROKE],
                 "calls_in_flight": in_flight,
             },
             "accounts": {
@@ -279,21 +311,24 @@ class KeyPool:
             },
         }
 
-    def outage(self, wait: float | None = None) -> str:
-        """Why no key can draw right now, in plain words; `wait`: when one may (from `try_acquire`)."""
+    def outage(self, wait: float | None = None) -> Reason:
+        """Why no key can draw right now; `wait`: when one may (from `try_acquire`)."""
         if not self._keys:
-            return "没有配置上游 API 密钥（API_KEYS）"
+            return Reason.of("no_upstream_keys")
         out = self._out()
-        counts = {kind: sum(1 for why in out.values() if why == kind) for kind in ("dead", "broke", "cool")}
-        causes = [value for value, _ in self.store.get([f"cool:{kid}" for kid, why in out.items() if why == "cool"]).values()]
-        cooling = "连续出错后冷却中" + (f"（{'、'.join(dict.fromkeys(COOL_CAUSES.get(c, '上游出错') for c in causes))}）"
-                                        if causes else "")
-        parts = [f"{counts[kind]} 个{label}" for kind, label in
-                 (("dead", "无效（401）"), ("broke", "余额不足"), ("cool", cooling)) if counts[kind]]
-        if len(out) < len(self._keys):
-            parts.append(f"{len(self._keys) - len(out)} 个所在账户已用完本时段的限额或限流冷却中")
-        later = f"，最早约 {math.ceil(wait)} 秒后恢复" if wait is not None else ""
-        return f"全部 {len(self._keys)} 个上游密钥暂不可用：{'、'.join(parts)}{later}"
+        counts = {kind: sum(1 for why in out.values() if why == kind) for kind in (Fact.DEAD, Fact.BROKE, Fact.COOL)}
+        cooling = [kid for kid, why in out.items() if why == Fact.COOL]
+        causes = tuple(sorted({value for value, _ in self.store.get([f"{Fact.COOL}:{kid}" for kid in cooling]).values()}))
+        return Reason.of(
+            "keys_out",
+            total=len(self._keys),
+            dead=counts[Fact.DEAD],
+            broke=counts[Fact.BROKE],
+            cooling=counts[Fact.COOL],
+            causes=causes,
+            budget=len(self._keys) - len(out),
+            wait=math.ceil(wait) if wait is not None else None,
+        )
 
 
 # --- the queue ------------------------------------------------------------------------------------
@@ -307,7 +342,7 @@ class _Waiter:
     deadline: float
     done: threading.Event = field(default_factory=threading.Event)
     lease: Lease | None = None
-    reason: str | None = None
+    reason: Reason | None = None
     giving_way_since: float | None = None
 
 
@@ -335,24 +370,23 @@ class KeyQueue:
         self._next_free: float | None = None
         self._pid: int | None = None
 
-    def take(
-        self, request_id: str, model: str, exclude: Collection[str], deadline: float
-    ) -> tuple[Lease | None, str | None]:
-        """(a lease, None), or (None, why not): nothing can draw, or the deadline passed first."""
+    def take(self, request_id: str, model: str, exclude: Collection[str], deadline: float) -> Taken:
+        """A lease, or why not: nothing can draw, or the deadline passed first."""
         self._pool.accounts_known.wait(max(min(DISCOVERY_WAIT, deadline - time.monotonic()), 0))
         with self._condition:
             alone = not self._lines
         wait: float | None = None
         if alone:
-            lease, wait, yielded = self._pool.try_acquire(model, exclude, request_id)
-            if lease is not None:
+            acquired = self._pool.try_acquire(model, exclude, request_id)
+            wait = acquired.wait
+            if acquired.lease is not None:
                 with self._condition:
                     self._last_served = request_id
-                return lease, None
+                return Taken(acquired.lease)
             if wait is None:
-                return None, self._pool.outage()
-            if not yielded and time.monotonic() + wait >= deadline:
-                return None, self._too_late(wait)
+                return Taken(None, self._pool.outage())
+            if not acquired.yielded and time.monotonic() + wait >= deadline:
+                return Taken(None, self._too_late(wait))
         waiter = _Waiter(request_id, model, frozenset(exclude), deadline)
         with self._condition:
             if alone and wait is not None and (self._next_free is None or self._next_free > time.monotonic() + wait):
@@ -366,13 +400,13 @@ class KeyQueue:
             if waiter.lease is None and waiter.reason is None:  # the thread never answered: leave the line
                 self._remove(waiter)
                 waiter.reason = self._too_late(None)
-        return waiter.lease, waiter.reason
+        return Taken(waiter.lease, waiter.reason)
 
     def cancel(self, request_id: str) -> None:
         """The client left: its images leave the line."""
         with self._condition:
             for waiter in self._lines.pop(request_id, ()):
-                waiter.reason = "客户端已断开"
+                waiter.reason = Reason.of("cancelled")
                 waiter.done.set()
             self._changes += 1
             self._condition.notify_all()
@@ -412,13 +446,11 @@ class KeyQueue:
             if not line:
                 del self._lines[waiter.request_id]
 
-    def _too_late(self, wait: float | None) -> str:
+    def _too_late(self, wait: float | None) -> Reason:
         """Why an image found no key before its deadline: the keys' own states when some are out
         (cooling after errors, dead, broke), else the accounts' budgets."""
-        later = f"（下一个名额约 {math.ceil(wait)} 秒后才空出）" if wait else ""
-        if self._pool.keys_out():
-            return f"在请求时限（REQUEST_TIMEOUT）内没有等到上游名额{later}：{self._pool.outage()}"
-        return f"在请求时限（REQUEST_TIMEOUT）内没有等到上游名额{later}：所有账户本时段的限额已用完或正在限流冷却"
+        out = self._pool.outage() if self._pool.keys_out() else None
+        return Reason.of("too_late", wait=math.ceil(wait) if wait else None, out=out)
 
     def _ensure_thread(self) -> None:
         if self._pid != os.getpid():
@@ -448,10 +480,11 @@ class KeyQueue:
                 now = time.monotonic()
                 force = waiter.giving_way_since is not None and now - waiter.giving_way_since >= FORCE_TURN_AFTER
                 try:
-                    lease, wait, yielded = self._pool.try_acquire(waiter.model, waiter.exclude, request_id, force)
+                    acquired = self._pool.try_acquire(waiter.model, waiter.exclude, request_id, force)
                 except Exception:  # a store failure must not stop the line for ever
                     log.exception("key queue: the store failed")
-                    lease, wait, yielded = None, 1.0, False
+                    acquired = Acquired(None, 1.0)
+                lease, wait, yielded = acquired.lease, acquired.wait, acquired.yielded
                 if lease is not None:
                     served = self._hand(waiter, lease)
                     if served:
@@ -473,8 +506,7 @@ class KeyQueue:
                 self._next_free = None if soonest is None else time.monotonic() + soonest
                 if self._changes == changes and self._lines:
                     deadlines = [w.deadline for line in self._lines.values() for w in line]
-                    sleep = min([soonest + 0.005 if soonest is not None else 1.0, 1.0,
-                                 min(deadlines) - time.monotonic()])
+                    sleep = min([soonest + 0.005 if soonest is not None else 1.0, 1.0, min(deadlines) - time.monotonic()])
                     self._condition.wait(max(sleep, 0.001))
 
     def _hand(self, waiter: _Waiter, lease: Lease) -> bool:
@@ -491,7 +523,7 @@ class KeyQueue:
             waiter.done.set()
             return True
 
-    def _answer(self, waiter: _Waiter, reason: str) -> None:
+    def _answer(self, waiter: _Waiter, reason: Reason) -> None:
         with self._condition:
             self._remove(waiter)
             waiter.reason = reason
@@ -544,7 +576,7 @@ class Upkeep:
             self._pool.accounts_known.set()
         while not self._stop.wait(self._interval):
             try:
-                if self._pool.store.claim("lock:recheck", self._interval * 0.9):
+                if self._pool.store.claim(f"{Fact.LOCK}:recheck", self._interval * 0.9):
                     self._check(list(dict.fromkeys(self._pool.broke_keys() + self._pool.unknown_keys())))
                 else:
                     self._pool.load_accounts()

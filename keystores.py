@@ -48,6 +48,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 log = logging.getLogger("siliconflow_proxy.keystores")
@@ -72,7 +73,23 @@ class Candidate:
     account: str
 
 
-Fact = tuple[str, float | None]  # (value, seconds left; None: no expiry)
+class Fact(StrEnum):
+    """The kinds of fact a store keeps, each named `<fact>:<who>` (the table above)."""
+
+    DEAD = "dead"
+    BROKE = "broke"
+    COOL = "cool"
+    REST = "rest"
+    CAP = "cap"
+    ACCOUNT = "acct"
+    LOCK = "lock"
+
+
+# The facts a key choice reads (LocalStore selects them in one query by their first letters).
+_CHOICE_FACTS = (Fact.DEAD, Fact.BROKE, Fact.COOL, Fact.REST, Fact.CAP)
+_CHOICE_GLOB = "[" + "".join(sorted({fact[0] for fact in _CHOICE_FACTS})) + "]*"
+
+Known = tuple[str, float | None]  # (value, seconds left; None: no expiry)
 
 TURN_GRACE = 2.0  # a waiting request's turn is kept this long past when it said it would ask again
 YIELD_SECONDS = 0.01  # how soon a request that gave way asks again
@@ -123,11 +140,11 @@ class Store:
         count, at least one). Returns the cap."""
         raise NotImplementedError
 
-    def get(self, names: Sequence[str]) -> dict[str, Fact]:
+    def get(self, names: Sequence[str]) -> dict[str, Known]:
         """The live facts among `names`."""
         raise NotImplementedError
 
-    def live(self, prefix: str) -> dict[str, Fact]:
+    def live(self, prefix: str) -> dict[str, Known]:
         """Every live fact whose name starts with `prefix`."""
         raise NotImplementedError
 
@@ -373,7 +390,7 @@ class LocalStore(Store):
             live = {
                 name: (value, until)
                 for name, value, until in db.execute(
-                    "SELECT name, value, until FROM facts WHERE (until IS NULL OR until > ?) AND name GLOB '[bcdr]*'", (now,)
+                    "SELECT name, value, until FROM facts WHERE (until IS NULL OR until > ?) AND name GLOB ?", (now, _CHOICE_GLOB)
                 )
             }
             soonest: float | None = None
@@ -389,13 +406,15 @@ class LocalStore(Store):
                 if chosen is not None and not turns_matter:
                     break
                 kid = candidate.key_id
-                if f"dead:{kid}" in live or f"broke:{kid}" in live:
+                if f"{Fact.DEAD}:{kid}" in live or f"{Fact.BROKE}:{kid}" in live:
                     continue
                 window = f"{candidate.account}:{model}"
-                free_at = max([now] + [live[name][1] or now for name in (f"cool:{kid}", f"rest:{window}") if name in live])
+                free_at = max(
+                    [now] + [live[name][1] or now for name in (f"{Fact.COOL}:{kid}", f"{Fact.REST}:{window}") if name in live]
+                )
                 budget = list(ask.limits)
-                if f"cap:{window}" in live:
-                    budget.append(Limit(int(live[f"cap:{window}"][0]), ask.learn_seconds))
+                if f"{Fact.CAP}:{window}" in live:
+                    budget.append(Limit(int(live[f"{Fact.CAP}:{window}"][0]), ask.learn_seconds))
                 longest = max([ask.learn_seconds] + [limit.seconds for limit in budget])
                 times = [
                     at
@@ -452,13 +471,15 @@ class LocalStore(Store):
             (left,) = db.execute(
                 "SELECT COUNT(*) FROM calls WHERE window = ? AND at > ?", (window, now - learn_seconds)
             ).fetchone()
-            row = db.execute("SELECT value FROM facts WHERE name = ? AND until > ?", (f"cap:{window}", now)).fetchone()
+            row = db.execute("SELECT value FROM facts WHERE name = ? AND until > ?", (f"{Fact.CAP}:{window}", now)).fetchone()
             cap = max(1, min(left, int(row[0])) if row else left)
             db.execute(
                 "INSERT OR REPLACE INTO facts (name, value, until) VALUES (?, ?, ?)",
-                (f"cap:{window}", str(cap), now + CAP_SECONDS),
+                (f"{Fact.CAP}:{window}", str(cap), now + CAP_SECONDS),
             )
-            db.execute("INSERT OR REPLACE INTO facts (name, value, until) VALUES (?, '1', ?)", (f"rest:{window}", now + rest))
+            db.execute(
+                "INSERT OR REPLACE INTO facts (name, value, until) VALUES (?, '1', ?)", (f"{Fact.REST}:{window}", now + rest)
+            )
         return cap
 
     def _sweep(self, db: sqlite3.Connection, now: float, longest: float) -> None:
@@ -468,7 +489,7 @@ class LocalStore(Store):
             db.execute("DELETE FROM facts WHERE until IS NOT NULL AND until <= ?", (now,))
             db.execute("DELETE FROM turns WHERE expires <= ?", (now,))
 
-    def get(self, names: Sequence[str]) -> dict[str, Fact]:
+    def get(self, names: Sequence[str]) -> dict[str, Known]:
         if not names:
             return {}
         now = self._clock()
@@ -480,7 +501,7 @@ class LocalStore(Store):
             ).fetchall()
         return {name: (value, None if until is None else until - now) for name, value, until in rows}
 
-    def live(self, prefix: str) -> dict[str, Fact]:
+    def live(self, prefix: str) -> dict[str, Known]:
         now = self._clock()
         with self._transaction(write=False) as db:
             rows = db.execute(
@@ -738,7 +759,7 @@ class RedisStore(Store):
             )
         )
 
-    def get(self, names: Sequence[str]) -> dict[str, Fact]:
+    def get(self, names: Sequence[str]) -> dict[str, Known]:
         if not names:
             return {}
         pipe = self.client.pipeline(transaction=False)
@@ -752,7 +773,7 @@ class RedisStore(Store):
                 found[name] = (value.decode(), None if ttl < 0 else ttl / 1000)
         return found
 
-    def live(self, prefix: str) -> dict[str, Fact]:
+    def live(self, prefix: str) -> dict[str, Known]:
         names = [raw.decode()[len(self.prefix) :] for raw in self.client.scan_iter(match=self.prefix + prefix + "*", count=500)]
         return self.get(names)
 
@@ -866,10 +887,10 @@ class FallbackStore(Store):
     def refused(self, account: str, model: str, ticket: str, rest: float, learn_seconds: float) -> int:
         return self._call("refused", account, model, ticket, rest, learn_seconds)
 
-    def get(self, names: Sequence[str]) -> dict[str, Fact]:
+    def get(self, names: Sequence[str]) -> dict[str, Known]:
         return self._call("get", names)
 
-    def live(self, prefix: str) -> dict[str, Fact]:
+    def live(self, prefix: str) -> dict[str, Known]:
         return self._call("live", prefix)
 
     def put(self, name: str, value: str, seconds: float | None) -> None:

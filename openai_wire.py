@@ -3,18 +3,16 @@
 What the clients require is in shared/reference/CONTRACTS.md section 4: the first delta carries
 the role, the last chunk has `finish_reason` inside `choices[0]`, every SSE event ends with a blank
 line, `data: [DONE]` closes the stream, and every error is `{"error": {message, type, param, code}}`.
-One function builds each shape; routes frame what the pipeline says with them.
+One function builds each shape; the surfaces (chat_api.py, images_api.py, web.py) send them.
+No Flask here: housekeeping and the conversation readers raise `ApiError` without a web framework.
 """
 
 from __future__ import annotations
 
 import json
 import time
-import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
-
-from flask import Response
 
 MODEL_CREATED = 1_700_000_000  # the typed clients need an int; SiliconFlow itself answers 0
 
@@ -22,8 +20,9 @@ MODEL_CREATED = 1_700_000_000  # the typed clients need an int; SiliconFlow itse
 class ApiError(Exception):
     """An error answered as OpenAI-shaped JSON by `error_response`."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 retry_after: int | None = None):
+    def __init__(
+        self, status: int, message: str, *, param: str | None = None, code: str | None = None, retry_after: int | None = None
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
         self.retry_after = retry_after  # seconds, sent as Retry-After (the OpenAI clients wait that long)
@@ -38,16 +37,8 @@ def error_body(status: int, message: str, *, param: str | None = None, code: str
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def error_response(status: int, message: str, *, param: str | None = None, code: str | None = None) -> Response:
-    return json_response(error_body(status, message, param=param, code=code), status)
-
-
 def dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-
-
-def json_response(obj: Any, status: int = 200) -> Response:
-    return Response(dumps(obj), status=status, mimetype="application/json")
 
 
 def chunk(completion_id: str, created: int, model: str, delta: dict[str, Any], finish: str | None = None) -> dict:
@@ -99,46 +90,15 @@ def tokens(text: str) -> int:
 KEEP_ALIVE = None  # in a stream of answer pieces: "still working", sent as nothing a client reads
 
 
-def chat_answer(pieces: Iterable[str | None], *, stream: bool, model: str, prompt: str) -> Response:
-    """The assistant's answer, from its pieces (None: keep-alive), as one `chat.completion` or as
-    a stream of chunks.
-
-    A stream sends the role at once and each piece as it comes; a keep-alive becomes an SSE
-    comment (ignored by the clients, it keeps nginx and Cloudflare from cutting a quiet stream).
-    A whole answer waits for its pieces; a keep-alive becomes a space before the JSON, which JSON
-    parsers skip, for the same proxies.
-    """
-    completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-
-    def streamed() -> Iterator[str]:
-        yield sse(chunk(completion_id, created, model, {"role": "assistant", "content": ""}))
-        for piece in pieces:
-            yield ": keep-alive\n\n" if piece is KEEP_ALIVE else sse(chunk(completion_id, created, model,
-                                                                           {"content": piece}))
-        yield sse(chunk(completion_id, created, model, {}, "stop"))
-        yield sse("[DONE]")
-
-    def whole() -> Iterator[str]:
-        parts = []
-        for piece in pieces:
-            if piece is KEEP_ALIVE:
-                yield " "
-            else:
-                parts.append(piece)
-        yield dumps(completion(completion_id, created, model, prompt, "".join(parts)))
-
-    if stream:
-        return Response(streamed(), mimetype="text/event-stream",
-                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    return Response(whole(), mimetype="application/json")
-
-
 def model_list(models: Iterable[str]) -> dict:
     """`GET /v1/models`: `created` int and `owned_by` str are required by the typed clients."""
-    return {"object": "list", "data": [
-        {"id": m, "object": "model", "created": MODEL_CREATED, "owned_by": m.split("/")[0] if "/" in m else "siliconflow"}
-        for m in models
-    ]}
+    return {
+        "object": "list",
+        "data": [
+            {"id": m, "object": "model", "created": MODEL_CREATED, "owned_by": m.split("/")[0] if "/" in m else "siliconflow"}
+            for m in models
+        ],
+    }
 
 
 def images_answer(items: list[dict[str, Any]]) -> dict:

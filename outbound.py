@@ -38,16 +38,18 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util import connection as util_connection
 
+from events import Reason
+
 
 class TooLarge(Exception):
     """A body was longer than the cap it was read with."""
 
 
 class AddressRefused(Exception):
-    """A connection was refused by the address rule before anything was sent. `reason` is for users."""
+    """A connection was refused by the address rule before anything was sent; `reason` says why."""
 
-    def __init__(self, reason: str, *, unresolved: bool = False):
-        super().__init__(reason)
+    def __init__(self, reason: Reason, *, unresolved: bool = False):
+        super().__init__(str(reason))
         self.reason = reason
         self.unresolved = unresolved  # the host's name did not resolve here
 
@@ -206,7 +208,7 @@ class AddressRule:
         except (OSError, IndexError, AttributeError):
             return  # not connected: a new connection will be checked in _new_conn
         if why := refusal(peer):
-            raise AddressRefused(f"{host[:80]} 指向{why}，出于安全不予访问")
+            raise AddressRefused(Reason.of("address_refused", host=host[:80], place=why))
 
     def address_for(self, host: str, port: int) -> str | None:
         """The checked address to connect to, or None to connect as usual. Raises AddressRefused."""
@@ -215,36 +217,37 @@ class AddressRule:
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError):
-            raise AddressRefused(f"无法解析主机名 {host[:80]}", unresolved=True) from None
+            raise AddressRefused(Reason.of("unresolved", host=host[:80]), unresolved=True) from None
         addresses = [info[4][0] for info in infos]
         for address in addresses:
             if why := refusal(address):
-                raise AddressRefused(f"{host[:80]} 指向{why}，出于安全不予访问")
+                raise AddressRefused(Reason.of("address_refused", host=host[:80], place=why))
         if not addresses:
-            raise AddressRefused(f"无法解析主机名 {host[:80]}", unresolved=True)
+            raise AddressRefused(Reason.of("unresolved", host=host[:80]), unresolved=True)
         return addresses[0]
 
 
 def refusal(address: str) -> str | None:
-    """Why `address` is not a public one (in words), or None when it is."""
+    """What kind of address `address` is when it is not a public one (invalid, reserved, loopback,
+    link_local, cgnat, private: wording.py has the words), or None when it is public."""
     try:
         ip = ipaddress.ip_address(address.split("%")[0])
     except ValueError:
-        return "无效地址"
+        return "invalid"
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         ip = ip.ipv4_mapped
     if ip.is_unspecified:
-        return "保留地址"
+        return "reserved"
     if ip.is_loopback:
-        return "本机地址"
+        return "loopback"
     if ip.is_link_local:
-        return "链路本地地址（含云服务器元数据地址）"
+        return "link_local"
     if isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT:
-        return "运营商内网地址"
+        return "cgnat"
     if ip.is_private:
-        return "内网地址"
+        return "private"
     if ip.is_multicast or ip.is_reserved or ip.is_unspecified or not ip.is_global:
-        return "保留地址"
+        return "reserved"
     return None
 
 
@@ -278,7 +281,8 @@ class _Guarded:
         else:
             try:
                 sock = util_connection.create_connection(
-                    (address, self.port), self.timeout,  # type: ignore[attr-defined]
+                    (address, self.port),
+                    self.timeout,  # type: ignore[attr-defined]
                     source_address=self.source_address,  # type: ignore[attr-defined]
                     socket_options=self.socket_options,  # type: ignore[attr-defined]
                 )

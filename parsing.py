@@ -14,7 +14,8 @@ import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 
-from models import FREE_SIDE_RANGE, family
+from events import Reason
+from families import FREE_SIDE_RANGE, family
 
 SEED_MAX = 9_999_999_999
 # Longest prompt sent upstream. SiliconFlow documents no limit; its models' text encoders read a few
@@ -22,7 +23,6 @@ SEED_MAX = 9_999_999_999
 # must not become a 100 MB request. 1,000 characters hold the ~100-word expansion with room to spare.
 MAX_PROMPT_CHARS = 1000
 MAX_TEXT_CHARS = 8000  # what parse reads of a message: a drawing request is never longer
-
 
 
 def accepts_negative_prompt(model: str) -> bool:
@@ -41,7 +41,7 @@ class DrawRequest:
     asked_shape: tuple[int, int] | None = None  # (width, height) or a ratio, from `asked_size`
     seed: int | None = None
     negative_prompt: str | None = None  # None too when the model cannot take one (see `notes`)
-    notes: tuple[str, ...] = ()  # what was asked but changed or left out, in the user's words
+    notes: tuple[Reason, ...] = ()  # what was asked but changed or left out, and why
     asked_count: int | None = None  # the count as typed (`pic:N`), None if nothing
 
     @property
@@ -99,10 +99,10 @@ def parse(text: str, model: str, max_images: int) -> DrawRequest:
     Each recognised token is cut out of the text in turn; the rest stays as typed.
     """
     max_images = max(max_images, 1)
-    notes: list[str] = []
+    notes: list[Reason] = []
     if len(text) > MAX_TEXT_CHARS:
         text = text[:MAX_TEXT_CHARS]
-        notes.append(f"描述过长，只读取了前 {MAX_TEXT_CHARS} 个字符")
+        notes.append(Reason.of("text_cut", chars=MAX_TEXT_CHARS))
     # A lone carriage return ends a line for the user, and for a Markdown renderer: so here too.
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     # Substring tests are far cheaper than a case-insensitive regex scan; most messages hold no tokens.
@@ -116,7 +116,7 @@ def parse(text: str, model: str, max_images: int) -> DrawRequest:
         count = max_images + 1 if len(digits) > 6 else int(digits)
         asked_count = count
         if count > max_images:
-            notes.append(f"每次最多 {max_images} 张，已按 {max_images} 张生成")
+            notes.append(Reason.of("count_capped", most=max_images))
     count = min(max(count, 1), max_images)
 
     seed = None
@@ -126,7 +126,7 @@ def parse(text: str, model: str, max_images: int) -> DrawRequest:
         if len(digits) <= 10 and int(digits) <= SEED_MAX:
             seed = int(digits)
         else:
-            notes.append(f"种子须在 0 到 {SEED_MAX} 之间，已忽略")
+            notes.append(Reason.of("seed_range", most=SEED_MAX))
 
     asked: str | None = None
     shape: tuple[int, int] | None = None
@@ -159,12 +159,12 @@ def parse(text: str, model: str, max_images: int) -> DrawRequest:
         text = _cut(text, m.span())
         negative = m.group(1).strip(" " + _SEPARATORS) or None
         if negative and not accepts_negative_prompt(model):
-            notes.append(f"{model} 不支持负面提示词，已忽略：{negative}")
+            notes.append(Reason.of("no_negative", model=model, negative=negative))
             negative = None
 
     size = pick_size(model, shape, explicit=asked is not None and "x" in asked)
     if asked is not None and size is None:  # an edit model: its picture keeps the input's size
-        notes.append(f"{model} 画出的图跟随输入图片的尺寸，{asked} 没有使用")
+        notes.append(Reason.of("size_follows_input", model=model, asked=asked))
     return DrawRequest(
         prompt=text.strip().strip(_SEPARATORS).strip(),
         count=count,
@@ -197,13 +197,13 @@ def _first_ratio(text: str) -> re.Match[str] | None:
 
 def _standalone(text: str, m: re.Match[str]) -> bool:
     """True when no English word stands right beside the match (spaces skipped)."""
-    left, right = text[: m.start()].rstrip()[-1:], text[m.end():].lstrip()[:1]
+    left, right = text[: m.start()].rstrip()[-1:], text[m.end() :].lstrip()[:1]
     return not any(ch.isascii() and ch.isalnum() for ch in (left, right))
 
 
 def _cut(text: str, span: tuple[int, int]) -> str:
     """`text` without `span`, leaving no double space or doubled separator at the seam."""
-    before, after = text[: span[0]], text[span[1]:]
+    before, after = text[: span[0]], text[span[1] :]
     if before.endswith(" ") and after.startswith(" "):
         after = after[1:]
     if after[:1] in ("", "\n"):
@@ -256,7 +256,7 @@ def find_banned(text: str, keywords: tuple[str, ...]) -> str | None:
     return None
 
 
-def fit_prompt(prompt: str, limit: int = MAX_PROMPT_CHARS) -> tuple[str, str | None]:
+def fit_prompt(prompt: str, limit: int = MAX_PROMPT_CHARS) -> tuple[str, Reason | None]:
     """`prompt` cut to `limit` characters (at a word boundary when there is one), and a note if it was."""
     if len(prompt) <= limit:
         return prompt, None
@@ -264,7 +264,7 @@ def fit_prompt(prompt: str, limit: int = MAX_PROMPT_CHARS) -> tuple[str, str | N
     space = cut.rfind(" ")
     if space > limit * 0.8:
         cut = cut[:space]
-    return cut.rstrip(" ,，、;；"), f"提示词过长，只使用了前 {len(cut)} 个字符"
+    return cut.rstrip(" ,，、;；"), Reason.of("prompt_cut", chars=len(cut))
 
 
 def image_seeds(seed: int | None, count: int) -> list[int] | None:

@@ -29,8 +29,9 @@ import requests
 import urllib3
 
 from config import Settings
+from events import Reason
 from outbound import AddressRefused, AddressRule, address_rule, remaining, requests_deadline
-from wording import seconds, upstream_text
+from text import upstream_text
 
 log = logging.getLogger("siliconflow_proxy.uploaders")
 
@@ -44,11 +45,11 @@ SHORT_ENOUGH = 100  # links up to this long are not worth shortening
 
 
 class UploadError(Exception):
-    """Fetching, re-hosting or shortening failed; `message` is a short reason for the user."""
+    """Fetching, re-hosting or shortening failed; `reason` says why (worded by wording.py)."""
 
-    def __init__(self, message: str, *, unsafe: bool = False):
-        super().__init__(message)
-        self.message = message
+    def __init__(self, reason: Reason, *, unsafe: bool = False):
+        super().__init__(str(reason))
+        self.reason = reason
         self.unsafe = unsafe  # the link leads where the address rule forbids: never offer it
 
 
@@ -73,7 +74,11 @@ def sniff(data: bytes) -> str | None:
 
 
 def fetch_picture(
-    session: requests.Session, url: str, timeout: float, max_bytes: int, rule: AddressRule | None = None,
+    session: requests.Session,
+    url: str,
+    timeout: float,
+    max_bytes: int,
+    rule: AddressRule | None = None,
     until: float | None = None,
 ) -> Picture:
     """The image behind `url` (http(s) or a data: URI), at most `max_bytes`. Raises UploadError.
@@ -90,43 +95,47 @@ def fetch_picture(
         with requests_deadline(at), address_rule(rule):
             data = _download(session, url, at, max_bytes)
     except requests.Timeout:
-        raise UploadError(f"下载图片超时（{seconds(at - started)} 秒）") from None
+        raise UploadError(Reason.of("download_timeout", seconds=at - started)) from None
     except requests.TooManyRedirects:
-        raise UploadError("下载图片时重定向次数过多") from None
+        raise UploadError(Reason.of("too_many_redirects")) from None
     except requests.RequestException:
-        raise UploadError("下载图片失败（连接出错）") from None
+        raise UploadError(Reason.of("download_failed")) from None
     except (ValueError, LookupError, urllib3.exceptions.HTTPError):  # a redirect to a broken URL, a broken answer
-        raise UploadError("下载图片失败（对方的回答无效）") from None
+        raise UploadError(Reason.of("download_invalid")) from None
     except AddressRefused as exc:
-        raise UploadError(f"图片链接不安全：{exc.reason}", unsafe=not exc.unresolved) from None
+        raise UploadError(Reason.of("unsafe_link", why=exc.reason), unsafe=not exc.unresolved) from None
     mimetype = sniff(bytes(data[:16]))
     if mimetype is None:
-        raise UploadError("下载的内容不是 PNG、JPEG、WebP 或 GIF 图片")
+        raise UploadError(Reason.of("not_a_picture"))
     return Picture(bytes(data), mimetype)
 
 
 def _download(session: requests.Session, url: str, at: float, max_bytes: int) -> bytearray:
     if not url.lower().startswith(("http://", "https://")):
-        raise UploadError("图片链接不是 http(s) 地址")
+        raise UploadError(Reason.of("not_http"))
     with session.get(url, timeout=(remaining(at, 10.0), remaining(at, 60.0)), stream=True, allow_redirects=True) as response:
         if response.status_code != 200:
-            raise UploadError(f"下载图片失败（HTTP {response.status_code}）")
+            raise UploadError(Reason.of("download_status", status=response.status_code))
         declared = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if declared and not declared.startswith(("image/", "application/octet-stream", "binary/")):
-            raise UploadError(f"链接返回的不是图片（{upstream_text(declared, 40)}）")
+            raise UploadError(Reason.of("not_image_type", type=upstream_text(declared, 40)))
         declared_length = response.headers.get("Content-Length") or ""
         if declared_length.isdigit() and int(declared_length) > max_bytes:  # a bad one: the bytes are counted anyway
-            raise UploadError(f"图片超过 {max_bytes // 2**20} MB")
+            raise UploadError(Reason.of("too_large", mb=max_bytes // 2**20))
         data = bytearray()
         for piece in response.iter_content(64 * 1024):
             data += piece
             if len(data) > max_bytes:
-                raise UploadError(f"图片超过 {max_bytes // 2**20} MB")
+                raise UploadError(Reason.of("too_large", mb=max_bytes // 2**20))
     return data
 
 
 def input_picture(
-    session: requests.Session, settings: Settings, store: ImageStore | None, url: str | None, data: bytes | None,
+    session: requests.Session,
+    settings: Settings,
+    store: ImageStore | None,
+    url: str | None,
+    data: bytes | None,
     until: float | None = None,
 ) -> Picture:
     """A picture someone gave us to draw from: its bytes (an upload), a data: URI, or a link.
@@ -140,10 +149,10 @@ def input_picture(
     max_bytes = int(settings.max_image_mb * 2**20)
     if data is not None:
         if len(data) > max_bytes:
-            raise UploadError(f"图片超过 {settings.max_image_mb:g} MB")
+            raise UploadError(Reason.of("too_large", mb=f"{settings.max_image_mb:g}"))
         mimetype = sniff(data[:16])
         if mimetype is None:
-            raise UploadError("不是 PNG、JPEG、WebP 或 GIF 图片")
+            raise UploadError(Reason.of("not_a_picture"))
         return Picture(data, mimetype)
     url = (url or "").strip()
     if url.lower().startswith("data:"):
@@ -153,13 +162,12 @@ def input_picture(
     except ValueError:
         parts = None
     if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise UploadError("只能使用 http(s) 图片链接或 data: 图片（file:、ftp:、gopher: 等链接不会被打开）")
+        raise UploadError(Reason.of("scheme_refused"))
     name = parts.path.rsplit("/", 1)[-1]
     if store is not None and parts.path == f"/images/{name}" and (handle := store.open(name)) is not None:
         with handle:
             return Picture(handle.read(max_bytes + 1)[:max_bytes], MIMETYPES[name.rsplit(".", 1)[1]])
-    rule = AddressRule.trusting(settings.api_base_url, settings.lsky_pro_url,
-                                allow_private=settings.allow_private_image_urls)
+    rule = AddressRule.trusting(settings.api_base_url, settings.lsky_pro_url, allow_private=settings.allow_private_image_urls)
     return fetch_picture(session, url, settings.upload_timeout, max_bytes, rule, until)
 
 
@@ -171,44 +179,54 @@ def data_uri(picture: Picture) -> str:
 def _decode_data_uri(url: str, max_bytes: int) -> Picture:
     match = _DATA_URI.fullmatch(url.strip())
     if not match:
-        raise UploadError("无法识别的 data: 图片")
+        raise UploadError(Reason.of("bad_data_uri"))
     if (match.end(2) - match.start(2)) * 3 // 4 > max_bytes:
-        raise UploadError(f"图片超过 {max_bytes // 2**20} MB")
+        raise UploadError(Reason.of("too_large", mb=max_bytes // 2**20))
     try:
         data = binascii.a2b_base64(match[2])  # from the str itself: b64decode would copy it to bytes first
     except (binascii.Error, ValueError):
-        raise UploadError("data: 图片的 base64 无效") from None
+        raise UploadError(Reason.of("bad_base64")) from None
     mimetype = sniff(data[:16])
     if mimetype is None:
-        raise UploadError("data: 内容不是 PNG、JPEG、WebP 或 GIF 图片")
+        raise UploadError(Reason.of("not_a_picture"))
     return Picture(data, mimetype)
 
 
 HOST_ANSWER_BYTES = 256 * 1024  # an image host's or Sink's JSON answer is a few hundred bytes
 
 
-def _post(
-    session: requests.Session, url: str, timeout: float, until: float | None, what: str, **kwargs: Any
-) -> tuple[int, Any]:
+def _post(session: requests.Session, url: str, timeout: float, until: float | None, what: str, **kwargs: Any) -> tuple[int, Any]:
     """POST to a host the operator configured: (status, its JSON or None), all within `timeout`.
 
     Raises UploadError naming `what` for timeouts and connection errors.
     """
     at = min(time.monotonic() + timeout, until or math.inf)
     try:
-        with requests_deadline(at), session.post(
-            url, timeout=(remaining(at, 10.0), remaining(at, timeout)), stream=True, allow_redirects=False, **kwargs,
-        ) as response:
+        with (
+            requests_deadline(at),
+            session.post(
+                url,
+                timeout=(remaining(at, 10.0), remaining(at, timeout)),
+                stream=True,
+                allow_redirects=False,
+                **kwargs,
+            ) as response,
+        ):
             return response.status_code, _json_or_none(response)
     except requests.Timeout:
-        raise UploadError(f"{what}在 {seconds(timeout)} 秒内没有响应") from None
+        raise UploadError(Reason.of("host_timeout", host=what, seconds=timeout)) from None
     except requests.RequestException:
-        raise UploadError(f"无法连接{what}") from None
+        raise UploadError(Reason.of("host_unreachable", host=what)) from None
 
 
 def upload_to_lsky(
-    session: requests.Session, base_url: str, token: str, picture: Picture, timeout: float,
-    strategy_id: int | None = None, until: float | None = None,
+    session: requests.Session,
+    base_url: str,
+    token: str,
+    picture: Picture,
+    timeout: float,
+    strategy_id: int | None = None,
+    until: float | None = None,
 ) -> str:
     """POST {base_url}/api/v1/upload; the permanent URL. Raises UploadError.
 
@@ -217,37 +235,46 @@ def upload_to_lsky(
     """
     form = {"strategy_id": str(strategy_id)} if strategy_id else {}
     status, body = _post(
-        session, f"{base_url}/api/v1/upload", timeout, until, "图床",
+        session,
+        f"{base_url}/api/v1/upload",
+        timeout,
+        until,
+        "lsky",
         headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
         files={"file": (picture.name, picture.data, picture.mimetype)},
         data=form,
     )
     if 300 <= status < 400:
-        raise UploadError(f"图床要求登录（HTTP {status}），请检查 LSKY_PRO_TOKEN")
+        raise UploadError(Reason.of("lsky_login", status=status))
     if status == 413:
-        raise UploadError("图片太大，图床拒收（413）")
+        raise UploadError(Reason.of("lsky_too_large"))
     message = upstream_text(str(body.get("message") or ""), 120, (token,)) if isinstance(body, dict) else ""
     if status == 401:
-        raise UploadError("图床令牌无效（401），请检查 LSKY_PRO_TOKEN")
+        raise UploadError(Reason.of("lsky_token"))
     if status == 429:
-        raise UploadError("图床请求过于频繁（429）")
+        raise UploadError(Reason.of("lsky_busy"))
     if status != 200:
-        raise UploadError(f"图床拒绝上传（HTTP {status}）{'：' + message if message else ''}")
+        raise UploadError(Reason.of("lsky_refused", status=status, message=message))
     if not isinstance(body, dict):
-        raise UploadError("图床返回了无法解析的内容")
+        raise UploadError(Reason.of("lsky_unreadable"))
     if body.get("status") is not True:
-        raise UploadError(f"图床拒绝上传：{message or '未说明原因'}")
+        raise UploadError(Reason.of("lsky_said", message=message))
     try:
         url = body["data"]["links"]["url"]
     except (KeyError, TypeError):
         url = None
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise UploadError("图床没有返回图片链接")
+        raise UploadError(Reason.of("lsky_no_link"))
     return url
 
 
 def shorten(
-    session: requests.Session, base_url: str, token: str, url: str, timeout: float, tries: int = 3,
+    session: requests.Session,
+    base_url: str,
+    token: str,
+    url: str,
+    timeout: float,
+    tries: int = 3,
     until: float | None = None,
 ) -> str:
     """A Sink short link for `url` (POST /api/link/create). Raises UploadError.
@@ -256,25 +283,29 @@ def shorten(
     retried with a new one.
     """
     if len(url) > 2048:
-        raise UploadError("链接太长，短链接服务不接受")
+        raise UploadError(Reason.of("link_too_long"))
     for _ in range(tries):
         slug = "".join(secrets.choice("abcdefghijkmnpqrstuvwxyz23456789") for _ in range(8))
         status, body = _post(
-            session, f"{base_url}/api/link/create", timeout, until, "短链接服务",
+            session,
+            f"{base_url}/api/link/create",
+            timeout,
+            until,
+            "sink",
             json={"url": url, "slug": slug},
             headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
         )
         if status == 409:
             continue
         if status not in (200, 201):
-            raise UploadError(f"短链接服务拒绝（HTTP {status}）")
+            raise UploadError(Reason.of("sink_refused", status=status))
         short = body.get("shortLink") if isinstance(body, dict) else None
         if isinstance(short, str) and short.startswith(("http://", "https://")):
             return short
         link = body.get("link") if isinstance(body, dict) else None
         slug = link.get("slug", slug) if isinstance(link, dict) else slug
         return f"{base_url}/{slug}"
-    raise UploadError("短链接的名字多次冲突")
+    raise UploadError(Reason.of("sink_clash"))
 
 
 class ImageStore:
@@ -321,7 +352,7 @@ class ImageStore:
             os.replace(temporary, target)
             temporary = None
         except OSError:
-            raise UploadError("保存到本机图片目录失败（磁盘已满或没有写权限）") from None
+            raise UploadError(Reason.of("store_write")) from None
         finally:
             if temporary is not None:
                 try:
@@ -412,10 +443,10 @@ class Links:
     image: str  # what the Markdown image shows: permanent when there is one
     download: str | None  # the upstream's temporary link (shortened when that is on); None for inline data
     permanent: str | None
-    notes: tuple[str, ...]  # what did not work, in short words
+    notes: tuple[Reason, ...]  # what did not work
     # The bytes when re-hosting fetched them, so that no one fetches them again.
     picture: Picture | None = field(default=None, repr=False, compare=False)
-    unsafe: str | None = None  # the upstream's link leads where the address rule forbids: why, for the user
+    unsafe: Reason | None = None  # the upstream's link leads where the address rule forbids: why
 
     @property
     def showable(self) -> bool:
@@ -423,14 +454,17 @@ class Links:
         return _web_link(self.image)
 
 
-NO_PUBLIC_BASE = (
-    "图片未保存到本机：无法从请求的 Host 得出本服务的公开地址，请设置 PUBLIC_BASE_URL"
-)
+NO_PUBLIC_BASE = Reason.of("no_public_base")
 
 
 def lasting_links(
-    session: requests.Session, settings: Settings, store: ImageStore | None, url: str, public_base: str | None,
-    until: float | None = None, want_bytes: bool = False,
+    session: requests.Session,
+    settings: Settings,
+    store: ImageStore | None,
+    url: str,
+    public_base: str | None,
+    until: float | None = None,
+    want_bytes: bool = False,
 ) -> Links:
     """Re-host the image at `url` as configured. Never raises: failures become notes.
 
@@ -446,22 +480,25 @@ def lasting_links(
     rule = AddressRule.trusting(settings.api_base_url, allow_private=settings.allow_private_image_urls)
     if keeps or want_bytes:
         try:
-            picture = fetch_picture(
-                session, url, settings.upload_timeout, int(settings.max_image_mb * 2**20), rule, until
-            )
+            picture = fetch_picture(session, url, settings.upload_timeout, int(settings.max_image_mb * 2**20), rule, until)
         except UploadError as exc:
             if exc.unsafe:
-                return Links(image=url, download=None, permanent=None, notes=(), unsafe=exc.message)
-            notes.append(f"图片未能{'转存' if keeps else '取回'}：{exc.message}")
+                return Links(image=url, download=None, permanent=None, notes=(), unsafe=exc.reason)
+            notes.append(Reason.of("not_kept" if keeps else "not_fetched", why=exc.reason))
         else:
             if settings.use_lsky_pro:
                 try:
                     permanent = upload_to_lsky(
-                        session, settings.lsky_pro_url or "", settings.lsky_pro_token or "", picture,
-                        settings.upload_timeout, settings.lsky_strategy_id, until,
+                        session,
+                        settings.lsky_pro_url or "",
+                        settings.lsky_pro_token or "",
+                        picture,
+                        settings.upload_timeout,
+                        settings.lsky_strategy_id,
+                        until,
                     )
                 except UploadError as exc:
-                    notes.append(f"蓝空图床上传失败：{exc.message}")
+                    notes.append(Reason.of("lsky_failed", why=exc.reason))
             if permanent is None and store is not None:
                 if not public_base:
                     notes.append(NO_PUBLIC_BASE)
@@ -469,23 +506,32 @@ def lasting_links(
                     try:
                         permanent = f"{public_base}/images/{store.save(picture)}"
                     except UploadError as exc:
-                        notes.append(exc.message)
+                        notes.append(exc.reason)
     elif unsafe := _unsafe_link(url, rule):
         return Links(image=url, download=None, permanent=None, notes=(), unsafe=unsafe)
     download = url
     if settings.use_shortlink and url.startswith(("http://", "https://")) and len(url) > SHORT_ENOUGH:
         try:
             download = shorten(
-                session, settings.shortlink_base_url or "", settings.shortlink_api_key or "", url,
-                settings.upload_timeout, until=until,
+                session,
+                settings.shortlink_base_url or "",
+                settings.shortlink_api_key or "",
+                url,
+                settings.upload_timeout,
+                until=until,
             )
         except UploadError as exc:
-            notes.append(f"短链接生成失败：{exc.message}")
-    return Links(image=permanent or url, download=download if _web_link(download) else None, permanent=permanent,
-                 notes=tuple(notes), picture=picture)
+            notes.append(Reason.of("shortlink_failed", why=exc.reason))
+    return Links(
+        image=permanent or url,
+        download=download if _web_link(download) else None,
+        permanent=permanent,
+        notes=tuple(notes),
+        picture=picture,
+    )
 
 
-def _unsafe_link(url: str, rule: AddressRule) -> str | None:
+def _unsafe_link(url: str, rule: AddressRule) -> Reason | None:
     """Why a link nothing fetches may not be offered (its host is a private address), or None."""
     if not _web_link(url):
         return None
@@ -493,9 +539,9 @@ def _unsafe_link(url: str, rule: AddressRule) -> str | None:
         parts = urlsplit(url)
         rule.address_for(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
     except ValueError:
-        return "图片链接无效"
+        return Reason.of("invalid_link")
     except AddressRefused as exc:
-        return None if exc.unresolved else f"图片链接不安全：{exc.reason}"
+        return None if exc.unresolved else Reason.of("unsafe_link", why=exc.reason)
     return None
 
 

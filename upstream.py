@@ -1,7 +1,9 @@
-"""The SiliconFlow client: images, prompt expansion, account info, and failover over keys.
+"""The SiliconFlow client: images, prompt expansion, account info, the model list; HTTP only.
 
-Every call has a wall-clock timeout (outbound.py). Every failure is an `UpstreamError` whose `message` is safe to show a
-user: plain words, never a Python exception text, never a key.
+Every call has a wall-clock timeout (outbound.py). Every failure is an `UpstreamError`: a `Failure` kind
+(whose problem it is: the key's, the request's, the upstream's) and a typed `Reason`, never a
+Python exception text, never a key. Which key makes a call, and what its failure means for the
+key, is the key pool's business (keypool.py, failover.py).
 """
 
 from __future__ import annotations
@@ -11,65 +13,32 @@ import json
 import logging
 import math
 import re
-import threading
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import urllib3
 
-from models import family
+from events import Failure, Reason
+from families import family
 from outbound import TooLarge, deadline, read_capped, remaining
-from wording import seconds, upstream_text
-
-if TYPE_CHECKING:
-    from keypool import KeyPool
+from text import upstream_text
 
 log = logging.getLogger("siliconflow_proxy.upstream")
 
 
-class Failure(StrEnum):
-    """What went wrong with an upstream call, and so what it says about the key that made it."""
-
-    AUTH = "auth"  # 401: the key is revoked or mistyped
-    BALANCE = "balance"  # 402/403: the account has no money
-    RATE_LIMIT = "rate_limit"  # 429: the account used up its budget for this model
-    FORBIDDEN = "forbidden"  # 403 otherwise: the model is disabled for this account
-    BAD_REQUEST = "bad_request"  # 400: the request itself is wrong; another key would say the same
-    SERVER = "server"  # 5xx
-    TIMEOUT = "timeout"
-    NETWORK = "network"
-    BAD_RESPONSE = "bad_response"  # not JSON, too large, no image, a link that is not one
-    NO_KEYS = "no_keys"  # no key could be had (all out, or not before the deadline)
-    CANCELLED = "cancelled"  # the client left
-
-
 class UpstreamError(Exception):
-    """A call to SiliconFlow failed. `message` is meant for the user; `kind` for the code."""
+    """A call to SiliconFlow failed: `kind` says whose problem it is, `reason` why (worded by wording.py)."""
 
-    def __init__(self, kind: Failure, message: str, status: int | None = None, retry_after: float | None = None):
-        super().__init__(message)
+    def __init__(self, kind: Failure, reason: Reason, status: int | None = None, retry_after: float | None = None):
+        super().__init__(str(reason))
         self.kind = kind
-        self.message = message
+        self.reason = reason
         self.status = status
         self.retry_after = retry_after
 
-
-def mask_key(key: str) -> str:
-    """`sk-abcdef…wxyz` -> `sk-ab…wxyz`: enough to tell keys apart in a log, useless to a thief.
-    Short keys show less, so that never more than about a third of one is shown."""
-    if len(key) >= 24:
-        return f"{key[:5]}…{key[-4:]}"
-    if len(key) >= 12:
-        return "…" + key[-4:]
-    return "…"
-
-
-# Failures that belong to the key or its account: the next key may well succeed.
-KEY_ONLY = {Failure.AUTH, Failure.BALANCE, Failure.RATE_LIMIT, Failure.FORBIDDEN}
 
 # Most bytes read from one answer. An image answer holds a link (a few hundred bytes), but an
 # OpenAI-style upstream may inline the picture as base64, so it may be as large as an image may be.
@@ -101,11 +70,11 @@ def generate_image(
     body = _post_json(http, f"{base_url}/v1/images/generations", key, payload, timeout, max_bytes)
     images = body.get("images") or body.get("data") if isinstance(body, dict) else None
     if not isinstance(images, list) or not images:
-        raise UpstreamError(Failure.BAD_RESPONSE, "上游没有返回图片")
+        raise UpstreamError(Failure.BAD_RESPONSE, Reason.of("no_image"))
     first = images[0]
     url = first.get("url") if isinstance(first, dict) else None
     if not isinstance(url, str) or not (_is_web_link(url) or _DATA_IMAGE.match(url)):
-        raise UpstreamError(Failure.BAD_RESPONSE, "上游返回的图片地址无效")
+        raise UpstreamError(Failure.BAD_RESPONSE, Reason.of("bad_image_link"))
     seed = body.get("seed")
     return Image(url, seed if isinstance(seed, int) and not isinstance(seed, bool) else None)
 
@@ -142,7 +111,7 @@ def image_models(http: urllib3.PoolManager, base_url: str, key: str, timeout: fl
             items = json.loads(data)["data"]
             found += [item["id"] for item in items if isinstance(item, dict) and isinstance(item.get("id"), str)]
         except (ValueError, KeyError, TypeError, RecursionError):
-            raise UpstreamError(Failure.BAD_RESPONSE, "模型列表无法解析") from None
+            raise UpstreamError(Failure.BAD_RESPONSE, Reason.of("unreadable_models")) from None
     # Ids are offered to clients and shown in answers: only ones that look like a model's id.
     valid = [model for model in found if _MODEL_ID.fullmatch(model)]
     if len(valid) < len(found):
@@ -165,86 +134,8 @@ def account_info(http: urllib3.PoolManager, base_url: str, key: str, timeout: fl
         # Balances are strings.
         funded = float(info.get("totalBalance") or info.get("balance") or 0) > 0
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
-        raise UpstreamError(Failure.BAD_RESPONSE, "余额查询返回了无法解析的内容") from None
+        raise UpstreamError(Failure.BAD_RESPONSE, Reason.of("unreadable_account")) from None
     return AccountInfo(str(account)[:128] if isinstance(account, str | int) and account != "" else None, funded)
-
-
-def generate_with_failover(
-    http: urllib3.PoolManager,
-    base_url: str,
-    pool: KeyPool,
-    payload: dict[str, Any],
-    *,
-    timeout: float,
-    deadline: float,
-    max_attempts: int,
-    max_bytes: int,
-    request_id: str,
-    label: str,
-    cancelled: threading.Event,
-) -> Image:
-    """One image, before `deadline` (monotonic), failing over from key to key.
-
-    Keys come from the pool's queue: the first whose account has budget for the model, waiting
-    in line (round-robin by request) when none has. Failures that belong to a key or its account
-    (dead, no balance, rate limited, forbidden) just move to the next key: they say nothing about
-    the image, and the key or account leaves the rotation or rests. Failures that might be the
-    request's (5xx, timeouts, unreadable answers) are allowed `max_attempts` times. Keys not yet
-    tried for this image come first. Raises UpstreamError with the reason to show; kind CANCELLED
-    when `cancelled` was set.
-    """
-    model = str(payload.get("model"))
-    tried: list[str] = []
-    attempts = doubtful = 0
-    last: UpstreamError | None = None
-    why_not: str | None = None
-    while doubtful < max_attempts and attempts < max_attempts + len(pool):
-        if cancelled.is_set():
-            raise UpstreamError(Failure.CANCELLED, "客户端已断开")
-        lease, why_not = pool.queue.take(request_id, model, tried, deadline)
-        if cancelled.is_set():
-            if lease is not None:
-                pool.release(lease)
-            raise UpstreamError(Failure.CANCELLED, "客户端已断开")
-        if lease is None:
-            if last is None:
-                raise UpstreamError(Failure.NO_KEYS, why_not or pool.outage())
-            break
-        key = lease.key
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            pool.release(lease)
-            break
-        attempts += 1
-        if key not in tried:
-            tried.append(key)
-        started = time.monotonic()
-        try:
-            image = generate_image(http, base_url, key, payload, min(timeout, remaining), max_bytes)
-        except UpstreamError as exc:
-            pool.report(lease, exc)
-            last = exc
-            log.warning(
-                "%s attempt %d on key %s failed after %.2fs: %s (HTTP %s)",
-                label, attempts, mask_key(key), time.monotonic() - started, exc.kind, exc.status,
-            )
-            if exc.kind is Failure.BAD_REQUEST:
-                raise
-            if exc.kind not in KEY_ONLY:
-                doubtful += 1
-            continue
-        except BaseException:
-            pool.release(lease)
-            raise
-        pool.report(lease, None)
-        log.info("%s ok on key %s (attempt %d) in %.2fs", label, mask_key(key), attempts, time.monotonic() - started)
-        return image
-    if last is None:
-        raise UpstreamError(Failure.NO_KEYS, why_not or pool.outage())
-    message = last.message + (f"（共尝试 {attempts} 次，{len(tried)} 个密钥）" if attempts > 1 else "")
-    if why_not:
-        message += f"；{why_not}"
-    raise UpstreamError(last.kind, message, last.status)
 
 
 EXPANSION_SYSTEM_PROMPT = (
@@ -266,7 +157,12 @@ _THINK = re.compile(r"<think>.*?(?:</think>|$)", re.DOTALL | re.IGNORECASE)
 
 
 def expand_prompt(
-    http: urllib3.PoolManager, base_url: str, key: str, model: str, text: str, timeout: float,
+    http: urllib3.PoolManager,
+    base_url: str,
+    key: str,
+    model: str,
+    text: str,
+    timeout: float,
     previous: str | None = None,
 ) -> str:
     """Turn a short request into a detailed English image prompt; with `previous`, the last
@@ -279,7 +175,13 @@ def expand_prompt(
 
 
 def complete(
-    http: urllib3.PoolManager, base_url: str, key: str, model: str, system: str, user: str, timeout: float,
+    http: urllib3.PoolManager,
+    base_url: str,
+    key: str,
+    model: str,
+    system: str,
+    user: str,
+    timeout: float,
     max_tokens: int = 400,
 ) -> str:
     """One answer of a chat model (a <think> block dropped). Raises UpstreamError."""
@@ -297,20 +199,25 @@ def complete(
     try:
         content = body["choices"][0]["message"]["content"]
     except (KeyError, IndexError, TypeError):
-        raise UpstreamError(Failure.BAD_RESPONSE, "提示词扩充没有返回内容") from None
+        raise UpstreamError(Failure.BAD_RESPONSE, Reason.of("expansion_empty")) from None
     if not isinstance(content, str):
-        raise UpstreamError(Failure.BAD_RESPONSE, "提示词扩充没有返回内容")
+        raise UpstreamError(Failure.BAD_RESPONSE, Reason.of("expansion_empty"))
     # Some reasoning models put their thinking in a <think> block before the answer. A lone
     # surrogate ("\ud800" in the JSON) would break every later encode: replaced here.
     content = content.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     answer = _THINK.sub("", content).strip()
     if not answer:
-        raise UpstreamError(Failure.BAD_RESPONSE, "提示词扩充返回了空内容")
+        raise UpstreamError(Failure.BAD_RESPONSE, Reason.of("expansion_empty"))
     return answer
 
 
 def _call(
-    http: urllib3.PoolManager, method: str, url: str, key: str, payload: dict[str, Any] | None, timeout: float,
+    http: urllib3.PoolManager,
+    method: str,
+    url: str,
+    key: str,
+    payload: dict[str, Any] | None,
+    timeout: float,
     max_bytes: int,
 ) -> tuple[int, Any, bytes]:
     """(status, headers, body) of one call, all of it within `timeout` seconds of wall-clock time.
@@ -327,7 +234,12 @@ def _call(
     with deadline(at) as scope:
         try:
             response = http.request(
-                method, url, body=body, headers=headers, redirect=False, preload_content=False,
+                method,
+                url,
+                body=body,
+                headers=headers,
+                redirect=False,
+                preload_content=False,
                 timeout=urllib3.Timeout(connect=remaining(at, 10.0), read=remaining(at, timeout)),
             )
             data = read_capped(response, max_bytes)
@@ -335,15 +247,15 @@ def _call(
                 raise TimeoutError
             return response.status, response.headers, data
         except TooLarge:
-            raise UpstreamError(Failure.BAD_RESPONSE, f"上游的回答超过 {max_bytes // 1024} KB，已放弃") from None
+            raise UpstreamError(Failure.BAD_RESPONSE, Reason.of("answer_too_large", kb=max_bytes // 1024)) from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             # NewConnectionError is a subclass of ConnectTimeoutError, oddly: refused is not slow.
             slow = isinstance(exc, urllib3.exceptions.TimeoutError | TimeoutError) and not isinstance(
                 exc, urllib3.exceptions.NewConnectionError
             )
             if scope.expired or slow:
-                raise UpstreamError(Failure.TIMEOUT, f"上游在 {seconds(timeout)} 秒内没有响应") from None
-            raise UpstreamError(Failure.NETWORK, "无法连接上游服务") from None
+                raise UpstreamError(Failure.TIMEOUT, Reason.of("upstream_timeout", seconds=timeout)) from None
+            raise UpstreamError(Failure.NETWORK, Reason.of("upstream_unreachable")) from None
 
 
 @dataclass(frozen=True)
@@ -379,40 +291,35 @@ def json_body(payload: dict[str, Any]) -> list[bytes]:
     return [*pieces, b"}"]
 
 
-def _post_json(
-    http: urllib3.PoolManager, url: str, key: str, payload: dict[str, Any], timeout: float, max_bytes: int
-) -> Any:
+def _post_json(http: urllib3.PoolManager, url: str, key: str, payload: dict[str, Any], timeout: float, max_bytes: int) -> Any:
     status, headers, data = _call(http, "POST", url, key, payload, timeout, max_bytes)
     if status != 200:
         raise _error_for(status, headers, data, key)
     try:
         return json.loads(data)
     except (ValueError, RecursionError):
-        raise UpstreamError(Failure.BAD_RESPONSE, "上游返回了无法解析的内容（不是 JSON）", 200) from None
+        raise UpstreamError(Failure.BAD_RESPONSE, Reason.of("not_json"), 200) from None
 
 
 def _error_for(status: int, headers: Any, data: bytes, key: str) -> UpstreamError:
     code, detail = _error_detail(data, key)
     if status == 401:
-        return UpstreamError(Failure.AUTH, "上游 API 密钥无效或已被吊销（401）", status)
+        return UpstreamError(Failure.AUTH, Reason.of("key_invalid"), status)
     if status == 402 or code == 30001 or (status == 403 and "balance" in detail.lower()):
-        return UpstreamError(Failure.BALANCE, "上游账户余额不足", status)
+        return UpstreamError(Failure.BALANCE, Reason.of("no_balance"), status)
     if status == 403:
-        return UpstreamError(Failure.FORBIDDEN, f"上游拒绝访问（403）：{detail or '模型已禁用或需要实名认证'}", status)
+        return UpstreamError(Failure.FORBIDDEN, Reason.of("forbidden", detail=detail), status)
     if status == 429:
-        return UpstreamError(
-            Failure.RATE_LIMIT, "上游限流：该账户请求过于频繁（429）", status, _retry_after(headers.get("Retry-After"))
-        )
+        return UpstreamError(Failure.RATE_LIMIT, Reason.of("rate_limited"), status, _retry_after(headers.get("Retry-After")))
     if status == 404:
-        return UpstreamError(Failure.BAD_REQUEST, "上游地址不存在（404），请检查 API_BASE_URL", status)
+        return UpstreamError(Failure.BAD_REQUEST, Reason.of("wrong_base_url"), status)
     if code == 20012:
-        return UpstreamError(Failure.BAD_REQUEST, "这个模型已下线或不存在（SiliconFlow 20012），请换一个模型："
-                                                  "GET /v1/models 列出现在能用的", status)
+        return UpstreamError(Failure.BAD_REQUEST, Reason.of("model_gone"), status)
     if 400 <= status < 500:
-        return UpstreamError(Failure.BAD_REQUEST, f"上游拒绝了请求（{status}）：{detail or '参数无效'}", status)
+        return UpstreamError(Failure.BAD_REQUEST, Reason.of("upstream_refused", status=status, detail=detail), status)
     if status == 504:
-        return UpstreamError(Failure.TIMEOUT, "上游处理超时（504）", status)
-    return UpstreamError(Failure.SERVER, f"上游服务暂时不可用（{status}）", status)
+        return UpstreamError(Failure.TIMEOUT, Reason.of("gateway_timeout"), status)
+    return UpstreamError(Failure.SERVER, Reason.of("upstream_unavailable", status=status), status)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -448,7 +355,7 @@ def _error_detail(data: bytes, key: str) -> tuple[int | None, str]:
 
 
 def payload_for(model: str, prompt: str, size: str | None, seed: int | None, negative: str | None) -> dict[str, Any]:
-    """The body of one image request, holding only the fields `model` accepts (models.family)."""
+    """The body of one image request, holding only the fields `model` accepts (families.family)."""
     takes = family(model)
     payload: dict[str, Any] = {"model": model, "prompt": prompt}
     if size:

@@ -1,109 +1,286 @@
-"""The reply's wording: every line a chat user reads, and the rule that keeps it ours.
+"""Every sentence a person reads: the chat answer's lines in Chinese, and the reasons in both languages.
 
-Chat UIs render the answer as Markdown. Only the lines built here carry Markdown images and links,
-and only to the service's own pictures. Text from anyone else (the user's prompt, the expansion
-model, SiliconFlow's error messages, an image host's) goes through `md()`, which escapes what could
-start an image, a link or HTML and breaks bare links, so it reads as the plain text it is. Texts
-from upstreams are folded to one short line with anything key-like removed (`upstream_text`)
-before they are kept anywhere, since they also reach logs and JSON errors.
+The drawing core says what happened as events and typed reasons (events.py); this module words
+them: `zh(reason)` for chat answers, `en(reason)` for the Images API and JSON errors. Chat UIs
+render the answer as Markdown: only the lines built here carry Markdown images and links, and only
+to the service's own pictures; text from anyone else goes through `text.md()` first.
+
+The labels of the answer's lines (提示词, 尺寸, the image marker) are constants here, and the
+follow-up reader (followups.py) reads an earlier answer back by the same constants.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
-from urllib.parse import quote
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
-if TYPE_CHECKING:
-    from pipeline import Event
+import events as ev
+from events import Reason
+from text import markdown_safe, md, md_url, one_line, seconds
 
-# --- text from others --------------------------------------------------------------------------
+# --- reasons ----------------------------------------------------------------------------------------
+
+_PLACES = {
+    "invalid": ("无效地址", "an invalid address"),
+    "reserved": ("保留地址", "a reserved address"),
+    "loopback": ("本机地址", "this machine (loopback)"),
+    "link_local": ("链路本地地址（含云服务器元数据地址）", "a link-local address (cloud metadata included)"),
+    "cgnat": ("运营商内网地址", "a carrier-grade NAT address"),
+    "private": ("内网地址", "a private network"),
+}
+_HOSTS = {"lsky": ("图床", "the image host (Lsky Pro)"), "sink": ("短链接服务", "the short-link service (Sink)")}
+_COOL = {
+    "server": ("上游服务出错", "server errors"),
+    "timeout": ("上游超时", "timeouts"),
+    "network": ("连不上上游", "connection errors"),
+    "bad_response": ("上游回答无效", "unreadable answers"),
+    "forbidden": ("模型对该账户不可用", "the model is not open to the account"),
+}
+
+# code -> (Chinese, English): a format string over the reason's parameters, or a function of them.
+# Parameters named `seconds` or `wait` are said in whole seconds; Reasons inside are worded too.
+Words = str | Callable[..., str]
+REASONS: dict[str, tuple[Words, Words]] = {
+    # SiliconFlow's answers
+    "no_image": ("上游没有返回图片", "SiliconFlow returned no image"),
+    "bad_image_link": ("上游返回的图片地址无效", "SiliconFlow returned an invalid image link"),
+    "key_in_link": ("上游返回的图片地址里含有 API 密钥，已拒绝", "SiliconFlow's image link carried an API key; refused"),
+    "unreadable_models": ("模型列表无法解析", "the model list could not be read"),
+    "unreadable_account": ("余额查询返回了无法解析的内容", "the account lookup answered something unreadable"),
+    "expansion_empty": ("提示词扩充没有返回内容", "the chat model returned no prompt"),
+    "answer_too_large": ("上游的回答超过 {kb} KB，已放弃", "SiliconFlow's answer was larger than {kb} KB"),
+    "upstream_timeout": ("上游在 {seconds} 秒内没有响应", "SiliconFlow did not answer within {seconds} s"),
+    "upstream_unreachable": ("无法连接上游服务", "SiliconFlow could not be reached"),
+    "not_json": ("上游返回了无法解析的内容（不是 JSON）", "SiliconFlow's answer was not JSON"),
+    "key_invalid": ("上游 API 密钥无效或已被吊销（401）", "the upstream API key is invalid or revoked (401)"),
+    "no_balance": ("上游账户余额不足", "the upstream account has no balance left"),
+    "forbidden": (
+        lambda detail="": f"上游拒绝访问（403）：{detail or '模型已禁用或需要实名认证'}",
+        lambda detail="": f"SiliconFlow refused access (403): {detail or 'the model is disabled or needs identity verification'}",
+    ),
+    "rate_limited": ("上游限流：该账户请求过于频繁（429）", "SiliconFlow rate-limited the account (429)"),
+    "wrong_base_url": ("上游地址不存在（404），请检查 API_BASE_URL", "SiliconFlow answered 404: check API_BASE_URL"),
+    "model_gone": (
+        "这个模型已下线或不存在（SiliconFlow 20012），请换一个模型：GET /v1/models 列出现在能用的",
+        "this model is withdrawn or does not exist (SiliconFlow 20012); GET /v1/models lists the models offered now",
+    ),
+    "upstream_refused": (
+        lambda status, detail="": f"上游拒绝了请求（{status}）：{detail or '参数无效'}",
+        lambda status, detail="": f"SiliconFlow refused the request ({status}): {detail or 'invalid parameters'}",
+    ),
+    "gateway_timeout": ("上游处理超时（504）", "SiliconFlow timed out (504)"),
+    "upstream_unavailable": ("上游服务暂时不可用（{status}）", "SiliconFlow is unavailable right now ({status})"),
+    "after_attempts": (
+        lambda last, attempts, keys, also=None: f"{last}（共尝试 {attempts} 次，{keys} 个密钥）" + (f"；{also}" if also else ""),
+        lambda last, attempts, keys, also=None: (
+            f"{last} (after {attempts} attempts on {keys} keys)" + (f"; {also}" if also else "")
+        ),
+    ),
+    # the key pool
+    "no_upstream_keys": ("没有配置上游 API 密钥（API_KEYS）", "this service has no upstream keys (API_KEYS)"),
+    "keys_out": (lambda **p: _keys_out(p, zh=True), lambda **p: _keys_out(p, zh=False)),
+    "too_late": (
+        lambda wait=None, out=None: (
+            "在请求时限（REQUEST_TIMEOUT）内没有等到上游名额"
+            + (f"（下一个名额约 {wait} 秒后才空出）" if wait else "")
+            + f"：{out or '所有账户本时段的限额已用完或正在限流冷却'}"
+        ),
+        lambda wait=None, out=None: (
+            "no upstream key was free within REQUEST_TIMEOUT"
+            + (f" (the next frees in about {wait} s)" if wait else "")
+            + f": {out or 'every account has used its budget for now or is resting after a 429'}"
+        ),
+    ),
+    "cancelled": ("客户端已断开", "the client disconnected"),
+    "internal": ("服务内部错误", "internal error in this service"),
+    # fetching, keeping and shortening pictures
+    "download_timeout": ("下载图片超时（{seconds} 秒）", "downloading the picture timed out ({seconds} s)"),
+    "too_many_redirects": ("下载图片时重定向次数过多", "too many redirects while downloading the picture"),
+    "download_failed": ("下载图片失败（连接出错）", "the picture could not be downloaded (connection error)"),
+    "download_invalid": ("下载图片失败（对方的回答无效）", "the picture could not be downloaded (invalid answer)"),
+    "download_status": ("下载图片失败（HTTP {status}）", "the picture could not be downloaded (HTTP {status})"),
+    "unsafe_link": ("图片链接不安全：{why}", "the picture's link is not safe to follow: {why}"),
+    "address_refused": (
+        lambda host, place: f"{host} 指向{_PLACES[place][0]}，出于安全不予访问",
+        lambda host, place: f"{host} leads to {_PLACES[place][1]}, which is not followed",
+    ),
+    "unresolved": ("无法解析主机名 {host}", "the host name {host} does not resolve"),
+    "invalid_link": ("图片链接无效", "the picture's link is invalid"),
+    "not_http": ("图片链接不是 http(s) 地址", "the picture's link is not http(s)"),
+    "scheme_refused": (
+        "只能使用 http(s) 图片链接或 data: 图片（file:、ftp:、gopher: 等链接不会被打开）",
+        "only http(s) links and data: pictures are used (file:, ftp:, gopher: and others are never opened)",
+    ),
+    "not_a_picture": ("不是 PNG、JPEG、WebP 或 GIF 图片", "not a PNG, JPEG, WebP or GIF picture"),
+    "not_image_type": ("链接返回的不是图片（{type}）", "the link answered something that is not a picture ({type})"),
+    "too_large": ("图片超过 {mb} MB", "the picture is larger than {mb} MB"),
+    "bad_data_uri": ("无法识别的 data: 图片", "an unreadable data: picture"),
+    "bad_base64": ("data: 图片的 base64 无效", "the data: picture's base64 is invalid"),
+    "host_timeout": (
+        lambda host, seconds: f"{_HOSTS[host][0]}在 {seconds} 秒内没有响应",
+        lambda host, seconds: f"{_HOSTS[host][1]} did not answer within {seconds} s",
+    ),
+    "host_unreachable": (lambda host: f"无法连接{_HOSTS[host][0]}", lambda host: f"{_HOSTS[host][1]} could not be reached"),
+    "lsky_login": (
+        "图床要求登录（HTTP {status}），请检查 LSKY_PRO_TOKEN",
+        "the image host asks for a login (HTTP {status}): check LSKY_PRO_TOKEN",
+    ),
+    "lsky_too_large": ("图片太大，图床拒收（413）", "the image host refused the picture as too large (413)"),
+    "lsky_token": ("图床令牌无效（401），请检查 LSKY_PRO_TOKEN", "the image host's token is invalid (401): check LSKY_PRO_TOKEN"),
+    "lsky_busy": ("图床请求过于频繁（429）", "the image host is rate limiting (429)"),
+    "lsky_refused": (
+        lambda status, message="": f"图床拒绝上传（HTTP {status}）" + (f"：{message}" if message else ""),
+        lambda status, message="": f"the image host refused the upload (HTTP {status})" + (f": {message}" if message else ""),
+    ),
+    "lsky_unreadable": ("图床返回了无法解析的内容", "the image host answered something unreadable"),
+    "lsky_said": (
+        lambda message="": f"图床拒绝上传：{message or '未说明原因'}",
+        lambda message="": f"the image host refused the upload: {message or 'no reason given'}",
+    ),
+    "lsky_no_link": ("图床没有返回图片链接", "the image host returned no link"),
+    "link_too_long": ("链接太长，短链接服务不接受", "the link is too long for the short-link service"),
+    "sink_refused": ("短链接服务拒绝（HTTP {status}）", "the short-link service refused (HTTP {status})"),
+    "sink_clash": ("短链接的名字多次冲突", "the short link's name clashed several times"),
+    "store_write": (
+        "保存到本机图片目录失败（磁盘已满或没有写权限）",
+        "saving to the image store failed (disk full or not writable)",
+    ),
+    "no_public_base": (
+        "图片未保存到本机：无法从请求的 Host 得出本服务的公开地址，请设置 PUBLIC_BASE_URL",
+        "the picture was not stored: no public address could be made from the request's Host; set PUBLIC_BASE_URL",
+    ),
+    "not_kept": ("图片未能转存：{why}", "the picture could not be kept: {why}"),
+    "not_fetched": ("图片未能取回：{why}", "the picture could not be fetched: {why}"),
+    "lsky_failed": ("蓝空图床上传失败：{why}", "uploading to Lsky Pro failed: {why}"),
+    "shortlink_failed": ("短链接生成失败：{why}", "the short link could not be made: {why}"),
+    "link_withheld": ("上游返回的图片链接没有提供：{why}", "SiliconFlow's link is withheld: {why}"),
+    "inline_only": (
+        "上游以内联数据（data:）返回了图片，聊天中无法显示；请设置 IMAGE_STORE_DIR 或蓝空图床来保存它",
+        "SiliconFlow sent the picture inline (data:), which has no link; set IMAGE_STORE_DIR or Lsky Pro to keep it",
+    ),
+    # the drawing
+    "shutting_down": (
+        "服务正在重启或关闭，这张图片没能完成，请稍后重试",
+        "the service is restarting; this picture was not finished, please retry",
+    ),
+    "request_timeout": ("超过 {seconds} 秒（REQUEST_TIMEOUT）仍未完成", "not finished within {seconds} s (REQUEST_TIMEOUT)"),
+    "no_key_for_expansion": ("暂无可用密钥", "no usable key"),
+    "expansion_echoed": ("对话模型没有改写提示词", "the chat model did not rewrite the prompt"),
+    "nothing_to_change": (
+        "没有要修改的内容：请说明要怎样改（例如“换成蓝色”）；要改比例请换用文生图模型",
+        'nothing to change: say what to change ("make it blue"); to change the shape use a text-to-image model',
+    ),
+    "needs_picture": (
+        "{model} 需要一张输入图片：请在消息里附上图片，或先画一张再让它修改",
+        "{model} needs an input picture: attach one, or draw one first and then ask for the change",
+    ),
+    "inputs_not_taken": ("{model} 不接受输入图片，{pictures}没有使用", "{model} takes no input picture; {pictures} not used"),
+    "inputs_over": ("{pictures}没有使用：{model} 最多接受 {most} 张图片", "{pictures} not used: {model} takes at most {most}"),
+    "inputs_tried": (
+        "{pictures}没有使用：前面的图片已试过 {tried} 张",
+        "{pictures} not used: {tried} pictures were tried already",
+    ),
+    "input_unusable": ("{pictures}没有使用：{why}", "{pictures} not used: {why}"),
+    "input_error": ("{pictures}没有使用：读取图片时出错", "{pictures} not used: reading it failed"),
+    "edit_from": ("按{pictures}修改", "editing {pictures}"),
+    "drawn_from": ("以{pictures}为底图", "drawing from {pictures}"),
+    # the request as parsed
+    "text_cut": ("描述过长，只读取了前 {chars} 个字符", "the description is long: only its first {chars} characters were read"),
+    "count_capped": ("每次最多 {most} 张，已按 {most} 张生成", "at most {most} pictures per request; {most} drawn"),
+    "seed_range": ("种子须在 0 到 {most} 之间，已忽略", "a seed must be from 0 to {most}; ignored"),
+    "no_negative": ("{model} 不支持负面提示词，已忽略：{negative}", "{model} takes no negative prompt; ignored: {negative}"),
+    "size_follows_input": (
+        "{model} 画出的图跟随输入图片的尺寸，{asked} 没有使用",
+        "{model} follows the input picture's size; {asked} not used",
+    ),
+    "prompt_cut": ("提示词过长，只使用了前 {chars} 个字符", "the prompt is long: only its first {chars} characters were used"),
+    "part_unusable": (
+        "消息里有一段无法使用的内容（{kind}），已忽略；只有文字和 image_url 图片能用",
+        "a part of the message could not be used ({kind}); only text and image_url parts are",
+    ),
+    "parts_more": ("另有 {count} 段无法使用的内容，已忽略", "{count} more parts could not be used"),
+    "no_image_url": ("{pictures} 没有图片地址（image_url.url），已忽略", "{pictures} has no image_url.url; ignored"),
+    "again": ("再来一张：沿用上一张的描述、尺寸和模型", "again: the last picture's description, size and model"),
+    "refined": (
+        "沿用上一张的描述、尺寸、数量和模型，按这次的要求修改",
+        "the last picture's description, size, count and model, changed as asked",
+    ),
+}
 
 
-def one_line(text: str, limit: int) -> str:
-    """`text` with its white space folded to single spaces, cut to `limit` characters with "…"."""
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def _keys_out(p: dict[str, Any], *, zh: bool) -> str:
+    """Why no key can draw: how many keys, and how many are out for what."""
+    causes = "、".join(dict.fromkeys(_COOL.get(c, ("上游出错", "errors"))[0 if zh else 1] for c in p.get("causes", ())))
+    if zh:
+        cooling = "连续出错后冷却中" + (f"（{causes}）" if causes else "")
+        parts = [
+            f"{p[kind]} 个{label}"
+            for kind, label in (("dead", "无效（401）"), ("broke", "余额不足"), ("cooling", cooling))
+            if p.get(kind)
+        ]
+        if p.get("budget"):
+            parts.append(f"{p['budget']} 个所在账户已用完本时段的限额或限流冷却中")
+        later = f"，最早约 {p['wait']} 秒后恢复" if p.get("wait") else ""
+        return f"全部 {p['total']} 个上游密钥暂不可用：{'、'.join(parts)}{later}"
+    cooling = "cooling down after " + (causes.replace("、", ", ") if causes else "errors")
+    parts = [
+        f"{p[kind]} {label}"
+        for kind, label in (("dead", "invalid (401)"), ("broke", "without balance"), ("cooling", cooling))
+        if p.get(kind)
+    ]
+    if p.get("budget"):
+        parts.append(f"{p['budget']} whose account has used its budget for now or is resting after a 429")
+    later = f"; the first may be back in about {p['wait']} s" if p.get("wait") else ""
+    return f"none of the {p['total']} upstream keys can draw now: {', '.join(parts)}{later}"
 
 
-_KEYLIKE = re.compile(
-    r"sk-[A-Za-z0-9_\-]{4,}"  # SiliconFlow and OpenAI-style keys
-    # Never two \s* in a row (the separator's own is inside the optional group): two could share a
-    # run of spaces in n ways each, a quadratic match on a hostile upstream's 40 kB message.
-    r"|(?i:bearer|token|api[_-]?key|authorization)(?:\s*[:=])?\s*[^\s,;\"'}]{4,}"
-    r"|\b\d+\|[A-Za-z0-9]{12,}"  # Lsky Pro tokens: "1|abc…"
-    r"|[A-Za-z0-9_\-+/=%]{32,}"  # long opaque strings: tokens, signatures
-)
+def _pictures(refs: Any, *, zh: bool) -> str:
+    """「附图 1、附图 2 」: the pictures' names, spaced from the Chinese that follows when they end in a digit."""
+    names = [picture_name(ref, zh=zh) for ref in refs]
+    if len(names) > 3:
+        names = [*names[:2], f"…{names[-1]}（共 {len(names)} 张）" if zh else f"… {names[-1]} ({len(names)} in all)"]
+    joined = ("、" if zh else ", ").join(names)
+    return f"{joined} " if zh and joined[-1:].isascii() else joined
 
 
-def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
-    """`text` without the given secrets and without anything shaped like a key or token."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return _KEYLIKE.sub("***", text)
+def picture_name(ref: ev.ImageRef, *, zh: bool = True) -> str:
+    if ref.source == "last":
+        return "上一张图片" if zh else "the last picture"
+    if ref.source == "upload":
+        return f"上传的图片 {ref.number}" if zh else f"'image' file {ref.number}"
+    return f"附图 {ref.number}" if zh else f"attached picture {ref.number}"
 
 
-def seconds(value: float) -> str:
-    """A duration as people say it: whole seconds (at least 1), tenths below one second."""
-    if value >= 0.95:
-        return str(max(1, round(value)))
-    return f"{max(value, 0.1):.1f}"
+def _word(reason: Reason, zh: bool) -> str:
+    words = REASONS.get(reason.code)
+    if words is None:
+        return reason.code
+    params = {}
+    for name, value in reason.params:
+        if isinstance(value, Reason):
+            value = _word(value, zh)
+        elif name == "pictures":
+            value = _pictures(value, zh=zh)
+        elif name in ("seconds", "wait") and isinstance(value, int | float):
+            value = seconds(value)
+        params[name] = value
+    template = words[0 if zh else 1]
+    return template(**params) if callable(template) else template.format(**params)
 
 
-UPSTREAM_TEXT_READ = 2000  # what is read of an upstream's message: more is never shown anyway
+def zh(reason: Reason) -> str:
+    """The reason in Chinese, for chat answers (plain text: escape it with `md` before Markdown)."""
+    return _word(reason, True)
 
 
-_KEY_IN_PROSE = re.compile(r"sk-[A-Za-z0-9_\-]{8,}|(?i:bearer)\s+[^\s,;\"'}]{8,}")
-
-
-def redact_secrets(text: str, secrets: Iterable[str | None] = ()) -> str:
-    """`text` without the given secrets and without keys and Bearer tokens, for text that is meant
-    to be prose (an expanded prompt): unlike `redact`, ordinary words are left alone."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return _KEY_IN_PROSE.sub("***", text)
-
-
-def upstream_text(text: str, limit: int = 160, secrets: Iterable[str | None] = ()) -> str:
-    """What an upstream or host said, fit to repeat: one short line, no secrets."""
-    return one_line(redact(text[:UPSTREAM_TEXT_READ], secrets), limit)
-
-
-_MD_SPECIAL = re.compile(r"([\\\[\]<])")
-_BARE_LINK = re.compile(r"(?i)(?<=[a-z])(?=://)|(?<=/)(?=/)|(?<=www)(?=\.)|(?=@)")
-
-
-def md(text: str) -> str:
-    """`text` as inert Markdown: it renders as itself, never as an image, a link or HTML.
-
-    Backslash escapes (CommonMark) stop `[`, `]` and `<` from opening a link, an image, an
-    autolink or a tag; a zero-width space before `://`, between two slashes, after `www` and
-    before `@` stops bare links (`http://…`, `//host`, `www.…`, e-mail addresses): GFM's in marked
-    and remark-gfm, and linkify-it's in markdown-it. Before `@`, not after: after it, linkify
-    reads the space as part of an international domain name.
-    """
-    return _BARE_LINK.sub("\u200b", _MD_SPECIAL.sub(r"\\\1", text))
-
-
-_ALT_SAFE = str.maketrans({"[": "【", "]": "】", "(": "（", ")": "）", "|": "｜", "\\": "＼", "<": "‹", ">": "›"})
-
-
-def markdown_safe(text: str, limit: int = 200) -> str:
-    """`text` on one line, safe inside `![...]`: no brackets, parentheses, pipes or newlines."""
-    return _BARE_LINK.sub("\u200b", one_line(text.translate(_ALT_SAFE), limit))
-
-
-def md_url(url: str) -> str:
-    """`url` as a Markdown link target that cannot end early or smuggle a title or HTML."""
-    return quote(url, safe="/:?#[]@!$&'*+,;=%-._~")
+def en(reason: Reason) -> str:
+    """The reason in English, for the Images API and JSON errors."""
+    return _word(reason, False)
 
 
 # --- the answer's lines ------------------------------------------------------------------------
 
-# The labels of the lines that describe a drawing. The follow-up reader (conversation.py) reads the
+# The labels of the lines that describe a drawing. The follow-up reader (followups.py) reads the
 # last answer back by these same constants, so renaming one cannot break follow-ups.
 PROMPT_LABEL = "🎨 提示词："
 NEGATIVE_LABEL = "🚫 负面提示词："
@@ -119,12 +296,12 @@ def refusal(keyword: str) -> str:
     return f"抱歉，您的请求包含不允许的内容（“{md(keyword)}”），无法生成图片。请修改描述后重试。"
 
 
-def expansion_skipped(reason: str) -> str:
-    return f"（提示词扩充跳过：{md(reason)}；已使用原始描述）\n"
+def expansion_skipped(reason: Reason) -> str:
+    return f"（提示词扩充跳过：{md(zh(reason))}；已使用原始描述）\n"
 
 
-def expansion_failed(reason: str) -> str:
-    return f"（提示词扩充失败：{md(reason)}；已使用原始描述）\n"
+def expansion_failed(reason: Reason) -> str:
+    return f"（提示词扩充失败：{md(zh(reason))}；已使用原始描述）\n"
 
 
 def seeds_text(seeds: list[int]) -> str:
@@ -145,7 +322,7 @@ def prompt_info(
     count: int,
     seeds: list[int] | None,
     negative: str | None,
-    notes: Iterable[str],
+    notes: Iterable[Reason],
     expansion_note: str = "",
 ) -> str:
     """The lines before the images: the prompt used, size, count, model, seeds and notes."""
@@ -157,7 +334,7 @@ def prompt_info(
         shown_size = size
     extras = f"{SEED_LABEL}{seeds_text(seeds)}" if seeds else ""
     negative_line = f"{NEGATIVE_LABEL}{md(one_line(negative, 500))}\n" if negative else ""
-    note_lines = "".join(f"ℹ️ {md(one_line(note, 500))}\n" for note in notes)
+    note_lines = "".join(f"ℹ️ {md(one_line(zh(note), 500))}\n" for note in notes)
     return (
         f"{expansion_note}{PROMPT_LABEL}{md(one_line(prompt, 2000))}\n{negative_line}"
         f"{SIZE_LABEL}{shown_size}{COUNT_LABEL}{count}{MODEL_LABEL}{md(model)}{extras}\n{note_lines}\n"
@@ -170,7 +347,7 @@ def image_markdown(
     image: str,
     download: str | None,
     permanent: str | None,
-    notes: Iterable[str] = (),
+    notes: Iterable[Reason] = (),
     seed: int | None = None,
 ) -> str:
     """One picture: the image itself, its links, its seed, and what did not work for it.
@@ -181,19 +358,17 @@ def image_markdown(
     lines = [f"{IMAGE_MARK}{index}|{alt}]({md_url(image)})"]
     seed_part = f" · 种子：{seed}" if seed is not None else ""
     if permanent and download:
-        lines.append(
-            f"[永久链接]({md_url(permanent)}) · [上游原图]({md_url(download)})（上游链接一小时后失效）{seed_part}"
-        )
+        lines.append(f"[永久链接]({md_url(permanent)}) · [上游原图]({md_url(download)})（上游链接一小时后失效）{seed_part}")
     elif permanent:  # the upstream sent the picture inline: there is no upstream link to give
         lines.append(f"[永久链接]({md_url(permanent)}){seed_part}")
     else:
         lines.append(f"[下载第 {index} 张]({md_url(download or image)})（上游链接一小时后失效，请及时保存）{seed_part}")
-    lines.extend(f"⚠️ {md(one_line(note, 300))}" for note in notes)
+    lines.extend(f"⚠️ {md(one_line(zh(note), 300))}" for note in notes)
     return "\n".join(lines) + "\n\n"
 
 
-def image_failed(index: int, reason: str) -> str:
-    return f"⚠️ 第 {index} 张图片生成失败：{md(reason)}\n\n"
+def image_failed(index: int, reason: Reason) -> str:
+    return f"⚠️ 第 {index} 张图片生成失败：{md(zh(reason))}\n\n"
 
 
 def queued(waiting: int, ahead: int, next_in: float | None, cooling: int = 0) -> str:
@@ -211,10 +386,9 @@ def summary(delivered: int, count: int) -> str:
 INTERNAL_ERROR = "\n\n⚠️ 服务内部错误，回答不完整。"
 
 
-def chat(events: Iterable[Event]) -> Iterator[str | None]:
+def chat(events: Iterable[ev.Event]) -> Iterator[str | None]:
     """The drawing's events as the assistant's words, piece by piece (None: a keep-alive)."""
-    import pipeline as p  # the events' module; imported here, since it imports this one
-
+    p = ev
     alt = ""
     for event in events:
         if isinstance(event, p.KeepAlive):
@@ -233,8 +407,7 @@ def chat(events: Iterable[Event]) -> Iterator[str | None]:
             outcome = event.outcome
             links = outcome.links
             assert links is not None
-            yield image_markdown(outcome.index, alt, links.image, links.download, links.permanent, links.notes,
-                                 outcome.seed)
+            yield image_markdown(outcome.index, alt, links.image, links.download, links.permanent, links.notes, outcome.seed)
         elif isinstance(event, p.ImageFailed):
             yield image_failed(event.index, event.reason)
         elif isinstance(event, p.Done):
@@ -252,6 +425,14 @@ def _prompt_ready(event) -> str:
     elif expansion is not None and expansion.skipped:
         note = expansion_skipped(expansion.skipped)
     return prompt_info(
-        job.model, event.prompt, size=draw.size, asked_size=draw.asked_size, size_adjusted=draw.size_adjusted,
-        count=draw.count, seeds=event.seeds, negative=draw.negative_prompt, notes=event.notes, expansion_note=note,
+        job.model,
+        event.prompt,
+        size=draw.size,
+        asked_size=draw.asked_size,
+        size_adjusted=draw.size_adjusted,
+        count=draw.count,
+        seeds=event.seeds,
+        negative=draw.negative_prompt,
+        notes=event.notes,
+        expansion_note=note,
     )

@@ -123,7 +123,8 @@ def set_latency(fake_port: int, image: float, expansion: float) -> None:
     import urllib.request
 
     request = urllib.request.Request(
-        f"http://127.0.0.1:{fake_port}/fake/latency", method="POST",
+        f"http://127.0.0.1:{fake_port}/fake/latency",
+        method="POST",
         data=json.dumps({"image": image, "expansion": expansion}).encode(),
         headers={"Content-Type": "application/json"},
     )
@@ -132,9 +133,13 @@ def set_latency(fake_port: int, image: float, expansion: float) -> None:
 
 
 def body(text: str, stream: bool) -> bytes:
-    return json.dumps({
-        "model": "Kwai-Kolors/Kolors", "stream": stream, "messages": [{"role": "user", "content": text}],
-    }).encode()
+    return json.dumps(
+        {
+            "model": "Kwai-Kolors/Kolors",
+            "stream": stream,
+            "messages": [{"role": "user", "content": text}],
+        }
+    ).encode()
 
 
 async def one(session: aiohttp.ClientSession, url: str, payload: bytes, images: int) -> tuple[bool, float, float]:
@@ -183,23 +188,46 @@ def main() -> None:
 
     fake_port, port = free_port(), free_port()
     fake = subprocess.Popen(
-        [sys.executable, "-m", "tests.fake_siliconflow", "--port", str(fake_port),
-         "--image-latency", str(L), "--expansion-latency", str(E)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "tests.fake_siliconflow",
+            "--port",
+            str(fake_port),
+            "--image-latency",
+            str(L),
+            "--expansion-latency",
+            str(E),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
     )
-    env = {**os.environ, "PORT": str(port), "API_BASE_URL": f"http://127.0.0.1:{fake_port}",
-           "API_KEYS": ",".join(f"sk-good-bench-{i:03d}" for i in range(64)),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "API_BASE_URL": f"http://127.0.0.1:{fake_port}",
+        "API_KEYS": ",".join(f"sk-good-bench-{i:03d}" for i in range(64)),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
     env.pop("API_KEY", None)
     redis = None
     if args.redis:
         redis_port = free_port()
-        redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                                  "--appendonly", "no"], cwd="/tmp", stdout=subprocess.DEVNULL, start_new_session=True)
+        redis = subprocess.Popen(
+            ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            cwd="/tmp",
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
     service = subprocess.Popen(
-        ["bash", "-c", f"exec {web_command()}"], cwd=ROOT, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        ["bash", "-c", f"exec {web_command()}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     rows: list[tuple[str, str]] = []
@@ -244,12 +272,14 @@ def main() -> None:
                 share = 100 * len(totals) / n
                 p50 = pct(totals, 50) if totals else float("nan")
                 p99 = pct(totals, 99) if totals else float("nan")
-                rows.append((
-                    f"{n} concurrent {label}",
-                    f"{share:.0f} % ok, p50 {p50:.2f} s, p99 {p99:.2f} s, peak RSS {peak.peak:.0f} MB, "
-                    f"CPU {cpu / n * 1000:.2f} ms/request (wall {wall:.1f} s; "
-                    f"CPU of the fake upstream {others[0]:.1f} s, of the load generator {others[1]:.1f} s)",
-                ))
+                rows.append(
+                    (
+                        f"{n} concurrent {label}",
+                        f"{share:.0f} % ok, p50 {p50:.2f} s, p99 {p99:.2f} s, peak RSS {peak.peak:.0f} MB, "
+                        f"CPU {cpu / n * 1000:.2f} ms/request (wall {wall:.1f} s; "
+                        f"CPU of the fake upstream {others[0]:.1f} s, of the load generator {others[1]:.1f} s)",
+                    )
+                )
     finally:
         for process in (service, fake, *([redis] if redis else [])):
             try:

@@ -44,8 +44,9 @@ def call(url: str, payload: dict | None = None, timeout: float = 120) -> dict:
 
 
 def start(command: list[str], env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    return subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -71,9 +72,16 @@ def services(fake_url: str, keys: list[str], instances: int, env_extra: dict) ->
     started = []
     for _ in range(instances):
         port = free_port()
-        env = {**os.environ, "PORT": str(port), "API_BASE_URL": fake_url, "API_KEYS": ",".join(keys),
-               "PROMPT_EXPANSION": "false", "MAX_IMAGES_PER_REQUEST": "8",
-               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **env_extra}
+        env = {
+            **os.environ,
+            "PORT": str(port),
+            "API_BASE_URL": fake_url,
+            "API_KEYS": ",".join(keys),
+            "PROMPT_EXPANSION": "false",
+            "MAX_IMAGES_PER_REQUEST": "8",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            **env_extra,
+        }
         env.pop("API_KEY", None)
         process = start(["bash", "-c", f"exec {web_command()}"], env)
         started.append((process, f"http://127.0.0.1:{port}"))
@@ -109,8 +117,7 @@ def situation(fake_url: str, name: str, instances: int, env_extra: dict) -> list
     rows = []
     cases = [
         ("4 keys on 4 accounts, 4 x pic:4", [f"sk-good-acct{a}-1" for a in "ABCD"], WINDOW + LATENCY),
-        ("4 keys on 2 accounts, 4 x pic:4", [f"sk-good-acct{a}-{i}" for a in "AB" for i in (1, 2)],
-         3 * WINDOW + LATENCY),
+        ("4 keys on 2 accounts, 4 x pic:4", [f"sk-good-acct{a}-{i}" for a in "AB" for i in (1, 2)], 3 * WINDOW + LATENCY),
     ]
     for label, keys, ideal in cases:
         call(f"{fake_url}/fake/rate", {"count": PER_WINDOW, "seconds": WINDOW})
@@ -125,8 +132,10 @@ def situation(fake_url: str, name: str, instances: int, env_extra: dict) -> list
                 stop(process)
         images = sum(n for n, _ in results.values())
         refused = call(f"{fake_url}/fake/stats")["refused"]
-        rows.append(f"{name:<34} {label:<34} {images}/16 images, {wall:5.1f} s, ideal {ideal:4.1f} s, "
-                    f"ratio {wall / ideal:.2f}, refused {refused}")
+        rows.append(
+            f"{name:<34} {label:<34} {images}/16 images, {wall:5.1f} s, ideal {ideal:4.1f} s, "
+            f"ratio {wall / ideal:.2f}, refused {refused}"
+        )
     call(f"{fake_url}/fake/rate", {"count": PER_WINDOW, "seconds": WINDOW})
     running = services(fake_url, ["sk-good-solo-1"], instances, env_extra)
     try:
@@ -137,22 +146,40 @@ def situation(fake_url: str, name: str, instances: int, env_extra: dict) -> list
             stop(process)
     refused = call(f"{fake_url}/fake/stats")["refused"]
     ideal = WINDOW - 0.5 + LATENCY
-    rows.append(f"{name:<34} {'1 key, pic:6 then pic:1':<34} pic:1 waited {results['small'][1]:4.1f} s "
-                f"(ideal {ideal:.1f} s, ratio {results['small'][1] / ideal:.2f}); pic:6 took "
-                f"{results['big'][1]:4.1f} s; refused {refused}")
+    rows.append(
+        f"{name:<34} {'1 key, pic:6 then pic:1':<34} pic:1 waited {results['small'][1]:4.1f} s "
+        f"(ideal {ideal:.1f} s, ratio {results['small'][1] / ideal:.2f}); pic:6 took "
+        f"{results['big'][1]:4.1f} s; refused {refused}"
+    )
     return rows
 
 
 def main() -> None:
     fake_port = free_port()
-    fake = start([sys.executable, "-m", "tests.fake_siliconflow", "--port", str(fake_port),
-                  "--image-latency", str(LATENCY)])
+    fake = start([sys.executable, "-m", "tests.fake_siliconflow", "--port", str(fake_port), "--image-latency", str(LATENCY)])
     fake_url = f"http://127.0.0.1:{fake_port}"
     redis_home = Path(tempfile.mkdtemp(prefix="bench-redis-"))
     redis_port = free_port()
     redis_server = shutil.which("redis-server")
-    redis = start([redis_server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-                   "no", "--dir", str(redis_home)]) if redis_server else None
+    redis = (
+        start(
+            [
+                redis_server,
+                "--port",
+                str(redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(redis_home),
+            ]
+        )
+        if redis_server
+        else None
+    )
     rows: list[str] = []
     try:
         wait_for(f"{fake_url}/v1/models")
@@ -169,8 +196,10 @@ def main() -> None:
         if redis:
             stop(redis)
         shutil.rmtree(redis_home, ignore_errors=True)
-    print(f"\nfake SiliconFlow: {PER_WINDOW} image calls per account and model in any {WINDOW:g} s, "
-          f"{LATENCY} s per image; service: {web_command()} (default workers)")
+    print(
+        f"\nfake SiliconFlow: {PER_WINDOW} image calls per account and model in any {WINDOW:g} s, "
+        f"{LATENCY} s per image; service: {web_command()} (default workers)"
+    )
     for row in rows:
         print(row)
 

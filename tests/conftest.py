@@ -148,8 +148,11 @@ def production_bin() -> Path:
     wanted = (ROOT / "requirements.txt").read_text()
     if not stamp.exists() or stamp.read_text() != wanted:
         venv.create(home, with_pip=True, clear=True)
-        subprocess.run([str(home / "bin" / "python"), "-m", "pip", "install", "-q", "-r", str(ROOT / "requirements.txt")],
-                       check=True, timeout=900)
+        subprocess.run(
+            [str(home / "bin" / "python"), "-m", "pip", "install", "-q", "-r", str(ROOT / "requirements.txt")],
+            check=True,
+            timeout=900,
+        )
         stamp.write_text(wanted)
     return home / "bin"
 

@@ -172,8 +172,7 @@ class _LskyHandler(_Handler):
                 data = part.get_payload(decode=True) or b""
             elif name == "strategy_id":
                 strategy = (part.get_payload(decode=True) or b"").decode()
-        return Upload(self._token(), self.headers.get("Accept", ""), filename, mimetype, data, strategy,
-                      time.monotonic())
+        return Upload(self._token(), self.headers.get("Accept", ""), filename, mimetype, data, strategy, time.monotonic())
 
     def _answer(self, upload: Upload) -> None:
         server, token = self.server, upload.token
@@ -204,15 +203,32 @@ class _LskyHandler(_Handler):
             name = f"2025/03/28/{secrets.token_hex(6)}.{extension}"
             server.files[name] = (upload.mimetype, upload.data)
             url = f"{server.url}/i/{name}"
-            self._json(200, {"status": True, "message": "上传成功", "data": {
-                "key": secrets.token_urlsafe(4), "name": name.rsplit("/", 1)[-1], "pathname": name,
-                "origin_name": upload.filename, "size": round(len(upload.data) / 1024, 2),
-                "mimetype": upload.mimetype, "extension": extension, "md5": "", "sha1": "",
-                "links": {"url": url, "html": f"&lt;img src=\"{url}\" /&gt;", "bbcode": f"[img]{url}[/img]",
-                          "markdown": f"![{upload.filename}]({url})",
-                          "markdown_with_link": f"[![{upload.filename}]({url})]({url})",
-                          "thumbnail_url": f"{server.url}/thumbnails/x.png"},
-            }})
+            self._json(
+                200,
+                {
+                    "status": True,
+                    "message": "上传成功",
+                    "data": {
+                        "key": secrets.token_urlsafe(4),
+                        "name": name.rsplit("/", 1)[-1],
+                        "pathname": name,
+                        "origin_name": upload.filename,
+                        "size": round(len(upload.data) / 1024, 2),
+                        "mimetype": upload.mimetype,
+                        "extension": extension,
+                        "md5": "",
+                        "sha1": "",
+                        "links": {
+                            "url": url,
+                            "html": f'&lt;img src="{url}" /&gt;',
+                            "bbcode": f"[img]{url}[/img]",
+                            "markdown": f"![{upload.filename}]({url})",
+                            "markdown_with_link": f"[![{upload.filename}]({url})]({url})",
+                            "thumbnail_url": f"{server.url}/thumbnails/x.png",
+                        },
+                    },
+                },
+            )
 
 
 # --- Sink ------------------------------------------------------------------------------------------
@@ -241,8 +257,17 @@ class _SinkHandler(_Handler):
     server: FakeSink
 
     def _error(self, status: int, message: str) -> None:
-        self._json(status, {"error": True, "url": f"{self.server.url}/api/link/create", "statusCode": status,
-                            "statusMessage": message, "message": ""}, indent=2)
+        self._json(
+            status,
+            {
+                "error": True,
+                "url": f"{self.server.url}/api/link/create",
+                "statusCode": status,
+                "statusMessage": message,
+                "message": "",
+            },
+            indent=2,
+        )
 
     def do_POST(self) -> None:
         server = self.server

@@ -210,8 +210,7 @@ def _edit_problem(body: dict) -> str | None:
             return f"The parameter is invalid: {model} takes no {name}."
         match = _DATA_IMAGE.fullmatch(str(body[name]))
         try:
-            if match is None or not base64.b64decode(match[1], validate=True).startswith(
-                    (b"\x89PNG", b"\xff\xd8\xff", b"RIFF")):
+            if match is None or not base64.b64decode(match[1], validate=True).startswith((b"\x89PNG", b"\xff\xd8\xff", b"RIFF")):
                 return f"The parameter is invalid: {name} must be a data:image/…;base64 URI of an image."
         except ValueError:
             return f"The parameter is invalid: {name} is not base64."
@@ -318,21 +317,29 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/fake/stats":  # the benchmark's counters, not SiliconFlow's
             state = self.server.state
             with state.lock:
-                self._json(200, {"refused": state.refused, "image_calls": len(
-                    [c for c in state.calls if c.path == "/v1/images/generations"])})
+                self._json(
+                    200,
+                    {
+                        "refused": state.refused,
+                        "image_calls": len([c for c in state.calls if c.path == "/v1/images/generations"]),
+                    },
+                )
         elif path == "/v1/models":
             state = self.server.state
             with state.lock:
                 state.calls.append(Call(path, self._key(), self.path, time.monotonic(), time.monotonic()))
             if state.models_down:
-                self._json(503, {"code": 50505, "message": "Model service overloaded. Please try again later.",
-                                 "data": None})
+                self._json(503, {"code": 50505, "message": "Model service overloaded. Please try again later.", "data": None})
                 return
             query = parse_qs(urlsplit(self.path).query)
             kind, sub_type = query.get("type", [""])[0], query.get("sub_type", [""])[0]
-            listed = {"text-to-image": (*TEXT_TO_IMAGE, *state.extra_models),
-                      "image-to-image": IMAGE_TO_IMAGE}.get(sub_type) if kind == "image" \
-                else sorted(CHAT_MODELS) if kind == "text" else (*TEXT_TO_IMAGE, *EDIT_MODELS, *sorted(CHAT_MODELS))
+            listed = (
+                {"text-to-image": (*TEXT_TO_IMAGE, *state.extra_models), "image-to-image": IMAGE_TO_IMAGE}.get(sub_type)
+                if kind == "image"
+                else sorted(CHAT_MODELS)
+                if kind == "text"
+                else (*TEXT_TO_IMAGE, *EDIT_MODELS, *sorted(CHAT_MODELS))
+            )
             if kind == "image" and not sub_type:
                 listed = (*TEXT_TO_IMAGE, *EDIT_MODELS)
             data = [{"id": m, "object": "model", "created": 0, "owned_by": ""} for m in listed or ()]
@@ -345,8 +352,14 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             broke = self._key().startswith("sk-broke") and self._key() not in self.server.state.funded
             balance = "0.00" if broke else "14.00"
-            data = {"id": account_of(self._key()), "name": "username", "balance": balance, "status": "normal",
-                    "chargeBalance": "0.00", "totalBalance": balance}
+            data = {
+                "id": account_of(self._key()),
+                "name": "username",
+                "balance": balance,
+                "status": "normal",
+                "chargeBalance": "0.00",
+                "totalBalance": balance,
+            }
             self._json(200, {"code": 20000, "message": "OK", "status": True, "data": data})
         else:
             self._send(404, b"404 page not found", "text/plain; charset=utf-8")
@@ -378,8 +391,7 @@ class _Handler(BaseHTTPRequestHandler):
             elif path == "/fake/latency" and isinstance(body, dict):  # the benchmark's knob, not SiliconFlow's
                 self.server.state.image_latency = float(body.get("image", 0))
                 self.server.state.expansion_latency = float(body.get("expansion", 0))
-                self._json(200, {"image": self.server.state.image_latency,
-                                 "expansion": self.server.state.expansion_latency})
+                self._json(200, {"image": self.server.state.image_latency, "expansion": self.server.state.expansion_latency})
             else:
                 self._send(404, b"404 page not found", "text/plain; charset=utf-8")
         finally:
@@ -414,8 +426,10 @@ class _Handler(BaseHTTPRequestHandler):
         elif key.startswith("sk-html"):
             self._send(200, b"<html><body>502 Bad Gateway</body></html>", "text/html")
         elif key.startswith("sk-echo"):
-            message = (f"Invalid request for Authorization: Bearer {key} -- see [the docs](http://attacker.example/) "
-                       "<img src=x onerror=alert(1)> ![x](http://attacker.example/p.png) http://attacker.example/bare")
+            message = (
+                f"Invalid request for Authorization: Bearer {key} -- see [the docs](http://attacker.example/) "
+                "<img src=x onerror=alert(1)> ![x](http://attacker.example/p.png) http://attacker.example/bare"
+            )
             self._json(400, {"code": 20015, "message": message, "data": None})
         elif key.startswith("sk-verbose"):
             self._json(400, {"code": 20015, "message": "token" + " " * 300_000 + ",", "data": None})
@@ -428,7 +442,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif not isinstance(body, dict) or not isinstance(body.get("prompt"), str) or not body.get("model"):
             self._json(400, {"code": 20015, "message": "The parameter is invalid. Please check again.", "data": None})
         elif body["model"] not in (*TEXT_TO_IMAGE, *EDIT_MODELS) and not body["model"].startswith(
-                ("black-forest-labs/", "stabilityai/")):
+            ("black-forest-labs/", "stabilityai/")
+        ):
             self._json(400, {"code": 20012, "message": "Model does not exist. Please check it carefully.", "data": None})
         elif (problem := _edit_problem(body)) is not None:
             self._json(400, {"code": 20015, "message": problem, "data": None})
@@ -441,8 +456,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._wait(state.image_latency)
             created = int(time.time())
             images = [] if key.startswith("sk-empty") else [{"url": self._image_url(created, key)}]
-            self._json(200, {"images": images, "data": images, "timings": {"inference": state.image_latency},
-                             "seed": body.get("seed", 12345), "shared_id": "0", "created": created})
+            self._json(
+                200,
+                {
+                    "images": images,
+                    "data": images,
+                    "timings": {"inference": state.image_latency},
+                    "seed": body.get("seed", 12345),
+                    "shared_id": "0",
+                    "created": created,
+                },
+            )
 
     def _huge(self, url: str) -> None:
         head = json.dumps({"images": [{"url": url}], "pad": ""})[:-2].encode()
@@ -467,8 +491,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _drip_headers(self, url: str) -> None:
         body = json.dumps({"images": [{"url": url}]}).encode()
-        head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Padding: " + b"p" * 200 +
-                b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+        head = (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Padding: "
+            + b"p" * 200
+            + b"\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+        )
         self._drip(head)
         self.wfile.write(body)
 
@@ -498,8 +527,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self.server.state.redirect_to
         else:
             name += ".png"
-        return (f"{self.server.url}/outputs%2F20251024%2F{name}?Expires={created + 3600}"
-                f"&OSSAccessKeyId=LTAIfake&Signature={secrets.token_urlsafe(20)}")
+        return (
+            f"{self.server.url}/outputs%2F20251024%2F{name}?Expires={created + 3600}"
+            f"&OSSAccessKeyId=LTAIfake&Signature={secrets.token_urlsafe(20)}"
+        )
 
     def _chat(self, body: Any) -> None:
         state = self.server.state
@@ -539,18 +570,26 @@ class _Handler(BaseHTTPRequestHandler):
         elif mode == "long":
             content = "a very fluffy cat " * 4000
         elif mode == "markdown":
-            content = (f"{content} ![stolen](http://attacker.example/p.png) [click here](http://attacker.example/) "
-                       "<img src=x onerror=alert(1)> www.attacker.example")
+            content = (
+                f"{content} ![stolen](http://attacker.example/p.png) [click here](http://attacker.example/) "
+                "<img src=x onerror=alert(1)> www.attacker.example"
+            )
         elif mode == "surrogate":
             content = f"{content} \ud800"
         elif mode == "secret":
             content = f"{content}, Authorization: Bearer {self._key()}, and the key {self._key()}"
-        self._json(200, {
-            "id": secrets.token_hex(16), "object": "chat.completion", "created": int(time.time()),
-            "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 100, "completion_tokens": 40, "total_tokens": 140}, "system_fingerprint": "",
-        })
+        self._json(
+            200,
+            {
+                "id": secrets.token_hex(16),
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 100, "completion_tokens": 40, "total_tokens": 140},
+                "system_fingerprint": "",
+            },
+        )
 
 
 def _demo(port: int, service_port: int) -> None:
@@ -569,12 +608,14 @@ def _demo(port: int, service_port: int) -> None:
     )
     app = create_app(settings)
     banner = (
-        "\n" + "=" * 72 +
-        "\n  DEMO MODE: images come from the bundled FAKE SiliconFlow at " + fake.url +
-        "\n  They are coloured gradients, not real drawings. No real key is used." +
-        f"\n  Try: curl -N http://127.0.0.1:{service_port}/v1/chat/completions "
+        "\n"
+        + "=" * 72
+        + "\n  DEMO MODE: images come from the bundled FAKE SiliconFlow at "
+        + fake.url
+        + "\n  They are coloured gradients, not real drawings. No real key is used."
+        + f"\n  Try: curl -N http://127.0.0.1:{service_port}/v1/chat/completions "
         "-H 'Content-Type: application/json' \\"
-        "\n        -d '{\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"画一只猫 pic:2\"}]}'"
+        '\n        -d \'{"stream":true,"messages":[{"role":"user","content":"画一只猫 pic:2"}]}\''
         "\n" + "=" * 72
     )
     logging.getLogger("siliconflow_proxy").warning(banner)

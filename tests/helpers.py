@@ -33,7 +33,7 @@ def sse_events(response: requests.Response) -> Iterator[str]:
             event, buffer = buffer.split(b"\n\n", 1)
             for line in event.decode().split("\n"):
                 if line.startswith("data: "):
-                    yield line[len("data: "):]
+                    yield line[len("data: ") :]
     assert buffer == b"", f"stream ended inside an event: {buffer!r}"
 
 

@@ -29,6 +29,5 @@ def node_modules(package: str) -> Path:
     require(shutil.which("node") and shutil.which("npm"), "Node.js and npm")
     path = JS_DIR / "node_modules" / package
     if not path.exists():
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=JS_DIR, check=True, timeout=600,
-                       capture_output=True)
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=JS_DIR, check=True, timeout=600, capture_output=True)
     return path

@@ -17,9 +17,7 @@ messages = json.loads(prompt) if prompt.startswith("[") else [{"role": "user", "
 try:
     if mode == "stream":
         content, chunks = "", 0
-        response = openai.ChatCompletion.create(
-            model="Kwai-Kolors/Kolors", messages=messages, stream=True, request_timeout=60
-        )
+        response = openai.ChatCompletion.create(model="Kwai-Kolors/Kolors", messages=messages, stream=True, request_timeout=60)
         for chunk in response:
             chunks += 1
             if hasattr(chunk.choices[0].delta, "content"):

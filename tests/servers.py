@@ -37,8 +37,9 @@ class Gunicorn:
     def __init__(self, env_extra: dict[str, str], bin_dir: Path):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("API_", "MAX_IMAGES", "VIRTUAL_ENV", "PYTHON", "GUNICORN_"))}
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("API_", "MAX_IMAGES", "VIRTUAL_ENV", "PYTHON", "GUNICORN_"))
+        }
         env.update(PORT=str(self.port), PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", **env_extra)
         # Output goes to a file: a pipe nobody reads fills up and blocks the server's logging. It is
         # read through a handle of its own: one shared with the child would move its write offset.
@@ -46,8 +47,13 @@ class Gunicorn:
         self._final_log: str | None = None
         with os.fdopen(fd, "w") as out:
             self.process = subprocess.Popen(
-                ["bash", "-c", f"exec {web_command()}"], cwd=ROOT, env=env,
-                stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                ["bash", "-c", f"exec {web_command()}"],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
             )
 
     def wait_until_up(self, seconds: float = 30) -> bool:
@@ -130,8 +136,7 @@ class Nginx:
         if read_timeout:
             server = server.replace("proxy_read_timeout 120s;", f"proxy_read_timeout {read_timeout};")
         (self.home / "site.conf").write_text(server)
-        temp = "".join(f"{name}_temp_path {self.home}/{name};\n"
-                       for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        temp = "".join(f"{name}_temp_path {self.home}/{name};\n" for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
         (self.home / "nginx.conf").write_text(
             f"daemon off;\nmaster_process off;\nworker_processes 1;\npid {self.home}/nginx.pid;\n"
             f"error_log {self.home}/error.log warn;\nworker_rlimit_nofile 16384;\n"
@@ -140,7 +145,9 @@ class Nginx:
         )
         self.process = subprocess.Popen(
             [NGINX, "-p", str(self.home), "-c", str(self.home / "nginx.conf")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         if not _listening(self.port, self.process):
             raise AssertionError("nginx did not start: " + self.errors())
@@ -177,9 +184,24 @@ class RedisServer:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.home), "--protected-mode", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                REDIS_SERVER,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.home),
+                "--protected-mode",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         if not _listening(self.port, self.process):
             raise AssertionError("redis-server did not start")

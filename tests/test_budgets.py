@@ -42,8 +42,7 @@ def test_with_a_budget_no_call_is_refused_and_every_image_arrives(serve, fake):
 
 def test_without_a_budget_each_account_is_refused_about_once_per_window(serve, fake):
     fake.state.rate_limit = (2, 1.0)
-    service = serve(api_keys=(A1, A2, B1, B2), rate_limit_rest=1.0, prompt_expansion=False,
-                    max_images_per_request=8)
+    service = serve(api_keys=(A1, A2, B1, B2), rate_limit_rest=1.0, prompt_expansion=False, max_images_per_request=8)
     started = time.monotonic()
     answers, seconds = _at_once(service.url, ["画一只猫 pic:8", "画一只狗 pic:8"])
     assert [len(images_in(a)) for a in answers] == [8, 8]
@@ -55,8 +54,9 @@ def test_without_a_budget_each_account_is_refused_about_once_per_window(serve, f
 
 def test_a_later_pic_1_is_not_held_behind_all_of_an_earlier_pic_6(serve, fake):
     fake.state.rate_limit = (2, 1.0)
-    service = serve(api_keys=("sk-good-solo-0001",), image_rate_limit=((2, 1.0),), prompt_expansion=False,
-                    max_images_per_request=8)
+    service = serve(
+        api_keys=("sk-good-solo-0001",), image_rate_limit=((2, 1.0),), prompt_expansion=False, max_images_per_request=8
+    )
     done: dict[str, float] = {}
 
     def ask(name: str, text: str) -> None:
@@ -76,8 +76,7 @@ def test_a_later_pic_1_is_not_held_behind_all_of_an_earlier_pic_6(serve, fake):
 
 def test_a_waiting_stream_says_where_it_stands(serve, fake):
     fake.state.rate_limit = (1, 2.0)
-    service = serve(api_keys=("sk-good-solo-0002",), image_rate_limit=((1, 2.0),), prompt_expansion=False,
-                    heartbeat_seconds=0.5)
+    service = serve(api_keys=("sk-good-solo-0002",), image_rate_limit=((1, 2.0),), prompt_expansion=False, heartbeat_seconds=0.5)
     content = answer_text(service.url, "画一只猫 pic:2", stream=True)
     assert "⏳ 排队等候上游名额：本次还有 1 张在等" in content and "秒后空出" in content
     assert len(images_in(content)) == 2
@@ -85,8 +84,7 @@ def test_a_waiting_stream_says_where_it_stands(serve, fake):
 
 def test_request_timeout_still_bounds_a_waiting_image_and_says_why(serve, fake):
     fake.state.rate_limit = (1, 30.0)
-    service = serve(api_keys=("sk-good-solo-0003",), image_rate_limit=((1, 30.0),), prompt_expansion=False,
-                    request_timeout=2)
+    service = serve(api_keys=("sk-good-solo-0003",), image_rate_limit=((1, 30.0),), prompt_expansion=False, request_timeout=2)
     started = time.monotonic()
     content = answer_text(service.url, "画一只猫 pic:2", stream=False)
     assert time.monotonic() - started < 3

@@ -164,8 +164,10 @@ def test_only_the_current_turns_user_text_is_drawn(serve, fake):
             {"role": "system", "content": "You are a helpful assistant."},
             {"role": "user", "content": "画一只猫 pic:3"},
             {"role": "assistant", "content": "![image1|cat](http://x/1.png)"},
-            {"role": "user", "content": [{"type": "text", "text": "画一只狗"},
-                                         {"type": "image_url", "image_url": {"url": "http://x/1.png"}}]},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "画一只狗"}, {"type": "image_url", "image_url": {"url": "http://x/1.png"}}],
+            },
         ],
     }
     post_chat(service.url, body)
@@ -193,8 +195,7 @@ def _error(response: requests.Response, status: int) -> dict:
         (b'{"messages": ["draw a cat"]}', "messages[0]"),
         (b'{"messages": [{"role": "user", "content": 42}]}', "messages[0].content"),
         (b'{"messages": [{"role": "user", "content": "   "}]}', "Nothing to draw"),
-        (b'{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}',
-         "Nothing to draw"),
+        (b'{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}', "Nothing to draw"),
         (b'{"messages": [{"role": "user", "content": "cat"}], "model": "dall-e-3"}', "Unknown model 'dall-e-3'"),
         (b'{"messages": [{"role": "user", "content": "cat"}], "model": 7}', "'model' must be a string"),
         (b'{"messages": [{"role": "user", "content": "cat"}], "stream": "yes"}', "'stream' must be"),
@@ -282,8 +283,12 @@ def test_models_lists_the_image_models_siliconflow_serves_now(service, fake):
     assert listing["object"] == "list"
     ids = [m["id"] for m in listing["data"]]
     assert ids[:2] == ["Kwai-Kolors/Kolors", "Qwen/Qwen-Image"]  # ours first, in our order
-    assert {"Tongyi-MAI/Z-Image-Turbo", "black-forest-labs/FLUX.2-pro", "Qwen/Qwen-Image-Edit-2509",
-            "black-forest-labs/FLUX.1-Kontext-dev"} <= set(ids)  # newer models, and the edit models
+    assert {
+        "Tongyi-MAI/Z-Image-Turbo",
+        "black-forest-labs/FLUX.2-pro",
+        "Qwen/Qwen-Image-Edit-2509",
+        "black-forest-labs/FLUX.1-Kontext-dev",
+    } <= set(ids)  # newer models, and the edit models
     assert "prompthero/openjourney" not in ids and "Qwen/Qwen2.5-7B-Instruct" not in ids  # withdrawn; chat
     assert len(ids) == len(set(ids))
     asked = [c.body for c in fake.state.calls if c.path == "/v1/models"]
@@ -339,9 +344,16 @@ def test_logs_never_contain_a_key_or_token(serve, fake, lsky, sink, capfd):
     upstream_keys = ("sk-good-secretA1", "sk-dead-secretB2", "sk-limited-secC3")
     lsky_token, sink_token = "1|quota-lsky-secret", "sink-secret-token"  # failing, so their errors get logged
     sink.fail = True
-    service = serve(api_key=SERVICE_KEY, api_keys=upstream_keys, use_lsky_pro=True, lsky_pro_url=lsky.url,
-                    lsky_pro_token=lsky_token, use_shortlink=True, shortlink_base_url=sink.url,
-                    shortlink_api_key=sink_token)
+    service = serve(
+        api_key=SERVICE_KEY,
+        api_keys=upstream_keys,
+        use_lsky_pro=True,
+        lsky_pro_url=lsky.url,
+        lsky_pro_token=lsky_token,
+        use_shortlink=True,
+        shortlink_base_url=sink.url,
+        shortlink_api_key=sink_token,
+    )
     post_chat(service.url, chat_body("画一只猫 pic:3"), key=SERVICE_KEY)
     assert "[DONE]" in post_chat(service.url, chat_body("画一只猫 pic:3", stream=True), key=SERVICE_KEY).text
     post_chat(service.url, chat_body("画一只猫"), key="wrong-" + SERVICE_KEY)
@@ -351,7 +363,7 @@ def test_logs_never_contain_a_key_or_token(serve, fake, lsky, sink, capfd):
     logging.getLogger("urllib3").setLevel(logging.NOTSET)
     logged = written.getvalue() + capfd.readouterr().err
     assert "req=" in logged and "…etA1" in logged  # keys are identified only masked, short ones by their end
-    assert "蓝空图床上传失败" in logged and "短链接生成失败" in logged
+    assert "uploading to Lsky Pro failed" in logged and "the short link could not be made" in logged
     for secret in (SERVICE_KEY, *upstream_keys, lsky_token, sink_token):
         assert secret not in logged
 

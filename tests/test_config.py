@@ -25,11 +25,19 @@ def test_defaults_are_the_documented_ones():
 
 
 def test_lists_and_flags_are_read():
-    settings = Settings.from_env({
-        "API_KEYS": " sk-a , sk-b,,sk-c ", "USE_LSKY_PRO": "TRUE", "PROMPT_EXPANSION": "off",
-        "LSKY_PRO_URL": "https://img.example.com/", "LSKY_PRO_TOKEN": "1|token", "LSKY_STRATEGY_ID": "2",
-        "BANNED_KEYWORDS": "Gore, 血腥", "API_BASE_URL": "http://127.0.0.1:9000/", "MODELS": "a/b",
-    })
+    settings = Settings.from_env(
+        {
+            "API_KEYS": " sk-a , sk-b,,sk-c ",
+            "USE_LSKY_PRO": "TRUE",
+            "PROMPT_EXPANSION": "off",
+            "LSKY_PRO_URL": "https://img.example.com/",
+            "LSKY_PRO_TOKEN": "1|token",
+            "LSKY_STRATEGY_ID": "2",
+            "BANNED_KEYWORDS": "Gore, 血腥",
+            "API_BASE_URL": "http://127.0.0.1:9000/",
+            "MODELS": "a/b",
+        }
+    )
     assert settings.api_keys == ("sk-a", "sk-b", "sk-c")
     assert settings.use_lsky_pro and not settings.prompt_expansion
     assert (settings.lsky_pro_url, settings.lsky_strategy_id) == ("https://img.example.com", 2)
@@ -40,10 +48,15 @@ def test_lists_and_flags_are_read():
 
 def test_every_bad_variable_is_named_at_once():
     with pytest.raises(ConfigError) as caught:
-        Settings.from_env({
-            "MAX_IMAGES_PER_REQUEST": "abc", "PORT": "70000", "USE_SHORTLINK": "maybe",
-            "API_BASE_URL": "api.siliconflow.cn", "UPSTREAM_TIMEOUT": "-1",
-        })
+        Settings.from_env(
+            {
+                "MAX_IMAGES_PER_REQUEST": "abc",
+                "PORT": "70000",
+                "USE_SHORTLINK": "maybe",
+                "API_BASE_URL": "api.siliconflow.cn",
+                "UPSTREAM_TIMEOUT": "-1",
+            }
+        )
     message = str(caught.value)
     for name in ("MAX_IMAGES_PER_REQUEST", "PORT", "USE_SHORTLINK", "API_BASE_URL", "UPSTREAM_TIMEOUT"):
         assert name in message
@@ -58,11 +71,18 @@ def test_switched_on_features_need_their_settings():
 
 
 def test_secrets_stay_out_of_repr():
-    settings = Settings.from_env({
-        "API_KEY": "svc-very-secret", "API_KEYS": "sk-upstream-secret", "USE_LSKY_PRO": "true",
-        "LSKY_PRO_URL": "https://img.example.com", "LSKY_PRO_TOKEN": "1|lsky-secret",
-        "USE_SHORTLINK": "true", "SHORTLINK_BASE_URL": "https://s.example.com", "SHORTLINK_API_KEY": "sink-secret",
-    })
+    settings = Settings.from_env(
+        {
+            "API_KEY": "svc-very-secret",
+            "API_KEYS": "sk-upstream-secret",
+            "USE_LSKY_PRO": "true",
+            "LSKY_PRO_URL": "https://img.example.com",
+            "LSKY_PRO_TOKEN": "1|lsky-secret",
+            "USE_SHORTLINK": "true",
+            "SHORTLINK_BASE_URL": "https://s.example.com",
+            "SHORTLINK_API_KEY": "sink-secret",
+        }
+    )
     for secret in ("svc-very-secret", "sk-upstream-secret", "1|lsky-secret", "sink-secret"):
         assert secret not in repr(settings)
 

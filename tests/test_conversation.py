@@ -109,9 +109,12 @@ def test_open_webui_emoji_task_gets_one_emoji(chat, fake):
 def test_the_open_webui_task_header_names_the_task(chat, fake):
     service, history = chat
     calls = len(fake.state.image_calls())
-    response = requests.post(f"{service.url}/v1/chat/completions", timeout=30,
-                             headers={"X-OpenWebUI-Task": "title_generation"},
-                             json={"model": "Kwai-Kolors/Kolors", "messages": [{"role": "user", "content": "anything"}]})
+    response = requests.post(
+        f"{service.url}/v1/chat/completions",
+        timeout=30,
+        headers={"X-OpenWebUI-Task": "title_generation"},
+        json={"model": "Kwai-Kolors/Kolors", "messages": [{"role": "user", "content": "anything"}]},
+    )
     assert "title" in parse_like_open_webui(response.json()["choices"][0]["message"]["content"])
     assert len(fake.state.image_calls()) == calls
 
@@ -134,8 +137,10 @@ def test_lobechat_title_streams_for_a_model_of_its_own(chat, fake):
     service, history = chat
     fake.state.expansion_mode = "helpful"
     calls = len(fake.state.image_calls())
-    messages = [{"role": "system", "content": lobechat_title_system("zh-CN")},
-                {"role": "user", "content": render_lobechat([history[0], {"role": "assistant", "content": "..."}])}]
+    messages = [
+        {"role": "system", "content": lobechat_title_system("zh-CN")},
+        {"role": "user", "content": render_lobechat([history[0], {"role": "assistant", "content": "..."}])},
+    ]
     answer = _ask(service, messages, stream=True, model="gpt-5-mini", stream_options={"include_usage": True})
     assert answer == "可爱橘猫" and len(fake.state.image_calls()) == calls
 
@@ -144,9 +149,11 @@ def test_nextchat_title_and_memory(chat, fake):
     service, history = chat
     fake.state.expansion_mode = "fail"
     calls = len(fake.state.image_calls())
-    topic = ("Please generate a four to five word title summarizing our conversation without any lead-in, "
-             "punctuation, quotation marks, periods, symbols, bold text, or additional text. Remove enclosing "
-             "quotation marks.")
+    topic = (
+        "Please generate a four to five word title summarizing our conversation without any lead-in, "
+        "punctuation, quotation marks, periods, symbols, bold text, or additional text. Remove enclosing "
+        "quotation marks."
+    )
     assert _ask(service, [*history, {"role": "user", "content": topic}], model="gpt-4o-mini") == "可爱的猫咪"
     memory = "Summarize the discussion briefly in 200 words or less to use as a prompt for future context."
     summary = _ask(service, [*history, {"role": "system", "content": memory}], stream=True)
@@ -158,22 +165,33 @@ def test_cherry_studio_title(chat, fake):
     service, history = chat
     fake.state.expansion_mode = "fail"
     calls = len(fake.state.image_calls())
-    naming = ("Summarize the conversation into a title in zh-CN within 10 characters ignoring instructions and "
-              "without punctuation or symbols. Output only the title string without anything else.")
-    quoted = json.dumps([{"role": "user", "mainText": FIRST}, {"role": "assistant", "mainText": "完成"}],
-                        ensure_ascii=False, separators=(",", ":"))
+    naming = (
+        "Summarize the conversation into a title in zh-CN within 10 characters ignoring instructions and "
+        "without punctuation or symbols. Output only the title string without anything else."
+    )
+    quoted = json.dumps(
+        [{"role": "user", "mainText": FIRST}, {"role": "assistant", "mainText": "完成"}],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
     assert _ask(service, [{"role": "system", "content": naming}, {"role": "user", "content": quoted}]) == "可爱的猫咪"
     assert len(fake.state.image_calls()) == calls
 
 
-@pytest.mark.parametrize("text", [
-    "### Task: 画一只戴帽子的猫",
-    "### Task:\n画一只猫\n<chat_history>\nUSER: 狗\n</chat_history>\nJSON format: { \"title\": \"x\" }",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "### Task: 画一只戴帽子的猫",
+        '### Task:\n画一只猫\n<chat_history>\nUSER: 狗\n</chat_history>\nJSON format: { "title": "x" }',
+    ],
+)
 def test_a_message_that_only_looks_like_a_template_is_drawn(serve, fake, text):
     service = serve(prompt_expansion=False)
-    history = [{"role": "user", "content": "画一只狗"}, {"role": "assistant", "content": "好的"},
-               {"role": "user", "content": text}] if "<chat_history>" in text else [{"role": "user", "content": text}]
+    history = (
+        [{"role": "user", "content": "画一只狗"}, {"role": "assistant", "content": "好的"}, {"role": "user", "content": text}]
+        if "<chat_history>" in text
+        else [{"role": "user", "content": text}]
+    )
     answer = _ask(service, history)
     assert len(images_in(answer)) == 1 and len(fake.state.image_calls()) == 1
 
@@ -183,13 +201,20 @@ def test_open_webuis_own_image_generation_is_told_not_drawn_again(serve, fake, s
     """Open WebUI's Image switch (Function Calling "Legacy") calls the Images API itself, then asks
     the chat model to tell the user, with its own context first: one picture, not two."""
     service = serve()
-    done, edited, failed = (next(c for c in open_webui_image_contexts() if c.startswith(start)) for start in (
-        "<context>The requested image has been created", "<context>The requested image has been edited",
-        "<context>Image generation was attempted but failed because"))
+    done, edited, failed = (
+        next(c for c in open_webui_image_contexts() if c.startswith(start))
+        for start in (
+            "<context>The requested image has been created",
+            "<context>The requested image has been edited",
+            "<context>Image generation was attempted but failed because",
+        )
+    )
     said = []
     for context in (done, edited, failed.replace("{error_message}", "[x](http://attacker.example/) quota")):
-        messages = [{"role": "system", "content": f"{context}\nYou are a helpful assistant."},
-                    {"role": "user", "content": "画一只可爱的小狗"}]
+        messages = [
+            {"role": "system", "content": f"{context}\nYou are a helpful assistant."},
+            {"role": "user", "content": "画一只可爱的小狗"},
+        ]
         said.append(_ask(service, messages, stream=stream))
     assert said[:2] == ["图片已经画好，就在上面。", "图片已经改好，就在上面。"]
     assert said[2].startswith("图片没有画成：") and "quota" in said[2]
@@ -211,10 +236,11 @@ def test_follow_up_suggestions_keep_to_shapes_the_model_can_draw(serve, fake, ch
         fake.state.expansion_mode = "helpful"  # its suggestions include "改成 16:9 横图"
     service = serve(prompt_expansion=chat_model == "helpful")
     template = open_webui_templates()["DEFAULT_FOLLOW_UP_GENERATION_PROMPT_TEMPLATE"]
-    prompt = render_open_webui(template, [{"role": "user", "content": "画一只猫"},
-                                          {"role": "assistant", "content": "好的"}])
-    offered = {model: parse_like_open_webui(_ask(service, [{"role": "user", "content": prompt}], model=model))["follow_ups"]
-               for model in ("Qwen/Qwen-Image", "Kwai-Kolors/Kolors", "Qwen/Qwen-Image-Edit-2509")}
+    prompt = render_open_webui(template, [{"role": "user", "content": "画一只猫"}, {"role": "assistant", "content": "好的"}])
+    offered = {
+        model: parse_like_open_webui(_ask(service, [{"role": "user", "content": prompt}], model=model))["follow_ups"]
+        for model in ("Qwen/Qwen-Image", "Kwai-Kolors/Kolors", "Qwen/Qwen-Image-Edit-2509")
+    }
     ratios = {model: [s for s in suggested if re.search(r"\d+:\d+", s)] for model, suggested in offered.items()}
     assert ratios["Qwen/Qwen-Image"] == ["改成 16:9 横图"] and ratios["Qwen/Qwen-Image-Edit-2509"] == []
     assert ratios["Kwai-Kolors/Kolors"] == ([] if chat_model == "helpful" else ["改成 9:16 竖图"])
@@ -258,12 +284,15 @@ def test_a_follow_up_without_expansion_combines_plainly(serve, fake):
     assert {c.body["prompt"] for c in fake.state.image_calls()[2:]} == {"画一只可爱的猫咪, 换成蓝色"}
 
 
-@pytest.mark.parametrize("turn, count, size, same_prompt", [
-    ("再来一张", 1, "720x1280", True),
-    ("16:9", 2, "1024x1024", True),  # 16:9 replaces 9:16 (Kolors has no landscape size: its nearest)
-    ("换成水彩风格 pic:3", 3, "720x1280", False),
-    ("again", 1, "720x1280", True),
-])
+@pytest.mark.parametrize(
+    "turn, count, size, same_prompt",
+    [
+        ("再来一张", 1, "720x1280", True),
+        ("16:9", 2, "1024x1024", True),  # 16:9 replaces 9:16 (Kolors has no landscape size: its nearest)
+        ("换成水彩风格 pic:3", 3, "720x1280", False),
+        ("again", 1, "720x1280", True),
+    ],
+)
 def test_what_the_new_turn_says_wins(serve, fake, turn, count, size, same_prompt):
     service = serve(prompt_expansion=False)
     first = answer_text(service.url, FIRST, stream=False)
@@ -291,8 +320,10 @@ def test_follow_ups_through_openai_v1(chat, fake, stream):
     before = len(fake.state.image_calls())
     messages = [*history, {"role": "user", "content": "换成蓝色"}]
     if stream:
-        content = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
-            model="Kwai-Kolors/Kolors", messages=messages, stream=True))
+        content = "".join(
+            c.choices[0].delta.content or ""
+            for c in client.chat.completions.create(model="Kwai-Kolors/Kolors", messages=messages, stream=True)
+        )
     else:
         content = client.chat.completions.create(model="Kwai-Kolors/Kolors", messages=messages).choices[0].message.content
     calls = fake.state.image_calls()[before:]
@@ -305,8 +336,9 @@ def test_follow_ups_through_legacy_openai(chat, fake, legacy_python, mode):
     service, history = chat
     before = len(fake.state.image_calls())
     messages = json.dumps([*history, {"role": "user", "content": "换成蓝色"}], ensure_ascii=False)
-    result = subprocess.run([legacy_python, str(LEGACY_SCRIPT), service.url, "x", mode, messages],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [legacy_python, str(LEGACY_SCRIPT), service.url, "x", mode, messages], capture_output=True, text=True, timeout=120
+    )
     out = json.loads(result.stdout.strip().splitlines()[-1])
     calls = fake.state.image_calls()[before:]
     assert len(images_in(out["content"])) == 2 and {c.body["image_size"] for c in calls} == {"720x1280"}
@@ -321,8 +353,9 @@ def test_a_chat_model_that_echoes_does_not_make_the_title(chat, fake):
     has not written a title, and the local one is used."""
     service, history = chat
     fake.state.expansion_mode = "ok"  # the fake chat model echoes: "A detailed illustration of …"
-    task = render_open_webui(open_webui_templates()["DEFAULT_TITLE_GENERATION_PROMPT_TEMPLATE"],
-                             [history[0], {"role": "assistant", "content": ""}])
+    task = render_open_webui(
+        open_webui_templates()["DEFAULT_TITLE_GENERATION_PROMPT_TEMPLATE"], [history[0], {"role": "assistant", "content": ""}]
+    )
     assert parse_like_open_webui(_ask(service, [{"role": "user", "content": task}]))["title"] == "可爱的猫咪"
 
 
@@ -333,13 +366,11 @@ def test_follow_up_suggestions_move_on_with_the_conversation(chat, fake):
 
     def suggestions(messages: list[dict]) -> list[str]:
         task = render_open_webui(template, messages)
-        return parse_like_open_webui(_ask(service, [{"role": "user", "content": task}],
-                                          model="Qwen/Qwen-Image"))["follow_ups"]
+        return parse_like_open_webui(_ask(service, [{"role": "user", "content": task}], model="Qwen/Qwen-Image"))["follow_ups"]
 
     first = suggestions(history)
     assert "换成水彩风格" in first and "改成 16:9 横图" in first  # the picture is 9:16; Qwen-Image draws 16:9
-    later = suggestions([*history, {"role": "user", "content": "换成水彩风格"},
-                         {"role": "assistant", "content": "…"}])
+    later = suggestions([*history, {"role": "user", "content": "换成水彩风格"}, {"role": "assistant", "content": "…"}])
     assert not any("水彩" in item for item in later) and later != first
 
 

@@ -33,8 +33,9 @@ def gunicorn(fake, production_bin):
 
 def test_a_clean_install_runs_the_procfile_with_gevent_and_draws(gunicorn, fake, production_bin):
     """requirements.txt alone, then the Procfile's command: what Docker, Heroku and a VPS run."""
-    installed = subprocess.run([str(production_bin / "python"), "-m", "pip", "list", "--format=freeze"],
-                               capture_output=True, text=True, check=True).stdout.lower()
+    installed = subprocess.run(
+        [str(production_bin / "python"), "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True, check=True
+    ).stdout.lower()
     assert "pytest" not in installed and "openai" not in installed  # nothing from the dev requirements
     response = post_chat(gunicorn.url, chat_body("画一只猫 16:9 pic:2", stream=True), stream=True)
     assert response.headers["Content-Type"].startswith("text/event-stream")
@@ -72,7 +73,8 @@ def _abort_stream(port: int) -> None:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
         )
         received = b""
         while b"data: " not in received:
@@ -87,12 +89,20 @@ def _abort_stream(port: int) -> None:
 @pytest.mark.parametrize("worker_class", ["gevent", "gthread"])
 def test_a_thousand_aborted_streams_leave_no_threads_or_sockets_behind(fake, worker_class, production_bin):
     fake.state.image_latency = 0.5
-    server = Gunicorn({
-        "API_BASE_URL": fake.url, "API_KEYS": "sk-good-ab1,sk-good-ab2,sk-good-ab3,sk-good-ab4",
-        "GUNICORN_WORKER_CLASS": worker_class, "WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "16",
-        "GUNICORN_WORKER_CONNECTIONS": "16", "UPSTREAM_WORKERS": "4",
-        "HEARTBEAT_SECONDS": "0.05", "PROMPT_EXPANSION": "false",
-    }, production_bin)
+    server = Gunicorn(
+        {
+            "API_BASE_URL": fake.url,
+            "API_KEYS": "sk-good-ab1,sk-good-ab2,sk-good-ab3,sk-good-ab4",
+            "GUNICORN_WORKER_CLASS": worker_class,
+            "WEB_CONCURRENCY": "1",
+            "GUNICORN_THREADS": "16",
+            "GUNICORN_WORKER_CONNECTIONS": "16",
+            "UPSTREAM_WORKERS": "4",
+            "HEARTBEAT_SECONDS": "0.05",
+            "PROMPT_EXPANSION": "false",
+        },
+        production_bin,
+    )
     url, port = server.url, server.port
     try:
         assert server.wait_until_up()
@@ -149,8 +159,13 @@ def _stream_with_sigterm(server: Gunicorn, text: str) -> tuple[str, list[str], f
 
 def test_sigterm_ends_a_waiting_stream_with_a_line_and_done(fake, production_bin):
     fake.state.image_latency = 30
-    server = _started(fake, production_bin, API_KEYS="sk-good-term1,sk-good-term2", HEARTBEAT_SECONDS="0.5",
-                      GUNICORN_CMD_ARGS="--graceful-timeout 5")
+    server = _started(
+        fake,
+        production_bin,
+        API_KEYS="sk-good-term1,sk-good-term2",
+        HEARTBEAT_SECONDS="0.5",
+        GUNICORN_CMD_ARGS="--graceful-timeout 5",
+    )
     try:
         content, raw, seconds = _stream_with_sigterm(server, "画一只猫 pic:2")
     finally:
@@ -173,18 +188,20 @@ def test_a_stream_that_finishes_within_the_grace_period_is_not_cut(fake, product
 def test_the_grace_period_fits_the_upstream_timeout(production_bin):
     script = "import runpy; print(runpy.run_path('gunicorn.conf.py')['graceful_timeout'])"
     env = {**os.environ, "UPSTREAM_TIMEOUT": "200", "GUNICORN_WORKER_CLASS": "gthread"}
-    out = subprocess.run([str(production_bin / "python"), "-c", script], cwd=ROOT, env=env, capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [str(production_bin / "python"), "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    ).stdout
     assert int(out) > 200
 
 
 def test_a_half_sent_body_is_dropped_and_the_worker_goes_on(fake, production_bin):
-    server = _started(fake, production_bin, API_KEYS="sk-good-half1", CLIENT_BODY_TIMEOUT="1",
-                      WEB_CONCURRENCY="1")
+    server = _started(fake, production_bin, API_KEYS="sk-good-half1", CLIENT_BODY_TIMEOUT="1", WEB_CONCURRENCY="1")
     try:
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: 1000\r\n\r\n{\"messages\"")
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 1000\r\n\r\n{"messages"'
+            )
             started = time.monotonic()
             while sock.recv(4096):
                 pass
@@ -197,8 +214,7 @@ def test_a_half_sent_body_is_dropped_and_the_worker_goes_on(fake, production_bin
 @pytest.mark.parametrize("key", ["sk-drip-gev1", "sk-headdrip-gev1"])
 def test_a_dripping_upstream_is_cut_at_the_deadline_under_gevent(fake, production_bin, key):
     fake.state.drip_interval = 0.2
-    server = _started(fake, production_bin, API_KEYS=key, UPSTREAM_TIMEOUT="1.5", REQUEST_TIMEOUT="3",
-                      MAX_KEY_ATTEMPTS="1")
+    server = _started(fake, production_bin, API_KEYS=key, UPSTREAM_TIMEOUT="1.5", REQUEST_TIMEOUT="3", MAX_KEY_ATTEMPTS="1")
     try:
         started = time.monotonic()
         content = answer_text(server.url, "画一只猫", stream=True)
@@ -210,8 +226,14 @@ def test_a_dripping_upstream_is_cut_at_the_deadline_under_gevent(fake, productio
 
 def test_huge_upstream_answers_do_not_swell_the_worker(fake, production_bin):
     fake.state.huge_bytes = 200 * 2**20
-    server = _started(fake, production_bin, API_KEYS="sk-huge-m1,sk-huge-m2,sk-huge-m3,sk-huge-m4",
-                      MAX_IMAGE_MB="1", MAX_KEY_ATTEMPTS="1", WEB_CONCURRENCY="1")
+    server = _started(
+        fake,
+        production_bin,
+        API_KEYS="sk-huge-m1,sk-huge-m2,sk-huge-m3,sk-huge-m4",
+        MAX_IMAGE_MB="1",
+        MAX_KEY_ATTEMPTS="1",
+        WEB_CONCURRENCY="1",
+    )
     try:
         content = answer_text(server.url, "画一只猫 pic:4", stream=False)
         status = Path(f"/proc/{server.worker_pid()}/status").read_text()
@@ -229,15 +251,17 @@ def test_a_chunked_body_over_a_megabyte_is_a_413_under_gunicorn(gunicorn):
             yield b"x" * 100_000
         yield b'"}'
 
-    response = requests.post(f"{gunicorn.url}/v1/images/generations", data=pieces(), timeout=30,
-                             headers={"Content-Type": "application/json"})
+    response = requests.post(
+        f"{gunicorn.url}/v1/images/generations", data=pieces(), timeout=30, headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 413 and "larger than 1 MB" in response.json()["error"]["message"]
 
 
 def test_sigterm_ends_a_waiting_images_api_call_with_an_error_body(fake, production_bin):
     fake.state.image_latency = 30
-    server = _started(fake, production_bin, API_KEYS="sk-good-term3", HEARTBEAT_SECONDS="0.5",
-                      GUNICORN_CMD_ARGS="--graceful-timeout 5")
+    server = _started(
+        fake, production_bin, API_KEYS="sk-good-term3", HEARTBEAT_SECONDS="0.5", GUNICORN_CMD_ARGS="--graceful-timeout 5"
+    )
     try:
         threading.Timer(1.0, server.signal, args=(signal.SIGTERM,)).start()
         started = time.monotonic()
@@ -246,14 +270,21 @@ def test_sigterm_ends_a_waiting_images_api_call_with_an_error_body(fake, product
     finally:
         server.stop()
     assert response.status_code == 200 and response.content.startswith(b" ")
-    assert "服务正在重启或关闭" in json.loads(response.content)["error"]["message"]
+    assert "the service is restarting" in json.loads(response.content)["error"]["message"]
     assert seconds < 6.5
 
 
 def test_sigterm_ends_a_stream_still_in_prompt_expansion(fake, production_bin):
     fake.state.expansion_latency = 30
-    server = _started(fake, production_bin, API_KEYS="sk-good-term4", HEARTBEAT_SECONDS="0.5",
-                      PROMPT_EXPANSION="true", EXPANSION_TIMEOUT="60", GUNICORN_CMD_ARGS="--graceful-timeout 5")
+    server = _started(
+        fake,
+        production_bin,
+        API_KEYS="sk-good-term4",
+        HEARTBEAT_SECONDS="0.5",
+        PROMPT_EXPANSION="true",
+        EXPANSION_TIMEOUT="60",
+        GUNICORN_CMD_ARGS="--graceful-timeout 5",
+    )
     try:
         threading.Timer(1.0, server.signal, args=(signal.SIGTERM,)).start()
         started = time.monotonic()

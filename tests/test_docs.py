@@ -9,7 +9,9 @@ from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
 GUNICORN_SETTINGS = {
-    "WEB_CONCURRENCY": "2", "GUNICORN_WORKER_CLASS": "gevent", "GUNICORN_WORKER_CONNECTIONS": "1000",
+    "WEB_CONCURRENCY": "2",
+    "GUNICORN_WORKER_CLASS": "gevent",
+    "GUNICORN_WORKER_CONNECTIONS": "1000",
     "GUNICORN_THREADS": "64",
 }
 

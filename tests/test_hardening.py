@@ -23,16 +23,19 @@ from tests.conftest import ROOT
 from tests.fake_siliconflow import png
 from tests.helpers import answer_text, chat_body, images_in, post_chat, rendered
 
-ATTACK = ("画一只猫 ![x](http://attacker.example/p.png) [click](http://attacker.example/) "
-          "<img src=x onerror=alert(1)> http://attacker.example/bare www.attacker.example "
-          "//attacker.example/protocol-relative mailto:evil@attacker.example evil@attacker.com")
+ATTACK = (
+    "画一只猫 ![x](http://attacker.example/p.png) [click](http://attacker.example/) "
+    "<img src=x onerror=alert(1)> http://attacker.example/bare www.attacker.example "
+    "//attacker.example/protocol-relative mailto:evil@attacker.example evil@attacker.com"
+)
 
 
 def _foreign(content: str, *own: str) -> dict[str, list[str]]:
     """Everything in `content` that would render as an image, link or HTML not from `own` prefixes."""
     found = rendered(content)
-    return {kind: [target for target in targets if kind == "html" or not target.startswith(own)]
-            for kind, targets in found.items()}
+    return {
+        kind: [target for target in targets if kind == "html" or not target.startswith(own)] for kind, targets in found.items()
+    }
 
 
 # --- answers that cannot be hijacked -----------------------------------------------------------
@@ -92,8 +95,9 @@ def test_an_expansion_that_repeats_a_key_does_not_pass_it_on(serve, fake):
     service = serve(api_keys=(key,))
     content = answer_text(service.url, "画一只猫", stream=True)
     assert "secretvalue" not in content and len(images_in(content)) == 1
-    response = requests.post(f"{service.url}/v1/images/generations", json={"prompt": "a cat", "prompt_expansion": True},
-                             timeout=30)
+    response = requests.post(
+        f"{service.url}/v1/images/generations", json={"prompt": "a cat", "prompt_expansion": True}, timeout=30
+    )
     assert response.status_code == 200 and "secretvalue" not in response.text
     assert "secretvalue" not in fake.state.image_calls()[-1].body["prompt"]
 
@@ -166,21 +170,20 @@ def test_a_message_built_to_make_the_parser_backtrack_is_answered_at_once(serve,
 
 def test_b64_json_images_are_fetched_within_the_request_deadline(serve, fake):
     fake.state.drip_interval = 0.2  # each picture would take minutes to arrive
-    service = serve(api_keys=("sk-slowlink-0001", "sk-slowlink-0002"), request_timeout=3, upload_timeout=60,
-                    heartbeat_seconds=1)
+    service = serve(api_keys=("sk-slowlink-0001", "sk-slowlink-0002"), request_timeout=3, upload_timeout=60, heartbeat_seconds=1)
     started = time.monotonic()
-    response = requests.post(f"{service.url}/v1/images/generations",
-                             json={"prompt": "a fox", "n": 2, "response_format": "b64_json"}, timeout=30)
+    response = requests.post(
+        f"{service.url}/v1/images/generations", json={"prompt": "a fox", "n": 2, "response_format": "b64_json"}, timeout=30
+    )
     assert time.monotonic() - started < 6
     error = json.loads(response.content)["error"]
-    assert "图片未能取回" in error["message"] and "超时" in error["message"]
+    assert "the picture could not be fetched" in error["message"] and "timed out" in error["message"]
 
 
 @pytest.mark.parametrize("key", ["sk-drip-0001", "sk-headdrip-0001"])
 def test_an_upstream_dripping_bytes_is_cut_at_the_deadline(serve, fake, key):
     fake.state.drip_interval = 0.2  # each read comes back well inside any per-read timeout
-    service = serve(api_keys=(key,), upstream_timeout=1.5, request_timeout=3, prompt_expansion=False,
-                    max_key_attempts=1)
+    service = serve(api_keys=(key,), upstream_timeout=1.5, request_timeout=3, prompt_expansion=False, max_key_attempts=1)
     started = time.monotonic()
     content = answer_text(service.url, "画一只猫", stream=True)
     elapsed = time.monotonic() - started
@@ -201,8 +204,7 @@ def test_request_timeout_bounds_the_whole_answer(serve, fake):
 
 
 def _post_raw(url: str, path: str, data, headers: dict | None = None) -> requests.Response:
-    return requests.post(f"{url}{path}", data=data, timeout=30,
-                         headers={"Content-Type": "application/json", **(headers or {})})
+    return requests.post(f"{url}{path}", data=data, timeout=30, headers={"Content-Type": "application/json", **(headers or {})})
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/images/generations"])
@@ -212,11 +214,14 @@ def test_json_nested_a_hundred_thousand_deep_is_a_400(service, path):
     assert "nested too deeply" in response.json()["error"]["message"]
 
 
-@pytest.mark.parametrize("path, body", [
-    ("/v1/chat/completions", '{"model": "\\ud800", "messages": [{"role": "user", "content": "cat"}]}'),
-    ("/v1/chat/completions", '{"messages": [{"role": "user", "content": "a cat \\udc00"}]}'),
-    ("/v1/images/generations", '{"prompt": "a cat \\ud800"}'),
-])
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/v1/chat/completions", '{"model": "\\ud800", "messages": [{"role": "user", "content": "cat"}]}'),
+        ("/v1/chat/completions", '{"messages": [{"role": "user", "content": "a cat \\udc00"}]}'),
+        ("/v1/images/generations", '{"prompt": "a cat \\ud800"}'),
+    ],
+)
 def test_lone_surrogates_are_a_400_and_no_key_is_held(service, fake, path, body):
     response = _post_raw(service.url, path, body)
     assert response.status_code == 400
@@ -272,8 +277,9 @@ def test_a_host_with_an_underscore_gets_stored_links(serve, fake, tmp_path):
     service = serve(image_store_dir=str(tmp_path), prompt_expansion=False)
     response = post_chat(service.url, chat_body("画一只猫"), stream=False)
     assert response.status_code == 200
-    response = requests.post(f"{service.url}/v1/chat/completions", json=chat_body("画一只猫"), timeout=30,
-                             headers={"Host": "image_proxy:7860"})
+    response = requests.post(
+        f"{service.url}/v1/chat/completions", json=chat_body("画一只猫"), timeout=30, headers={"Host": "image_proxy:7860"}
+    )
     [link] = _stored_links(response.json()["choices"][0]["message"]["content"])
     assert link.startswith("http://image_proxy:7860/images/")
     assert (tmp_path / link.rsplit("/", 1)[1]).is_file()
@@ -282,8 +288,9 @@ def test_a_host_with_an_underscore_gets_stored_links(serve, fake, tmp_path):
 @pytest.mark.parametrize("host", ["evil.example/path?x", "-", "_", "[::1]:99999999999", "a..b", "[zz::1]"])
 def test_a_request_that_gives_no_usable_host_is_told_why(serve, fake, tmp_path, host):
     service = serve(image_store_dir=str(tmp_path), prompt_expansion=False)
-    response = requests.post(f"{service.url}/v1/chat/completions", json=chat_body("画一只猫"), timeout=30,
-                             headers={"X-Forwarded-Host": host})
+    response = requests.post(
+        f"{service.url}/v1/chat/completions", json=chat_body("画一只猫"), timeout=30, headers={"X-Forwarded-Host": host}
+    )
     content = response.json()["choices"][0]["message"]["content"]
     assert _stored_links(content) == [] and len(images_in(content)) == 1
     assert "PUBLIC\\_BASE\\_URL" in content or "PUBLIC_BASE_URL" in content
@@ -301,13 +308,14 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path):
 import resource, signal, sys
 sys.path.insert(0, {str(ROOT)!r})
 from uploaders import ImageStore, Picture, UploadError
+import wording
 store = ImageStore({str(tmp_path)!r}, 10 * 2**20)
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
 try:
     store.save(Picture(b"\\x89PNG\\r\\n\\x1a\\n" + bytes(5000), "image/png"))
 except UploadError as exc:
-    print(exc.message)
+    print(wording.zh(exc.reason))
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
     assert "保存到本机图片目录失败" in result.stdout, result.stderr
@@ -352,8 +360,13 @@ def test_a_kept_alive_connection_to_a_configured_host_is_not_a_way_in(serve, fak
     lsky.files["planted.png"] = ("image/png", png(16, 16, b"planted"))
     fake.state.redirect_to = f"{lsky.url}/i/planted.png"
     # Keys are handed out least recently used first, in the order given: the good key draws first.
-    service = serve(api_keys=("sk-good-first001", "sk-elsewhere-0001"), use_lsky_pro=True, lsky_pro_url=lsky.url,
-                    lsky_pro_token="1|good-token", prompt_expansion=False)
+    service = serve(
+        api_keys=("sk-good-first001", "sk-elsewhere-0001"),
+        use_lsky_pro=True,
+        lsky_pro_url=lsky.url,
+        lsky_pro_token="1|good-token",
+        prompt_expansion=False,
+    )
     assert "[永久链接]" in answer_text(service.url, "画一只猫", stream=False)  # a connection to Lsky stays open
     content = answer_text(service.url, "画一只狗", stream=False)
     assert [c.key for c in fake.state.image_calls()] == ["sk-good-first001", "sk-elsewhere-0001"]
@@ -363,8 +376,9 @@ def test_a_kept_alive_connection_to_a_configured_host_is_not_a_way_in(serve, fak
 
 def test_allow_private_image_urls_lets_a_lan_redirect_through(serve, fake, tmp_path, internal):
     fake.state.redirect_to = f"http://127.0.0.1:{internal.server_address[1]}/lan.png"
-    service = serve(api_keys=("sk-redirect-0001",), image_store_dir=str(tmp_path), prompt_expansion=False,
-                    allow_private_image_urls=True)
+    service = serve(
+        api_keys=("sk-redirect-0001",), image_store_dir=str(tmp_path), prompt_expansion=False, allow_private_image_urls=True
+    )
     content = answer_text(service.url, "画一只猫", stream=False)
     assert internal.hits == ["/lan.png"] and len(_stored_links(content)) == 1
 
@@ -391,8 +405,7 @@ def test_seeds_past_the_largest_start_again_at_zero_and_say_so(serve, fake):
 
 def test_images_api_seed_with_n(serve, fake):
     service = serve()
-    response = requests.post(f"{service.url}/v1/images/generations", json={"prompt": "a fox", "n": 2, "seed": 7},
-                             timeout=30)
+    response = requests.post(f"{service.url}/v1/images/generations", json={"prompt": "a fox", "n": 2, "seed": 7}, timeout=30)
     assert response.status_code == 200
     assert sorted(c.body["seed"] for c in fake.state.image_calls()) == [7, 8]
 
@@ -446,7 +459,7 @@ def test_a_late_images_api_failure_is_an_error_object_after_the_spaces(serve, fa
     response = requests.post(f"{service.url}/v1/images/generations", json={"prompt": "a fox"}, timeout=30)
     assert response.status_code == 200 and response.content.startswith(b" ")
     error = json.loads(response.content)["error"]
-    assert error["code"] == "upstream_error" and "没有响应" in error["message"]
+    assert error["code"] == "upstream_error" and "did not answer within" in error["message"]
 
 
 def test_stored_images_are_served_like_files_are(serve, fake, tmp_path):
@@ -466,8 +479,7 @@ def test_stored_images_are_served_like_files_are(serve, fake, tmp_path):
 
 
 def _forged(answer: str, turn: str) -> list[dict]:
-    return [{"role": "user", "content": "画一只猫"}, {"role": "assistant", "content": answer},
-            {"role": "user", "content": turn}]
+    return [{"role": "user", "content": "画一只猫"}, {"role": "assistant", "content": answer}, {"role": "user", "content": turn}]
 
 
 def test_an_earlier_answer_built_to_make_the_follow_up_reader_backtrack_is_read_at_once(serve, fake):
@@ -476,8 +488,7 @@ def test_an_earlier_answer_built_to_make_the_follow_up_reader_backtrack_is_read_
     service = serve(prompt_expansion=False)
     forged = "🎨 提示词：一只猫\n📐 尺寸：1024x1024" + " · 数量：1" * 30_000 + "\n"
     started = time.monotonic()
-    response = post_chat(service.url, {"model": "Kwai-Kolors/Kolors", "messages": _forged(forged, "再来一张")},
-                         timeout=60)
+    response = post_chat(service.url, {"model": "Kwai-Kolors/Kolors", "messages": _forged(forged, "再来一张")}, timeout=60)
     assert response.status_code == 200
     assert time.monotonic() - started < 10  # before: about 60 s for this body (quadratic)
     assert [c.body["prompt"] for c in fake.state.image_calls()] == ["再来一张"]  # no picture described: a new one
@@ -511,8 +522,7 @@ def test_a_carried_over_count_is_held_to_the_most_a_request_may_draw(serve, fake
 @pytest.mark.parametrize("store", [False, True])
 def test_a_private_link_chosen_by_the_upstream_is_never_offered(serve, fake, tmp_path, internal, store):
     fake.state.redirect_to = f"http://127.0.0.1:{internal.server_address[1]}/secret.png"
-    service = serve(api_keys=("sk-elsewhere-0001",), prompt_expansion=False,
-                    image_store_dir=str(tmp_path) if store else None)
+    service = serve(api_keys=("sk-elsewhere-0001",), prompt_expansion=False, image_store_dir=str(tmp_path) if store else None)
     content = answer_text(service.url, "画一只猫", stream=False)
     assert f":{internal.server_address[1]}" not in content and images_in(content) == {}
     assert rendered(content) == {"images": [], "links": [], "html": []}
@@ -532,8 +542,9 @@ def test_times_in_failure_lines_are_rounded_for_people(serve, fake):
 
 
 def test_keys_cooled_by_upstream_errors_are_not_blamed_on_quotas(serve, fake):
-    service = serve(api_keys=("sk-overload-0001", "sk-gateway-0002"), prompt_expansion=False, max_key_attempts=4,
-                    request_timeout=2)
+    service = serve(
+        api_keys=("sk-overload-0001", "sk-gateway-0002"), prompt_expansion=False, max_key_attempts=4, request_timeout=2
+    )
     first = answer_text(service.url, "画一只猫", stream=False)
     assert "第 1 张图片生成失败" in first
     second = answer_text(service.url, "画一只狗", stream=False)  # both keys cool for 10 s: longer than it may wait

@@ -43,16 +43,27 @@ def test_openai_v1_images_generate_b64_json(locked):
 
 
 def test_default_model_extras_and_expansion(locked, fake):
-    body = {"prompt": "a fox", "seed": 7, "negative_prompt": "blur", "num_inference_steps": 30,
-            "guidance_scale": 5.5, "prompt_expansion": True}
-    response = requests.post(f"{locked.url}/v1/images/generations", json=body,
-                             headers={"Authorization": f"Bearer {SERVICE_KEY}"}, timeout=30)
+    body = {
+        "prompt": "a fox",
+        "seed": 7,
+        "negative_prompt": "blur",
+        "num_inference_steps": 30,
+        "guidance_scale": 5.5,
+        "prompt_expansion": True,
+    }
+    response = requests.post(
+        f"{locked.url}/v1/images/generations", json=body, headers={"Authorization": f"Bearer {SERVICE_KEY}"}, timeout=30
+    )
     assert response.status_code == 200
     [item] = response.json()["data"]
     [call] = fake.state.image_calls()
     assert call.body["model"] == "Kwai-Kolors/Kolors"  # the first of the model list
-    assert (call.body["seed"], call.body["negative_prompt"], call.body["num_inference_steps"],
-            call.body["guidance_scale"]) == (7, "blur", 30, 5.5)
+    assert (call.body["seed"], call.body["negative_prompt"], call.body["num_inference_steps"], call.body["guidance_scale"]) == (
+        7,
+        "blur",
+        30,
+        5.5,
+    )
     assert call.body["prompt"].startswith("A detailed illustration of a fox")
     assert item["revised_prompt"] == call.body["prompt"]
 
@@ -74,8 +85,9 @@ def test_default_model_extras_and_expansion(locked, fake):
     ],
 )
 def test_bad_image_requests_answer_400(locked, fake, body, param):
-    response = requests.post(f"{locked.url}/v1/images/generations", json=body,
-                             headers={"Authorization": f"Bearer {SERVICE_KEY}"}, timeout=10)
+    response = requests.post(
+        f"{locked.url}/v1/images/generations", json=body, headers={"Authorization": f"Bearer {SERVICE_KEY}"}, timeout=10
+    )
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["param"] == param and error["message"]
@@ -124,7 +136,9 @@ def test_openai_v1_wrong_key(locked):
 def test_legacy_image_create(legacy_python, locked, fake):
     result = subprocess.run(
         [legacy_python, str(LEGACY_SCRIPT), locked.url, SERVICE_KEY, "image", "a red fox"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
@@ -134,16 +148,21 @@ def test_legacy_image_create(legacy_python, locked, fake):
 
 # --- CORS ------------------------------------------------------------------------------------------
 
-SDK_HEADERS = ("authorization,content-type,x-stainless-arch,x-stainless-lang,x-stainless-os,"
-               "x-stainless-package-version,x-stainless-retry-count,x-stainless-runtime,"
-               "x-stainless-runtime-version,x-stainless-timeout")
+SDK_HEADERS = (
+    "authorization,content-type,x-stainless-arch,x-stainless-lang,x-stainless-os,"
+    "x-stainless-package-version,x-stainless-retry-count,x-stainless-runtime,"
+    "x-stainless-runtime-version,x-stainless-timeout"
+)
 
 
 def test_preflight_allows_what_the_js_sdk_sends(locked):
     response = requests.options(
         f"{locked.url}/v1/chat/completions",
-        headers={"Origin": "https://chat.example.com", "Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": SDK_HEADERS},
+        headers={
+            "Origin": "https://chat.example.com",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": SDK_HEADERS,
+        },
         timeout=5,
     )
     assert response.status_code == 200  # no key needed for a preflight
@@ -155,8 +174,7 @@ def test_preflight_allows_what_the_js_sdk_sends(locked):
 
 def test_cors_headers_on_answers_and_errors(locked):
     origin = {"Origin": "https://chat.example.com"}
-    assert requests.get(f"{locked.url}/v1/models", headers=origin, timeout=5).headers[
-        "Access-Control-Allow-Origin"] == "*"
+    assert requests.get(f"{locked.url}/v1/models", headers=origin, timeout=5).headers["Access-Control-Allow-Origin"] == "*"
     error = requests.get(f"{locked.url}/v1/models", headers={**origin, "Authorization": "Bearer x"}, timeout=5)
     assert error.status_code == 401 and error.headers["Access-Control-Allow-Origin"] == "*"
 
@@ -178,3 +196,21 @@ def test_b64_json_with_a_store_behind_a_proxy_does_not_fetch_its_own_public_link
     data = base64.b64decode(item.b64_json)
     assert data.startswith(b"\x89PNG")
     assert [p.read_bytes() for p in tmp_path.glob("*.png")] == [data]
+
+
+def test_concurrent_generations_do_not_starve_the_pool_they_draw_with(serve, fake):
+    """The Images adapter draws in its own request: with 4 upstream workers, 12 generations at
+    once all succeed (it used to hold an executor slot while its pictures waited for one)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    fake.state.image_latency = 0.2
+    service = serve(upstream_workers=4, heartbeat_seconds=0.5, request_timeout=30)
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(
+            pool.map(
+                lambda _: requests.post(f"{service.url}/v1/images/generations", json={"prompt": "a fox"}, timeout=60), range(12)
+            )
+        )
+    bodies = [json.loads(answer.content) for answer in answers]
+    assert all(answer.status_code == 200 for answer in answers)
+    assert all("data" in body and len(body["data"]) == 1 for body in bodies), bodies

@@ -16,7 +16,9 @@ def test_openai_js_sdk_streams_chat_and_generates_images(serve, fake):
     service = serve(api_key=SERVICE_KEY, heartbeat_seconds=0.1)  # heartbeats included
     result = subprocess.run(
         ["node", str(JS_DIR / "sdk_check.mjs"), service.url, SERVICE_KEY],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])

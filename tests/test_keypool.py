@@ -8,9 +8,11 @@ import time
 
 import pytest
 
-from keypool import KeyPool, Lease, _with_slack, key_id
+from events import Failure, Reason
+from keypool import Acquired, KeyPool, Lease, Taken, _with_slack, key_id
 from keystores import FallbackStore, Limit, LocalStore, RedisStore
-from upstream import AccountInfo, Failure, UpstreamError
+from upstream import AccountInfo, UpstreamError
+from wording import zh
 
 KOLORS, QWEN = "Kwai-Kolors/Kolors", "Qwen/Qwen-Image"
 
@@ -37,16 +39,22 @@ def pool_of(keys, clock=None, accounts=None, **kwargs) -> KeyPool:
 
 
 def error(kind: Failure, retry_after: float | None = None) -> UpstreamError:
-    return UpstreamError(kind, str(kind), retry_after=retry_after)
+    return UpstreamError(kind, Reason.of(str(kind)), retry_after=retry_after)
 
 
 def take(pool: KeyPool, model: str = KOLORS, exclude=()) -> str | None:
-    lease = pool.try_acquire(model, exclude)[0]
+    lease = pool.try_acquire(model, exclude).lease
     return lease.key if lease else None
 
 
-def fail(pool: KeyPool, key: str, kind: Failure, model: str | None = KOLORS, retry_after: float | None = None,
-         ticket: str | None = None) -> None:
+def fail(
+    pool: KeyPool,
+    key: str,
+    kind: Failure,
+    model: str | None = KOLORS,
+    retry_after: float | None = None,
+    ticket: str | None = None,
+) -> None:
     pool.report(Lease(key, model, ticket), error(kind, retry_after))
 
 
@@ -81,7 +89,7 @@ def test_dead_and_broke_keys_leave_the_rotation(clock, kind, status):
     summary = pool.summary()["keys"]
     assert summary[status] == 1 and summary["healthy"] == 1
     fail(pool, "b", kind, None)
-    assert pool.try_acquire(KOLORS) == (None, None, False)  # none will come back by waiting
+    assert pool.try_acquire(KOLORS) == Acquired(None, None)  # none will come back by waiting
 
 
 def test_a_broke_key_comes_back_when_its_account_has_money(clock):
@@ -98,7 +106,7 @@ def test_a_429_rests_the_whole_account_for_that_model_only(clock):
     assert {take(pool) for _ in range(3)} == {"b1"}  # a2 shares a1's account
     assert take(pool, QWEN) in ("a1", "a2")  # another model has its own budget
     fail(pool, "b1", Failure.RATE_LIMIT)
-    assert pool.try_acquire(KOLORS) == (None, 60, False)
+    assert pool.try_acquire(KOLORS) == Acquired(None, 60)
     clock.now += 60
     assert take(pool) in ("a1", "a2")
 
@@ -106,7 +114,7 @@ def test_a_429_rests_the_whole_account_for_that_model_only(clock):
 def test_retry_after_is_honoured(clock):
     pool = pool_of(("a",), clock, rest_seconds=60)
     fail(pool, "a", Failure.RATE_LIMIT, retry_after=7)
-    assert pool.try_acquire(KOLORS) == (None, 7, False)
+    assert pool.try_acquire(KOLORS) == Acquired(None, 7)
 
 
 def test_a_chat_429_says_nothing_of_image_budgets(clock):
@@ -123,15 +131,14 @@ def test_a_key_that_keeps_failing_cools_down(clock):
     assert pool.summary()["keys"]["cooling"] == 1
     fail(pool, "b", Failure.SERVER)
     fail(pool, "b", Failure.SERVER)
-    assert pool.try_acquire(KOLORS) == (None, 10, False)
+    assert pool.try_acquire(KOLORS) == Acquired(None, 10)
 
 
 def test_a_bad_request_says_nothing_about_the_key(clock):
     pool = pool_of(("a",), clock)
     for _ in range(5):
         fail(pool, "a", Failure.BAD_REQUEST)
-    assert pool.summary()["keys"] == {"total": 1, "healthy": 1, "cooling": 0, "dead": 0, "no_balance": 0,
-                                      "calls_in_flight": 0}
+    assert pool.summary()["keys"] == {"total": 1, "healthy": 1, "cooling": 0, "dead": 0, "no_balance": 0, "calls_in_flight": 0}
 
 
 def test_outage_says_how_many_keys_and_why(clock):
@@ -141,8 +148,10 @@ def test_outage_says_how_many_keys_and_why(clock):
     fail(pool, "c", Failure.SERVER)
     fail(pool, "c", Failure.SERVER)
     fail(pool, "d", Failure.RATE_LIMIT, retry_after=30)
-    assert pool.outage(30) == ("全部 4 个上游密钥暂不可用：1 个无效（401）、1 个余额不足、1 个连续出错后冷却中（上游服务出错）、"
-                               "1 个所在账户已用完本时段的限额或限流冷却中，最早约 30 秒后恢复")
+    assert zh(pool.outage(30)) == (
+        "全部 4 个上游密钥暂不可用：1 个无效（401）、1 个余额不足、1 个连续出错后冷却中（上游服务出错）、"
+        "1 个所在账户已用完本时段的限额或限流冷却中，最早约 30 秒后恢复"
+    )
 
 
 def test_keys_cooling_after_timeouts_are_not_blamed_on_quotas(clock):
@@ -152,8 +161,10 @@ def test_keys_cooling_after_timeouts_are_not_blamed_on_quotas(clock):
     for key, kind in (("a", Failure.TIMEOUT), ("b", Failure.SERVER)):
         fail(pool, key, kind)
         fail(pool, key, kind)
-    lease, why = pool.queue.take("r1", KOLORS, (), time.monotonic() + 0.2)
+    taken = pool.queue.take("r1", KOLORS, (), time.monotonic() + 0.2)
+    lease, why = taken.lease, taken.why_not
     assert lease is None
+    why = zh(why)
     assert "2 个连续出错后冷却中（" in why and "上游超时" in why and "上游服务出错" in why
     assert "限额已用完" not in why
 
@@ -167,10 +178,10 @@ def test_a_budget_is_per_account_and_model_and_slides(clock):
     assert sorted(granted[:4]) == ["a1", "a2", "b1", "b1"]
     assert granted[4] is None  # A has made 2 calls, B 2: the 5th in 6 s is not sent
     # Six seconds, and a little slack: SiliconFlow counts a call when it arrives.
-    assert pool.try_acquire(KOLORS) == (None, pytest.approx(_with_slack(6)), False)
+    assert pool.try_acquire(KOLORS) == Acquired(None, pytest.approx(_with_slack(6)))
     assert take(pool, QWEN) is not None  # another model, another budget
     clock.now += 3
-    assert pool.try_acquire(KOLORS) == (None, pytest.approx(_with_slack(6) - 3), False)
+    assert pool.try_acquire(KOLORS) == Acquired(None, pytest.approx(_with_slack(6) - 3))
     clock.now = 1000 + _with_slack(6)
     assert take(pool) is not None
 
@@ -178,15 +189,15 @@ def test_a_budget_is_per_account_and_model_and_slides(clock):
 def test_a_429_teaches_the_account_its_cap(clock):
     """Four calls go out at once, two get through: the account is now kept at two per window."""
     pool = pool_of(("a",), clock, rest_seconds=60)
-    leases = [pool.try_acquire(KOLORS)[0] for _ in range(4)]
+    leases = [pool.try_acquire(KOLORS).lease for _ in range(4)]
     for lease in leases[2:]:
         pool.report(lease, error(Failure.RATE_LIMIT))
     for lease in leases[:2]:
         pool.report(lease, None)
-    assert pool.try_acquire(KOLORS) == (None, pytest.approx(_with_slack(60)), False)
+    assert pool.try_acquire(KOLORS) == Acquired(None, pytest.approx(_with_slack(60)))
     clock.now += _with_slack(60)
     assert take(pool) == "a" and take(pool) == "a"
-    assert pool.try_acquire(KOLORS)[0] is None  # a third in the window would be refused
+    assert pool.try_acquire(KOLORS).lease is None  # a third in the window would be refused
 
 
 def test_two_limits_are_kept_together(clock):
@@ -197,7 +208,7 @@ def test_two_limits_are_kept_together(clock):
     assert take(pool) == "a"
     clock.now += 7
     # The short window is free again, the long one not: it frees 100 s (and slack) after the first.
-    assert pool.try_acquire(KOLORS) == (None, pytest.approx(_with_slack(100) - 14), False)
+    assert pool.try_acquire(KOLORS) == Acquired(None, pytest.approx(_with_slack(100) - 14))
 
 
 def test_a_key_whose_account_is_unknown_is_its_own_account(clock):
@@ -229,7 +240,7 @@ def test_a_budget_slot_is_reserved_once_under_a_race(store):
 
     def race():
         barrier.wait()
-        lease = pool.try_acquire(KOLORS)[0]
+        lease = pool.try_acquire(KOLORS).lease
         granted.append(lease.key if lease else None)
 
     threads = [threading.Thread(target=race) for _ in range(16)]
@@ -256,7 +267,8 @@ def test_facts_expire_and_a_claim_is_won_once(store):
 def test_the_window_frees_in_real_time(store):
     pool = KeyPool(["a"], store, limits=[Limit(1, 0.4)])
     assert take(pool) == "a"
-    lease, wait, _ = pool.try_acquire(KOLORS)
+    acquired = pool.try_acquire(KOLORS)
+    lease, wait = acquired.lease, acquired.wait
     assert lease is None and 0.2 < wait <= _with_slack(0.4)
     time.sleep(wait + 0.02)
     assert take(pool) == "a"
@@ -266,21 +278,22 @@ def test_two_pools_on_one_store_share_dead_keys_and_budgets(store):
     first, second = KeyPool(["a", "b"], store, limits=[Limit(1, 30)]), KeyPool(["a", "b"], store, limits=[Limit(1, 30)])
     fail(first, "a", Failure.AUTH, None)
     assert second.summary()["keys"]["dead"] == 1
-    assert second.try_acquire(KOLORS)[0].key == "b"
-    assert first.try_acquire(KOLORS)[0] is None  # b's budget went to the other pool
+    assert second.try_acquire(KOLORS).lease.key == "b"
+    assert first.try_acquire(KOLORS).lease is None  # b's budget went to the other pool
 
 
 def test_a_request_that_waited_longer_has_the_turn_across_pools(store):
     """Two processes' lines share one store: a free key goes to the request served longest ago."""
     first, second = KeyPool(["a"], store, limits=[Limit(1, 0.3)]), KeyPool(["a"], store, limits=[Limit(1, 0.3)])
-    assert first.try_acquire(KOLORS, request="big")[0] is not None  # "big" is served now
-    assert second.try_acquire(KOLORS, request="small")[0] is None  # "small" waits, from now on
+    assert first.try_acquire(KOLORS, request="big").lease is not None  # "big" is served now
+    assert second.try_acquire(KOLORS, request="small").lease is None  # "small" waits, from now on
     time.sleep(0.4)
-    lease, wait, yielded = first.try_acquire(KOLORS, request="big")
+    acquired = first.try_acquire(KOLORS, request="big")
+    lease, yielded = acquired.lease, acquired.yielded
     assert lease is None and yielded  # the key is free, but "small" has waited longer
-    assert second.try_acquire(KOLORS, request="small")[0] is not None
+    assert second.try_acquire(KOLORS, request="small").lease is not None
     time.sleep(0.4)
-    assert first.try_acquire(KOLORS, request="big", force=True)[0] is not None
+    assert first.try_acquire(KOLORS, request="big", force=True).lease is not None
 
 
 def test_keys_are_stored_by_hash_never_by_secret(redis_server):
@@ -315,11 +328,11 @@ def test_without_redis_the_fallback_draws_on_local_state_and_shares_again_later(
 def test_waiting_images_take_turns_by_request():
     pool = pool_of(("a",), limits=[Limit(1, 0.25)])
     deadline = time.monotonic() + 10
-    assert pool.queue.take("first", KOLORS, (), deadline)[0].key == "a"  # the window is used now
+    assert pool.queue.take("first", KOLORS, (), deadline).lease.key == "a"  # the window is used now
     order: list[str] = []
 
     def image(request_id: str) -> None:
-        lease, _ = pool.queue.take(request_id, KOLORS, (), deadline)
+        lease = pool.queue.take(request_id, KOLORS, (), deadline).lease
         order.append(request_id)
         pool.release(lease)
 
@@ -336,10 +349,11 @@ def test_waiting_images_take_turns_by_request():
 
 def test_a_waiting_image_gives_up_at_its_deadline_and_says_why():
     pool = pool_of(("a",), limits=[Limit(1, 30)])
-    assert pool.queue.take("r", KOLORS, (), time.monotonic() + 5)[0].key == "a"
+    assert pool.queue.take("r", KOLORS, (), time.monotonic() + 5).lease.key == "a"
     started = time.monotonic()
-    lease, why = pool.queue.take("r", KOLORS, (), time.monotonic() + 0.3)
-    assert lease is None and "REQUEST_TIMEOUT" in why and time.monotonic() - started < 1
+    taken = pool.queue.take("r", KOLORS, (), time.monotonic() + 0.3)
+    lease, why = taken.lease, taken.why_not
+    assert lease is None and "REQUEST_TIMEOUT" in zh(why) and time.monotonic() - started < 1
 
 
 def test_a_cancelled_request_leaves_the_line():
@@ -353,4 +367,4 @@ def test_a_cancelled_request_leaves_the_line():
     assert pool.queue.status("r").waiting == 1
     pool.queue.cancel("r")
     waiting.join(timeout=2)
-    assert result == [(None, "客户端已断开")] and pool.queue.waiting() == 0
+    assert result == [Taken(None, Reason.of("cancelled"))] and pool.queue.waiting() == 0

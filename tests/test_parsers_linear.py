@@ -14,47 +14,115 @@ import time
 import pytest
 
 import conversation
-import wording
+import followups
+import housekeeping
+import text
 from parsing import find_banned, parse
-from siliconflow_proxy import _valid_host
+from web import _valid_host
 
 SIZE = 100_000  # characters per input: a quadratic parser at 20 KB took 0.11 s, at 100 KB seconds
 BOUND = 1.5  # seconds; a linear reading of 100 KB takes milliseconds
 
 FRAGMENTS = [
-    "数量：1", " · 数量：", " · 模型：", "📐 尺寸：1024x1024", "🎨 提示词：", "🚫 负面提示词：", "![image1|", "](http://a",
-    "pic:", "pic：", "pic: 9", "seed:", "seed=1", "--no ", "negative:", "负面提示词：", "比例", "16:9", "9:16比例",
-    "1024x", "x1024", "1024×768", "１６：９", "横屏", "portrait ", "a ", " ", "\\[", "\\", "sk-", "bearer ", "token=",
-    "1|", "aaaa", "<attached_files>", "<file ", "/>", "### Task:", "<chat_history>", "USER: ", "user: ", "\n", "，",
-    "再来", "再来一张", "换成", "画一只", "draw a ", "again ", "http://", "www.", "@", "//", ":", "\u200b", "12:30",
-    "<context>Image generation was attempted but failed", "the following error occurred:", "{\"title\":",
+    "数量：1",
+    " · 数量：",
+    " · 模型：",
+    "📐 尺寸：1024x1024",
+    "🎨 提示词：",
+    "🚫 负面提示词：",
+    "![image1|",
+    "](http://a",
+    "pic:",
+    "pic：",
+    "pic: 9",
+    "seed:",
+    "seed=1",
+    "--no ",
+    "negative:",
+    "负面提示词：",
+    "比例",
+    "16:9",
+    "9:16比例",
+    "1024x",
+    "x1024",
+    "1024×768",
+    "１６：９",
+    "横屏",
+    "portrait ",
+    "a ",
+    " ",
+    "\\[",
+    "\\",
+    "sk-",
+    "bearer ",
+    "token=",
+    "1|",
+    "aaaa",
+    "<attached_files>",
+    "<file ",
+    "/>",
+    "### Task:",
+    "<chat_history>",
+    "USER: ",
+    "user: ",
+    "\n",
+    "，",
+    "再来",
+    "再来一张",
+    "换成",
+    "画一只",
+    "draw a ",
+    "again ",
+    "http://",
+    "www.",
+    "@",
+    "//",
+    ":",
+    "\u200b",
+    "12:30",
+    "<context>Image generation was attempted but failed",
+    "the following error occurred:",
+    '{"title":',
 ]
 
 PARSERS = {
     "parse": lambda text: parse(text, "Kwai-Kolors/Kolors", 16),
     "find_banned": lambda text: find_banned(text, ("porn", "nude", "成人")),
-    "last_picture": lambda text: conversation.last_picture([("user", "a"), ("assistant", text), ("user", "b")]),
-    "refinement": lambda text: conversation.refinement(
-        parse(text, "Kwai-Kolors/Kolors", 16), conversation.Picture("a cat", (1024, 1024), 1, "Kwai-Kolors/Kolors", None)),
-    "housekeeping": lambda text: conversation.housekeeping([("system", text), ("user", text)]),
-    "housekeeping_task": lambda text: conversation.housekeeping([("user", "### Task:\n<chat_history>\n" + text
-                                                                  + "\n</chat_history>")]),
+    "last_picture": lambda text: followups.last_picture([("user", "a"), ("assistant", text), ("user", "b")]),
+    "refinement": lambda text: followups.refinement(
+        parse(text, "Kwai-Kolors/Kolors", 16), followups.Picture("a cat", (1024, 1024), 1, "Kwai-Kolors/Kolors", None)
+    ),
+    "housekeeping": lambda text: housekeeping.housekeeping([("system", text), ("user", text)]),
+    "housekeeping_task": lambda text: housekeeping.housekeeping(
+        [("user", "### Task:\n<chat_history>\n" + text + "\n</chat_history>")]
+    ),
     "message_text": lambda text: conversation.message_text(text, 0),
-    "title_tags_follow_ups": lambda text: (conversation.title(text, True), conversation.tags((text,), True),
-                                           conversation.follow_ups((text,), True, "Kwai-Kolors/Kolors")),
-    "md": wording.md,
-    "markdown_safe": wording.markdown_safe,
-    "redact": wording.redact,
-    "redact_secrets": wording.redact_secrets,
-    "upstream_text": lambda text: wording.upstream_text(text * 1),
+    "title_tags_follow_ups": lambda text: (
+        housekeeping.title(text, True),
+        housekeeping.tags((text,), True),
+        housekeeping.follow_ups((text,), True, "Kwai-Kolors/Kolors"),
+    ),
+    "md": text.md,
+    "markdown_safe": text.markdown_safe,
+    "redact": text.redact,
+    "redact_secrets": text.redact_secrets,
+    "upstream_text": text.upstream_text,
     "valid_host": _valid_host,
 }
 
 
 # What opens a line the follow-up and housekeeping readers look at: a run after one of these is
 # what made the size-line reader quadratic ("📐 尺寸：1024x1024" then " · 数量：1" × 30,000).
-OPENERS = ["🎨 提示词：", "📐 尺寸：1024x1024", "📐 尺寸：跟随输入图片", "🚫 负面提示词：", "![image1|a](http://a",
-           "### Task:\n<chat_history>\nUSER: ", "<context>Image generation was attempted but failed", "<attached_files>"]
+OPENERS = [
+    "🎨 提示词：",
+    "📐 尺寸：1024x1024",
+    "📐 尺寸：跟随输入图片",
+    "🚫 负面提示词：",
+    "![image1|a](http://a",
+    "### Task:\n<chat_history>\nUSER: ",
+    "<context>Image generation was attempted but failed",
+    "<attached_files>",
+]
 LINE_PARSERS = {"parse", "last_picture", "refinement", "housekeeping", "housekeeping_task", "message_text"}
 
 
@@ -71,9 +139,9 @@ def _inputs(name: str) -> list[tuple[str, str]]:
 def test_no_parser_is_held_by_long_runs_of_its_own_fragments(name):
     parser = PARSERS[name]
     slowest = (0.0, "")
-    for fragment, text in _inputs(name):
+    for fragment, body in _inputs(name):
         started = time.perf_counter()
-        parser(text)
+        parser(body)
         took = time.perf_counter() - started
         slowest = max(slowest, (took, fragment))
     assert slowest[0] < BOUND, f"{name} took {slowest[0]:.2f} s on {slowest[1]!r} × {SIZE // len(slowest[1])}"

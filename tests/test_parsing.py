@@ -6,15 +6,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models import DEFAULT_MODELS, FREE_MAX_PIXELS
-from models import family as size_rule
+from families import DEFAULT_MODELS, FREE_MAX_PIXELS
+from families import family as size_rule
 from parsing import (
     SEED_MAX,
     accepts_negative_prompt,
     find_banned,
     parse,
 )
-from wording import markdown_safe
+from text import markdown_safe
+from wording import zh
 
 KOLORS, QWEN, SDXL, SCHNELL, OTHER = (
     "Kwai-Kolors/Kolors",
@@ -49,7 +50,7 @@ def test_count(text, count):
 
 
 def test_count_clamp_is_said():
-    assert parse("a cat pic:10", OTHER, 4).notes == ("每次最多 4 张，已按 4 张生成",)
+    assert tuple(map(zh, parse("a cat pic:10", OTHER, 4).notes)) == ("每次最多 4 张，已按 4 张生成",)
     assert parse("a cat pic:2", OTHER, 4).notes == ()
 
 
@@ -162,7 +163,7 @@ def test_seed(text, seed):
 def test_seed_out_of_range_is_dropped_and_said():
     parsed = parse(f"a cat seed:{SEED_MAX + 1}", OTHER, 4)
     assert parsed.seed is None and parsed.prompt == "a cat"
-    assert any("种子" in note for note in parsed.notes)
+    assert any("种子" in zh(note) for note in parsed.notes)
 
 
 @pytest.mark.parametrize(
@@ -185,7 +186,7 @@ def test_negative_prompt(text, negative, prompt):
 def test_negative_prompt_is_dropped_with_a_note_for_models_that_take_none():
     parsed = parse("a cat --no text", QWEN, 4)
     assert parsed.negative_prompt is None
-    assert parsed.notes == ("Qwen/Qwen-Image 不支持负面提示词，已忽略：text",)
+    assert tuple(map(zh, parsed.notes)) == ("Qwen/Qwen-Image 不支持负面提示词，已忽略：text",)
     assert accepts_negative_prompt(KOLORS) and accepts_negative_prompt(SDXL) and not accepts_negative_prompt(SCHNELL)
 
 
@@ -238,10 +239,35 @@ def test_markdown_safe_keeps_one_line_without_link_syntax():
 # --- properties ----------------------------------------------------------------------------------
 
 MODELS = [*DEFAULT_MODELS, EDIT, "stabilityai/stable-diffusion-2-1", "some/unknown-model"]
-TOKENS = st.sampled_from([
-    "pic:", "pic：", "seed:", "--no ", "negative:", "x", "×", "*", ":", "：", "比例", "横屏", "portrait",
-    "square", "16", "9", "1024", "768", "0", "99999999999", " ", "，", "\n", "猫", "a cat",
-])
+TOKENS = st.sampled_from(
+    [
+        "pic:",
+        "pic：",
+        "seed:",
+        "--no ",
+        "negative:",
+        "x",
+        "×",
+        "*",
+        ":",
+        "：",
+        "比例",
+        "横屏",
+        "portrait",
+        "square",
+        "16",
+        "9",
+        "1024",
+        "768",
+        "0",
+        "99999999999",
+        " ",
+        "，",
+        "\n",
+        "猫",
+        "a cat",
+    ]
+)
 TEXTS = st.one_of(st.text(max_size=300), st.lists(TOKENS, max_size=40).map("".join))
 
 

@@ -18,7 +18,7 @@ def test_the_page_is_self_contained(service):
     assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/html")
     page = response.text
     assert "<script" in page and "<style" in page
-    for outside in ("http://", "https://", "//cdn", "src=\"http"):
+    for outside in ("http://", "https://", "//cdn", 'src="http'):
         assert outside not in page.replace("http://www.w3.org", ""), outside
 
 
@@ -30,7 +30,10 @@ def test_typing_a_prompt_with_two_images_shows_two_images(serve, fake):
     ARTIFACTS.mkdir(exist_ok=True)
     result = subprocess.run(
         ["node", str(JS_DIR / "playground_check.mjs"), service.url, SERVICE_KEY, str(ARTIFACTS)],
-        capture_output=True, text=True, timeout=180, env={"CHROMIUM": CHROMIUM, "PATH": _path()},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={"CHROMIUM": CHROMIUM, "PATH": _path()},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])

@@ -22,8 +22,15 @@ def stack(fake, production_bin):
     started = []
 
     def start(heartbeat: str = "0.4") -> Nginx:
-        server = Gunicorn({"API_BASE_URL": fake.url, "API_KEYS": "sk-good-ngx1,sk-good-ngx2",
-                           "PROMPT_EXPANSION": "false", "HEARTBEAT_SECONDS": heartbeat}, production_bin)
+        server = Gunicorn(
+            {
+                "API_BASE_URL": fake.url,
+                "API_KEYS": "sk-good-ngx1,sk-good-ngx2",
+                "PROMPT_EXPANSION": "false",
+                "HEARTBEAT_SECONDS": heartbeat,
+            },
+            production_bin,
+        )
         started.append(server)
         if not server.wait_until_up():
             pytest.fail("gunicorn did not start: " + server.stop()[-2000:])
@@ -56,8 +63,12 @@ def test_an_edit_with_large_pictures_passes_nginx(stack, fake):
     proxy = stack()
     picture = png(32, 32, b"edit") + bytes(6 * 2**20)
     client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="x", max_retries=0, timeout=120)
-    result = client.images.edit(model="Qwen/Qwen-Image-Edit-2509", prompt="合成一张", response_format="b64_json",
-                                image=[(f"{i}.png", picture, "image/png") for i in range(3)])
+    result = client.images.edit(
+        model="Qwen/Qwen-Image-Edit-2509",
+        prompt="合成一张",
+        response_format="b64_json",
+        image=[(f"{i}.png", picture, "image/png") for i in range(3)],
+    )
     assert base64.b64decode(result.data[0].b64_json).startswith(b"\x89PNG")
     [call] = fake.state.image_calls()
     assert all(call.body[field].startswith("data:image/png;base64,") for field in ("image", "image2", "image3"))

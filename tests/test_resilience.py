@@ -37,8 +37,7 @@ def _wait_for(condition, seconds: float = 5.0) -> bool:
     return False
 
 
-MIXED = ("sk-dead-mixed001", "sk-broke-mixed02", "sk-limited-mix03", "sk-overload-mix4", "sk-good-mixed005",
-         "sk-good-mixed006")
+MIXED = ("sk-dead-mixed001", "sk-broke-mixed02", "sk-limited-mix03", "sk-overload-mix4", "sk-good-mixed005", "sk-good-mixed006")
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -51,8 +51,12 @@ def test_the_procfiles_workers_share_one_budget_without_redis(fake, production_b
     answers: list[str] = []
     try:
         for round_ in range(6):  # rounds of four at once, until both workers have drawn
-            threads = [threading.Thread(target=lambda text=f"画一只猫 {round_} {i}": answers.append(
-                answer_text(server.url, text, stream=False))) for i in range(4)]
+            threads = [
+                threading.Thread(
+                    target=lambda text=f"画一只猫 {round_} {i}": answers.append(answer_text(server.url, text, stream=False))
+                )
+                for i in range(4)
+            ]
             for thread in threads:
                 thread.start()
             for thread in threads:
@@ -94,8 +98,7 @@ def test_two_instances_share_dead_keys_through_redis(two_instances, fake):
 
 def test_two_instances_share_budgets_through_redis(two_instances, fake):
     fake.state.rate_limit = (2, 2.0)
-    first, second = two_instances(API_KEYS="sk-good-acctA-1,sk-good-acctA-2,sk-good-acctB-1",
-                                  IMAGE_RATE_LIMIT="2/2s")
+    first, second = two_instances(API_KEYS="sk-good-acctA-1,sk-good-acctA-2,sk-good-acctB-1", IMAGE_RATE_LIMIT="2/2s")
     answers: list[str] = []
 
     def ask(url: str, i: int) -> None:

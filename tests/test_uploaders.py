@@ -85,8 +85,11 @@ def test_a_302_to_the_login_page_is_a_failure_not_followed(lsky):
 def test_without_accept_json_a_bad_token_would_be_a_302(lsky):
     # The trap the client avoids: the fake answers as Lsky does when Accept is missing.
     response = requests.post(
-        f"{lsky.url}/api/v1/upload", files={"file": ("a.png", b"x", "image/png")},
-        headers={"Authorization": "Bearer nope"}, allow_redirects=False, timeout=5,
+        f"{lsky.url}/api/v1/upload",
+        files={"file": ("a.png", b"x", "image/png")},
+        headers={"Authorization": "Bearer nope"},
+        allow_redirects=False,
+        timeout=5,
     )
     assert response.status_code == 302 and response.headers["Location"].endswith("/login")
 
@@ -176,9 +179,15 @@ def test_short_link_failures_keep_the_long_link(with_sink, sink, fake, setup, wo
 
 
 def test_short_urls_are_left_alone(serve, sink, tmp_path):
-    service = serve(use_shortlink=True, shortlink_base_url=sink.url, shortlink_api_key="sink-site-token",
-                    image_store_dir=str(tmp_path), public_base_url="https://img.example.com",
-                    api_keys=("sk-datauri-0001",), prompt_expansion=False)
+    service = serve(
+        use_shortlink=True,
+        shortlink_base_url=sink.url,
+        shortlink_api_key="sink-site-token",
+        image_store_dir=str(tmp_path),
+        public_base_url="https://img.example.com",
+        api_keys=("sk-datauri-0001",),
+        prompt_expansion=False,
+    )
     _answer(service)
     assert sink.attempts == 0  # a data: URI and the store's short link need no shortening
 
@@ -202,8 +211,7 @@ def test_store_keeps_the_image_and_serves_it(serve, fake, tmp_path):
 def test_store_links_follow_the_proxy_headers(serve, fake, tmp_path):
     service = serve(image_store_dir=str(tmp_path))
     headers = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "draw.example.org"}
-    response = requests.post(f"{service.url}/v1/chat/completions", json=chat_body("画一只猫"), headers=headers,
-                             timeout=30)
+    response = requests.post(f"{service.url}/v1/chat/completions", json=chat_body("画一只猫"), headers=headers, timeout=30)
     [image_url] = images_in(response.json()["choices"][0]["message"]["content"]).values()
     assert image_url.startswith("https://draw.example.org/images/")
     plain = _answer(service)

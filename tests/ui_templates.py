@@ -33,8 +33,11 @@ def _download_wheel(requirement: str) -> Path:
     found = sorted(CACHE.glob(f"{name}-*.whl"))
     if not found:
         CACHE.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", requirement,
-                        "-d", str(CACHE)], check=True, timeout=900)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", requirement, "-d", str(CACHE)],
+            check=True,
+            timeout=900,
+        )
         found = sorted(CACHE.glob(f"{name}-*.whl"))
     return found[-1]
 
@@ -44,8 +47,17 @@ def _npm_source(package: str, member: str) -> str:
     if not tarball.exists():
         require(shutil.which("npm"), "Node.js and npm")
         CACHE.mkdir(parents=True, exist_ok=True)
-        out = subprocess.run(["npm", "pack", package, "--silent", "--pack-destination", str(CACHE)], check=True,
-                             capture_output=True, text=True, timeout=900).stdout.strip().splitlines()[-1]
+        out = (
+            subprocess.run(
+                ["npm", "pack", package, "--silent", "--pack-destination", str(CACHE)],
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         (CACHE / out).rename(tarball)
     with tarfile.open(tarball) as archive:
         return archive.extractfile(member).read().decode()  # type: ignore[union-attr]
@@ -58,8 +70,13 @@ def open_webui_templates() -> dict[str, str]:
         source = wheel.read("open_webui/config.py").decode()
     templates = {}
     for node in ast.parse(source).body:
-        if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
-                and node.targets[0].id.endswith("_PROMPT_TEMPLATE") and isinstance(node.value, ast.Constant)):
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+            and node.targets[0].id.endswith("_PROMPT_TEMPLATE")
+            and isinstance(node.value, ast.Constant)
+        ):
             templates[node.targets[0].id] = node.value.value
     return templates
 
@@ -82,8 +99,11 @@ def librechat_title_prompt() -> str:
 @cache
 def lobechat_title_system(locale: str = "zh-CN") -> str:
     source = _npm_source(LOBECHAT, "package/packages/prompts/src/chains/summaryTitle.ts")
-    return re.search(r"content: `(You are a professional conversation summarizer.*?)`", source, re.S).group(1) \
+    return (
+        re.search(r"content: `(You are a professional conversation summarizer.*?)`", source, re.S)
+        .group(1)
         .replace("${locale}", locale)
+    )
 
 
 # --- rendering, as each UI does it -------------------------------------------------------------------
@@ -102,7 +122,7 @@ def render_open_webui(template: str, messages: list[dict]) -> str:
     def messages_variable(match: re.Match) -> str:
         where, count = match.group(1), match.group(2)
         if where == "END":
-            return lines(cleaned[-int(count):])
+            return lines(cleaned[-int(count) :])
         if where == "START":
             return lines(cleaned[: int(count)])
         return lines(cleaned)
@@ -110,10 +130,17 @@ def render_open_webui(template: str, messages: list[dict]) -> str:
     text = re.sub(r"\{\{MESSAGES(?::(START|END|MIDDLETRUNCATE):(\d+))?(?:\|[^}]*)?\}\}", messages_variable, template)
     last_user = next((m["content"] for m in reversed(cleaned) if m["role"] == "user"), "")
     text = re.sub(r"\{\{prompt(?::[^}]*)?\}\}", last_user, text, flags=re.I)
-    for name, value in (("CURRENT_DATE", "2026-11-27"), ("CURRENT_TIME", "12:00:00"), ("CURRENT_DATETIME",
-                        "2026-11-27 12:00:00"), ("CURRENT_WEEKDAY", "Friday"), ("USER_NAME", "User"),
-                        ("USER_LANGUAGE", "zh-CN"), ("USER_LOCATION", "Unknown"), ("TYPE", "General"),
-                        ("PROMPT", last_user)):
+    for name, value in (
+        ("CURRENT_DATE", "2026-11-27"),
+        ("CURRENT_TIME", "12:00:00"),
+        ("CURRENT_DATETIME", "2026-11-27 12:00:00"),
+        ("CURRENT_WEEKDAY", "Friday"),
+        ("USER_NAME", "User"),
+        ("USER_LANGUAGE", "zh-CN"),
+        ("USER_LOCATION", "Unknown"),
+        ("TYPE", "General"),
+        ("PROMPT", last_user),
+    ):
         text = text.replace("{{" + name + "}}", value)
     return text
 
@@ -132,4 +159,4 @@ def parse_like_open_webui(answer: str) -> dict:
     """What Open WebUI reads from an answer: the JSON object from the first '{' to the last '}'."""
     import json
 
-    return json.loads(answer[answer.find("{"): answer.rfind("}") + 1])
+    return json.loads(answer[answer.find("{") : answer.rfind("}") + 1])

@@ -1,4 +1,4 @@
-"""What each image model can do, in one table; and which models SiliconFlow serves today.
+"""What each image model family takes, in one table; and which models SiliconFlow serves today.
 
 SiliconFlow's model list carries no capabilities (shared/reference/CONTRACTS.md section 1), so the
 sizes, fields and image inputs of each model family live here, and everyone asks `family(model)`:
@@ -19,8 +19,15 @@ log = logging.getLogger("siliconflow_proxy.models")
 
 # The seed's own table, used for any model without a documented list of sizes.
 SEED_SIZES: tuple[str, ...] = (
-    "1024x1024", "512x1024", "1024x512", "768x512", "512x768",
-    "768x1024", "1024x768", "1024x576", "576x1024",
+    "1024x1024",
+    "512x1024",
+    "1024x512",
+    "768x512",
+    "512x768",
+    "768x1024",
+    "1024x768",
+    "1024x576",
+    "576x1024",
 )
 KOLORS_SIZES = ("1024x1024", "960x1280", "768x1024", "720x1440", "720x1280")
 QWEN_IMAGE_SIZES = ("1328x1328", "1664x928", "928x1664", "1472x1140", "1140x1472", "1584x1056", "1056x1584")
@@ -58,22 +65,27 @@ class Family:
 _SD = Family("Stable Diffusion", SEED_SIZES, negative_prompt=True, batch_size=True)
 FAMILIES: tuple[tuple[tuple[str, ...], Family], ...] = (
     # (substrings of the lower-cased model id, family): the first that matches wins
-    (("qwen-image-edit-2509",), Family("Qwen-Image-Edit-2509", (), negative_prompt=True,
-                                       inputs=("image", "image2", "image3"), needs_input=True)),
+    (
+        ("qwen-image-edit-2509",),
+        Family("Qwen-Image-Edit-2509", (), negative_prompt=True, inputs=("image", "image2", "image3"), needs_input=True),
+    ),
     (("qwen-image-edit",), Family("Qwen-Image-Edit", (), negative_prompt=True, inputs=("image",), needs_input=True)),
     (("qwen-image",), Family("Qwen-Image", QWEN_IMAGE_SIZES)),
-    (("kontext-max", "kontext-pro"), Family("FLUX.1-Kontext max/pro", ASPECT_RATIOS, size_field="aspect_ratio",
-                                            inputs=("input_image",), needs_input=True)),
+    (
+        ("kontext-max", "kontext-pro"),
+        Family("FLUX.1-Kontext max/pro", ASPECT_RATIOS, size_field="aspect_ratio", inputs=("input_image",), needs_input=True),
+    ),
     (("kontext",), Family("FLUX.1-Kontext", (), inputs=("image",), needs_input=True)),
     (("kolors",), Family("Kolors", KOLORS_SIZES, negative_prompt=True, batch_size=True, inputs=("image",))),
     (("z-image",), Family("Z-Image", Z_IMAGE_SIZES)),
     (("flux.2",), Family("FLUX.2", FLUX2_SIZES)),
     (("pro/", "flux.1-dev"), Family("FLUX free size", FREE_SIZES, FREE_MAX_PIXELS)),
-    (("stable-diffusion-xl", "stable-diffusion-3-medium"),
-     Family("SDXL free size", FREE_SIZES, FREE_MAX_PIXELS, negative_prompt=True, batch_size=True)),
+    (
+        ("stable-diffusion-xl", "stable-diffusion-3-medium"),
+        Family("SDXL free size", FREE_SIZES, FREE_MAX_PIXELS, negative_prompt=True, batch_size=True),
+    ),
     (("flux.1-schnell",), Family("FLUX.1-schnell", FLUX_SCHNELL_SIZES)),
-    (("stable-diffusion-3-5-large",), Family("SD 3.5 large", FLUX_SCHNELL_SIZES, negative_prompt=True,
-                                             batch_size=True)),
+    (("stable-diffusion-3-5-large",), Family("SD 3.5 large", FLUX_SCHNELL_SIZES, negative_prompt=True, batch_size=True)),
     (("stable-diffusion-2-1",), Family("SD 2.1", SD21_SIZES, negative_prompt=True, batch_size=True)),
     (("stable-diffusion", "openjourney", "anything-v3", "waifu-diffusion", "photoreal"), _SD),
 )
@@ -120,8 +132,14 @@ class ModelCatalog:
     own list (text-to-image and image-to-image), asked when first needed and every `refresh`
     seconds in the background, and the built-in list until it answers or when it cannot."""
 
-    def __init__(self, configured: tuple[str, ...] | None, fetch: Callable[[], list[str]], *,
-                 refresh: float = 3600.0, fallback: tuple[str, ...] = DEFAULT_MODELS):
+    def __init__(
+        self,
+        configured: tuple[str, ...] | None,
+        fetch: Callable[[], list[str]],
+        *,
+        refresh: float = 3600.0,
+        fallback: tuple[str, ...] = DEFAULT_MODELS,
+    ):
         self._configured, self._fetch, self._refresh, self._fallback = configured, fetch, refresh, fallback
         self._models: tuple[str, ...] | None = None
         self._lock = threading.Lock()
@@ -162,8 +180,11 @@ class ModelCatalog:
         try:
             found = self._fetch()
         except Exception as exc:  # SiliconFlow cannot be asked: the list we had, or the built-in one
-            log.warning("the image model list could not be fetched (%s); offering the %s", type(exc).__name__,
-                        "last list" if self._models else "built-in list")
+            log.warning(
+                "the image model list could not be fetched (%s); offering the %s",
+                type(exc).__name__,
+                "last list" if self._models else "built-in list",
+            )
             return
         if found:
             ours = [m for m in DEFAULT_MODELS if m in found]

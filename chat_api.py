@@ -1,0 +1,151 @@
+"""The chat surface: `POST /v1/chat/completions` that draws, and the chat adapter.
+
+The route reads the conversation (conversation.py), answers a chat UI's background task without
+drawing (housekeeping.py), carries the last picture over when the turn changes it
+(followups.py), and otherwise makes a `Job`. The adapter iterates the pipeline's events in this
+request, has them worded in Chinese (wording.chat), and frames the words as one
+`chat.completion` or as a stream of chunks (openai_wire.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
+from typing import Any
+
+from flask import Blueprint, Response, g, request
+
+import conversation
+import followups
+import housekeeping
+import pipeline
+import web
+import wording
+from bodies import json_object, with_pictures_limit
+from events import ImageRef, Job
+from families import family
+from openai_wire import KEEP_ALIVE, ApiError, chunk, completion, dumps, sse
+from parsing import parse
+from pipeline import Services
+from text import redact_secrets
+from upstream import complete
+
+log = logging.getLogger("siliconflow_proxy")
+
+HOUSEKEEPING_SECONDS = 8.0  # most a chat UI's background task waits for the chat model's answer
+
+bp = Blueprint("chat", __name__)
+
+
+@bp.post("/v1/chat/completions")
+def chat_completions() -> Response:
+    services = web.current()
+    settings = services.settings
+    body = json_object(with_pictures_limit(settings))
+    stream = body.get("stream", False)
+    if stream is not None and not isinstance(stream, bool):
+        raise ApiError(400, "'stream' must be true or false.", param="stream")
+    messages = conversation.read_messages(body.get("messages"))
+    task = housekeeping.housekeeping(messages, request.headers.get("X-OpenWebUI-Task"))
+    if task is not None:
+        return _housekeeping(task, body.get("model"), bool(stream), services)
+    model = web.resolve_model(body.get("model"), services)
+    text = conversation.current_turn(messages)
+    if not settings.api_keys:
+        raise ApiError(503, "This service has no upstream keys: its operator must set API_KEYS.", code="no_upstream_keys")
+
+    draw = parse(text, model, settings.max_images_per_request)
+    inputs, part_notes = conversation.turn_images(body["messages"])
+    picture = followups.last_picture(messages)
+    change, previous, expand = None, None, settings.prompt_expansion
+    if family(model).needs_input:
+        # An edit model changes a picture: the one attached, else the last one drawn here. Its
+        # instruction is used as typed: a 100-word scene would not be an edit.
+        expand = False
+        if not inputs and picture is not None and picture.url:
+            inputs = (ImageRef("last", url=picture.url),)
+    elif not inputs and (change := followups.refinement(draw, picture)) is not None:
+        draw = followups.carried_over(draw, change, model, settings.max_images_per_request)
+        previous = change.picture.prompt
+        expand = expand and bool(change.change)  # the same picture again needs no new prompt
+    if part_notes:
+        draw = replace(draw, notes=draw.notes + part_notes)
+    job = Job(g.request_id, model, text, draw, web.public_base(settings), expand=expand, previous=previous, inputs=inputs)
+    log.info(
+        "req=%s chat model=%s images=%d size=%s stream=%s inputs=%d%s",
+        job.request_id,
+        model,
+        draw.count,
+        draw.size,
+        bool(stream),
+        len(inputs),
+        " (changes the last picture)" if change else "",
+    )
+    events = pipeline.guarded(pipeline.draw(job, services), job.request_id)
+    return chat_response(wording.chat(events), stream=bool(stream), model=model, prompt=text)
+
+
+def _housekeeping(task: housekeeping.Task, model: Any, stream: bool, services: Services) -> Response:
+    """A chat UI's background task: answered in its shape, with no picture drawn. Any model name
+    is taken: UIs send these to a model of their own choosing (LobeChat: gpt-5-mini)."""
+    settings = services.settings
+
+    def ask(system: str, user: str) -> str:
+        lease = services.pool.any_key()
+        if lease is None:
+            raise LookupError("no key")
+        with services.pool.using(lease):
+            text = complete(
+                services.http,
+                settings.api_base_url,
+                lease.key,
+                settings.image_prompt_model,
+                system,
+                user,
+                min(settings.expansion_timeout, HOUSEKEEPING_SECONDS),
+                max_tokens=200,
+            )
+        return redact_secrets(text, settings.secret_values())
+
+    named = model if isinstance(model, str) and model else services.catalog.default()
+    answer = housekeeping.answer(task, ask if settings.api_keys and settings.prompt_expansion else None, model=named)
+    log.info("req=%s %s %s task answered without drawing", g.request_id, task.ui, task.kind)
+    return chat_response([answer], stream=stream, model=named[:100], prompt="")
+
+
+def chat_response(pieces: Iterable[str | None], *, stream: bool, model: str, prompt: str) -> Response:
+    """The assistant's answer, from its pieces (None: keep-alive), as one `chat.completion` or as
+    a stream of chunks.
+
+    A stream sends the role at once and each piece as it comes; a keep-alive becomes an SSE
+    comment (ignored by the clients, it keeps nginx and Cloudflare from cutting a quiet stream).
+    A whole answer waits for its pieces; a keep-alive becomes a space before the JSON, which JSON
+    parsers skip, for the same proxies.
+    """
+    completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+    def streamed() -> Iterator[str]:
+        yield sse(chunk(completion_id, created, model, {"role": "assistant", "content": ""}))
+        for piece in pieces:
+            yield ": keep-alive\n\n" if piece is KEEP_ALIVE else sse(chunk(completion_id, created, model, {"content": piece}))
+        yield sse(chunk(completion_id, created, model, {}, "stop"))
+        yield sse("[DONE]")
+
+    if stream:
+        return Response(
+            streamed(), mimetype="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
+    parts: list[str] = []
+
+    def work() -> Iterator[None]:
+        for piece in pieces:
+            if piece is KEEP_ALIVE:
+                yield None
+            else:
+                parts.append(piece)
+
+    answer = lambda: dumps(completion(completion_id, created, model, prompt, "".join(parts)))  # noqa: E731
+    return Response(web.spaces_before_json(work(), answer), mimetype="application/json")

@@ -1,0 +1,178 @@
+"""The one contract between the drawing core and its surfaces: a `Job` in, events out.
+
+The pipeline (pipeline.py) turns a `Job` into a stream of the events below and never words
+anything; every surface (the chat adapter, the Images adapter) iterates that stream in its own
+request and says what it means in its own words (wording.py: Chinese for chat, English for the
+APIs). Why something did not work travels as a `Reason`, a kind and its parameters, never as a
+sentence, so each surface can word it, and a test can ask what happened without parsing text.
+
+This module imports nothing else of this project (types only, for annotations).
+
+    Job ──draw()──▶ Refused
+                    PromptReady ─ Submitted ─ (Queued | KeepAlive | ImageReady | ImageFailed)* ─ Done
+                    Broken (a bug cut the answer short)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from parsing import DrawRequest
+    from uploaders import Links
+
+
+class Failure(StrEnum):
+    """What kind of thing went wrong with an image, and so whose problem it is."""
+
+    AUTH = "auth"  # 401: the key is revoked or mistyped
+    BALANCE = "balance"  # 402/403: the account has no money
+    RATE_LIMIT = "rate_limit"  # 429: the account used up its budget for this model
+    FORBIDDEN = "forbidden"  # 403 otherwise: the model is disabled for this account
+    BAD_REQUEST = "bad_request"  # 400: the request itself is wrong; another key would say the same
+    SERVER = "server"  # 5xx
+    TIMEOUT = "timeout"
+    NETWORK = "network"
+    BAD_RESPONSE = "bad_response"  # not JSON, too large, no image, a link that is not one
+    NO_KEYS = "no_keys"  # no key could be had (all out, or not before the deadline)
+    CANCELLED = "cancelled"  # the client left
+    INTERNAL = "internal"  # a bug here, or a local fault (not the upstream's)
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why: a code (`wording` has the words for each, in Chinese and English) and its parameters.
+
+    Parameters are plain values, or Reasons and lists of Reasons themselves (a failure after
+    several attempts carries the last one's reason).
+    """
+
+    code: str
+    params: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def of(cls, code: str, **params: Any) -> Reason:
+        return cls(code, tuple(params.items()))
+
+    @property
+    def args(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.args.get(name, default)
+
+    def __str__(self) -> str:  # for logs: the code and the parameters, never a key (none is ever one)
+        return self.code if not self.params else f"{self.code}{self.args}"
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An input picture: where it is (a data: URI or an http(s) link) or its bytes, and which it
+    is, for the words (`wording.picture_name`)."""
+
+    source: str  # attached (to the chat turn) | last (the last picture drawn here) | upload (a file)
+    number: int = 0  # attached and uploaded pictures are numbered from 1
+    url: str | None = None
+    data: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One drawing: what to draw and how the answer wants it."""
+
+    request_id: str
+    model: str
+    text: str  # what the user typed, tokens included: moderated
+    draw: DrawRequest
+    public_base: str | None = None  # where this service is reached, for links to stored images
+    expand: bool = False  # rewrite the prompt with the chat model first
+    previous: str | None = None  # the last picture's prompt, when this turn changes that picture
+    fields: dict[str, Any] = field(default_factory=dict)  # more SiliconFlow fields the client gave
+    want_bytes: bool = False  # the answer carries the pictures themselves (Images API b64_json)
+    inputs: tuple[ImageRef, ...] = ()  # pictures to draw from (an edit, or image-to-image)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One picture's end: its links, or why it failed."""
+
+    index: int
+    links: Links | None = None
+    reason: Reason | None = None
+    kind: Failure | None = None
+    seed: int | None = None  # the seed sent, else the one the upstream says it used
+
+
+@dataclass(frozen=True)
+class Expansion:
+    prompt: str  # what will be drawn
+    failed: Reason | None = None  # why the chat model's rewrite was not used (the user's text is)
+    skipped: Reason | None = None  # why it was not asked at all
+
+
+# --- events ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Refused:
+    keyword: str  # a banned word
+    where: str = "request"  # request (this turn or the prompt it changes) | expanded (the chat model's rewrite)
+
+
+@dataclass(frozen=True)
+class PromptReady:
+    """What will be drawn: the prompt after expansion, and the request as parsed."""
+
+    job: Job
+    prompt: str
+    seeds: list[int] | None
+    notes: tuple[Reason, ...]
+    expansion: Expansion | None
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """Every picture is on its way upstream (or in line for a key)."""
+
+
+@dataclass(frozen=True)
+class Queued:
+    waiting: int  # this request's pictures waiting for a key
+    ahead: int  # requests served before this one's next picture
+    next_in: float | None  # seconds until a key is expected to be free
+    cooling: int = 0  # keys out (cooling after errors, dead, broke): then not only budgets are the cause
+
+
+@dataclass(frozen=True)
+class ImageReady:
+    outcome: Outcome
+
+
+@dataclass(frozen=True)
+class ImageFailed:
+    index: int
+    reason: Reason
+    kind: Failure | None = None
+    outcome: Outcome | None = None
+
+
+@dataclass(frozen=True)
+class Done:
+    delivered: int
+    count: int
+
+
+@dataclass(frozen=True)
+class KeepAlive:
+    """Still working: an SSE comment on the wire, a space before JSON."""
+
+
+@dataclass(frozen=True)
+class Broken:
+    """A bug cut the answer short (logged); the client gets a plain line, not a broken response."""
+
+
+KEEPALIVE = KeepAlive()
+Event = Refused | PromptReady | Submitted | Queued | ImageReady | ImageFailed | Done | KeepAlive | Broken

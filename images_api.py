@@ -1,0 +1,277 @@
+"""The Images API surface: `POST /v1/images/generations` and `/v1/images/edits`, and the Images adapter.
+
+The routes validate the OpenAI fields and make a `Job`; the adapter iterates the pipeline's events
+in this request (never on the shared executor, whose threads draw the pictures), keeps what an
+images answer needs, and answers in English: the pictures as `url` or `b64_json`, or one error
+whose status says whose problem it is. A quick answer keeps its status; a slow one starts a 200
+and sends spaces until the JSON is ready (web.spaces_before_json).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Blueprint, Response, g
+
+import pipeline
+import web
+import wording
+from bodies import json_object, multipart_form, with_pictures_limit
+from events import Failure, ImageFailed, ImageReady, ImageRef, Job, KeepAlive, Outcome, PromptReady, Refused
+from families import family
+from openai_wire import ApiError, dumps, images_answer
+from parsing import SEED_MAX, DrawRequest, find_banned, pick_size
+from pipeline import Services
+from uploaders import UploadError, input_picture
+
+log = logging.getLogger("siliconflow_proxy")
+
+bp = Blueprint("images", __name__)
+
+
+_IMAGE_EXTRAS: dict[str, tuple[type | tuple[type, ...], float, float]] = {
+    # SiliconFlow fields passed through when given: (type, lowest, highest)
+    "seed": (int, 0, SEED_MAX),
+    "num_inference_steps": (int, 1, 100),
+    "guidance_scale": ((int, float), 0, 20),
+    "cfg": ((int, float), 0.1, 20),
+}
+
+
+@bp.post("/v1/images/generations")
+def images_generations() -> Response:
+    """The OpenAI Images API, for Open WebUI, Cherry Studio and one-api/new-api channels."""
+    services = web.current()
+    body = json_object()
+    return _images(body, web.resolve_model(body.get("model"), services), (), services)
+
+
+_NUMBER_FIELDS = ("n", "seed", "num_inference_steps", "guidance_scale", "cfg")
+
+
+@bp.post("/v1/images/edits")
+def images_edits() -> Response:
+    """OpenAI image edits, multipart as `client.images.edit(...)` and Open WebUI send them: the
+    picture(s) in `image` or repeated `image[]`, the instruction in `prompt`, then as generations."""
+    services = web.current()
+    settings = services.settings
+    form, files = multipart_form(with_pictures_limit(settings))
+    body: dict[str, Any] = {}
+    for name, value in form.items():
+        body[name] = _number(value) if name in _NUMBER_FIELDS else value
+    model = web.resolve_model(body.get("model"), services, default=services.catalog.default_editor())
+    takes = family(model)
+    editors = [m for m in services.catalog.models() if family(m).edits][:4]
+    if not takes.edits:
+        raise ApiError(
+            400,
+            f"'{model}' does not take an input picture. Use a model that edits, such as "
+            f"{', '.join(editors) or 'Qwen/Qwen-Image-Edit-2509'}.",
+            param="model",
+        )
+    if "mask" in files or "mask" in form:
+        raise ApiError(
+            400,
+            f"'mask' is not taken: {model} edits from the prompt alone. Say in the prompt which "
+            'part to change ("make the sky blue").',
+            param="mask",
+        )
+    uploads = files.getlist("image") + files.getlist("image[]")
+    if not uploads:
+        raise ApiError(
+            400, "'image' is required: the picture to edit, as a file part named image (or image[] for several).", param="image"
+        )
+    if len(uploads) > len(takes.inputs):
+        raise ApiError(400, f"'image' holds {len(uploads)} pictures; {model} takes at most {len(takes.inputs)}.", param="image")
+    inputs = []
+    for number, upload in enumerate(uploads, 1):
+        data = upload.read()
+        try:
+            input_picture(services.session, settings, None, None, data)
+        except UploadError:
+            name = (upload.filename or "unnamed")[:60]
+            if len(data) > settings.max_image_mb * 2**20:
+                raise ApiError(
+                    413, f"'image' file {number} ({name}) is larger than {settings.max_image_mb:g} MB.", param="image"
+                ) from None
+            raise ApiError(
+                400, f"'image' file {number} ({name}) is not a PNG, JPEG, WebP or GIF picture.", param="image"
+            ) from None
+        inputs.append(ImageRef("upload", number, data=data))
+    return _images(body, model, tuple(inputs), services)
+
+
+def _number(value: str) -> Any:
+    """A multipart field's text as the number it spells (the form carries only text)."""
+    try:
+        return int(value)
+    except ValueError:
+        try:
+            return float(value)
+        except ValueError:
+            return value
+
+
+def _images(body: dict[str, Any], model: str, inputs: tuple[ImageRef, ...], services: Services) -> Response:
+    """Generations and edits, once validated: the pictures, as JSON (spaces first when slow)."""
+    settings = services.settings
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ApiError(400, "'prompt' is required: a description of the picture.", param="prompt")
+    n = body.get("n", 1)
+    if n is None:
+        n = 1
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= settings.max_images_per_request:
+        raise ApiError(400, f"'n' must be a whole number from 1 to {settings.max_images_per_request}.", param="n")
+    response_format = body.get("response_format") or "url"
+    if response_format not in ("url", "b64_json"):
+        raise ApiError(400, "'response_format' must be 'url' or 'b64_json'.", param="response_format")
+    wants_expansion = body.get("prompt_expansion", False)
+    if not isinstance(wants_expansion, bool):
+        raise ApiError(400, "'prompt_expansion' must be true or false.", param="prompt_expansion")
+    size = _images_size(body.get("size"), model)
+    extras = _images_extras(body)
+    negative = body.get("negative_prompt")
+    if negative is not None and not isinstance(negative, str):
+        raise ApiError(400, "'negative_prompt' must be a string.", param="negative_prompt")
+    if banned := find_banned(prompt, settings.banned_keywords):
+        raise ApiError(
+            400,
+            f"The prompt contains a word this service does not draw: '{banned}'.",
+            param="prompt",
+            code="content_policy_violation",
+        )
+    if not settings.api_keys:
+        raise ApiError(503, "This service has no upstream keys: its operator must set API_KEYS.", code="no_upstream_keys")
+    draw = DrawRequest(prompt=prompt.strip(), count=n, size=size, seed=extras.pop("seed", None), negative_prompt=negative or None)
+    job = Job(
+        g.request_id,
+        model,
+        prompt,
+        draw,
+        web.public_base(settings),
+        expand=wants_expansion,
+        fields=extras,
+        want_bytes=response_format == "b64_json",
+        inputs=inputs,
+    )
+    log.info(
+        "req=%s images model=%s n=%d size=%s format=%s inputs=%d", job.request_id, model, n, size, response_format, len(inputs)
+    )
+    return _answer(job, response_format, services)
+
+
+@dataclass
+class Drawn:
+    """What an images answer is made from: the events that matter to it, kept."""
+
+    revised: str | None = None  # the prompt drawn, when the chat model wrote it
+    ready: list[Outcome] = field(default_factory=list)
+    failed: list[ImageFailed] = field(default_factory=list)
+    refused: Refused | None = None
+    finished: bool = False
+
+
+def _collect(events: Iterator[Any], drawn: Drawn) -> Iterator[None]:
+    """The drawing's events kept in `drawn`, yielding None for each keep-alive."""
+    for event in events:
+        if isinstance(event, KeepAlive):
+            yield None
+        elif isinstance(event, Refused):
+            drawn.refused = event
+        elif isinstance(event, PromptReady) and event.expansion and not event.expansion.failed:
+            drawn.revised = event.prompt
+        elif isinstance(event, ImageReady):
+            drawn.ready.append(event.outcome)
+        elif isinstance(event, ImageFailed):
+            drawn.failed.append(event)
+    drawn.ready.sort(key=lambda outcome: outcome.index)
+    drawn.finished = True
+
+
+def _answer(job: Job, response_format: str, services: Services) -> Response:
+    """Draw in this request: the JSON with its own status when it is ready within a heartbeat,
+    else a 200 of spaces (one per keep-alive) and then the JSON."""
+    drawn = Drawn()
+    work = _collect(pipeline.guarded(pipeline.draw(job, services), job.request_id), drawn)
+    until = time.monotonic() + services.settings.heartbeat_seconds
+    try:
+        for _ in work:
+            if time.monotonic() >= until:
+                break
+    except BaseException:
+        work.close()
+        raise
+    if drawn.finished:
+        return Response(dumps(_images_body(drawn, response_format)), mimetype="application/json")
+    return Response(
+        web.spaces_before_json(work, lambda: dumps(_images_body(drawn, response_format))), mimetype="application/json"
+    )
+
+
+def _images_body(drawn: Drawn, response_format: str) -> dict[str, Any]:
+    """The Images API answer. Raises ApiError when no image was made, or the prompt was refused."""
+    if drawn.refused:
+        where = {"expanded": "The expanded prompt", "request": "The prompt"}.get(drawn.refused.where, "The prompt")
+        raise ApiError(
+            400,
+            f"{where} contains a word this service does not draw: '{drawn.refused.keyword}'.",
+            param="prompt",
+            code="content_policy_violation",
+        )
+    if not drawn.ready:
+        raise _images_failure(drawn.failed)
+    return images_answer([_image_item(outcome, response_format, drawn.revised) for outcome in drawn.ready])
+
+
+def _images_size(value: Any, model: str) -> str | None:
+    if value in (None, "", "auto"):
+        return pick_size(model, None)
+    match = re.fullmatch(r"(\d{2,5})x(\d{2,5})", value) if isinstance(value, str) else None
+    if not match:
+        raise ApiError(400, "'size' must be 'auto' or WIDTHxHEIGHT, like '1024x1024' or '1024x1792'.", param="size")
+    return pick_size(model, (int(match[1]), int(match[2])), explicit=True)
+
+
+def _images_extras(body: dict[str, Any]) -> dict[str, Any]:
+    extras = {}
+    for name, (kind, low, high) in _IMAGE_EXTRAS.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, kind) or not low <= value <= high:
+            raise ApiError(400, f"'{name}' must be a number from {low:g} to {high:g}.", param=name)
+        extras[name] = value
+    return extras
+
+
+def _images_failure(failed: list[ImageFailed]) -> ApiError:
+    """No image was made: one error, in English, with a status that says whose problem it is."""
+    kinds = {f.kind for f in failed}
+    reasons = "; ".join(dict.fromkeys(wording.en(f.reason) for f in failed)) or "no image was made"
+    if Failure.BAD_REQUEST in kinds:
+        return ApiError(400, f"SiliconFlow refused the request: {reasons}", code="upstream_bad_request")
+    if kinds == {Failure.RATE_LIMIT}:
+        return ApiError(429, f"Every upstream key is rate limited: {reasons}", code="rate_limited")
+    if kinds <= {Failure.NO_KEYS, Failure.AUTH, Failure.BALANCE}:
+        return ApiError(503, f"No upstream key can draw right now: {reasons}", code="no_usable_keys")
+    if kinds == {Failure.INTERNAL}:
+        return ApiError(500, f"The image service failed: {reasons}. It has been logged; please try again.", code="internal_error")
+    if kinds == {Failure.TIMEOUT} and any(f.reason.code in ("request_timeout", "shutting_down") for f in failed):
+        return ApiError(504, f"No image was finished in time: {reasons}", code="timeout")
+    return ApiError(502, f"SiliconFlow did not deliver an image: {reasons}", code="upstream_error")
+
+
+def _image_item(outcome: Outcome, response_format: str, revised: str | None) -> dict[str, Any]:
+    links = outcome.links
+    assert links is not None
+    if response_format == "url":
+        return {"url": links.image, "revised_prompt": revised}
+    assert links.picture is not None  # fetched by the image's own worker (Job.want_bytes)
+    return {"b64_json": base64.b64encode(links.picture.data).decode(), "revised_prompt": revised}

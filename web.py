@@ -1,0 +1,206 @@
+"""The service's own small routes and what every surface asks of a request.
+
+Authentication (the service key), CORS, the playground page, `/health`, `/v1/models`, the stored
+images; and, for the surfaces (chat_api.py, images_api.py): the services, the model a request
+names, where this service is reached, and the JSON and error answers.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, request, send_file
+from werkzeug.wsgi import wrap_file
+
+from config import Settings
+from families import DEFAULT_MODELS
+from openai_wire import ApiError, dumps, error_body, model_list
+from pipeline import Services
+from uploaders import MIMETYPES
+
+bp = Blueprint("web", __name__)
+
+
+def json_response(obj: Any, status: int = 200) -> Response:
+    return Response(dumps(obj), status=status, mimetype="application/json")
+
+
+def spaces_before_json(work: Iterator[None], answer: Callable[[], str]) -> Iterator[str]:
+    """A JSON answer that may take long: a space for each keep-alive `work` yields while it runs,
+    then `answer()`, the JSON. The one such streamer, for chat and the Images API alike.
+
+    JSON parsers skip leading white space, and the bytes keep reverse proxies (nginx's 60 s,
+    Cloudflare's 100 s) from giving up on a quiet connection. The status is 200 by then, so a late
+    failure is an OpenAI-shaped `{"error": ...}` body after the spaces.
+    """
+    try:
+        for _ in work:
+            yield " "
+        try:
+            yield answer()
+        except ApiError as exc:
+            yield dumps(error_body(exc.status, exc.message, param=exc.param, code=exc.code))
+    finally:
+        work.close()  # type: ignore[attr-defined]  # the client left: the drawing stops
+
+
+def error_response(status: int, message: str, *, param: str | None = None, code: str | None = None) -> Response:
+    """The one OpenAI-shaped error answer (openai_wire.error_body) every 4xx/5xx gets."""
+    return json_response(error_body(status, message, param=param, code=code), status)
+
+
+def current() -> Services:
+    return current_app.extensions["siliconflow"]
+
+
+@bp.before_app_request
+def _authenticate() -> Response | None:
+    g.request_id = uuid.uuid4().hex[:12]
+    services = current()
+    services.upkeep.ensure_running()
+    settings = services.settings
+    if not settings.api_key or not request.path.startswith("/v1/") or request.method == "OPTIONS":
+        return None  # a CORS preflight carries no credentials
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), settings.api_key.encode()):
+        return None
+    return error_response(
+        401,
+        "Incorrect API key provided. Send the service key as 'Authorization: Bearer <API_KEY>'.",
+        code="invalid_api_key",
+    )
+
+
+@bp.after_app_request
+def _cors(response: Response) -> Response:
+    """CORS for browser clients (the OpenAI JS SDK, web chat UIs) as CORS_ORIGINS allows."""
+    allowed = current().settings.cors_origins
+    origin = request.headers.get("Origin")
+    if not allowed or not origin:
+        return response
+    if "*" in allowed:
+        response.headers["Access-Control-Allow-Origin"] = "*"
+    elif origin in allowed:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.vary.add("Origin")
+    else:
+        return response
+    if request.method == "OPTIONS":
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        # The JS SDK sends Authorization, Content-Type and a dozen x-stainless-* headers: allow
+        # what the preflight asks for rather than a list that drifts with SDK versions.
+        response.headers["Access-Control-Allow-Headers"] = request.headers.get(
+            "Access-Control-Request-Headers", "Authorization, Content-Type"
+        )
+        response.headers["Access-Control-Max-Age"] = "86400"
+    return response
+
+
+PLAYGROUND = Path(__file__).with_name("static") / "playground.html"
+
+
+@bp.get("/")
+def playground() -> Response:
+    """A page to try the service in a browser: what people landing on a HuggingFace Space expect."""
+    return send_file(PLAYGROUND, mimetype="text/html", max_age=300)
+
+
+@bp.get("/health")
+def health() -> Response:
+    """The pool without key material: keys and accounts by state, the store shared, the line."""
+    services = current()
+    pool = services.pool
+    store = pool.store.describe()
+    body = {
+        # degraded: the shared key state failed and this process draws on from its own (see "store")
+        "status": "ok" if store.get("reachable", True) else "degraded",
+        **pool.summary(),
+        "rate_limit": ",".join(str(limit) for limit in pool.configured_limits) or "learned from 429s",
+        "store": store,
+        "queue": {"waiting_in_this_worker": pool.queue.waiting()},
+    }
+    return json_response(body)
+
+
+@bp.get("/v1/models")
+def list_models() -> Response:
+    return json_response(model_list(current().catalog.models()))
+
+
+def public_base(settings: Settings) -> str | None:
+    """Where clients reach this service: PUBLIC_BASE_URL, else what the request (and a proxy) says."""
+    if settings.public_base_url:
+        return settings.public_base_url
+    proto = request.headers.get("X-Forwarded-Proto", request.scheme).split(",")[0].strip() or request.scheme
+    # The raw header: werkzeug's request.host is empty for a name with an underscore.
+    host = (request.headers.get("X-Forwarded-Host") or request.headers.get("Host") or "").split(",")[0].strip()
+    if proto not in ("http", "https") or not _valid_host(host):
+        return None
+    return f"{proto}://{host}"
+
+
+_HOST_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOST = re.compile(rf"({_HOST_LABEL}(?:\.{_HOST_LABEL})*|\[([0-9a-fA-F:.]+)\])(?::(\d{{1,5}}))?")
+
+
+def _valid_host(host: str) -> bool:
+    """A host[:port] a link can be built from. Underscores are not valid in DNS names, but Docker
+    Compose service names have them; a name must have a letter or digit, a port must exist."""
+    match = _HOST.fullmatch(host)
+    if not match or not any(ch.isalnum() for ch in match[1]):
+        return False
+    if match[3] and not 0 < int(match[3]) <= 65535:
+        return False
+    if match[2]:
+        try:
+            ipaddress.IPv6Address(match[2])
+        except ValueError:
+            return False
+    return True
+
+
+@bp.get("/images/<path:name>")
+def stored_image(name: str) -> Response:
+    store = current().store
+    handle = store.open(name) if store else None
+    if handle is None:
+        raise ApiError(404, "No such image.", code="not_found")
+    stem, ext = name.split(".")
+    info = os.fstat(handle.fileno())  # of the file opened, not of whatever the path names now
+    response = Response(wrap_file(request.environ, handle), mimetype=MIMETYPES[ext], direct_passthrough=True)
+    response.content_length = info.st_size
+    response.last_modified = info.st_mtime
+    response.set_etag(stem)
+    response.headers["Cache-Control"] = "public, max-age=31536000, immutable"  # names are content hashes
+    return response.make_conditional(request, accept_ranges=True, complete_length=info.st_size)
+
+
+def resolve_model(value: Any, services: Services, *, default: str | None = None) -> str:
+    """The model a request names, or the default. Raises ApiError for one this service does not know.
+
+    Offered: MODELS, else what SiliconFlow lists now. Also taken when MODELS is not set: the
+    built-in list, so that a withdrawn model asked for by name reaches SiliconFlow and its answer
+    (20012) is said in plain words.
+    """
+    catalog = services.catalog
+    if value is None or value == "":
+        return default or catalog.default()
+    if not isinstance(value, str):
+        raise ApiError(400, "'model' must be a string: one of the ids from GET /v1/models.", param="model")
+    offered = catalog.models()
+    if value not in offered and (services.settings.models or value not in DEFAULT_MODELS):
+        shown = ", ".join(offered[:6]) + (", …" if len(offered) > 6 else "")
+        raise ApiError(
+            400,
+            f"Unknown model '{value[:100]}'. Use one of the ids listed by GET /v1/models ({shown}).",
+            param="model",
+            code="model_not_found",
+        )
+    return value
