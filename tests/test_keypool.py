@@ -10,6 +10,7 @@ import pytest
 
 from keypool import KeyPool, Lease, _with_slack, key_id
 from keystores import FallbackStore, Limit, LocalStore, RedisStore
+from tests.helpers import wait_until
 from upstream import AccountInfo, Failure, UpstreamError
 
 KOLORS, QWEN = "Kwai-Kolors/Kolors", "Qwen/Qwen-Image"
@@ -326,7 +327,7 @@ def test_waiting_images_take_turns_by_request():
     threads = [threading.Thread(target=image, args=("big",)) for _ in range(4)]
     for thread in threads:
         thread.start()
-    time.sleep(0.05)
+    assert wait_until(lambda: pool.queue.waiting() + len(order) == 4)  # all of "big" is in line (or served) first
     late = threading.Thread(target=image, args=("small",))
     late.start()
     for thread in [*threads, late]:
@@ -349,7 +350,7 @@ def test_a_cancelled_request_leaves_the_line():
     result = []
     waiting = threading.Thread(target=lambda: result.append(pool.queue.take("r", KOLORS, (), time.monotonic() + 60)))
     waiting.start()
-    time.sleep(0.1)
+    assert wait_until(lambda: pool.queue.status("r") is not None)
     assert pool.queue.status("r").waiting == 1
     pool.queue.cancel("r")
     waiting.join(timeout=2)
