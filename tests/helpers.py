@@ -4,12 +4,28 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import requests
 
 IMAGE_LINE = re.compile(r"!\[image(\d+)\|([^\]\n]*)\]\((\S+?)\)")
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 5.0, interval: float = 0.02) -> bool:
+    """True as soon as `condition()` is truthy, False if it is not within `timeout` seconds.
+
+    What a test waits on instead of sleeping: it returns the moment the thing has happened, and a
+    bounded timeout keeps a test that would wait for ever from hanging the suite.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if condition():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
 
 
 def chat_body(content: Any, *, stream: bool = False, model: str | None = "Kwai-Kolors/Kolors", **extra: Any) -> dict:

@@ -9,7 +9,7 @@ import time
 
 import requests
 
-from tests.helpers import answer_text, images_in
+from tests.helpers import answer_text, images_in, wait_until
 
 A1, A2, B1, B2 = "sk-good-acctA-1", "sk-good-acctA-2", "sk-good-acctB-1", "sk-good-acctB-2"
 
@@ -66,7 +66,8 @@ def test_a_later_pic_1_is_not_held_behind_all_of_an_earlier_pic_6(serve, fake):
 
     big = threading.Thread(target=ask, args=("big", "画一只猫 pic:6"))
     big.start()
-    time.sleep(0.3)
+    # The big one's first window is drawing and its other four images wait in line: then the small one asks.
+    assert wait_until(lambda: service.services.pool.queue.waiting() == 4)
     ask("small", "画一只狗")
     big.join()
     assert done["small"] < 1.5, done  # one window, not three

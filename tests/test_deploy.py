@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from tests.conftest import ROOT
-from tests.helpers import answer_text, chat_body, content_of, images_in, post_chat, sse_events, stream_chunks
+from tests.helpers import answer_text, chat_body, content_of, images_in, post_chat, sse_events, stream_chunks, wait_until
 from tests.servers import Gunicorn, web_command
 
 
@@ -67,6 +67,19 @@ def _threads_and_fds(pid: int) -> tuple[int, int]:
     return len(os.listdir(f"/proc/{pid}/task")), len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def _served_connections(port: int) -> int:
+    """TCP connections still open on the server's side of `port` (listening and TIME_WAIT ones aside)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not Path(table).exists():
+            continue
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if int(local.rsplit(":", 1)[1], 16) == port and state not in ("0A", "06"):  # LISTEN, TIME_WAIT
+                count += 1
+    return count
+
+
 def _abort_stream(port: int) -> None:
     """Start a stream, read its first event, then hang up hard (RST), as a closed browser tab does."""
     body = json.dumps(chat_body("画一只猫 pic:4", stream=True)).encode()
@@ -111,21 +124,22 @@ def test_a_thousand_aborted_streams_leave_no_threads_or_sockets_behind(fake, wor
         with ThreadPoolExecutor(16) as pool:
             answers = list(pool.map(lambda _: post_chat(url, chat_body("画一只猫", stream=True)).text, range(16)))
         assert all("1/1" in a for a in answers)
-        time.sleep(1.0)
+        # Counted once the worker has closed every warm-up connection, so that they are not counted as its baseline.
+        assert wait_until(lambda: _served_connections(port) == 0), "the warm-up's connections stayed open"
         threads_before, fds_before = _threads_and_fds(worker)
         calls_before = len(fake.state.image_calls())
 
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda _: _abort_stream(port), range(1000)))
 
-        settled = False
-        for _ in range(100):  # up to 10 s for the last streams to notice their client is gone
+        def settled() -> bool:
+            nonlocal threads, fds
             threads, fds = _threads_and_fds(worker)
-            if threads <= threads_before and fds <= fds_before + 4:
-                settled = True
-                break
-            time.sleep(0.1)
-        assert settled, f"threads {threads_before} -> {threads}, fds {fds_before} -> {fds}"
+            return threads <= threads_before and fds <= fds_before + 4
+
+        threads, fds = threads_before, fds_before
+        # Up to 10 s for the last streams to notice their client is gone.
+        assert wait_until(settled, 10, interval=0.1), f"threads {threads_before} -> {threads}, fds {fds_before} -> {fds}"
         # Images not started when their client left never reached the upstream.
         sent = len(fake.state.image_calls()) - calls_before
         assert sent < 400, f"{sent} of 4000 images were sent upstream for aborted streams"
@@ -157,6 +171,24 @@ def _stream_with_sigterm(server: Gunicorn, text: str) -> tuple[str, list[str], f
     return content, raw, time.monotonic() - signalled
 
 
+# A graceful timeout as short as still leaves the streams time to end themselves before it
+# (pipeline.Shutdown.MARGIN, 3 s, before it): the worker is killed when it runs out.
+GRACE = 4
+
+
+def _sigterm_once(server: Gunicorn, condition) -> dict[str, float]:
+    """SIGTERM the master as soon as `condition()` holds; {"at": when}, empty if it never did."""
+    sent: dict[str, float] = {}
+
+    def send() -> None:
+        if wait_until(condition, 10):
+            sent["at"] = time.monotonic()
+        server.signal(signal.SIGTERM)  # in any case: the request must not hang the test
+
+    threading.Thread(target=send, daemon=True).start()
+    return sent
+
+
 def test_sigterm_ends_a_waiting_stream_with_a_line_and_done(fake, production_bin):
     fake.state.image_latency = 30
     server = _started(
@@ -164,7 +196,7 @@ def test_sigterm_ends_a_waiting_stream_with_a_line_and_done(fake, production_bin
         production_bin,
         API_KEYS="sk-good-term1,sk-good-term2",
         HEARTBEAT_SECONDS="0.5",
-        GUNICORN_CMD_ARGS="--graceful-timeout 5",
+        GUNICORN_CMD_ARGS=f"--graceful-timeout {GRACE}",
     )
     try:
         content, raw, seconds = _stream_with_sigterm(server, "画一只猫 pic:2")
@@ -172,7 +204,7 @@ def test_sigterm_ends_a_waiting_stream_with_a_line_and_done(fake, production_bin
         server.stop()
     assert raw[-1] == "[DONE]"
     assert content.count("服务正在重启或关闭，这张图片没能完成") == 2 and "0/2" in content
-    assert seconds < 5, f"the stream ended {seconds:.1f} s after SIGTERM"
+    assert seconds < GRACE, f"the stream ended {seconds:.1f} s after SIGTERM"
 
 
 def test_a_stream_that_finishes_within_the_grace_period_is_not_cut(fake, production_bin):
@@ -260,18 +292,18 @@ def test_a_chunked_body_over_a_megabyte_is_a_413_under_gunicorn(gunicorn):
 def test_sigterm_ends_a_waiting_images_api_call_with_an_error_body(fake, production_bin):
     fake.state.image_latency = 30
     server = _started(
-        fake, production_bin, API_KEYS="sk-good-term3", HEARTBEAT_SECONDS="0.5", GUNICORN_CMD_ARGS="--graceful-timeout 5"
+        fake, production_bin, API_KEYS="sk-good-term3", HEARTBEAT_SECONDS="0.5", GUNICORN_CMD_ARGS=f"--graceful-timeout {GRACE}"
     )
     try:
-        threading.Timer(1.0, server.signal, args=(signal.SIGTERM,)).start()
-        started = time.monotonic()
+        sent = _sigterm_once(server, lambda: fake.state.image_calls())  # once the image is being drawn
         response = requests.post(f"{server.url}/v1/images/generations", json={"prompt": "a fox"}, timeout=30)
-        seconds = time.monotonic() - started
+        ended = time.monotonic()
     finally:
         server.stop()
+    assert "at" in sent, "the image call never reached the upstream"
     assert response.status_code == 200 and response.content.startswith(b" ")
     assert "the service is restarting" in json.loads(response.content)["error"]["message"]
-    assert seconds < 6.5
+    assert ended - sent["at"] < GRACE
 
 
 def test_sigterm_ends_a_stream_still_in_prompt_expansion(fake, production_bin):
@@ -283,13 +315,14 @@ def test_sigterm_ends_a_stream_still_in_prompt_expansion(fake, production_bin):
         HEARTBEAT_SECONDS="0.5",
         PROMPT_EXPANSION="true",
         EXPANSION_TIMEOUT="60",
-        GUNICORN_CMD_ARGS="--graceful-timeout 5",
+        GUNICORN_CMD_ARGS=f"--graceful-timeout {GRACE}",
     )
     try:
-        threading.Timer(1.0, server.signal, args=(signal.SIGTERM,)).start()
-        started = time.monotonic()
+        sent = _sigterm_once(server, lambda: fake.state.chat_calls())  # once the prompt is being expanded
         content = answer_text(server.url, "画一只猫 pic:2", stream=True)
-        seconds = time.monotonic() - started
+        ended = time.monotonic()
     finally:
         server.stop()
-    assert content.count("服务正在重启或关闭") == 2 and "0/2" in content and seconds < 6.5
+    assert "at" in sent, "the expansion call never reached the upstream"
+    assert not fake.state.image_calls()  # SIGTERM came during the expansion
+    assert content.count("服务正在重启或关闭") == 2 and "0/2" in content and ended - sent["at"] < GRACE

@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
@@ -422,12 +423,16 @@ def test_without_a_seed_each_picture_shows_the_upstreams(serve, fake):
 def test_a_slow_non_stream_chat_sends_spaces_then_json(serve, fake):
     fake.state.image_latency = 1.5
     service = serve(heartbeat_seconds=0.3, prompt_expansion=False)
-    response = post_chat(service.url, chat_body("画一只猫"), stream=False)
+    client = openai.OpenAI(base_url=f"{service.url}/v1", api_key="x", max_retries=0, timeout=30)
+    with ThreadPoolExecutor(2) as pool:  # two independent slow answers, side by side
+        asked = pool.submit(post_chat, service.url, chat_body("画一只猫"), stream=False)
+        by_sdk = pool.submit(
+            client.chat.completions.create, model="Kwai-Kolors/Kolors", messages=[{"role": "user", "content": "画一只狗"}]
+        )
+        response, result = asked.result(), by_sdk.result()
     assert response.status_code == 200
     assert response.content.startswith(b" ") and response.content.lstrip().startswith(b"{")
     assert "1/1" in response.json()["choices"][0]["message"]["content"]
-    client = openai.OpenAI(base_url=f"{service.url}/v1", api_key="x", max_retries=0, timeout=30)
-    result = client.chat.completions.create(model="Kwai-Kolors/Kolors", messages=[{"role": "user", "content": "画一只狗"}])
     assert len(images_in(result.choices[0].message.content)) == 1
 
 
@@ -441,9 +446,11 @@ def test_a_slow_images_api_call_sends_spaces_then_json(serve, fake):
     fake.state.image_latency = 1.5
     service = serve(heartbeat_seconds=0.3)
     client = openai.OpenAI(base_url=f"{service.url}/v1", api_key="x", max_retries=0, timeout=30)
-    result = client.images.generate(prompt="a fox", response_format="b64_json", n=2)
+    with ThreadPoolExecutor(2) as pool:  # two independent slow answers, side by side
+        by_sdk = pool.submit(client.images.generate, prompt="a fox", response_format="b64_json", n=2)
+        asked = pool.submit(requests.post, f"{service.url}/v1/images/generations", json={"prompt": "a fox"}, timeout=30)
+        result, raw = by_sdk.result(), asked.result()
     assert len(result.data) == 2 and all(item.b64_json for item in result.data)
-    raw = requests.post(f"{service.url}/v1/images/generations", json={"prompt": "a fox"}, timeout=30)
     assert raw.content.startswith(b" ") and raw.json()["data"][0]["url"]
 
 

@@ -11,6 +11,7 @@ import pytest
 from events import Failure, Reason
 from keypool import Acquired, KeyPool, Lease, Taken, _with_slack, key_id
 from keystores import FallbackStore, Limit, LocalStore, RedisStore
+from tests.helpers import wait_until
 from upstream import AccountInfo, UpstreamError
 from wording import zh
 
@@ -339,7 +340,7 @@ def test_waiting_images_take_turns_by_request():
     threads = [threading.Thread(target=image, args=("big",)) for _ in range(4)]
     for thread in threads:
         thread.start()
-    time.sleep(0.05)
+    assert wait_until(lambda: pool.queue.waiting() + len(order) == 4)  # all of "big" is in line (or served) first
     late = threading.Thread(target=image, args=("small",))
     late.start()
     for thread in [*threads, late]:
@@ -363,7 +364,7 @@ def test_a_cancelled_request_leaves_the_line():
     result = []
     waiting = threading.Thread(target=lambda: result.append(pool.queue.take("r", KOLORS, (), time.monotonic() + 60)))
     waiting.start()
-    time.sleep(0.1)
+    assert wait_until(lambda: pool.queue.status("r") is not None)
     assert pool.queue.status("r").waiting == 1
     pool.queue.cancel("r")
     waiting.join(timeout=2)

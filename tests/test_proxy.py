@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
@@ -46,16 +47,24 @@ def stack(fake, production_bin):
 def test_slow_answers_outlast_a_short_proxy_read_timeout(stack, fake):
     fake.state.image_latency = 2.5
     proxy = stack()
-    content = answer_text(proxy.url, "画一只猫 pic:2", stream=True)
-    assert sorted(images_in(content)) == [1, 2]
-
     client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="x", max_retries=0, timeout=60)
-    chat = client.chat.completions.create(model="Kwai-Kolors/Kolors", messages=[{"role": "user", "content": "画一只狗"}])
-    assert len(images_in(chat.choices[0].message.content)) == 1
 
-    # What Open WebUI's image settings send: non-stream, b64_json.
-    images = client.images.generate(model="Kwai-Kolors/Kolors", prompt="a fox", n=1, response_format="b64_json")
-    assert base64.b64decode(images.data[0].b64_json).startswith(b"\x89PNG")
+    def stream() -> None:
+        content = answer_text(proxy.url, "画一只猫 pic:2", stream=True)
+        assert sorted(images_in(content)) == [1, 2]
+
+    def chat() -> None:
+        answer = client.chat.completions.create(model="Kwai-Kolors/Kolors", messages=[{"role": "user", "content": "画一只狗"}])
+        assert len(images_in(answer.choices[0].message.content)) == 1
+
+    def images_api() -> None:  # what Open WebUI's image settings send: non-stream, b64_json
+        images = client.images.generate(model="Kwai-Kolors/Kolors", prompt="a fox", n=1, response_format="b64_json")
+        assert base64.b64decode(images.data[0].b64_json).startswith(b"\x89PNG")
+
+    # Three independent slow answers, each longer than nginx's read timeout: side by side, not one after another.
+    with ThreadPoolExecutor(3) as pool:
+        for done in [pool.submit(check) for check in (stream, chat, images_api)]:
+            done.result()
 
 
 def test_an_edit_with_large_pictures_passes_nginx(stack, fake):
