@@ -365,8 +365,8 @@ def test_logs_never_contain_a_key_or_token(serve, fake, lsky, sink, capfd):
         served = [line for line in lines if "127.0.0.1 - - [" in line and "POST /v1/chat/completions" in line]  # werkzeug's
         return (
             len(served) == 3
-            and any("蓝空图床上传失败" in line for line in lines)
-            and any("短链接生成失败" in line for line in lines)
+            and any("uploading to Lsky Pro failed" in line for line in lines)
+            and any("the short link could not be made" in line for line in lines)
             and service.services.pool.summary()["keys"]["calls_in_flight"] == 0
         )
 
