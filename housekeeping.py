@@ -19,6 +19,7 @@ from families import family
 from followups import AGAIN
 from parsing import parse
 from text import md, one_line
+from wording import NEXT_STYLES, STYLE_TAGS, SUGGEST, task_words
 
 
 @dataclass(frozen=True)
@@ -317,16 +318,13 @@ def _local(task: Task, model: str | None = None) -> str | list[str] | list[Any]:
         return "🎨"
     if task.kind == "summary":
         drawn = "；".join(_subject(request)[:60] for request in requests[-10:])
-        return f"用户请本服务画了这些图：{drawn}" if zh else f"The user asked this image service to draw: {drawn}"
+        return task_words("summary", zh, drawn=drawn)
     if task.kind == "check":
         return "OK"
     if task.kind == "image_done":
-        if task.detail == "edited":
-            return "图片已经改好，就在上面。" if zh else "Your picture is changed, shown above."
-        return "图片已经画好，就在上面。" if zh else "Your picture is ready, shown above."
+        return task_words("edited" if task.detail == "edited" else "ready", zh)
     if task.kind == "image_failed":
-        reason = task.detail or ("没有说明原因" if zh else "no reason given")
-        return f"图片没有画成：{reason}" if zh else f"The picture could not be made: {reason}"
+        return task_words("failed", zh, reason=task.detail or task_words("no_reason", zh))
     if task.kind == "autocomplete":
         return ""
     return []  # queries, tool calls, memory operations: none
@@ -354,44 +352,22 @@ def _subject(request: str) -> str:
 def title(request: str, zh: bool) -> str:
     subject = _subject(request)
     if not subject:
-        return "AI 绘画" if zh else "Image Generation"
+        return task_words("default_title", zh)
     if zh:
         return subject[:12]
     return " ".join(word.capitalize() for word in subject.split()[:6])
 
 
-_STYLES = (
-    ("水彩", "watercolor", "水彩"),
-    ("油画", "oil painting", "油画"),
-    ("动漫", "anime", "动漫"),
-    ("二次元", "anime", "动漫"),
-    ("像素", "pixel", "像素风"),
-    ("写实", "photo", "写实"),
-    ("素描", "sketch", "素描"),
-    ("赛博朋克", "cyberpunk", "赛博朋克"),
-    ("插画", "illustration", "插画"),
-)
-
-
 def tags(requests: tuple[str, ...], zh: bool) -> list[str]:
-    found = ["AI 绘画" if zh else "Image Generation"]
+    found = [task_words("default_title", zh)]
     joined = " ".join(requests).lower()
-    for chinese, english, tag in _STYLES:
+    for chinese, english, tag in STYLE_TAGS:
         if chinese in joined or english in joined:
             found.append(tag if zh else english.title())
     subject = title(requests[-1], zh) if requests else ""
     if subject and len(subject) <= 12 and subject not in found:
         found.append(subject)
     return list(dict.fromkeys(found))[:3]
-
-
-_NEXT_STYLES = (
-    ("水彩", "watercolor", "换成水彩风格", "Make it a watercolor"),
-    ("油画", "oil painting", "换成油画风格", "Make it an oil painting"),
-    ("赛博朋克", "cyberpunk", "换成赛博朋克风格", "Make it cyberpunk"),
-    ("像素", "pixel", "换成像素风", "Make it pixel art"),
-    ("动漫", "anime", "换成动漫风格", "Make it anime style"),
-)
 
 
 def _orientation(shape: tuple[int, int]) -> str:
@@ -416,8 +392,8 @@ def follow_ups(requests: tuple[str, ...] | list[str], zh: bool, model: str | Non
     keeps the input's size; Kolors draws no landscape), and more pictures or another angle."""
     said = " ".join(requests).lower()
     style = next(
-        ((chinese, english) for key_zh, key_en, chinese, english in _NEXT_STYLES if key_zh not in said and key_en not in said),
-        ("换个角度", "Show it from another angle"),
+        ((chinese, english) for key_zh, key_en, chinese, english in NEXT_STYLES if key_zh not in said and key_en not in said),
+        SUGGEST["angle"],
     )
     shape = None
     for request in reversed(requests):
@@ -425,16 +401,12 @@ def follow_ups(requests: tuple[str, ...] | list[str], zh: bool, model: str | Non
         if shape:
             break
     now, shapes = _orientation(shape) if shape else "square", _shapes(model)
-    tall, wide = ("改成 9:16 竖图", "Make it 9:16"), ("改成 16:9 横图", "Make it 16:9")
+    tall, wide = SUGGEST["tall"], SUGGEST["wide"]
     other_shape = next(
         (words for orientation, words in (("wide", wide), ("tall", tall)) if orientation in shapes and orientation != now),
-        ("把背景换成海边", "Change the background to a beach"),
+        SUGGEST["background"],
     )
     last = requests[-1] if requests else ""
-    more = (
-        ("换个角度", "Show it from another angle")
-        if AGAIN.search(last.strip()) or "pic" in last.lower()
-        else ("再画两张 pic:2", "Two more pic:2")
-    )
-    picked = [style, other_shape, more if more != style else ("再来一张", "Draw it again")]
+    more = SUGGEST["angle"] if AGAIN.search(last.strip()) or "pic" in last.lower() else SUGGEST["two_more"]
+    picked = [style, other_shape, more if more != style else SUGGEST["again"]]
     return [chinese if zh else english for chinese, english in picked]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import json
 import os
 import re
 import uuid
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, request, send_file
+from flask import Blueprint, Response, current_app, g, request
 from werkzeug.wsgi import wrap_file
 
 from config import Settings
@@ -24,6 +25,7 @@ from families import DEFAULT_MODELS
 from openai_wire import ApiError, dumps, error_body, model_list
 from pipeline import Services
 from uploaders import MIMETYPES
+from wording import IMAGE_MARK
 
 bp = Blueprint("web", __name__)
 
@@ -108,8 +110,14 @@ PLAYGROUND = Path(__file__).with_name("static") / "playground.html"
 
 @bp.get("/")
 def playground() -> Response:
-    """A page to try the service in a browser: what people landing on a HuggingFace Space expect."""
-    return send_file(PLAYGROUND, mimetype="text/html", max_age=300)
+    """A page to try the service in a browser: what people landing on a HuggingFace Space expect.
+
+    The page finds the pictures in an answer by the answer's own image marker, given to it here
+    from the wording layer, so the two cannot drift apart."""
+    page = PLAYGROUND.read_text(encoding="utf-8").replace('"__IMAGE_MARK__"', json.dumps(IMAGE_MARK))
+    response = Response(page, mimetype="text/html")
+    response.cache_control.max_age = 300
+    return response
 
 
 @bp.get("/health")

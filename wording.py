@@ -11,6 +11,7 @@ follow-up reader (followups.py) reads an earlier answer back by the same constan
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -290,6 +291,8 @@ MODEL_LABEL = " · 模型："
 SEED_LABEL = " · 种子："
 FOLLOWS_INPUT = "跟随输入图片"
 IMAGE_MARK = "![image"
+# An answer's picture, as the playground and the tests find it: (number, alt text, URL).
+IMAGE_LINE = re.compile(rf"^{re.escape(IMAGE_MARK)}(\d+)\|([^\]\n]*)\]\((\S+?)\)$", re.M)
 
 
 def refusal(keyword: str) -> str:
@@ -356,7 +359,7 @@ def image_markdown(
     the seed's format promises UIs, and the one the playground looks for.
     """
     lines = [f"{IMAGE_MARK}{index}|{alt}]({md_url(image)})"]
-    seed_part = f" · 种子：{seed}" if seed is not None else ""
+    seed_part = f"{SEED_LABEL}{seed}" if seed is not None else ""
     if permanent and download:
         lines.append(f"[永久链接]({md_url(permanent)}) · [上游原图]({md_url(download)})（上游链接一小时后失效）{seed_part}")
     elif permanent:  # the upstream sent the picture inline: there is no upstream link to give
@@ -436,3 +439,52 @@ def _prompt_ready(event) -> str:
         notes=event.notes,
         expansion_note=note,
     )
+
+
+# --- chat UIs' background tasks (housekeeping.py answers them here, never drawing) -----------------
+# Each is (Chinese, English): the UI's conversation decides which.
+
+TASK_WORDS: dict[str, tuple[str, str]] = {
+    "summary": ("用户请本服务画了这些图：{drawn}", "The user asked this image service to draw: {drawn}"),
+    "edited": ("图片已经改好，就在上面。", "Your picture is changed, shown above."),
+    "ready": ("图片已经画好，就在上面。", "Your picture is ready, shown above."),
+    "failed": ("图片没有画成：{reason}", "The picture could not be made: {reason}"),
+    "no_reason": ("没有说明原因", "no reason given"),
+    "default_title": ("AI 绘画", "Image Generation"),
+}
+
+# (what a request says in Chinese, in English, the tag in Chinese); the English tag is title-cased.
+STYLE_TAGS = (
+    ("水彩", "watercolor", "水彩"),
+    ("油画", "oil painting", "油画"),
+    ("动漫", "anime", "动漫"),
+    ("二次元", "anime", "动漫"),
+    ("像素", "pixel", "像素风"),
+    ("写实", "photo", "写实"),
+    ("素描", "sketch", "素描"),
+    ("赛博朋克", "cyberpunk", "赛博朋克"),
+    ("插画", "illustration", "插画"),
+)
+
+# Suggested next requests: (a style already asked for in Chinese, in English, the suggestion in each).
+NEXT_STYLES = (
+    ("水彩", "watercolor", "换成水彩风格", "Make it a watercolor"),
+    ("油画", "oil painting", "换成油画风格", "Make it an oil painting"),
+    ("赛博朋克", "cyberpunk", "换成赛博朋克风格", "Make it cyberpunk"),
+    ("像素", "pixel", "换成像素风", "Make it pixel art"),
+    ("动漫", "anime", "换成动漫风格", "Make it anime style"),
+)
+SUGGEST = {
+    "angle": ("换个角度", "Show it from another angle"),
+    "tall": ("改成 9:16 竖图", "Make it 9:16"),
+    "wide": ("改成 16:9 横图", "Make it 16:9"),
+    "background": ("把背景换成海边", "Change the background to a beach"),
+    "two_more": ("再画两张 pic:2", "Two more pic:2"),
+    "again": ("再来一张", "Draw it again"),
+}
+
+
+def task_words(key: str, zh: bool, **params: str) -> str:
+    """One of TASK_WORDS in the conversation's language."""
+    chinese, english = TASK_WORDS[key]
+    return (chinese if zh else english).format(**params)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import requests
 
-IMAGE_LINE = re.compile(r"!\[image(\d+)\|([^\]\n]*)\]\((\S+?)\)")
+from wording import IMAGE_LINE  # the answer's image line, as wording.py writes it
 
 
 def wait_until(condition: Callable[[], object], timeout: float = 5.0, interval: float = 0.02) -> bool:

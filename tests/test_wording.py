@@ -102,3 +102,27 @@ def test_the_answer_describes_a_drawing_in_lines_the_follow_up_reader_reads_back
     assert picture == followups.Picture(
         "一只猫 [x]", (720, 1280), 2, "Kwai-Kolors/Kolors", "blur", "https://img.example.com/a.png"
     )
+
+
+def test_no_module_but_wording_builds_a_chinese_sentence():
+    """A sentence with parameters in it is words: it belongs here, not in the module that needs it
+    (recognition tables such as the chat UIs' templates are data and may stay where they are read)."""
+    import ast
+
+    built = [
+        f"{path.name}:{node.lineno}"
+        for path in sorted(ROOT.glob("*.py"))
+        if path.name != "wording.py"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.JoinedStr) and CJK.search(ast.unparse(node))
+    ]
+    assert built == []
+
+
+def test_the_housekeeping_answers_come_from_the_words_in_both_languages():
+    import housekeeping
+
+    drawn = housekeeping.Task("Open WebUI", "image_done", False, ("画一只猫",), "edited")
+    assert housekeeping.answer(drawn, None) == wording.TASK_WORDS["edited"][0]
+    failed = housekeeping.Task("Open WebUI", "image_failed", False, ("draw a cat",), "")
+    assert housekeeping.answer(failed, None) == "The picture could not be made: no reason given"
