@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import re
+import socket
 import threading
 import time
 from typing import Any
@@ -163,7 +164,7 @@ def read_body(limit: int = MAX_BODY_BYTES) -> bytes | bytearray:
     sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
     stream = request.stream
     late = ApiError(408, f"The request body did not arrive within {seconds:g} seconds.")
-    with deadline(time.monotonic() + seconds) as scope:
+    with deadline(time.monotonic() + seconds, socket.SHUT_RD) as scope:  # the 408 can still be sent
         if sock is not None:
             scope.watch(sock)
         try:
@@ -307,11 +308,19 @@ def multipart_form(limit: int) -> tuple[MultiDict[str, str], MultiDict[str, File
             "multipart body (files=… in requests, -F in curl) rather than setting the header by hand.",
         )
     raw = read_body(limit)
-    try:
+
+    def parse(raw: bytes | bytearray, stream_factory: Any = None) -> tuple[Any, MultiDict[str, str], MultiDict[str, FileStorage]]:
         # Text fields (the prompt, the options) are held to MAX_BODY_BYTES together; only files are large.
-        _, form, files = FormDataParser(
-            max_form_memory_size=MAX_BODY_BYTES, max_content_length=limit, max_form_parts=EDIT_FORM_PARTS
+        return FormDataParser(
+            stream_factory, max_form_memory_size=MAX_BODY_BYTES, max_content_length=limit, max_form_parts=EDIT_FORM_PARTS
         ).parse(io.BytesIO(raw), request.mimetype, len(raw), request.mimetype_params)
+
+    try:
+        try:
+            _, form, files = parse(raw)  # large files go to temporary files, as werkzeug does
+        except OSError as exc:  # the temporary disk is full or not writable: the body is in memory anyway
+            log.warning("an edit's picture could not go to a temporary file (%s); read in memory", exc.strerror or exc)
+            _, form, files = parse(raw, lambda *_, **__: io.BytesIO())
     except RequestEntityTooLarge:
         raise ApiError(
             413,

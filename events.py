@@ -32,6 +32,7 @@ class Failure(StrEnum):
     RATE_LIMIT = "rate_limit"  # 429: the account used up its budget for this model
     FORBIDDEN = "forbidden"  # 403 otherwise: the model is disabled for this account
     BAD_REQUEST = "bad_request"  # 400: the request itself is wrong; another key would say the same
+    INPUT = "input"  # the request cannot be drawn as it is (no picture to edit, nothing to change): found here
     SERVER = "server"  # 5xx
     TIMEOUT = "timeout"
     NETWORK = "network"

@@ -27,7 +27,7 @@ from events import Failure, ImageFailed, ImageReady, ImageRef, Job, KeepAlive, O
 from families import family
 from openai_wire import ApiError, dumps, images_answer
 from parsing import SEED_MAX, DrawRequest, find_banned, pick_size
-from pipeline import Services
+from pipeline import EXPANSION_INPUT_CHARS, Services
 from uploaders import UploadError, input_picture
 
 log = logging.getLogger("siliconflow_proxy")
@@ -64,7 +64,7 @@ def images_edits() -> Response:
     form, files = multipart_form(with_pictures_limit(settings))
     body: dict[str, Any] = {}
     for name, value in form.items():
-        body[name] = _number(value) if name in _NUMBER_FIELDS else value
+        body[name] = _number(value) if name in _NUMBER_FIELDS else _switch(value) if name in _SWITCH_FIELDS else value
     model = web.resolve_model(body.get("model"), services, default=services.catalog.default_editor())
     takes = family(model)
     editors = [m for m in services.catalog.models() if family(m).edits][:4]
@@ -107,6 +107,16 @@ def images_edits() -> Response:
     return _images(body, model, tuple(inputs), services)
 
 
+_SWITCH_FIELDS = ("prompt_expansion",)
+
+
+def _switch(value: str) -> Any:
+    """A multipart field's text as the true or false it spells (the form carries only text)."""
+    return {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}.get(
+        value.strip().lower(), value
+    )
+
+
 def _number(value: str) -> Any:
     """A multipart field's text as the number it spells (the form carries only text)."""
     try:
@@ -140,7 +150,7 @@ def _images(body: dict[str, Any], model: str, inputs: tuple[ImageRef, ...], serv
     negative = body.get("negative_prompt")
     if negative is not None and not isinstance(negative, str):
         raise ApiError(400, "'negative_prompt' must be a string.", param="negative_prompt")
-    if banned := find_banned(prompt, settings.banned_keywords):
+    if banned := find_banned(prompt.strip()[:EXPANSION_INPUT_CHARS], settings.banned_keywords):  # what is sent of it
         raise ApiError(
             400,
             f"The prompt contains a word this service does not draw: '{banned}'.",
@@ -255,8 +265,10 @@ def _images_failure(failed: list[ImageFailed]) -> ApiError:
     """No image was made: one error, in English, with a status that says whose problem it is."""
     kinds = {f.kind for f in failed}
     reasons = "; ".join(dict.fromkeys(wording.en(f.reason) for f in failed)) or "no image was made"
-    if Failure.BAD_REQUEST in kinds:
-        return ApiError(400, f"SiliconFlow refused the request: {reasons}", code="upstream_bad_request")
+    if Failure.INPUT in kinds:  # found here, before any call: nothing of SiliconFlow's
+        return ApiError(400, f"This request cannot be drawn: {reasons}.", code="invalid_request")
+    if Failure.BAD_REQUEST in kinds:  # the reasons say who refused ("SiliconFlow refused the request (400): …")
+        return ApiError(400, _sentence(reasons), code="upstream_bad_request")
     if kinds == {Failure.RATE_LIMIT}:
         return ApiError(429, f"Every upstream key is rate limited: {reasons}", code="rate_limited")
     if kinds <= {Failure.NO_KEYS, Failure.AUTH, Failure.BALANCE}:
@@ -266,6 +278,10 @@ def _images_failure(failed: list[ImageFailed]) -> ApiError:
     if kinds == {Failure.TIMEOUT} and any(f.reason.code in ("request_timeout", "shutting_down") for f in failed):
         return ApiError(504, f"No image was finished in time: {reasons}", code="timeout")
     return ApiError(502, f"SiliconFlow did not deliver an image: {reasons}", code="upstream_error")
+
+
+def _sentence(words: str) -> str:
+    return words[:1].upper() + words[1:] + ("" if words.endswith(".") else ".")
 
 
 def _image_item(outcome: Outcome, response_format: str, revised: str | None) -> dict[str, Any]:

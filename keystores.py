@@ -303,9 +303,11 @@ class LocalStore(Store):
         return f"{self.name} failed ({exc.strerror or type(exc).__name__})" if isinstance(exc, OSError) else self.name
 
     def _db(self) -> sqlite3.Connection:
-        if self._pid != os.getpid() or self._damaged or _inode(self.path) != self._inode:
+        # No connection: the last opening failed (a full disk) and this call tries again.
+        if self._connection is None or self._pid != os.getpid() or self._damaged or _inode(self.path) != self._inode:
             self._open()
-        assert self._connection is not None
+        if self._connection is None:  # cannot be: _open() connects or raises
+            raise sqlite3.OperationalError("the key-state file could not be opened")
         return self._connection
 
     def _open(self) -> None:
@@ -802,7 +804,8 @@ class RedisStore(Store):
         return f"Redis cannot be reached ({type(exc).__name__})"
 
     def ping(self) -> None:
-        self.client.ping()
+        """A write, as drawing does: a Redis out of memory still answers PING and reads."""
+        self.client.set(self.prefix + "ping", "1", ex=60)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "redis", "shared_by": "every worker of every instance using this Redis"}

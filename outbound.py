@@ -60,8 +60,9 @@ class AddressRefused(Exception):
 class Scope:
     """The sockets of one call and the moment they are cut. `expired` is True once they were."""
 
-    def __init__(self, at: float):
+    def __init__(self, at: float, how: int = socket.SHUT_RDWR):
         self.at = at
+        self.how = how  # SHUT_RD: the reading stops, and an answer can still be written
         self.expired = False
         self.active = True
         self._sockets: list[Any] = []
@@ -74,7 +75,7 @@ class Scope:
             self._sockets.append(sock)
             fire_now = self.expired
         if fire_now:
-            _shut(sock)
+            _shut(sock, self.how)
 
     def fire(self) -> None:
         with self._lock:
@@ -83,7 +84,7 @@ class Scope:
             self.expired = True
             sockets = list(self._sockets)
         for sock in sockets:
-            _shut(sock)
+            _shut(sock, self.how)
 
     def close(self) -> None:
         with self._lock:
@@ -91,9 +92,9 @@ class Scope:
             self._sockets.clear()
 
 
-def _shut(sock: Any) -> None:
+def _shut(sock: Any, how: int = socket.SHUT_RDWR) -> None:
     try:
-        sock.shutdown(socket.SHUT_RDWR)
+        sock.shutdown(how)
     except (OSError, AttributeError, ValueError):
         pass  # already closed, or a wrapper without shutdown
 
@@ -140,9 +141,10 @@ _SCOPE: contextvars.ContextVar[Scope | None] = contextvars.ContextVar("outbound_
 
 
 @contextmanager
-def deadline(at: float) -> Iterator[Scope]:
-    """Calls made inside are cut at `at` (time.monotonic), however slowly the other side answers."""
-    scope = Scope(at)
+def deadline(at: float, how: int = socket.SHUT_RDWR) -> Iterator[Scope]:
+    """Calls made inside are cut at `at` (time.monotonic), however slowly the other side answers;
+    `how=socket.SHUT_RD` cuts only the reading (a client's body: the answer says why)."""
+    scope = Scope(at, how)
     if at <= time.monotonic():
         scope.expired = True
     else:
@@ -215,7 +217,10 @@ class AddressRule:
         if self.allow_private or (host.lower().rstrip("."), port) in self.trusted:
             return None
         try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            # Encoded here: a name IDNA cannot encode fails inside gevent's resolver with a traceback
+            # on stderr for each request, which any client could send.
+            name = host if host.isascii() else host.encode("idna").decode("ascii")
+            infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError):
             raise AddressRefused(Reason.of("unresolved", host=host[:80]), unresolved=True) from None
         addresses = [info[4][0] for info in infos]
@@ -234,8 +239,14 @@ def refusal(address: str) -> str | None:
         ip = ipaddress.ip_address(address.split("%")[0])
     except ValueError:
         return "invalid"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        # IPv6 forms that carry an IPv4 address, reached through a relay or translator: the IPv4
+        # address is where the connection ends (::ffff:127.0.0.1, 2002:7f00:1::, 64:ff9b::7f00:1).
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            ip = embedded
     if ip.is_unspecified:
         return "reserved"
     if ip.is_loopback:
@@ -252,6 +263,7 @@ def refusal(address: str) -> str | None:
 
 
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _RULE: contextvars.ContextVar[AddressRule | None] = contextvars.ContextVar("outbound_rule", default=None)
 
 

@@ -8,6 +8,7 @@ characters), so "9:16比例" would not match. Digit and letter look-arounds are 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import unicodedata
@@ -236,22 +237,50 @@ def pick_size(model: str, shape: tuple[int, int] | None, *, explicit: bool = Fal
 
 
 _INVISIBLE = re.compile("[\u00ad\u034f\u180e\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff]")
+# What the eye and a tokenizer read past in Latin text: combining marks (n̶u̶d̶e̶), variation
+# selectors (nu\ufe0fde) and tag characters.
+_UNSEEN = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe00-\ufe0f\ufe20-\ufe2f\U000e0000-\U000e01ef]")
+# Letters of other scripts drawn like Latin ones (nudе with a Cyrillic е), read as the Latin letter.
+_LOOKALIKES = str.maketrans(
+    "аеорсухіјѕԁԛԝһвкмнтɡαβεηικνορτυχϲ",
+    "aeopcyxijsdqwhbkmhtgabenikvoptuxc",
+)
+# Letters spaced out the same way throughout ("n u d e", "n.u.d.e"): at most three marks between.
+_SPACED = "(?P<gap>[^a-z]{{1,3}})"
+
+
+def _latin_pattern(keyword: str) -> re.Pattern[str]:
+    """A keyword as a word start (a letter before it would make it part of another word: "Essex"),
+    whole or with its letters spaced evenly apart."""
+    letters = [re.escape(ch) for ch in keyword]
+    spaced = letters[0] + "".join(("(?P=gap)" if i > 1 else _SPACED.format()) + ch for i, ch in enumerate(letters[1:], 1))
+    return re.compile(rf"(?<![a-z])(?:{''.join(letters)}|{spaced if len(letters) > 2 else ''.join(letters)})")
+
+
+@functools.lru_cache(maxsize=64)
+def _latin_patterns(keywords: tuple[str, ...]) -> tuple[tuple[str, re.Pattern[str]], ...]:
+    return tuple((k, _latin_pattern(k.lower())) for k in keywords if k.isascii() and k[:1].isalnum())
 
 
 def find_banned(text: str, keywords: tuple[str, ...]) -> str | None:
     """The first banned keyword in `text`, case-insensitively, or None.
 
-    ASCII keywords must start a word ("sexy" is caught, "Essex" is not); others match anywhere,
-    since CJK text has no spaces between words.
+    `text` is what goes to an upstream (a prompt, cut to what is sent): its cost is its length, so
+    a caller never hands it a whole request body. ASCII keywords must start a word ("sexy" is
+    caught, "Essex" is not; a digit before one does not hide it: "1nude" is read as "1 nude");
+    others match anywhere, since CJK text has no spaces between words.
     """
     # Width and compatibility forms fold (ｎｕｄｅ is nude) and invisible format characters go
     # (nu\u200bde): the image model reads past both.
     lowered = _INVISIBLE.sub("", unicodedata.normalize("NFKC", text)).lower()
-    for keyword in keywords:
-        if keyword.isascii() and keyword[:1].isalnum():
-            if re.search(r"(?<![a-z0-9])" + re.escape(keyword), lowered):
+    latin = _latin_patterns(tuple(keywords))
+    if latin:
+        skeleton = _UNSEEN.sub("", unicodedata.normalize("NFD", lowered)).translate(_LOOKALIKES)
+        for keyword, pattern in latin:
+            if pattern.search(skeleton):
                 return keyword
-        elif keyword in lowered:
+    for keyword in keywords:
+        if not (keyword.isascii() and keyword[:1].isalnum()) and keyword.lower() in lowered:
             return keyword
     return None
 

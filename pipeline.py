@@ -111,9 +111,12 @@ def draw(job: Job, services: Services, cancelled: threading.Event | None = None)
     Setting `cancelled` (or closing the generator: the client left) stops the pictures not begun.
     """
     settings = services.settings
-    # What this turn typed, and the earlier prompt it changes: a forged earlier answer is text
-    # from the client like any other, and it reaches the chat model and the image model.
-    if banned := find_banned(job.text, settings.banned_keywords) or find_banned(job.previous or "", settings.banned_keywords):
+    # What this turn asks for, as far as the chat model is given it, and the earlier prompt it
+    # changes: a forged earlier answer is text from the client like any other, and it reaches the
+    # chat model and the image model. Only what is sent is read (a megabyte of text costs a
+    # worker's loop seconds to fold); the prompt that reaches the image model is read again below.
+    asked_for = job.draw.prompt[:EXPANSION_INPUT_CHARS]
+    if banned := find_banned(asked_for, settings.banned_keywords) or find_banned(job.previous or "", settings.banned_keywords):
         yield Refused(banned)
         return
     deadline = time.monotonic() + settings.request_timeout
@@ -151,7 +154,7 @@ def draw(job: Job, services: Services, cancelled: threading.Event | None = None)
             inputs = Inputs(inputs.fields, inputs.notes, NOTHING_TO_CHANGE)  # "改成 16:9": an edit keeps the size
         if inputs.missing:
             for index in range(1, draw_request.count + 1):
-                yield ImageFailed(index, inputs.missing, Failure.BAD_REQUEST)
+                yield ImageFailed(index, inputs.missing, Failure.INPUT)
             yield Done(0, draw_request.count)
             return
         payload = (

@@ -235,9 +235,14 @@ def test_a_half_sent_body_is_dropped_and_the_worker_goes_on(fake, production_bin
                 b'Content-Length: 1000\r\n\r\n{"messages"'
             )
             started = time.monotonic()
-            while sock.recv(4096):
-                pass
+            answer = b""
+            while piece := sock.recv(4096):
+                answer += piece
             assert time.monotonic() - started < 4
+        # The client is told why, as the README promises, before the connection goes.
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert json.loads(body)["error"]["message"] == "The request body did not arrive within 1 seconds."
         assert requests.get(f"{server.url}/health", timeout=5).status_code == 200
     finally:
         server.stop()

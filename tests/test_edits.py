@@ -4,7 +4,9 @@ links), the last picture as an edit's input, and fetching a user's link safely."
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import os
 import subprocess
 import time
 
@@ -344,6 +346,9 @@ def test_links_to_this_machine_are_refused_without_a_connection(serve, fake, int
         ("::ffff:10.0.0.1", "内网地址"),
         ("fd00::1", "内网地址"),
         ("224.0.0.1", "保留地址"),
+        ("2002:7f00:1::", "本机地址"),  # 6to4 around 127.0.0.1
+        ("2002:a00:1::", "内网地址"),  # 6to4 around 10.0.0.1
+        ("64:ff9b::a9fe:a9fe", "链路本地地址"),  # NAT64 around 169.254.169.254
     ],
 )
 def test_private_addresses_are_refused_before_any_connection(address, words):
@@ -512,3 +517,85 @@ def _no_env() -> requests.Session:
     session = requests.Session()
     session.trust_env = False  # the test's own requests go straight to the service, not through the proxy
     return session
+
+
+def _noisy_png(width: int, height: int) -> bytes:
+    """A real PNG that does not compress: over werkzeug's 500 KB in-memory limit for a part."""
+    import struct
+    import zlib
+
+    rows = b"".join(b"\x00" + os.urandom(width * 3) for _ in range(height))
+
+    def part(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + part(b"IHDR", header) + part(b"IDAT", zlib.compress(rows, 0)) + part(b"IEND", b"")
+
+
+def test_an_edit_larger_than_memory_parts_is_drawn_when_the_temporary_disk_is_full(serve, fake, monkeypatch):
+    """werkzeug puts a part over 500 KB in a temporary file: a full temporary disk was a 500 for
+    an upload the service holds in memory anyway."""
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    disk = tempfile.mkdtemp(prefix="full-tmp-")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", disk], check=True)
+    try:
+        with open(os.path.join(disk, "filler"), "wb", buffering=0) as out:
+            with contextlib.suppress(OSError):
+                while True:
+                    out.write(b"\0" * 4096)
+        monkeypatch.setattr(tempfile, "tempdir", disk)
+        service = serve()
+        picture = _noisy_png(600, 600)
+        assert len(picture) > 1_000_000
+        response = requests.post(
+            f"{service.url}/v1/images/edits",
+            timeout=60,
+            data={"model": EDIT, "prompt": "换成蓝色"},
+            files=[("image", ("big.png", picture, "image/png"))],
+        )
+        assert response.status_code == 200, response.text
+        [call] = fake.state.image_calls()
+        assert sent(call) == picture
+    finally:
+        subprocess.run(["umount", "-l", disk], check=True)
+        os.rmdir(disk)
+
+
+@pytest.mark.parametrize("prompt", ["???", "make it", "改成"])
+def test_an_edit_with_nothing_to_change_is_the_requests_fault_not_siliconflows(serve, fake, prompt):
+    service = serve()
+    response = requests.post(
+        f"{service.url}/v1/images/edits",
+        timeout=60,
+        data={"model": EDIT, "prompt": prompt},
+        files=[("image", ("cat.png", RED, "image/png"))],
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid_request" and "SiliconFlow" not in error["message"]
+    assert "nothing to change" in error["message"]
+    assert fake.state.image_calls() == []
+
+
+def test_an_upstream_refusal_is_said_once(serve, fake):
+    service = serve(api_keys=("sk-verbose",))
+    response = requests.post(f"{service.url}/v1/images/generations", json={"prompt": "a cat"}, timeout=60)
+    assert response.status_code == 400
+    message = response.json()["error"]["message"]
+    assert message.count("SiliconFlow") == 1 and message.startswith("SiliconFlow refused the request (400)"), message
+
+
+def test_an_edit_form_can_turn_prompt_expansion_on(serve, fake):
+    service = serve(prompt_expansion=False)
+    response = requests.post(
+        f"{service.url}/v1/images/edits",
+        timeout=60,
+        data={"model": EDIT, "prompt": "换成蓝色", "prompt_expansion": "true"},
+        files=[("image", ("cat.png", RED, "image/png"))],
+    )
+    assert response.status_code == 200, response.text
+    assert fake.state.chat_calls()  # the chat model rewrote the instruction

@@ -126,6 +126,29 @@ def test_a_full_disk_draws_on_from_memory_and_recovers(serve, fake, tiny_disk, l
     assert len(_lines(logged, "key-state file failed")) == 1
 
 
+def test_a_file_that_could_not_be_opened_once_is_opened_again_when_it_is_back(serve, fake, tiny_disk, logged):
+    """A full disk mounted over the state directory hides the file; when it goes, the same file
+    (the same inode) is at the path again. The failed opening must not leave the store stuck: it
+    stayed at `/health` 500 and 服务内部错误 on every answer until restart."""
+    service = serve()
+    clock = Clock()
+    service.services.pool.store.clock = clock
+    _draws(service.url, "画一只猫")
+    directory = os.path.dirname(_file_store(service).path)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", directory], check=True)
+    try:
+        _fill(Path(directory))
+        _draws(service.url, "画一只狗")
+        assert _health(service.url)["status"] == "degraded"
+    finally:
+        subprocess.run(["umount", "-l", directory], check=True)
+
+    clock.now += 6
+    _draws(service.url, "画一只鸟")
+    assert _health(service.url)["status"] == "ok"
+    assert len(_lines(logged, "key-state file works again")) == 1
+
+
 def test_a_corrupted_file_draws_on_from_memory_and_is_made_anew(serve, fake, logged):
     service = serve()
     clock = Clock()

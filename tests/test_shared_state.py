@@ -149,3 +149,24 @@ def test_a_malformed_setting_stops_start_up_naming_it(fake, production_bin, name
     finally:
         out = server.stop()
     assert server.process.returncode != 0 and f"{name}:" in out
+
+
+def _redis(redis_server, *command: str) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", redis_server.port), timeout=5) as sock:
+        sock.sendall((f"*{len(command)}\r\n" + "".join(f"${len(c)}\r\n{c}\r\n" for c in command)).encode())
+        return sock.recv(256)
+
+
+def test_a_redis_out_of_memory_is_degraded_at_health_not_ok(serve, fake, redis_server):
+    """PING and reads still work on a Redis out of memory; every write fails. /health read ok."""
+    service = serve(redis_url=redis_server.url)
+    assert images_in(answer_text(service.url, "画一只猫", stream=False))
+    assert _redis(redis_server, "CONFIG", "SET", "maxmemory", "1").startswith(b"+OK")
+    try:
+        health = requests.get(f"{service.url}/health", timeout=10).json()
+        assert health["status"] == "degraded" and "maxmemory" in health["store"]["problem"]
+        assert images_in(answer_text(service.url, "画一只狗", stream=False))  # drawn from local state
+    finally:
+        _redis(redis_server, "CONFIG", "SET", "maxmemory", "0")
