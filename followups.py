@@ -32,7 +32,8 @@ ANSWER_READ = 32 * 1024  # of each earlier answer: the lines that describe a dra
 _SIZE = re.compile(r"(\d{2,5})x(\d{2,5})")
 _COUNT = re.compile(r"\d{1,3}")
 _ESCAPED = re.compile(r"\\([\\\[\]<])")
-_IMAGE_LINE = re.compile(r"!\[image\d{1,3}\|[^\]\n]*\]\((https?://[^)\s]+)\)")
+# wording's picture line, only its web links (a picture to edit next is fetched from there).
+_IMAGE_LINE = re.compile(rf"{re.escape(wording.IMAGE_MARK)}\d{{1,3}}\|[^\]\n]*\]\((https?://[^)\s]+)\)")
 
 
 def _unescape(text: str) -> str:

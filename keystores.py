@@ -176,6 +176,8 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS calls_by_window ON calls (window, at)",
     "CREATE TABLE IF NOT EXISTS turns (model TEXT, request TEXT, served REAL, expires REAL, PRIMARY KEY (model, request))",
 )
+BUSY_SECONDS = 4.0  # how long a choice waits for the file while another process holds it
+BUSY_RETRY = 0.0003  # seconds between two looks (a sleep: other greenlets run meanwhile)
 # A file SQLite cannot read as a database: replaced with a new one (the facts are lost, not shared wrongly).
 DAMAGED = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
 
@@ -361,16 +363,20 @@ class LocalStore(Store):
         with self._lock:
             try:
                 db = self._db()
-                for attempt in range(400):
+                # The other workers hold the file for a fraction of a millisecond at a time: look again
+                # soon. A wait that grew to 10 ms (it did) left this worker's choices queued behind
+                # one sleeping greenlet while the other worker took the file back-to-back in a burst.
+                give_up = time.monotonic() + BUSY_SECONDS
+                while True:
                     try:
                         db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                         break
                     except sqlite3.OperationalError as exc:
                         if "locked" not in str(exc) and "busy" not in str(exc):
                             raise
-                        time.sleep(min(0.0002 * 2 ** min(attempt, 6), 0.01))
-                else:
-                    raise sqlite3.OperationalError("key store stayed busy")
+                        if time.monotonic() > give_up:
+                            raise sqlite3.OperationalError("key store stayed busy") from None
+                        time.sleep(BUSY_RETRY)
                 try:
                     yield db
                     db.execute("COMMIT")
@@ -418,12 +424,18 @@ class LocalStore(Store):
                 if f"{Fact.CAP}:{window}" in live:
                     budget.append(Limit(int(live[f"{Fact.CAP}:{window}"][0]), ask.learn_seconds))
                 longest = max([ask.learn_seconds] + [limit.seconds for limit in budget])
-                times = [
-                    at
-                    for (at,) in db.execute(
-                        "SELECT at FROM calls WHERE window = ? AND at > ? ORDER BY at", (window, now - longest)
-                    )
-                ]
+                # Without a budget (none set, none learned yet) the account's calls do not decide:
+                # reading them was most of a choice's time in a burst (hundreds of rows a choice).
+                times = (
+                    [
+                        at
+                        for (at,) in db.execute(
+                            "SELECT at FROM calls WHERE window = ? AND at > ? ORDER BY at", (window, now - longest)
+                        )
+                    ]
+                    if budget
+                    else []
+                )
                 free_at = max(free_at, _window_frees(times, budget, now))
                 if free_at <= now:
                     chosen = chosen or (kid, window, longest)

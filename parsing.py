@@ -272,6 +272,13 @@ def find_banned(text: str, keywords: tuple[str, ...]) -> str | None:
     """
     # Width and compatibility forms fold (ｎｕｄｅ is nude) and invisible format characters go
     # (nu\u200bde): the image model reads past both.
+    if not text or not keywords:
+        return None
+    # A request checks the same prompt more than once (as asked, as sent): short ones are remembered.
+    return _find_banned_cached(text, tuple(keywords)) if len(text) <= 4000 else _find_banned(text, tuple(keywords))
+
+
+def _find_banned(text: str, keywords: tuple[str, ...]) -> str | None:
     lowered = _INVISIBLE.sub("", unicodedata.normalize("NFKC", text)).lower()
     latin = _latin_patterns(tuple(keywords))
     if latin:
@@ -283,6 +290,9 @@ def find_banned(text: str, keywords: tuple[str, ...]) -> str | None:
         if not (keyword.isascii() and keyword[:1].isalnum()) and keyword.lower() in lowered:
             return keyword
     return None
+
+
+_find_banned_cached = functools.lru_cache(maxsize=512)(_find_banned)
 
 
 def fit_prompt(prompt: str, limit: int = MAX_PROMPT_CHARS) -> tuple[str, Reason | None]:

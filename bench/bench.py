@@ -234,7 +234,10 @@ def main() -> None:
     try:
         wait_for(f"http://127.0.0.1:{port}/health")
         wait_for(f"http://127.0.0.1:{fake_port}/v1/models")
+        # Warm every worker (each learns the accounts of its keys on its first request), not just
+        # the one that happens to accept a lone request: a cold worker is one slow sample.
         asyncio.run(sequential(url, body("warm up", True), 1, 3))
+        asyncio.run(concurrent(url, body("warm up", True), 16))
 
         one_image = asyncio.run(sequential(url, body("画一只猫", True), 1, samples))
         assert all(ok for ok, _, _ in one_image), "single-image streams failed"
