@@ -27,7 +27,7 @@ import wording
 from bodies import json_object, with_pictures_limit
 from events import ImageRef, Job
 from families import family
-from openai_wire import KEEP_ALIVE, ApiError, chunk, completion, dumps, sse
+from openai_wire import KEEP_ALIVE, ApiError, chunk, completion, dumps, sse, usage_chunk
 from parsing import parse
 from pipeline import Services
 from text import redact_secrets
@@ -48,11 +48,17 @@ def chat_completions() -> Response:
     stream = body.get("stream", False)
     if stream is not None and not isinstance(stream, bool):
         raise ApiError(400, "'stream' must be true or false.", param="stream")
+    usage = _include_usage(body.get("stream_options"))
     messages = conversation.read_messages(body.get("messages"))
     task = housekeeping.housekeeping(messages, request.headers.get("X-OpenWebUI-Task"))
     if task is not None:
-        return _housekeeping(task, body.get("model"), bool(stream), services)
+        return _housekeeping(task, body.get("model"), bool(stream), services, usage)
     model = web.resolve_model(body.get("model"), services)
+    if messages and messages[-1][0] == "assistant":
+        # "Continue" (Open WebUI's 继续回答): the history ends with our answer, which is whole.
+        zh = housekeeping.is_chinese([t for role, t in messages if role == "user"])
+        log.info("req=%s chat continue asked: answered without drawing", g.request_id)
+        return chat_response([wording.task_words("continued", zh)], stream=bool(stream), model=model, prompt="", usage=usage)
     text = conversation.current_turn(messages)
     if not settings.api_keys:
         raise ApiError(503, "This service has no upstream keys: its operator must set API_KEYS.", code="no_upstream_keys")
@@ -65,6 +71,7 @@ def chat_completions() -> Response:
         # An edit model changes a picture: the one attached, else the last one drawn here. Its
         # instruction is used as typed: a 100-word scene would not be an edit.
         expand = False
+        draw = followups.instruction(draw, settings.max_images_per_request)
         if not inputs and picture is not None and picture.url:
             inputs = (ImageRef("last", url=picture.url),)
     elif not inputs and (change := followups.refinement(draw, picture)) is not None:
@@ -85,10 +92,22 @@ def chat_completions() -> Response:
         " (changes the last picture)" if change else "",
     )
     events = pipeline.guarded(pipeline.draw(job, services), job.request_id)
-    return chat_response(wording.chat(events), stream=bool(stream), model=model, prompt=text)
+    return chat_response(wording.chat(events), stream=bool(stream), model=model, prompt=text, usage=usage)
 
 
-def _housekeeping(task: housekeeping.Task, model: Any, stream: bool, services: Services) -> Response:
+def _include_usage(options: Any) -> bool:
+    """`stream_options.include_usage`: a stream that ends with a usage chunk."""
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise ApiError(400, "'stream_options' must be an object, like {\"include_usage\": true}.", param="stream_options")
+    include = options.get("include_usage", False)
+    if include is not None and not isinstance(include, bool):
+        raise ApiError(400, "'stream_options.include_usage' must be true or false.", param="stream_options")
+    return bool(include)
+
+
+def _housekeeping(task: housekeeping.Task, model: Any, stream: bool, services: Services, usage: bool = False) -> Response:
     """A chat UI's background task: answered in its shape, with no picture drawn. Any model name
     is taken: UIs send these to a model of their own choosing (LobeChat: gpt-5-mini)."""
     settings = services.settings
@@ -113,10 +132,10 @@ def _housekeeping(task: housekeeping.Task, model: Any, stream: bool, services: S
     named = model if isinstance(model, str) and model else services.catalog.default()
     answer = housekeeping.answer(task, ask if settings.api_keys and settings.prompt_expansion else None, model=named)
     log.info("req=%s %s %s task answered without drawing", g.request_id, task.ui, task.kind)
-    return chat_response([answer], stream=stream, model=named[:100], prompt="")
+    return chat_response([answer], stream=stream, model=named[:100], prompt="", usage=usage)
 
 
-def chat_response(pieces: Iterable[str | None], *, stream: bool, model: str, prompt: str) -> Response:
+def chat_response(pieces: Iterable[str | None], *, stream: bool, model: str, prompt: str, usage: bool = False) -> Response:
     """The assistant's answer, from its pieces (None: keep-alive), as one `chat.completion` or as
     a stream of chunks.
 
@@ -128,10 +147,17 @@ def chat_response(pieces: Iterable[str | None], *, stream: bool, model: str, pro
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
     def streamed() -> Iterator[str]:
+        said: list[str] = []
         yield sse(chunk(completion_id, created, model, {"role": "assistant", "content": ""}))
         for piece in pieces:
-            yield ": keep-alive\n\n" if piece is KEEP_ALIVE else sse(chunk(completion_id, created, model, {"content": piece}))
+            if piece is KEEP_ALIVE:
+                yield ": keep-alive\n\n"
+            else:
+                said.append(piece)
+                yield sse(chunk(completion_id, created, model, {"content": piece}))
         yield sse(chunk(completion_id, created, model, {}, "stop"))
+        if usage:
+            yield sse(usage_chunk(completion_id, created, model, prompt, "".join(said)))
         yield sse("[DONE]")
 
     if stream:

@@ -123,6 +123,14 @@ class Refused:
 
 
 @dataclass(frozen=True)
+class Preparing:
+    """Work before the prompt is known has begun: the chat model rewrites it, input pictures are read."""
+
+    expanding: bool
+    pictures: int  # input pictures being read
+
+
+@dataclass(frozen=True)
 class PromptReady:
     """What will be drawn: the prompt after expansion, and the request as parsed."""
 
@@ -176,4 +184,4 @@ class Broken:
 
 
 KEEPALIVE = KeepAlive()
-Event = Refused | PromptReady | Submitted | Queued | ImageReady | ImageFailed | Done | KeepAlive | Broken
+Event = Refused | Preparing | PromptReady | Submitted | Queued | ImageReady | ImageFailed | Done | KeepAlive | Broken

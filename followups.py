@@ -91,16 +91,79 @@ def last_picture(messages: list[tuple[str, str]]) -> Picture | None:
     return None
 
 
-AGAIN = re.compile(
-    r"^(?:再来|再画|再生成|重新生成|重新画|重画|再出|再要)(?:一|1|个)?(?:张|幅|次|个|遍)?(?:吧|呗|呀|啊)?"
-    r"|^(?:(?:draw|do|make|try)\s+(?:it|one)\s+)?(?:again|one more(?: time)?|another(?: one)?|redo|retry)(?:\s+please)?$",
+# A count in words, as people type it after "again" ("再来两张", "two more").
+_NUMBERS = {
+    **dict(zip("一二两俩三仨四五六七八九十", (1, 2, 2, 2, 3, 3, 4, 5, 6, 7, 8, 9, 10), strict=True)),
+    "几": 3,
+    **{w: i for i, w in enumerate("one two three four five six seven eight nine ten".split(), 1)},
+    "a couple of": 2,
+    "a couple": 2,
+    "a few": 3,
+}
+_ZH_N = r"\d{1,3}|十[一二三四五六]?|[一二两俩三仨四五六七八九几]"
+_EN_N = r"\d{1,3}|one|two|three|four|five|six|seven|eight|nine|ten|a couple(?: of)?|a few"
+_PICTURES = r"张|幅|副|次|遍|版|份|组"  # a measure of pictures: the same subject
+_THINGS = r"个|只|头|条|位|匹|棵|座|朵|件|辆"  # a measure of things: what follows may be a new one
+_ZH_VERB = r"来|画|生成|出|要|做|绘制|弄|搞|整|给|发"
+
+
+def _again_forms() -> re.Pattern[str]:
+    """ "Again" as a phrase anywhere in the turn; groups n<i> hold its count, m<i> its measure."""
+    forms = []
+
+    def form(pattern: str, i: int) -> str:
+        """`pattern` with V a verb, N (its count, group n<i>) and M (its measure, group m<i>)."""
+        number = "(?P<n" + str(i) + ">" + _ZH_N + ")"
+        measure = "(?P<m" + str(i) + ">" + _PICTURES + "|" + _THINGS + ")"
+        return pattern.replace("V", "(?:" + _ZH_VERB + ")").replace("N", number).replace("M", measure)
+
+    # (A recognition table, not words: each form is a pattern built from the parts above.)
+    forms.append(form(r"(?:再|还要|还想要?)\s*V\s*N?\s*M?", 1))
+    forms.append(form(r"再\s*N\s*M", 2))  # "再一张"; "再大一点" is a change
+    forms.append(form(r"重新\s*V?\s*N?\s*M?", 3))
+    forms.append(form(r"重(?:画|来|做|绘)\s*N?\s*M?", 4))
+    forms.append(form(r"多\s*V\s*N?\s*M?", 5))
+    forms.append(form(r"(?<![再重多])来\s*N\s*M", 6).replace("|" + _THINGS, ""))  # "来两张"
+    forms.append(r"换(?:一)?(?:张|幅)(?=$|[，,。.！!？?\s])|重试|再试一次")
+    forms.append(
+        r"\b(?:(?:draw|do|make|generate|create|paint|render|give me|show me|try)\s+)?"
+        r"(?:(?:it|that|this|one)\s+)?(?:again|once more)\b"
+    )
+    forms.append(r"\bone more(?: time)?\b")
+    forms.append(rf"\b(?P<n7>{_EN_N})\s+more\b(?:\s+(?:of (?:it|them|those|these)|times?|pictures?|images?|ones?|versions?))?")
+    forms.append(
+        r"\banother\b(?:\s+(?P<n8>\d{1,3}|two|three|four|five|six|seven|eight|nine|ten))?"
+        r"(?:\s+(?:one|ones|picture|pictures|image|images|version|versions|take|try))?"
+    )
+    forms.append(r"\b(?:redo|retry|regenerate)\b")
+    return re.compile("|".join(f"(?:{form})" for form in forms), re.IGNORECASE)
+
+
+AGAIN = _again_forms()
+# Words that ask politely or fill (可以…吗, please): not what is to be drawn.
+_FILLER_START = re.compile(
+    r"^(?:同样的|一样的|相同的|一模一样的|照样|照着?(?:这个|上一张)|the same\b|same\b|"
+    r"请你?|麻烦(?:你|您)?|帮(?:我|忙)?|给我|你能不能|你能|你可以|能不能|能否|可以|可不可以|我想要?|我要|我希望|那就|那|好的?|嗯|"
+    r"ok(?:ay)?\b|please\b|pls\b|could you\b|can you\b|would you\b|will you\b|kindly\b|i(?:'d| would) like\b|"
+    r"i want\b|give me\b|show me\b|"
+    r"let'?s\b|now\b|and\b|then\b|also\b)\s*",
+    re.IGNORECASE,
+)
+_FILLER_END = re.compile(
+    r"\s*(?:同样的|一样的|相同的|一模一样的|的同款|同款|好吗|好不好|可以吗|行吗|行不行|吗|吧|呢|呀|啊|哦|嘛|啦|谢谢(?:你|您)?|多谢|"
+    r"\bplease|\bpls|\bthanks|\bthank you|\bfor me|\bok)$",
+    re.IGNORECASE,
+)
+_JOINERS = " \t\n，,。.!！?？~～、；;：:"
+_JOIN_WORDS = re.compile(
+    r"^(?:并且|然后|而且|但是|但|同时|和|并|and\b|but\b|then\b|also\b)\s*|\s*(?:并且|然后|而且|和|并|\band|\bbut|\bthen)$",
     re.IGNORECASE,
 )
 _CHANGE = re.compile(
     r"换成|改成|变成|换个|换一个|换一下|改为|改一下|加上|加个|加一|去掉|删掉|删除|不要|把它|把这|让它|让画面|它的|"
-    r"更[大小亮暗多少高低宽窄近远]|再大|再小|大一点|小一点|亮一点|暗一点|颜色|风格|背景|色调|视角|角度|构图|"
+    r"更[大小亮暗多少高低宽窄近远]|再大|再小|大一点|小一点|亮一点|暗一点|颜色|风格|背景|色调|视角|角度|构图|细节|"
     r"\b(?:make it|make the|change|turn it|add|remove|without|instead|but|same|bigger|smaller|brighter|darker|"
-    r"style|colou?r|background|angle|version|zoom)\b",
+    r"style|colou?r|background|angle|version|zoom)\b|^(?:in|as)\s",
     re.IGNORECASE,
 )
 _NEW_SUBJECT = re.compile(
@@ -109,35 +172,105 @@ _NEW_SUBJECT = re.compile(
     re.IGNORECASE,
 )
 MAX_CHANGE_CHARS = 60  # longer than this, a turn describes a picture of its own
+# What a chat UI's own buttons send as the next user message (Open WebUI's regenerate menu sends
+# the label, in the UI's language), and the change each asks of the last picture.
+UI_ACTIONS = {
+    "添加详情": "添加更多细节，细节丰富",
+    "add details": "add more details, highly detailed",
+    "精炼表达": "画面更简洁，元素更少",
+    "more concise": "simpler, cleaner composition with fewer elements",
+}
 
 
 @dataclass(frozen=True)
 class Refinement:
     picture: Picture
-    change: str  # the instruction, tokens removed ("换成蓝色"); "" to draw the same again
-    again: bool  # "再来一张": one more picture of the same
+    change: str  # the instruction, tokens and "again" removed ("换成蓝色"); "" to draw the same again
+    again: bool  # "再来一张": more pictures of it (`count` of them), changed when `change` says how
+    count: int | None = None  # the count the turn said in words ("两张", "two more"); None if it said none
+
+
+def _trim(text: str) -> str:
+    """`text` without polite or filler words and joining punctuation at its ends."""
+    while True:
+        before = text
+        text = _JOIN_WORDS.sub("", text.strip(_JOINERS)).strip(_JOINERS)
+        text = _FILLER_END.sub("", _FILLER_START.sub("", text))
+        if text == before:
+            return text
+
+
+def _number(word: str | None) -> int | None:
+    if not word:
+        return None
+    word = word.lower()
+    if word.isdigit():
+        return int(word)
+    if word.startswith("十"):
+        return 10 + (_NUMBERS[word[1]] if len(word) > 1 else 0)
+    return _NUMBERS.get(word)
 
 
 def refinement(parsed: DrawRequest, picture: Picture | None) -> Refinement | None:
-    """Whether this turn changes `picture`, and how; None when it asks for a picture of its own."""
+    """Whether this turn changes `picture`, and how; None when it asks for a picture of its own.
+
+    All of the turn is read: an "again" phrase anywhere ("再来两张", "one more") gives the count,
+    what is left after it and the polite words is the change ("换成蓝色"), so "再来一张，换成蓝色"
+    and "one more, make it blue" both keep the change.
+    """
     if picture is None:
         return None
-    change = parsed.prompt.strip(" ，,。.!！?？~～")
+    typed = parsed.prompt.strip()
+    text = _trim(typed)
     tokens_only = (
         parsed.asked_shape is not None
         or parsed.asked_count is not None
         or parsed.seed is not None
         or parsed.negative_prompt is not None
     )
-    if not change:  # only tokens ("16:9 pic:2"): the same picture, so changed; nothing at all: again
+    if not text:  # only tokens ("16:9 pic:2"): the same picture, so changed; nothing at all: again
         return Refinement(picture, "", again=not tokens_only)
-    if AGAIN.search(change) and len(change) <= 20:
-        return Refinement(picture, "", again=True)
-    if len(change) > MAX_CHANGE_CHARS or _NEW_SUBJECT.search(change):
+    if (action := UI_ACTIONS.get(text.lower())) is not None:
+        return Refinement(picture, action, again=False)
+    if len(text) > MAX_CHANGE_CHARS * 2:
         return None
-    if _CHANGE.search(change):
-        return Refinement(picture, change, again=False)
+    count, things, rest, found = None, False, text, False
+    for match in AGAIN.finditer(text):
+        found = True
+        said = next((v for g, v in match.groupdict().items() if g[0] == "n" and v), None)
+        count = count or _number(said)
+        measure = next((v for g, v in match.groupdict().items() if g[0] == "m" and v), None)
+        things = things or bool(measure and re.fullmatch(_THINGS, measure))
+        rest = rest.replace(match[0], " ", 1)
+    if found:
+        change = _trim(rest)
+        if change and things and not _CHANGE.search(change) and not change.endswith("的"):
+            return None  # "再画一只狗": another thing, a picture of its own
+        if len(change) > MAX_CHANGE_CHARS or (change and _NEW_SUBJECT.search(change)):
+            return None
+        return Refinement(picture, change, again=True, count=count)
+    if len(text) > MAX_CHANGE_CHARS or _NEW_SUBJECT.search(text):
+        return None
+    if _CHANGE.search(text):
+        return Refinement(picture, text, again=False)
     return None
+
+
+def instruction(parsed: DrawRequest, max_images: int) -> DrawRequest:
+    """An edit model's instruction as the turn gives it, without "again" words or polite ones
+    ("再画两张，换成蓝色" is "换成蓝色", two pictures): those are not an edit. Nothing left is
+    nothing to change, which the pipeline says."""
+    text = _trim(parsed.prompt.strip())
+    if (action := UI_ACTIONS.get(text.lower())) is not None:
+        return replace(parsed, prompt=action)
+    count = None
+    for match in AGAIN.finditer(text):
+        said = next((v for g, v in match.groupdict().items() if g[0] == "n" and v), None)
+        count = count or _number(said)
+        text = text.replace(match[0], " ", 1)
+    if count is not None and parsed.asked_count is None:
+        parsed = replace(parsed, count=min(max(count, 1), max_images))
+    return replace(parsed, prompt=_trim(text))
 
 
 def carried_over(parsed: DrawRequest, change: Refinement, model: str, max_images: int) -> DrawRequest:
@@ -149,12 +282,17 @@ def carried_over(parsed: DrawRequest, change: Refinement, model: str, max_images
         size = pick_size(model, picture.size, explicit=True)
     if parsed.asked_count is not None:
         count = parsed.count
+    elif change.again:
+        count = min(max(change.count or 1, 1), max_images)
     else:
-        count = 1 if change.again else min(max(picture.count, 1), max_images)
+        count = min(max(picture.count, 1), max_images)
     negative = parsed.negative_prompt
     if negative is None and picture.negative and accepts_negative_prompt(model):
         negative = picture.negative
-    note = Reason.of("again" if change.again else "refined")
+    if change.again:
+        note = Reason.of("again_changed" if change.change else "again", count=count)
+    else:
+        note = Reason.of("refined")
     return replace(
         parsed,
         prompt=change.change,

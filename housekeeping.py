@@ -19,7 +19,7 @@ from families import family
 from followups import AGAIN
 from parsing import parse
 from text import md, one_line
-from wording import NEXT_STYLES, STYLE_TAGS, SUGGEST, task_words
+from wording import NEXT_STYLES, STYLE_TAGS, SUGGEST, SUMMARY_LINE, task_words
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class Task:
     json: bool  # the UI parses a JSON object out of the answer (Open WebUI); else plain text
     requests: tuple[str, ...]  # the user's messages the task quotes, oldest first
     detail: str = ""  # image_failed: the error the UI asks to pass on; image_done: "edited" after an edit
+    answered: str | None = None  # the last answer the task quotes (follow-ups: what it drew), None if unknown
 
 
 # Open WebUI's task templates all start "### Task:" and quote the chat in <chat_history> tags; the
@@ -113,7 +114,7 @@ def housekeeping(messages: list[tuple[str, str]], task_header: str | None = None
                 return Task("Open WebUI", "summary", False, _owui_requests(text))
             key = _OWUI_KEY.search(head)
             kind = _OWUI_KINDS.get(key.group(1), "summary") if key else "summary"
-            return Task("Open WebUI", kind, kind != "summary", _owui_requests(text))
+            return Task("Open WebUI", kind, kind != "summary", _owui_requests(text), answered=_owui_answered(text))
         if text.startswith("Your task is to reflect the speaker's likely facial expression through a fitting emoji"):
             return Task("Open WebUI", "emoji", False, ())
         if text.startswith(_LIBRE_TITLE) and "\nUser: " in text:
@@ -164,6 +165,14 @@ def _owui_requests(template: str) -> tuple[str, ...]:
     history = template.split("<chat_history>", 1)[-1].split("</chat_history>", 1)[0]
     parts = _OWUI_ROLE_LINE.split(history)
     return tuple(text.strip() for role, text in zip(parts[1::2], parts[2::2], strict=False) if role == "USER" and text.strip())
+
+
+def _owui_answered(template: str) -> str | None:
+    """The last ASSISTANT message an Open WebUI template quotes, None when it quotes none."""
+    history = template.split("<chat_history>", 1)[-1].split("</chat_history>", 1)[0]
+    parts = _OWUI_ROLE_LINE.split(history)
+    answers = [text.strip() for role, text in zip(parts[1::2], parts[2::2], strict=False) if role == "ASSISTANT"]
+    return answers[-1] if answers else None
 
 
 def _lines_requests(text: str, user: str, others: tuple[str, ...]) -> tuple[str, ...]:
@@ -238,7 +247,7 @@ def answer(task: Task, ask: Ask | None, *, model: str | None = None) -> str:
 
 
 def _from_model(task: Task, ask: Ask, model: str | None) -> str | list[str] | None:
-    zh = _is_chinese(task.requests)
+    zh = is_chinese(task.requests)
     requests = "\n".join(f"- {request[:300]}" for request in task.requests[-5:])
     language = "Chinese" if zh else "the same language as the requests"
     if task.kind == "title":
@@ -251,7 +260,7 @@ def _from_model(task: Task, ask: Ask, model: str | None) -> str | list[str] | No
         lines = text.strip().splitlines()
         title = _clean(lines[0], 60) if len(lines) == 1 else ""
         # A model that echoes or rambles has not made a title: a title is short.
-        short = len(title) <= 16 if _is_chinese([title]) else len(title.split()) <= 8 and len(title) <= 50
+        short = len(title) <= 16 if is_chinese([title]) else len(title.split()) <= 8 and len(title) <= 50
         return title if title and short and not any(request in title for request in task.requests) else None
     if task.kind == "tags":
         text = ask(
@@ -259,8 +268,14 @@ def _from_model(task: Task, ask: Ask, model: str | None) -> str | list[str] | No
             f'asked an image generator to draw the requests below. Answer with JSON: {{"tags": ["..."]}}',
             requests,
         )
-        tags = _json_list(text, "tags", 3, 24)
+        # A tag copied out of the request ("把图1的人物放进图2的场") is not a tag.
+        said = [_plain(request) for request in task.requests]
+        tags = [
+            tag for tag in _json_list(text, "tags", 3, 24) if not (len(_plain(tag)) > 6 and any(_plain(tag) in r for r in said))
+        ]
         return tags or None
+    if model is not None and family(model).needs_input and not _drew(task.answered):
+        return []  # nothing to change: every edit it could suggest would fail as the last one did
     shapes = _shapes(model)
     ratio = (
         "another aspect ratio such as 16:9, "
@@ -278,9 +293,36 @@ def _from_model(task: Task, ask: Ask, model: str | None) -> str | list[str] | No
     )
     # A chat model suggests shapes whatever it is told: keep those the model can draw.
     made = [s for s in _json_list(text, "follow_ups", 5, 120) if _shape_of(s, model) in shapes | {None}]
+    made = [s for s in made if _followable(s, model) and not _done(s, task.requests)]
     if not made:
         return None
-    return made + [s for s in follow_ups(task.requests, zh, model) if s not in made][: max(3 - len(made), 0)]
+    local = follow_ups(task.requests, zh, model, task.answered)
+    return made + [s for s in local if s not in made][: max(3 - len(made), 0)]
+
+
+def _drew(answered: str | None) -> bool:
+    """Whether the last answer drew a picture (True when unknown). Open WebUI quotes our answer
+    without its pictures: its summary line says what was drawn."""
+    summary = SUMMARY_LINE.search(answered or "")
+    return summary is None or int(summary[1]) > 0
+
+
+def _followable(suggestion: str, model: str | None) -> bool:
+    """Whether `model` can carry the suggestion out: an edit model makes changes, not more of the same."""
+    if model is None or not family(model).needs_input:
+        return True
+    parsed = parse(suggestion, model, 16)
+    return parsed.asked_count is None and parsed.asked_shape is None and not AGAIN.search(suggestion)
+
+
+def _done(suggestion: str, requests: tuple[str, ...] | list[str]) -> bool:
+    """Whether the suggestion is what was just asked."""
+    said = {_plain(request) for request in requests[-2:]}
+    return _plain(suggestion) in said
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"[\s\W_]+", "", text.lower())
 
 
 def _json_list(text: str, key: str, most: int, longest: int) -> list[str]:
@@ -305,13 +347,13 @@ def _clean(text: str, longest: int) -> str:
 
 def _local(task: Task, model: str | None = None) -> str | list[str] | list[Any]:
     requests = task.requests
-    zh = _is_chinese(requests)
+    zh = is_chinese(requests)
     if task.kind == "title":
-        return title(requests[0] if requests else "", zh)
+        return title(requests[0] if requests else "", zh, requests[1:])
     if task.kind == "tags":
         return tags(requests, zh)
     if task.kind == "follow_ups":
-        return follow_ups(requests, zh, model)
+        return follow_ups(requests, zh, model, task.answered)
     if task.kind == "image_prompt":
         return requests[-1] if requests else ""
     if task.kind == "emoji":
@@ -330,7 +372,7 @@ def _local(task: Task, model: str | None = None) -> str | list[str] | list[Any]:
     return []  # queries, tool calls, memory operations: none
 
 
-def _is_chinese(texts: tuple[str, ...] | list[str]) -> bool:
+def is_chinese(texts: tuple[str, ...] | list[str]) -> bool:
     joined = "".join(texts)
     return not joined or sum(1 for ch in joined if "\u4e00" <= ch <= "\u9fff") * 4 >= len(joined.strip()) * 0.5
 
@@ -349,23 +391,65 @@ def _subject(request: str) -> str:
     return _clean(text, 200)
 
 
-def title(request: str, zh: bool) -> str:
-    subject = _subject(request)
-    if not subject:
-        return task_words("default_title", zh)
-    if zh:
-        return subject[:12]
-    return " ".join(word.capitalize() for word in subject.split()[:6])
+# An instruction to change a picture ("把图1的人物放进图2的场景", "make it blue"), not a subject.
+_INSTRUCTION = re.compile(
+    r"^(?:把|将|给它|让它|让|换成|改成|变成|去掉|删掉|删除|加上|加一|替换|移除)"
+    r"|^(?:make it|make the|change|replace|put|add|remove|turn|swap)\b",
+    re.IGNORECASE,
+)
+# Where a Chinese phrase may end: before these, or at punctuation.
+_BREAK_BEFORE = "的在和与及，,。、；;：:！!？?（("
+_EN_TAIL = {"a", "an", "the", "of", "with", "in", "on", "and", "to", "at", "for", "by", "from", "into", "is"}
+TITLE_CHARS = 12
+
+
+def _instruction(request: str) -> bool:
+    text = parse(request, "Kwai-Kolors/Kolors", 16).prompt.strip()
+    return bool(_INSTRUCTION.search(text) or _INSTRUCTION.search(_subject(request)))
+
+
+def _phrase(subject: str, longest: int = TITLE_CHARS) -> str:
+    """Chinese `subject` cut to `longest` characters where a phrase ends, never inside a word."""
+    subject = re.split(r"[，,。.;；!！?？\n]", subject, maxsplit=1)[0].strip()
+    if len(subject) <= longest:
+        return subject
+    ends = [at for at in range(2, longest + 1) if subject[at] in _BREAK_BEFORE]
+    return subject[: ends[-1]].strip() if ends else ""
+
+
+def title(request: str, zh: bool, requests: tuple[str, ...] = ()) -> str:
+    """A title of whole words: the subject of the first request that names one; an instruction's
+    conversation is an editing one."""
+    for asked in (request, *requests):
+        subject = _subject(asked)
+        if not subject or _instruction(asked):
+            continue
+        if zh:
+            if phrase := _phrase(subject):
+                return phrase
+            continue
+        words = subject.split()[:6]
+        while len(words) > 1 and words[-1].lower() in _EN_TAIL:
+            words.pop()
+        return " ".join(word.capitalize() for word in words)
+    edited = any(_instruction(asked) for asked in (request, *requests) if asked)
+    return task_words("edit_title" if edited else "default_title", zh)
 
 
 def tags(requests: tuple[str, ...], zh: bool) -> list[str]:
     found = [task_words("default_title", zh)]
     joined = " ".join(requests).lower()
+    if any(_instruction(request) for request in requests):
+        found.append(task_words("edit_title", zh))
     for chinese, english, tag in STYLE_TAGS:
         if chinese in joined or english in joined:
             found.append(tag if zh else english.title())
     subject = title(requests[-1], zh) if requests else ""
-    if subject and len(subject) <= 12 and subject not in found:
+    if not zh:
+        words = subject.split()
+        words = words[1:] if len(words) > 1 and words[0].lower() in ("a", "an", "the") else words
+        subject = " ".join(words[:2])  # a tag is a word or two
+    if subject and len(subject) <= TITLE_CHARS * 2 and subject not in found:
         found.append(subject)
     return list(dict.fromkeys(found))[:3]
 
@@ -386,27 +470,47 @@ def _shape_of(suggestion: str, model: str | None) -> str | None:
     return _orientation(shape) if shape else None
 
 
-def follow_ups(requests: tuple[str, ...] | list[str], zh: bool, model: str | None = None) -> list[str]:
-    """Three real next drawing requests that move on from what was asked so far: a style not
-    used yet, another shape the model can draw (a detail instead when it has none: an edit model
-    keeps the input's size; Kolors draws no landscape), and more pictures or another angle."""
+def follow_ups(
+    requests: tuple[str, ...] | list[str], zh: bool, model: str | None = None, answered: str | None = None
+) -> list[str]:
+    """Three real next requests this model can carry out, none of them what was just asked or
+    what just failed.
+
+    A text-to-image model: a style not used yet, another shape it draws (a detail instead when it
+    has none: Kolors draws no landscape), and more pictures or another angle. An edit model
+    changes a picture: a style, the background, a detail; none when its last answer drew nothing
+    (it had no picture to change: every edit would fail the same way).
+    """
     said = " ".join(requests).lower()
-    style = next(
-        ((chinese, english) for key_zh, key_en, chinese, english in NEXT_STYLES if key_zh not in said and key_en not in said),
-        SUGGEST["angle"],
-    )
-    shape = None
-    for request in reversed(requests):
-        shape = parse(request, "Kwai-Kolors/Kolors", 16).asked_shape or shape
-        if shape:
-            break
-    now, shapes = _orientation(shape) if shape else "square", _shapes(model)
-    tall, wide = SUGGEST["tall"], SUGGEST["wide"]
-    other_shape = next(
-        (words for orientation, words in (("wide", wide), ("tall", tall)) if orientation in shapes and orientation != now),
-        SUGGEST["background"],
-    )
-    last = requests[-1] if requests else ""
-    more = SUGGEST["angle"] if AGAIN.search(last.strip()) or "pic" in last.lower() else SUGGEST["two_more"]
-    picked = [style, other_shape, more if more != style else SUGGEST["again"]]
-    return [chinese if zh else english for chinese, english in picked]
+    drew = _drew(answered)
+    edit = model is not None and family(model).needs_input
+    if edit and not drew:
+        return []
+    styles = [(chinese, english) for key_zh, key_en, chinese, english in NEXT_STYLES if key_zh not in said and key_en not in said]
+    style = styles[0] if styles else SUGGEST["angle"]
+    if edit:
+        picked = [style, SUGGEST["background"], SUGGEST["detail"]]
+    else:
+        shape = None
+        for request in reversed(requests):
+            shape = parse(request, "Kwai-Kolors/Kolors", 16).asked_shape or shape
+            if shape:
+                break
+        now, shapes = _orientation(shape) if shape else "square", _shapes(model)
+        tall, wide = SUGGEST["tall"], SUGGEST["wide"]
+        other_shape = next(
+            (words for orientation, words in (("wide", wide), ("tall", tall)) if orientation in shapes and orientation != now),
+            SUGGEST["background"],
+        )
+        last = requests[-1] if requests else ""
+        # More of the same after "again", or after nothing was drawn, would repeat what was just done.
+        again = bool(AGAIN.search(last.strip())) or "pic" in last.lower() or not drew
+        more = SUGGEST["angle"] if again else SUGGEST["two_more"]
+        picked = [style, other_shape, more]
+    spare = [SUGGEST["angle"], SUGGEST["detail"], SUGGEST["background"], *styles[1:]]
+    chosen: list[str] = []
+    for chinese, english in [*picked, *spare]:
+        words = chinese if zh else english
+        if len(chosen) < 3 and words not in chosen and not _done(words, requests) and words.lower() not in said:
+            chosen.append(words)
+    return chosen

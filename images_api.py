@@ -14,7 +14,7 @@ import logging
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from flask import Blueprint, Response, g
@@ -26,7 +26,7 @@ from bodies import json_object, multipart_form, with_pictures_limit
 from events import Failure, ImageFailed, ImageReady, ImageRef, Job, KeepAlive, Outcome, PromptReady, Refused
 from families import family
 from openai_wire import ApiError, dumps, images_answer
-from parsing import SEED_MAX, DrawRequest, find_banned, pick_size
+from parsing import SEED_MAX, DrawRequest, find_banned, parse, pick_size
 from pipeline import EXPANSION_INPUT_CHARS, Services
 from uploaders import UploadError, input_picture
 
@@ -159,7 +159,13 @@ def _images(body: dict[str, Any], model: str, inputs: tuple[ImageRef, ...], serv
         )
     if not settings.api_keys:
         raise ApiError(503, "This service has no upstream keys: its operator must set API_KEYS.", code="no_upstream_keys")
-    draw = DrawRequest(prompt=prompt.strip(), count=n, size=size, seed=extras.pop("seed", None), negative_prompt=negative or None)
+    draw = _typed(
+        prompt,
+        model,
+        DrawRequest(prompt=prompt.strip(), count=n, size=size, seed=extras.pop("seed", None), negative_prompt=negative or None),
+        settings.max_images_per_request,
+    )
+    n = draw.count
     job = Job(
         g.request_id,
         model,
@@ -238,6 +244,35 @@ def _images_body(drawn: Drawn, response_format: str) -> dict[str, Any]:
     if not drawn.ready:
         raise _images_failure(drawn.failed)
     return images_answer([_image_item(outcome, response_format, drawn.revised) for outcome in drawn.ready])
+
+
+def _typed(prompt: str, model: str, fields: DrawRequest, most: int) -> DrawRequest:
+    """The drawing asked: what the user typed in the prompt (the chat's mini-language: `pic:N`,
+    `16:9`, `1024x768`, `seed:7`, `--no …`) wins over the request's fields, which a chat UI fills
+    with its own defaults (Open WebUI sends n=1 and its size whatever the user typed); the tokens
+    are not drawn as words. A shape word left in the prompt ("a portrait of a man") is the
+    picture's, not a size."""
+    typed = parse(prompt.strip(), model, most)
+    if typed.asked_count is not None and typed.asked_count > most:
+        asked = typed.asked_count
+        raise ApiError(400, f"The prompt asks for {asked} pictures; this service draws at most {most} at a time.", param="prompt")
+    if any(note.code == "seed_range" for note in typed.notes):
+        raise ApiError(400, f"The prompt's seed must be a whole number from 0 to {SEED_MAX}.", param="prompt")
+    if not typed.prompt.strip(" ,，.。"):
+        raise ApiError(
+            400, "'prompt' holds only drawing options (like 'pic:2' or '16:9'): describe the picture too.", param="prompt"
+        )
+    shape_typed = typed.asked_shape is not None and typed.asked_size is not None and typed.asked_size not in typed.prompt
+    return replace(
+        fields,
+        prompt=typed.prompt.strip(),
+        count=typed.count if typed.asked_count is not None else fields.count,
+        size=typed.size if shape_typed else fields.size,
+        asked_size=typed.asked_size if shape_typed else None,
+        asked_shape=typed.asked_shape if shape_typed else None,
+        seed=typed.seed if typed.seed is not None else fields.seed,
+        negative_prompt=typed.negative_prompt or fields.negative_prompt,
+    )
 
 
 def _images_size(value: Any, model: str) -> str | None:

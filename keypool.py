@@ -147,7 +147,7 @@ class KeyPool:
         with self._choosing:
             with self._lock:
                 order = sorted(self._keys.values(), key=lambda s: (s.key in exclude, s.failure_streak, s.in_flight, s.last_used))
-            candidates = [Candidate(state.kid, self.account_of(state.kid)) for state in order]
+            candidates = [Candidate(state.kid, self.account_of(state.kid), state.in_flight > 0) for state in order]
             answer = self.store.acquire(Ask(candidates, model, self.limits, self._learn_seconds, request, force))
             if answer.key_id is None:
                 return Acquired(None, answer.wait, answer.yielded)

@@ -9,6 +9,7 @@ Facts, each with an expiry, named like Redis keys:
 | `cool:<key id>` | "1" | the cool-down after failures in a row |
 | `rest:<account>:<model>` | "1" | after a 429: until the account's window frees |
 | `cap:<account>:<model>` | calls per window that got through before a 429 | an hour, then learned again |
+| `wave:<model>` | the least cap learned in the current wave of 429s | `WAVE_SECONDS` (or the rest, if shorter) |
 | `acct:<key id>` | the SiliconFlow account (`/v1/user/info` data.id) | a week |
 | `lock:<name>` | "1" | who does a periodic job next |
 
@@ -54,6 +55,8 @@ from typing import Any
 log = logging.getLogger("siliconflow_proxy.keystores")
 
 CAP_SECONDS = 3600.0  # a learned cap is forgotten after this, so that a bigger allowance is found again
+WAVE_SECONDS = 5.0  # how long after a 429 a burst's other refusals are still on the way
+WAVE_HOLD = 0.05  # how soon a choice that passed over a busy account in a wave looks again
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class Limit:
 class Candidate:
     key_id: str
     account: str
+    busy: bool = False  # a call on this key has not answered yet (in this process)
 
 
 class Fact(StrEnum):
@@ -81,12 +85,13 @@ class Fact(StrEnum):
     COOL = "cool"
     REST = "rest"
     CAP = "cap"
+    WAVE = "wave"  # wave:<model>: an account was just refused this model; the least cap learned
     ACCOUNT = "acct"
     LOCK = "lock"
 
 
 # The facts a key choice reads (LocalStore selects them in one query by their first letters).
-_CHOICE_FACTS = (Fact.DEAD, Fact.BROKE, Fact.COOL, Fact.REST, Fact.CAP)
+_CHOICE_FACTS = (Fact.DEAD, Fact.BROKE, Fact.COOL, Fact.REST, Fact.CAP, Fact.WAVE)
 _CHOICE_GLOB = "[" + "".join(sorted({fact[0] for fact in _CHOICE_FACTS})) + "]*"
 
 Known = tuple[str, float | None]  # (value, seconds left; None: no expiry)
@@ -127,6 +132,12 @@ class Store:
         """The first candidate that may draw the model now, its call logged in its account's window.
 
         An account's learned cap (see `refused`) counts as one more budget, over `learn_seconds`.
+        Just after a refusal (the `wave` fact, `WAVE_SECONDS`), an account with no cap of its own
+        that has a call in flight (`Candidate.busy`) and as many calls in its window as the least
+        cap learned is passed over until that call answers: it was most likely sent in the same
+        burst, and its own refusal is on the way, so a refused picture retried there would be
+        refused again. Nothing is capped by another account's limit: an idle account, or one
+        whose calls answered, is chosen as before, so a bigger allowance is still found.
         Turns: a request that has to wait is kept with the time it was last served (a request not
         served yet ranks first). While as many requests that have waited longer as there are free
         calls are waiting, a free key is left to them (`yielded`) unless `force`; the caller forces
@@ -401,6 +412,8 @@ class LocalStore(Store):
                     "SELECT name, value, until FROM facts WHERE (until IS NULL OR until > ?) AND name GLOB ?", (now, _CHOICE_GLOB)
                 )
             }
+            wave = int(live[f"{Fact.WAVE}:{model}"][0]) if f"{Fact.WAVE}:{model}" in live else None
+            held = False  # a busy account passed over in a wave
             soonest: float | None = None
             chosen: tuple[str, str, float] | None = None  # key id, window, longest
             room: dict[str, float] = {}  # calls each account with a free key may still make now
@@ -421,8 +434,10 @@ class LocalStore(Store):
                     [now] + [live[name][1] or now for name in (f"{Fact.COOL}:{kid}", f"{Fact.REST}:{window}") if name in live]
                 )
                 budget = list(ask.limits)
-                if f"{Fact.CAP}:{window}" in live:
+                capped = f"{Fact.CAP}:{window}" in live
+                if capped:
                     budget.append(Limit(int(live[f"{Fact.CAP}:{window}"][0]), ask.learn_seconds))
+                hold = wave is not None and candidate.busy and not capped
                 longest = max([ask.learn_seconds] + [limit.seconds for limit in budget])
                 # Without a budget (none set, none learned yet) the account's calls do not decide:
                 # reading them was most of a choice's time in a burst (hundreds of rows a choice).
@@ -433,10 +448,13 @@ class LocalStore(Store):
                             "SELECT at FROM calls WHERE window = ? AND at > ? ORDER BY at", (window, now - longest)
                         )
                     ]
-                    if budget
+                    if budget or hold
                     else []
                 )
                 free_at = max(free_at, _window_frees(times, budget, now))
+                if hold and free_at <= now and sum(1 for at in times if at > now - ask.learn_seconds) >= wave:
+                    held = True
+                    continue
                 if free_at <= now:
                     chosen = chosen or (kid, window, longest)
                     room[window] = min(
@@ -456,6 +474,8 @@ class LocalStore(Store):
                     )
                 self._sweep(db, now, longest)
                 return Answer(kid, str(ticket))
+            if held:
+                soonest = min(soonest or math.inf, now + WAVE_HOLD)
             wait = None if soonest is None else soonest - now
             if wait is not None and ask.request:
                 db.execute(
@@ -493,6 +513,11 @@ class LocalStore(Store):
             )
             db.execute(
                 "INSERT OR REPLACE INTO facts (name, value, until) VALUES (?, '1', ?)", (f"{Fact.REST}:{window}", now + rest)
+            )
+            row = db.execute("SELECT value FROM facts WHERE name = ? AND until > ?", (f"{Fact.WAVE}:{model}", now)).fetchone()
+            db.execute(
+                "INSERT OR REPLACE INTO facts (name, value, until) VALUES (?, ?, ?)",
+                (f"{Fact.WAVE}:{model}", str(min(cap, int(row[0])) if row else cap), now + min(rest, WAVE_SECONDS)),
             )
         return cap
 
@@ -609,7 +634,7 @@ def _window_frees(times: Sequence[float], limits: Sequence[Limit], now: float) -
 # account for each candidate in order. Returns {key id, 0} or {"", milliseconds until one may, -1: never}.
 # ARGV: prefix, model, learn ms, request ("" for none), force (0/1), turn grace ms, yield ms, the number
 # of limits, then count and milliseconds for each limit, then the candidates in one argument, a line
-# "key id<TAB>account" each (one argument packs in a fraction of the time of a hundred).
+# "key id<TAB>account<TAB>busy (0/1)" each (one argument packs in a fraction of the time of a hundred).
 # Returns {key id, ticket} or {"", milliseconds until a key may be free (-1: never), 1 if it yielded}.
 _ACQUIRE = """
 local t = redis.call('TIME')
@@ -639,11 +664,13 @@ local function waited_longer()
   if before > 0 and not mine then waiting(now + grace) end
   return before
 end
+local wave = redis.call('GET', prefix .. 'wave:' .. model)
+local held = false
 local soonest, chosen, room, inf = -1, nil, 0, 1e18
 local rooms = {}
 -- The free room is counted only when turns matter: with nobody else waiting, the first free key will do.
 local turns_matter = request ~= '' and not force and redis.call('EXISTS', turns) == 1
-for kid, account in string.gmatch(ARGV[9 + 2 * nlimits], '([^\\t\\n]+)\\t([^\\n]+)') do
+for kid, account, busy in string.gmatch(ARGV[9 + 2 * nlimits], '([^\\t\\n]+)\\t([^\\t\\n]+)\\t([01])') do
   if chosen and not turns_matter then break end
   if redis.call('EXISTS', prefix .. 'dead:' .. kid, prefix .. 'broke:' .. kid) == 0 then
     local window = account .. ':' .. model
@@ -659,6 +686,7 @@ for kid, account in string.gmatch(ARGV[9 + 2 * nlimits], '([^\\t\\n]+)\\t([^\\n]
     end
     local cap = redis.call('GET', prefix .. 'cap:' .. window)
     if cap then budget[#budget + 1] = {tonumber(cap), learn} end
+    local hold = wave and busy == '1' and not cap
     local calls = prefix .. 'win:' .. window
     redis.call('ZREMRANGEBYSCORE', calls, '-inf', now - longest)
     local left = inf
@@ -670,7 +698,9 @@ for kid, account in string.gmatch(ARGV[9 + 2 * nlimits], '([^\\t\\n]+)\\t([^\\n]
       end
       left = math.min(left, limit[1] - count)
     end
-    if free_at <= now then
+    if hold and free_at <= now and redis.call('ZCOUNT', calls, '(' .. (now - learn), '+inf') >= tonumber(wave) then
+      held = true
+    elseif free_at <= now then
       if not chosen then chosen = {kid, calls, longest} end
       if not rooms[window] then
         rooms[window] = true
@@ -694,10 +724,11 @@ if chosen then
   end
   return {chosen[1], ticket}
 end
+if held and (soonest < 0 or soonest > HOLD_MS) then soonest = HOLD_MS end
 if soonest >= 0 and request ~= '' then waiting(now + soonest + grace) end
 return {'', soonest, 0}
 """
-_ACQUIRE = _ACQUIRE.replace("NOT_SERVED_YET_MS", str(int(NOT_SERVED_YET * 1000)))
+_ACQUIRE = _ACQUIRE.replace("NOT_SERVED_YET_MS", str(int(NOT_SERVED_YET * 1000))).replace("HOLD_MS", str(int(WAVE_HOLD * 1000)))
 
 # ARGV: prefix, account:model, ticket, rest ms, learn ms, cap ms. Returns the cap.
 _REFUSED = """
@@ -712,8 +743,13 @@ if cap and tonumber(cap) < left then left = tonumber(cap) end
 if left < 1 then left = 1 end
 redis.call('SET', prefix .. 'cap:' .. window, left, 'PX', keep)
 redis.call('SET', prefix .. 'rest:' .. window, '1', 'PX', math.max(rest, 1))
+local wave = redis.call('GET', prefix .. 'wave:' .. ARGV[7])
+local least = left
+if wave and tonumber(wave) < least then least = tonumber(wave) end
+redis.call('SET', prefix .. 'wave:' .. ARGV[7], least, 'PX', math.max(math.min(rest, WAVE_MS), 1))
 return left
 """
+_REFUSED = _REFUSED.replace("WAVE_MS", str(int(WAVE_SECONDS * 1000)))
 
 
 class RedisStore(Store):
@@ -752,7 +788,11 @@ class RedisStore(Store):
         ]
         for limit in ask.limits:
             args += [limit.count, int(limit.seconds * 1000)]
-        args.append("\n".join(f"{c.key_id}\t{c.account.replace(chr(9), ' ').replace(chr(10), ' ')}" for c in ask.candidates))
+        args.append(
+            "\n".join(
+                f"{c.key_id}\t{c.account.replace(chr(9), ' ').replace(chr(10), ' ')}\t{int(c.busy)}" for c in ask.candidates
+            )
+        )
         answer = self._acquire(args=args)
         if answer[0]:
             return Answer(answer[0].decode(), answer[1].decode())
@@ -769,6 +809,7 @@ class RedisStore(Store):
                     int(rest * 1000),
                     int(learn_seconds * 1000),
                     int(CAP_SECONDS * 1000),
+                    model,
                 ]
             )
         )

@@ -59,7 +59,6 @@ def sse(payload: dict | str) -> str:
 
 def completion(completion_id: str, created: int, model: str, prompt: str, content: str) -> dict:
     """A whole non-stream `chat.completion`."""
-    prompt_tokens, completion_tokens = tokens(prompt), tokens(content)
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -73,11 +72,29 @@ def completion(completion_id: str, created: int, model: str, prompt: str, conten
                 "logprobs": None,
             }
         ],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
+        "usage": usage(prompt, content),
+    }
+
+
+def usage_chunk(completion_id: str, created: int, model: str, prompt: str, content: str) -> dict:
+    """The last chunk of a stream asked with `stream_options.include_usage`: no choices, the usage
+    (the same numbers a whole answer gives)."""
+    return {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [],
+        "usage": usage(prompt, content),
+    }
+
+
+def usage(prompt: str, content: str) -> dict:
+    prompt_tokens, completion_tokens = tokens(prompt), tokens(content)
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
     }
 
 

@@ -38,6 +38,7 @@ from events import (
     Job,
     KeepAlive,
     Outcome,
+    Preparing,
     PromptReady,
     Queued,
     Reason,
@@ -128,6 +129,8 @@ def draw(job: Job, services: Services, cancelled: threading.Event | None = None)
         asked = services.executor.submit(expand, job, services, deadline) if job.expand else None
         steps = [step for step in (inputs_asked, asked) if step is not None]
         futures.extend(steps)
+        if steps:  # said at once: a chat model's rewrite takes seconds
+            yield Preparing(expanding=asked is not None, pictures=len(job.inputs))
         for step in steps:
             yield from _heartbeats_until_done(step, settings.heartbeat_seconds, deadline)
         if not all(step.done() for step in steps):  # a restart came first

@@ -201,7 +201,11 @@ REASONS: dict[str, tuple[Words, Words]] = {
     ),
     "parts_more": ("另有 {count} 段无法使用的内容，已忽略", "{count} more parts could not be used"),
     "no_image_url": ("{pictures} 没有图片地址（image_url.url），已忽略", "{pictures} has no image_url.url; ignored"),
-    "again": ("再来一张：沿用上一张的描述、尺寸和模型", "again: the last picture's description, size and model"),
+    "again": ("再画 {count} 张：沿用上一张的描述、尺寸和模型", "{count} more: the last picture's description, size and model"),
+    "again_changed": (
+        "再画 {count} 张：沿用上一张的描述、尺寸和模型，按这次的要求修改",
+        "{count} more: the last picture's description, size and model, changed as asked",
+    ),
     "refined": (
         "沿用上一张的描述、尺寸、数量和模型，按这次的要求修改",
         "the last picture's description, size, count and model, changed as asked",
@@ -382,8 +386,19 @@ def queued(waiting: int, ahead: int, next_in: float | None, cooling: int = 0) ->
     return f"⏳ 排队等候上游名额：本次还有 {waiting} 张在等{behind}{soon}（{why}）\n\n"
 
 
+def preparing(expanding: bool, pictures: int) -> str:
+    """The first line, said before the chat model or the input pictures are waited for."""
+    if expanding and pictures:
+        return "✍️ 正在读取输入图片并完善提示词…\n\n"
+    return "✍️ 正在完善提示词…\n\n" if expanding else "📥 正在读取输入图片…\n\n"
+
+
+SUMMARY_LABEL = "完成："  # the answer's last line; chat UIs' tasks quote it back (without the pictures)
+SUMMARY_LINE = re.compile(rf"^{SUMMARY_LABEL}(\d+)/(\d+) ", re.M)
+
+
 def summary(delivered: int, count: int) -> str:
-    return f"完成：{delivered}/{count} 张图片生成成功。"
+    return f"{SUMMARY_LABEL}{delivered}/{count} 张图片生成成功。"
 
 
 INTERNAL_ERROR = "\n\n⚠️ 服务内部错误，回答不完整。"
@@ -393,17 +408,26 @@ def chat(events: Iterable[ev.Event]) -> Iterator[str | None]:
     """The drawing's events as the assistant's words, piece by piece (None: a keep-alive)."""
     p = ev
     alt = ""
+    generating = False  # "生成中" said, its ✅ not yet: anything else starts a line of its own
     for event in events:
         if isinstance(event, p.KeepAlive):
             yield None
-        elif isinstance(event, p.Refused):
+            continue
+        if generating and not isinstance(event, p.Submitted):
+            yield "\n\n"
+            generating = False
+        if isinstance(event, p.Refused):
             yield refusal(event.keyword)
+        elif isinstance(event, p.Preparing):
+            yield preparing(event.expanding, event.pictures)
         elif isinstance(event, p.PromptReady):
             alt = markdown_safe(event.prompt, limit=300)
             yield _prompt_ready(event)
             yield "生成中"
+            generating = True
         elif isinstance(event, p.Submitted):
             yield "✅\n\n"
+            generating = False
         elif isinstance(event, p.Queued):
             yield queued(event.waiting, event.ahead, event.next_in, event.cooling)
         elif isinstance(event, p.ImageReady):
@@ -451,6 +475,11 @@ TASK_WORDS: dict[str, tuple[str, str]] = {
     "failed": ("图片没有画成：{reason}", "The picture could not be made: {reason}"),
     "no_reason": ("没有说明原因", "no reason given"),
     "default_title": ("AI 绘画", "Image Generation"),
+    "edit_title": ("图片编辑", "Image Editing"),
+    "continued": (
+        "这条回答已经完整，图片都在上面。想要改动请直接说（例如“换成蓝色”），想要更多请说“再来两张”。",
+        'That answer is complete: its pictures are above. Say what to change ("make it blue"), or "two more".',
+    ),
 }
 
 # (what a request says in Chinese, in English, the tag in Chinese); the English tag is title-cased.
@@ -481,6 +510,7 @@ SUGGEST = {
     "background": ("把背景换成海边", "Change the background to a beach"),
     "two_more": ("再画两张 pic:2", "Two more pic:2"),
     "again": ("再来一张", "Draw it again"),
+    "detail": ("给它加一顶小帽子", "Give it a small hat"),
 }
 
 

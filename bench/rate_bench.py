@@ -189,6 +189,7 @@ def main() -> None:
         if redis:
             shared = {"REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"}
             rows += situation(fake_url, "two instances + Redis, budget set", 2, {**budget, **shared})
+            rows += situation(fake_url, "two instances + Redis, learned", 2, {"RATE_LIMIT_REST": f"{WINDOW:g}", **shared})
         else:
             rows.append("two instances + Redis: skipped, no redis-server on this machine")
     finally:

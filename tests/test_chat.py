@@ -7,11 +7,23 @@ import json
 import logging
 import re
 
+import openai
 import pytest
 import requests
 
+from openai_wire import tokens
 from tests.conftest import SERVICE_KEY
-from tests.helpers import IMAGE_LINE, chat_body, content_of, images_in, post_chat, sse_events, stream_chunks, wait_until
+from tests.helpers import (
+    IMAGE_LINE,
+    answer_text,
+    chat_body,
+    content_of,
+    images_in,
+    post_chat,
+    sse_events,
+    stream_chunks,
+    wait_until,
+)
 
 
 def test_seed_curl_example_draws_a_portrait_cat(service, fake):
@@ -67,6 +79,53 @@ def test_first_byte_goes_out_before_prompt_expansion_ends(service, fake):
     assert all(call.end == 0.0 for call in fake.state.chat_calls()), "the first chunk waited for expansion"
     assert "[DONE]" in list(events)
     assert len(fake.state.chat_calls()) == 1
+
+
+def test_the_first_line_is_seen_while_the_prompt_is_expanded(service, fake):
+    """Open WebUI showed only a cursor for the whole expansion: a line says it is under way."""
+    fake.state.expansion_latency = 1.5
+    response = post_chat(service.url, chat_body("画一只猫", stream=True), stream=True)
+    events = sse_events(response)
+    next(events)  # the role
+    said = json.loads(next(events))["choices"][0]["delta"]["content"]
+    assert "正在完善提示词" in said and said.endswith("\n\n")
+    assert all(call.end == 0.0 for call in fake.state.chat_calls()), "the line waited for the expansion"
+    rest = content_of([json.loads(p) for p in events if p != "[DONE]"])
+    assert rest.index("提示词") < rest.index("生成中✅")
+
+
+def test_a_status_after_generating_starts_its_own_line(serve, fake):
+    """生成中 followed by a failure, not by ✅: the failure is a line of its own."""
+    service = serve(prompt_expansion=False)
+    content = answer_text(service.url, "换成蓝色", stream=True, model="Qwen/Qwen-Image-Edit-2509")
+    assert "生成中\n\n⚠️ 第 1 张" in content, content
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_usage_is_counted_the_same_in_a_stream_that_asks_for_it(service, stream):
+    """`stream_options.include_usage` (llm, LiteLLM, LangChain): a last chunk with no choices and the usage."""
+    client = openai.OpenAI(base_url=f"{service.url}/v1", api_key="x", max_retries=0, timeout=60)
+    messages = [{"role": "user", "content": "画一只猫 pic:2"}]
+    whole = client.chat.completions.create(model="Kwai-Kolors/Kolors", messages=messages)
+    chunks = list(
+        client.chat.completions.create(
+            model="Kwai-Kolors/Kolors", messages=messages, stream=True, stream_options={"include_usage": stream}
+        )
+    )
+    if not stream:
+        assert all(c.choices and c.usage is None for c in chunks)
+        return
+    last = chunks[-1]
+    assert last.choices == [] and all(c.choices for c in chunks[:-1])
+    content = "".join(c.choices[0].delta.content or "" for c in chunks[:-1])
+    assert last.usage.prompt_tokens == whole.usage.prompt_tokens
+    assert last.usage.completion_tokens == tokens(content) > 0  # the whole answer's count, of this answer
+    assert last.usage.total_tokens == last.usage.prompt_tokens + last.usage.completion_tokens
+
+
+def test_stream_options_that_are_not_an_object_are_refused(service):
+    response = post_chat(service.url, {**chat_body("画一只猫", stream=True), "stream_options": "usage"})
+    assert response.status_code == 400 and "stream_options" in response.json()["error"]["message"]
 
 
 def test_each_image_is_sent_as_soon_as_it_is_ready(serve, fake):

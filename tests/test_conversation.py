@@ -44,7 +44,7 @@ def _ask(service, messages: list[dict], *, stream: bool = False, model: str = "K
     if stream:
         chunks, raw = stream_chunks(response)
         assert raw[-1] == "[DONE]"
-        return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+        return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     return response.json()["choices"][0]["message"]["content"]
 
 
@@ -236,7 +236,8 @@ def test_follow_up_suggestions_keep_to_shapes_the_model_can_draw(serve, fake, ch
         fake.state.expansion_mode = "helpful"  # its suggestions include "改成 16:9 横图"
     service = serve(prompt_expansion=chat_model == "helpful")
     template = open_webui_templates()["DEFAULT_FOLLOW_UP_GENERATION_PROMPT_TEMPLATE"]
-    prompt = render_open_webui(template, [{"role": "user", "content": "画一只猫"}, {"role": "assistant", "content": "好的"}])
+    drawn = "完成：1/1\n![image1|一只猫](https://img.example.com/a.png)"
+    prompt = render_open_webui(template, [{"role": "user", "content": "画一只猫"}, {"role": "assistant", "content": drawn}])
     offered = {
         model: parse_like_open_webui(_ask(service, [{"role": "user", "content": prompt}], model=model))["follow_ups"]
         for model in ("Qwen/Qwen-Image", "Kwai-Kolors/Kolors", "Qwen/Qwen-Image-Edit-2509")
@@ -382,3 +383,141 @@ def test_an_expansion_that_echoes_the_change_is_not_drawn_as_is(chat, fake):
     prompts = {c.body["prompt"] for c in fake.state.image_calls()[before:]}
     assert len(prompts) == 1 and not any("Previous prompt" in p or "Change:" in p for p in prompts)
     assert "蓝色" in prompts.pop() and "Previous prompt" not in answer
+
+
+# --- the turns people type after a picture (issue 19's table, and more in test_followups.py) ------
+
+# (the turn, pictures drawn, words the drawn prompt has, words it must not have)
+NEXT_TURNS = [
+    ("再来一张，换成蓝色", 1, ("猫咪", "蓝色"), ("再来",)),
+    ("再画一张蓝色的", 1, ("猫咪", "蓝色"), ("再画",)),
+    ("再来两张", 2, ("画一只可爱的猫咪",), ("再来",)),
+    ("同样的再来一张", 1, ("画一只可爱的猫咪",), ("同样", "再来")),
+    ("可以再来一张吗", 1, ("画一只可爱的猫咪",), ("可以", "吗")),
+    ("one more, make it blue", 1, ("猫咪", "make it blue"), ("one more",)),
+    ("换成蓝色，再来一张", 1, ("猫咪", "换成蓝色"), ("再来",)),
+    ("添加详情", 2, ("猫咪", "细节"), ("添加详情",)),
+]
+
+
+@pytest.mark.parametrize("expansion", [False, True], ids=["plain", "expanded"])
+@pytest.mark.parametrize("turn, count, has, lacks", NEXT_TURNS, ids=[row[0] for row in NEXT_TURNS])
+def test_a_next_turn_does_what_was_meant(serve, fake, turn, count, has, lacks, expansion):
+    service = serve(prompt_expansion=expansion)
+    fake.state.expansion_mode = "helpful"
+    first = answer_text(service.url, FIRST, stream=False)
+    history = [{"role": "user", "content": FIRST}, {"role": "assistant", "content": first}]
+    answer = _ask(service, [*history, {"role": "user", "content": turn}], stream=expansion)
+    calls = fake.state.image_calls()[2:]
+    assert len(calls) == count and len(images_in(answer)) == count, answer
+    assert {c.body["image_size"] for c in calls} == {"720x1280"}  # the 9:16 carried over
+    for call in calls:
+        assert all(word in call.body["prompt"] for word in has), call.body["prompt"]
+        assert not any(word in call.body["prompt"] for word in lacks), call.body["prompt"]
+    assert "沿用上一张" in answer
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_continue_after_a_whole_answer_draws_nothing_and_says_so(chat, fake, stream):
+    """Open WebUI's 继续回答 sends the history ending with our answer."""
+    service, history = chat
+    before = len(fake.state.image_calls())
+    answer = _ask(service, history, stream=stream)
+    assert "回答已经完整" in answer and fake.state.image_calls()[before:] == []
+    english = [{"role": "user", "content": "draw a cat"}, {"role": "assistant", "content": "![image1|a cat](https://x/a.png)"}]
+    assert "answer is complete" in _ask(service, english, stream=stream)
+
+
+def test_an_edit_models_again_words_are_not_its_instruction(chat, fake):
+    """Our own suggestion "再画两张 pic:2" sent to an edit model: nothing to change is said, not drawn."""
+    service, history = chat
+    before = len(fake.state.image_calls())
+    answer = _ask(service, [*history, {"role": "user", "content": "再画两张 pic:2"}], model="Qwen/Qwen-Image-Edit-2509")
+    assert "没有要修改的内容" in answer and fake.state.image_calls()[before:] == []
+    answer = _ask(service, [*history, {"role": "user", "content": "再来一张，换成蓝色"}], model="Qwen/Qwen-Image-Edit-2509")
+    assert [c.body["prompt"] for c in fake.state.image_calls()[before:]] == ["换成蓝色"]
+
+
+@pytest.mark.parametrize("turn", ["再来一张，换成蓝色", "再来两张"])
+def test_next_turns_through_openai_v1_and_legacy(chat, fake, legacy_python, turn):
+    service, history = chat
+    messages = [*history, {"role": "user", "content": turn}]
+    client = openai.OpenAI(base_url=f"{service.url}/v1", api_key="x", max_retries=0, timeout=60)
+    before = len(fake.state.image_calls())
+    content = "".join(
+        c.choices[0].delta.content or ""
+        for c in client.chat.completions.create(model="Kwai-Kolors/Kolors", messages=messages, stream=True)
+        if c.choices
+    )
+    v1_calls = fake.state.image_calls()[before:]
+    result = subprocess.run(
+        [legacy_python, str(LEGACY_SCRIPT), service.url, "x", "plain", json.dumps(messages, ensure_ascii=False)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    legacy = json.loads(result.stdout.strip().splitlines()[-1])["content"]
+    legacy_calls = fake.state.image_calls()[before + len(v1_calls) :]
+    want = 2 if "两张" in turn else 1
+    assert len(v1_calls) == len(legacy_calls) == want and len(images_in(content)) == len(images_in(legacy)) == want
+    assert all(("蓝色" in c.body["prompt"]) == ("蓝色" in turn) for c in v1_calls + legacy_calls)
+
+
+# --- suggestions, titles and tags a user can use ----------------------------------------------------
+
+
+def _follow_ups(service, messages: list[dict], model: str) -> list[str]:
+    task = render_open_webui(open_webui_templates()["DEFAULT_FOLLOW_UP_GENERATION_PROMPT_TEMPLATE"], messages)
+    return parse_like_open_webui(_ask(service, [{"role": "user", "content": task}], model=model))["follow_ups"]
+
+
+@pytest.mark.parametrize("chat_model", ["local", "helpful"])
+def test_an_edit_model_is_offered_edits_and_nothing_after_it_had_no_picture(serve, fake, chat_model):
+    fake.state.expansion_mode = "fail" if chat_model == "local" else "helpful"  # the chat model offers "pic:2"
+    service = serve()
+    edit = "Qwen/Qwen-Image-Edit-2509"
+    picture = "![image1|一只猫](https://x/a.png)\n\n完成：1/1 张图片生成成功。"
+    drawn = [{"role": "user", "content": "画一只猫"}, {"role": "assistant", "content": picture}]
+    offered = _follow_ups(service, drawn, edit)
+    assert len(offered) >= 2 and fake.state.image_calls() == []
+    for suggestion in offered:  # each one an edit the model carries out: nothing to change is none
+        assert not re.search(r"pic:|\d+:\d+|再画|再来|two more", suggestion, re.I), offered
+    nothing = "⚠️ 第 1 张图片生成失败：需要一张输入图片\n\n完成：0/1 张图片生成成功。"
+    failed = [{"role": "user", "content": "换成蓝色"}, {"role": "assistant", "content": nothing}]
+    assert _follow_ups(service, failed, edit) == []
+
+
+def test_suggestions_do_not_repeat_what_was_just_asked(serve, fake):
+    fake.state.expansion_mode = "fail"
+    service = serve()
+    answer = "![image1|x](https://x/a.png)"
+    for asked in ("换成水彩风格", "改成 16:9 横图", "再画两张 pic:2"):
+        history = [
+            {"role": "user", "content": "画一只猫"},
+            {"role": "assistant", "content": answer},
+            {"role": "user", "content": asked},
+            {"role": "assistant", "content": answer},
+        ]
+        offered = _follow_ups(service, history, "Qwen/Qwen-Image")
+        assert asked not in offered and len(offered) == 3, (asked, offered)
+
+
+@pytest.mark.parametrize(
+    "request_text, title",
+    [
+        ("把图1的人物放进图2的场景", "图片编辑"),
+        ("一只戴着红色帽子的可爱橘猫在草地上奔跑", "一只戴着红色帽子"),
+        ("画一座雪山下的小木屋，清晨的阳光", "雪山下的小木屋"),
+        ("draw a cute cat sitting on the windowsill of an old house", "Cute Cat Sitting On The Windowsill"),
+    ],
+)
+def test_titles_and_tags_are_whole_words_never_the_instruction(serve, fake, request_text, title):
+    fake.state.expansion_mode = "fail"
+    service = serve()
+    templates = open_webui_templates()
+    history = [{"role": "user", "content": request_text}, {"role": "assistant", "content": ""}]
+    made = render_open_webui(templates["DEFAULT_TITLE_GENERATION_PROMPT_TEMPLATE"], history)
+    assert parse_like_open_webui(_ask(service, [{"role": "user", "content": made}]))["title"] == title
+    made = render_open_webui(templates["DEFAULT_TAGS_GENERATION_PROMPT_TEMPLATE"], history)
+    tags = parse_like_open_webui(_ask(service, [{"role": "user", "content": made}]))["tags"]
+    assert tags and not any(tag in request_text and len(tag) > 8 for tag in tags) and request_text not in tags

@@ -214,3 +214,45 @@ def test_concurrent_generations_do_not_starve_the_pool_they_draw_with(serve, fak
     bodies = [json.loads(answer.content) for answer in answers]
     assert all(answer.status_code == 200 for answer in answers)
     assert all("data" in body and len(body["data"]) == 1 for body in bodies), bodies
+
+
+# --- the chat's mini-language in an Images API prompt ----------------------------------------------
+
+
+def test_open_webuis_image_button_with_the_mini_language(serve, fake):
+    """Open WebUI's legacy image button sends what the user typed, n=1 and its own default size."""
+    service = serve()
+    body = {
+        "model": "Kwai-Kolors/Kolors",
+        "prompt": "画一只可爱的猫咪，9:16比例 pic:2",
+        "n": 1,
+        "size": "512x512",
+        "response_format": "b64_json",
+    }
+    response = requests.post(f"{service.url}/v1/images/generations", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["data"]) == 2 and all(item["b64_json"] for item in response.json()["data"])
+    calls = fake.state.image_calls()
+    assert len(calls) == 2 and {c.body["image_size"] for c in calls} == {"720x1280"}
+    assert {c.body["prompt"] for c in calls} == {"画一只可爱的猫咪"}  # no "pic:2", no "9:16比例" drawn as words
+
+
+def test_fields_decide_what_the_prompt_does_not_say(serve, fake):
+    service = serve()
+    body = {"model": "Kwai-Kolors/Kolors", "prompt": "a portrait of an old man seed:42", "n": 2, "size": "1024x1024"}
+    response = requests.post(f"{service.url}/v1/images/generations", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    calls = fake.state.image_calls()
+    assert len(calls) == 2 and {c.body["image_size"] for c in calls} == {"1024x1024"}  # "portrait" is the picture's
+    assert {c.body["prompt"] for c in calls} == {"a portrait of an old man"} and {c.body["seed"] for c in calls} >= {42}
+
+
+@pytest.mark.parametrize(
+    "prompt, says",
+    [("pic:2 16:9", "describe the picture"), ("一只猫 pic:99", "at most"), ("一只猫 seed:99999999999", "seed")],
+)
+def test_a_prompt_whose_options_cannot_be_drawn_is_a_clear_400(serve, fake, prompt, says):
+    service = serve()
+    response = requests.post(f"{service.url}/v1/images/generations", json={"prompt": prompt}, timeout=60)
+    assert response.status_code == 400 and says in response.json()["error"]["message"], response.text
+    assert fake.state.image_calls() == []

@@ -48,6 +48,14 @@ def take(pool: KeyPool, model: str = KOLORS, exclude=()) -> str | None:
     return lease.key if lease else None
 
 
+def draw(pool: KeyPool, model: str = KOLORS) -> str | None:
+    """A call that is handed a key and answers at once (the key is not busy afterwards)."""
+    lease = pool.try_acquire(model).lease
+    if lease:
+        pool.report(lease, None)
+    return lease.key if lease else None
+
+
 def fail(
     pool: KeyPool,
     key: str,
@@ -104,7 +112,7 @@ def test_a_broke_key_comes_back_when_its_account_has_money(clock):
 def test_a_429_rests_the_whole_account_for_that_model_only(clock):
     pool = pool_of(("a1", "a2", "b1"), clock, accounts={"a1": "A", "a2": "A", "b1": "B"}, rest_seconds=60)
     fail(pool, "a1", Failure.RATE_LIMIT)
-    assert {take(pool) for _ in range(3)} == {"b1"}  # a2 shares a1's account
+    assert {draw(pool) for _ in range(3)} == {"b1"}  # a2 shares a1's account
     assert take(pool, QWEN) in ("a1", "a2")  # another model has its own budget
     fail(pool, "b1", Failure.RATE_LIMIT)
     assert pool.try_acquire(KOLORS) == Acquired(None, 60)
@@ -295,6 +303,35 @@ def test_a_request_that_waited_longer_has_the_turn_across_pools(store):
     assert second.try_acquire(KOLORS, request="small").lease is not None
     time.sleep(0.4)
     assert first.try_acquire(KOLORS, request="big", force=True).lease is not None
+
+
+def test_a_refused_burst_is_not_retried_on_an_account_whose_answers_are_on_the_way(store):
+    """Without a budget set, four calls go to each of two accounts at once; A's two refusals come
+    back first. Their retries wait for B's own answers instead of going to B and being refused too."""
+    pool = KeyPool(["a", "b"], store, rest_seconds=60)
+    pool.learn("a", AccountInfo("A", True))
+    pool.learn("b", AccountInfo("B", True))
+    leases = [pool.try_acquire(KOLORS).lease for _ in range(8)]
+    on = {key: [lease for lease in leases if lease.key == key] for key in ("a", "b")}
+    assert len(on["a"]) == len(on["b"]) == 4
+    for lease in on["a"][2:]:
+        pool.report(lease, error(Failure.RATE_LIMIT))
+    held = pool.try_acquire(KOLORS)
+    assert held.lease is None and held.wait < 1  # looked at again in a moment, not after A's minute
+    for lease in on["b"][2:]:
+        pool.report(lease, error(Failure.RATE_LIMIT))
+    for lease in on["a"][:2] + on["b"][:2]:
+        pool.report(lease, None)
+    assert pool.try_acquire(KOLORS).wait > 50  # both accounts rest now: the retry waits, unrefused
+
+
+def test_an_idle_account_is_not_held_to_another_accounts_limit(store):
+    """A refusal says nothing of an account that is not busy: it is still chosen, as often as it answers."""
+    pool = KeyPool(["a", "b"], store, rest_seconds=60)
+    pool.learn("a", AccountInfo("A", True))
+    pool.learn("b", AccountInfo("B", True))
+    pool.report(pool.try_acquire(KOLORS).lease, error(Failure.RATE_LIMIT))  # A: cap 1
+    assert [draw(pool) for _ in range(4)] == ["b"] * 4
 
 
 def test_keys_are_stored_by_hash_never_by_secret(redis_server):

@@ -137,8 +137,9 @@ def test_heartbeats_are_on_the_wire_while_waiting(serve, fake):
     raw = response.content.decode()
     assert raw.count(": keep-alive\n\n") >= 4
     assert raw.rstrip().endswith("data: [DONE]")
-    before_info = raw.split("提示词")[0]
-    assert ": keep-alive" in before_info  # during prompt expansion too
+    first_line, rest = raw.split("正在完善提示词", 1)  # the first line streams before the expansion starts
+    assert "提示词" not in first_line
+    assert ": keep-alive" in rest.split("提示词")[0]  # and heartbeats during it
 
 
 def test_openai_v1_client_reads_through_heartbeats(serve, fake):
