@@ -91,6 +91,30 @@ def _optional_url(raw: str) -> str | None:
     return _url(raw) if raw.strip() else None
 
 
+_OFF = ("off", "none", "false", "no", "0")
+
+
+def _store_dir(raw: str) -> str | None:
+    """A directory; empty: the default (`<DATA_DIR>/images`); `off`: nothing kept on disk."""
+    value = raw.strip()
+    return None if value.lower() in _OFF else value
+
+
+def _s3_prefix(raw: str) -> str:
+    """Keys start with this: `pictures/` from `pictures`, `/pictures/` or `pictures/`."""
+    value = raw.strip().strip("/")
+    return f"{value}/" if value else ""
+
+
+def default_data_dir(environ: Mapping[str, str] | None = None) -> str:
+    """HuggingFace Spaces mount their persistent storage at /data (a Space has SPACE_ID set);
+    anywhere else a `data` directory under the working directory."""
+    environ = os.environ if environ is None else environ
+    if environ.get("SPACE_ID") and os.path.isdir("/data") and os.access("/data", os.W_OK):
+        return "/data"
+    return os.path.abspath("data")
+
+
 def _optional_int(raw: str) -> int | None:
     return _int_between(1, 10**9)(raw) if raw.strip() else None
 
@@ -153,8 +177,12 @@ class Settings:
     use_shortlink: bool = _setting("USE_SHORTLINK", "false", _bool)
     shortlink_base_url: str | None = _setting("SHORTLINK_BASE_URL", "", _optional_url)
     shortlink_api_key: str | None = _setting("SHORTLINK_API_KEY", "", _optional_text, secret=True)
-    image_store_dir: str | None = _setting("IMAGE_STORE_DIR", "", _optional_text)
+    data_dir: str | None = _setting("DATA_DIR", "", _optional_text)
+    image_store_dir: str | None = _setting("IMAGE_STORE_DIR", "", _store_dir)
     image_store_max_mb: float = _setting("IMAGE_STORE_MAX_MB", "2048", _store_megabytes)
+    s3_bucket: str | None = _setting("S3_BUCKET", "", _optional_text)
+    s3_prefix: str = _setting("S3_PREFIX", "", _s3_prefix)
+    s3_public_base_url: str | None = _setting("S3_PUBLIC_BASE_URL", "", _optional_url)
     public_base_url: str | None = _setting("PUBLIC_BASE_URL", "", _optional_url)
     upload_timeout: float = _setting("UPLOAD_TIMEOUT", "30", _seconds)
     max_image_mb: float = _setting("MAX_IMAGE_MB", "20", _megabytes)
@@ -179,9 +207,28 @@ class Settings:
     cors_origins: tuple[str, ...] = _setting("CORS_ORIGINS", "*", _split_list)
     log_level: str = _setting("LOG_LEVEL", "INFO", lambda raw: _choice(raw.upper(), _LOG_LEVELS))
 
+    @property
+    def data_directory(self) -> str:
+        """Where the service keeps what must outlive a restart (DATA_DIR, else the platform's place)."""
+        return self.data_dir or default_data_dir()
+
+    @property
+    def store_directory(self) -> str | None:
+        """The built-in store's directory, None when it is off; S3, when set, keeps pictures instead."""
+        if self.image_store_dir is None:
+            return None
+        return self.image_store_dir or os.path.join(self.data_directory, "images")
+
+    @property
+    def store_is_default(self) -> bool:
+        """The built-in store was not asked for by name: a place that fails is a warning, not a stop."""
+        return self.image_store_dir == ""
+
     def secret_values(self) -> tuple[str, ...]:
         """Every secret configured: what must never be repeated to anyone."""
         values = (*self.api_keys, self.api_key, self.lsky_pro_token, self.shortlink_api_key, self.redis_url)
+        if self.s3_bucket:  # boto3 reads it from the environment itself
+            values = (*values, os.environ.get("AWS_SECRET_ACCESS_KEY"), os.environ.get("AWS_SESSION_TOKEN"))
         return tuple(value for value in values if value)
 
     @classmethod

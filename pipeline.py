@@ -47,10 +47,11 @@ from events import (
 )
 from failover import generate_with_failover
 from families import ModelCatalog, family
+from keepers import Keeper
 from keypool import KeyPool, Upkeep
 from parsing import find_banned, fit_prompt, image_seeds
 from text import redact_secrets
-from uploaders import ImageStore, UploadError, input_picture, lasting_links
+from uploaders import UploadError, input_picture, lasting_links
 from upstream import JsonText, UpstreamError, expand_prompt, image_answer_bytes, payload_for
 
 log = logging.getLogger("siliconflow_proxy.pipeline")
@@ -71,7 +72,7 @@ class Services:
     session: requests.Session  # fetching and re-hosting images
     executor: ThreadPoolExecutor
     upkeep: Upkeep
-    store: ImageStore | None
+    store: Keeper | None  # keeps the pictures (keepers.py), None: nobody
     catalog: ModelCatalog
 
 

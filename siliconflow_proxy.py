@@ -25,13 +25,13 @@ import web
 from bodies import MAX_BODY_BYTES, BodyBudget, release_unanswered
 from config import ConfigError, Settings
 from families import ModelCatalog
+from keepers import Keeper, LocalKeeper, S3Keeper
 from keypool import KeyPool, Upkeep
 from keystores import FallbackStore, Limit, LocalStore, MemoryStore, RedisStore, Store
 from openai_wire import ApiError
 from outbound import make_http, make_session
 from pipeline import Services
 from text import mask_key
-from uploaders import ImageStore
 from upstream import account_info, image_models
 from web import error_response
 
@@ -56,15 +56,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     http = make_http(settings.upstream_workers)
     session = make_session(settings.upstream_workers)
-    try:
-        store = (
-            ImageStore(settings.image_store_dir, int(settings.image_store_max_mb * 2**20)) if settings.image_store_dir else None
-        )
-    except OSError as exc:
-        raise ConfigError(
-            f"invalid configuration:\n  IMAGE_STORE_DIR: cannot create or write to {settings.image_store_dir} "
-            f"({exc.strerror or 'error'}); give this service's user write access, or mount a writable volume there"
-        ) from None
+    store = _keeper(settings)
     app.extensions["siliconflow"] = Services(
         settings=settings,
         pool=pool,
@@ -89,8 +81,40 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.teardown_request(release_unanswered)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
-    _startup_notes(settings)
+    _startup_notes(settings, store)
     return app
+
+
+def _keeper(settings: Settings) -> Keeper | None:
+    """Who keeps the pictures: S3 when S3_BUCKET is set, else the built-in store (on by default).
+
+    A bucket that fails its check at start-up is logged with the variable to fix, and the service
+    starts anyway (/health says the store is failing until it works). A store directory named in
+    IMAGE_STORE_DIR that cannot be written stops the start; the default place only warns."""
+    if settings.s3_bucket:
+        keeper = S3Keeper(settings.s3_bucket, settings.s3_prefix, settings.s3_public_base_url, settings.upload_timeout)
+        problem = keeper.check()
+        if problem is not None:
+            log.error("S3 bucket %s at %s cannot be used now: %s", settings.s3_bucket, keeper.endpoint, problem[1])
+        return keeper
+    directory = settings.store_directory
+    if directory is None:
+        return None
+    try:
+        return LocalKeeper(directory, int(settings.image_store_max_mb * 2**20))
+    except OSError as exc:
+        why = f"cannot create or write to {directory} ({exc.strerror or 'error'})"
+        if settings.store_is_default:
+            log.warning(
+                "Pictures are not kept: %s; set DATA_DIR or IMAGE_STORE_DIR to a writable place, S3_BUCKET, "
+                "or IMAGE_STORE_DIR=off to say so",
+                why,
+            )
+            return None
+        raise ConfigError(
+            f"invalid configuration:\n  IMAGE_STORE_DIR: {why}; give this service's user write access, "
+            "or mount a writable volume there"
+        ) from None
 
 
 def _fetch_models(pool: KeyPool, http: Any, settings: Settings) -> list[str]:
@@ -145,7 +169,7 @@ def _configure_logging(level: str) -> None:
         log.propagate = False
 
 
-def _startup_notes(settings: Settings) -> None:
+def _startup_notes(settings: Settings, keeper: Keeper | None) -> None:
     if not settings.api_key:
         log.warning("API_KEY is not set: this service is open to anyone who can reach it.")
     if not settings.api_keys:
@@ -158,7 +182,10 @@ def _startup_notes(settings: Settings) -> None:
         limits or f"learned from 429s (an account rests {settings.rate_limit_rest:g}s after one)",
         "Redis" if settings.redis_url else "this instance's workers",
     )
-    hosts = [name for on, name in ((settings.use_lsky_pro, "Lsky Pro"), (settings.image_store_dir, "the built-in store")) if on]
+    hosts = ["Lsky Pro"] if settings.use_lsky_pro else []
+    if keeper is not None:
+        where = keeper.describe()["where"]
+        hosts.append(f"S3 ({where})" if keeper.kind == "s3" else f"the built-in store ({where})")
     log.info("Images are kept by: %s.", " then ".join(hosts) if hosts else "nobody (upstream links expire in 1 hour)")
 
 

@@ -1,4 +1,4 @@
-"""Links that last: Lsky Pro, the built-in image store, and Sink short links.
+"""Links that last: fetching the upstream's pictures, Lsky Pro, a keeper (keepers.py), Sink short links.
 
 SiliconFlow's image URLs expire after one hour, so an image is fetched right after it is made and
 re-hosted. Every failure here is an `UploadError` with a short reason for the user; the caller
@@ -13,16 +13,11 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
 import secrets
-import stat
-import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import requests
@@ -32,6 +27,9 @@ from config import Settings
 from events import Reason
 from outbound import AddressRefused, AddressRule, address_rule, remaining, requests_deadline
 from text import upstream_text
+
+if TYPE_CHECKING:
+    from keepers import Keeper
 
 log = logging.getLogger("siliconflow_proxy.uploaders")
 
@@ -133,7 +131,7 @@ def _download(session: requests.Session, url: str, at: float, max_bytes: int) ->
 def input_picture(
     session: requests.Session,
     settings: Settings,
-    store: ImageStore | None,
+    store: Keeper | None,
     url: str | None,
     data: bytes | None,
     until: float | None = None,
@@ -163,10 +161,14 @@ def input_picture(
         parts = None
     if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         raise UploadError(Reason.of("scheme_refused"))
-    name = parts.path.rsplit("/", 1)[-1]
-    if store is not None and parts.path == f"/images/{name}" and (handle := store.open(name)) is not None:
-        with handle:
-            return Picture(handle.read(max_bytes + 1)[:max_bytes], MIMETYPES[name.rsplit(".", 1)[1]])
+    if store is not None and (name := store.own_name(url)) is not None:
+        try:
+            kept = store.open(name)
+        except UploadError:
+            kept = None  # the keeper fails now: the link itself may still answer
+        if kept is not None:
+            with kept.body:
+                return Picture(kept.body.read(max_bytes + 1)[:max_bytes], MIMETYPES[name.rsplit(".", 1)[1]])
     rule = AddressRule.trusting(settings.api_base_url, settings.lsky_pro_url, allow_private=settings.allow_private_image_urls)
     return fetch_picture(session, url, settings.upload_timeout, max_bytes, rule, until)
 
@@ -308,123 +310,6 @@ def shorten(
     raise UploadError(Reason.of("sink_clash"))
 
 
-class ImageStore:
-    """Images kept on this server's disk under their content hash, served at /images/<name>.
-
-    Bounded: past `max_bytes` the oldest images go first (down to 90 % of the cap, so that a full
-    store is not counted on every save); the image just saved is always kept. Several worker
-    processes may share the directory: each recounts it from disk every `RECOUNT_EVERY` saves and
-    whenever its own count passes the cap.
-    """
-
-    RECOUNT_EVERY = 50
-    STALE_INCOMING_SECONDS = 3600
-
-    def __init__(self, directory: str | os.PathLike[str], max_bytes: int):
-        """Raises OSError when the directory cannot be created or written: found at start-up,
-        not at the first image."""
-        self.directory = Path(directory)
-        self.max_bytes = max_bytes
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=self.directory, prefix=".incoming-")
-        os.close(fd)
-        os.unlink(probe)
-        self._lock = threading.Lock()
-        self._counted: int | None = None
-        self._saves = 0
-        self._remove_stale_incoming()
-
-    def save(self, picture: Picture) -> str:
-        """Store `picture` (once per content) and return its file name. Raises UploadError."""
-        target = self.directory / picture.name
-        if target.exists():
-            try:
-                os.utime(target)  # asked for again: it is among the newest now
-            except OSError:
-                pass
-            return picture.name
-        temporary = None
-        try:
-            # Write then rename, so a reader never sees half a file.
-            fd, temporary = tempfile.mkstemp(dir=self.directory, prefix=".incoming-")
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(picture.data)
-            os.replace(temporary, target)
-            temporary = None
-        except OSError:
-            raise UploadError(Reason.of("store_write")) from None
-        finally:
-            if temporary is not None:
-                try:
-                    os.unlink(temporary)
-                except OSError:
-                    pass
-        self._account(len(picture.data), picture.name)
-        return picture.name
-
-    def open(self, name: str) -> BinaryIO | None:
-        """The stored file for a name from a URL, opened, or None: only exact stored names of regular
-        files, never a symlink or anything else on disk."""
-        if not STORED_NAME.fullmatch(name):
-            return None
-        try:
-            fd = os.open(self.directory / name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        except OSError:
-            return None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            return None
-        return os.fdopen(fd, "rb")
-
-    def _account(self, size: int, keep: str) -> None:
-        with self._lock:
-            self._saves += 1
-            if self._counted is not None and self._saves % self.RECOUNT_EVERY and self._counted + size <= self.max_bytes:
-                self._counted += size
-                return
-            self._counted = self._trim(keep)
-
-    def _trim(self, keep: str) -> int:
-        """Count the store on disk and remove the oldest images while it is over the cap. The total left."""
-        images = []
-        with os.scandir(self.directory) as entries:
-            for entry in entries:
-                if STORED_NAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
-                    try:
-                        info = entry.stat(follow_symlinks=False)
-                    except OSError:
-                        continue
-                    images.append((info.st_mtime, entry.name, info.st_size))
-        total = sum(size for _, _, size in images)
-        if total <= self.max_bytes:
-            return total
-        target = int(self.max_bytes * 0.9)
-        removed = 0
-        for _, name, size in sorted(images):
-            if total <= target:
-                break
-            if name == keep:
-                continue
-            try:
-                os.unlink(self.directory / name)
-            except OSError:
-                continue
-            total -= size
-            removed += 1
-        log.info("image store over %d MB: removed the %d oldest image(s)", self.max_bytes // 2**20, removed)
-        return total
-
-    def _remove_stale_incoming(self) -> None:
-        """Half-written files a killed worker left behind."""
-        cutoff = time.time() - self.STALE_INCOMING_SECONDS
-        for path in self.directory.glob(".incoming-*"):
-            try:
-                if path.lstat().st_mtime < cutoff:
-                    path.unlink()
-            except OSError:
-                pass
-
-
 def _json_or_none(response: requests.Response) -> Any:
     """The JSON of a streamed answer read up to HOST_ANSWER_BYTES, or None."""
     data = bytearray()
@@ -460,7 +345,7 @@ NO_PUBLIC_BASE = Reason.of("no_public_base")
 def lasting_links(
     session: requests.Session,
     settings: Settings,
-    store: ImageStore | None,
+    store: Keeper | None,
     url: str,
     public_base: str | None,
     until: float | None = None,
@@ -500,13 +385,13 @@ def lasting_links(
                 except UploadError as exc:
                     notes.append(Reason.of("lsky_failed", why=exc.reason))
             if permanent is None and store is not None:
-                if not public_base:
-                    notes.append(NO_PUBLIC_BASE)
+                try:
+                    permanent = store.link(store.keep(picture), public_base)
+                except UploadError as exc:
+                    notes.append(exc.reason)
                 else:
-                    try:
-                        permanent = f"{public_base}/images/{store.save(picture)}"
-                    except UploadError as exc:
-                        notes.append(exc.reason)
+                    if permanent is None:
+                        notes.append(NO_PUBLIC_BASE)
     elif unsafe := _unsafe_link(url, rule):
         return Links(image=url, download=None, permanent=None, notes=(), unsafe=unsafe)
     download = url

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
-import os
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,11 +20,13 @@ from flask import Blueprint, Response, current_app, g, request
 from werkzeug.wsgi import wrap_file
 
 from config import Settings
+from events import Reason
 from families import DEFAULT_MODELS
+from keepers import CACHE_FOREVER
 from openai_wire import ApiError, dumps, error_body, model_list
 from pipeline import Services
-from uploaders import MIMETYPES
-from wording import IMAGE_MARK
+from uploaders import STORED_NAME, UploadError
+from wording import IMAGE_MARK, en
 
 bp = Blueprint("web", __name__)
 
@@ -126,12 +127,17 @@ def health() -> Response:
     services = current()
     pool = services.pool
     store = pool.store.describe()
+    pictures = services.store.describe() if services.store else {"kind": "none", "state": "off"}
+    if isinstance(pictures.get("why"), Reason):
+        pictures = {**pictures, "why": en(pictures["why"])}
     body = {
-        # degraded: the shared key state failed and this process draws on from its own (see "store")
-        "status": "ok" if store.get("reachable", True) else "degraded",
+        # degraded: the shared key state failed and this process draws on from its own (see "store"),
+        # or pictures cannot be kept now (see "pictures")
+        "status": "ok" if store.get("reachable", True) and pictures["state"] != "failing" else "degraded",
         **pool.summary(),
         "rate_limit": ",".join(str(limit) for limit in pool.configured_limits) or "learned from 429s",
         "store": store,
+        "pictures": pictures,
         "queue": {"waiting_in_this_worker": pool.queue.waiting()},
     }
     return json_response(body)
@@ -176,18 +182,32 @@ def _valid_host(host: str) -> bool:
 
 @bp.get("/images/<path:name>")
 def stored_image(name: str) -> Response:
+    """A kept picture, from whichever keeper holds them (the disk, or the bucket: any instance
+    answers for any picture). Names are content hashes: a client that has it is answered 304
+    without asking the keeper."""
     store = current().store
-    handle = store.open(name) if store else None
-    if handle is None:
+    if store is None or not STORED_NAME.fullmatch(name):
         raise ApiError(404, "No such image.", code="not_found")
-    stem, ext = name.split(".")
-    info = os.fstat(handle.fileno())  # of the file opened, not of whatever the path names now
-    response = Response(wrap_file(request.environ, handle), mimetype=MIMETYPES[ext], direct_passthrough=True)
-    response.content_length = info.st_size
-    response.last_modified = info.st_mtime
+    stem = name.split(".")[0]
+    if stem in request.if_none_match:
+        response = Response(status=304)
+        response.set_etag(stem)
+        response.headers["Cache-Control"] = CACHE_FOREVER
+        return response
+    try:
+        kept = store.open(name)
+    except UploadError as exc:
+        message = f"The image store cannot be reached now ({en(exc.reason)}). Try again shortly."
+        raise ApiError(503, message, code="store_unavailable", retry_after=10) from None
+    if kept is None:
+        raise ApiError(404, "No such image.", code="not_found")
+    response = Response(wrap_file(request.environ, kept.body), mimetype=kept.content_type, direct_passthrough=True)
+    response.content_length = kept.size
+    if kept.modified is not None:
+        response.last_modified = kept.modified
     response.set_etag(stem)
-    response.headers["Cache-Control"] = "public, max-age=31536000, immutable"  # names are content hashes
-    return response.make_conditional(request, accept_ranges=True, complete_length=info.st_size)
+    response.headers["Cache-Control"] = CACHE_FOREVER
+    return response.make_conditional(request, accept_ranges=kept.seekable, complete_length=kept.size if kept.seekable else None)
 
 
 def resolve_model(value: Any, services: Services, *, default: str | None = None) -> str:

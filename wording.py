@@ -146,6 +146,28 @@ REASONS: dict[str, tuple[Words, Words]] = {
         "保存到本机图片目录失败（磁盘已满或没有写权限）",
         "saving to the image store failed (disk full or not writable)",
     ),
+    "s3_no_bucket": (
+        "图片未能保存到对象存储：存储桶 {bucket} 不存在（S3_BUCKET）",
+        "the picture could not be kept in object storage: the bucket {bucket} does not exist (S3_BUCKET)",
+    ),
+    "s3_credentials": (
+        "图片未能保存到对象存储：存储服务拒绝了凭据（AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY）",
+        "the picture could not be kept in object storage: the credentials were refused (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)",
+    ),
+    "s3_no_credentials": (
+        "图片未能保存到对象存储：没有设置凭据（AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY）",
+        "the picture could not be kept in object storage: no credentials are set (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)",
+    ),
+    "s3_unreachable": (
+        "图片未能保存到对象存储：存储服务暂时无法连接",
+        "the picture could not be kept in object storage: it could not be reached",
+    ),
+    "s3_full": ("图片未能保存到对象存储：存储空间已满", "the picture could not be kept in object storage: it is full"),
+    "s3_error": (
+        "图片未能保存到对象存储：存储服务出错（{error}）",
+        "the picture could not be kept in object storage: it answered an error ({error})",
+    ),
+    "s3_missing": ("对象存储中没有这个文件", "object storage has no such file"),
     "no_public_base": (
         "图片未保存到本机：无法从请求的 Host 得出本服务的公开地址，请设置 PUBLIC_BASE_URL",
         "the picture was not stored: no public address could be made from the request's Host; set PUBLIC_BASE_URL",
@@ -156,8 +178,8 @@ REASONS: dict[str, tuple[Words, Words]] = {
     "shortlink_failed": ("短链接生成失败：{why}", "the short link could not be made: {why}"),
     "link_withheld": ("上游返回的图片链接没有提供：{why}", "SiliconFlow's link is withheld: {why}"),
     "inline_only": (
-        "上游以内联数据（data:）返回了图片，聊天中无法显示；请设置 IMAGE_STORE_DIR 或蓝空图床来保存它",
-        "SiliconFlow sent the picture inline (data:), which has no link; set IMAGE_STORE_DIR or Lsky Pro to keep it",
+        "上游以内联数据（data:）返回了图片，聊天中无法显示；请开启图片保存（IMAGE_STORE_DIR、S3_BUCKET 或蓝空图床）",
+        "SiliconFlow sent the picture inline (data:), which has no link; turn keeping on (IMAGE_STORE_DIR, S3_BUCKET or Lsky Pro)",
     ),
     # the drawing
     "shutting_down": (

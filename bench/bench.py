@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench.py            # the full table (about two minutes)
     .venv/bin/python bench/bench.py --quick    # smaller samples
     .venv/bin/python bench/bench.py --redis    # key state in a redis-server started here
+    .venv/bin/python bench/bench.py --keep s3  # pictures kept in S3 (moto's server, started here)
 
 The fake upstream runs in its own process with image latency L and expansion latency E; the
 service is `gunicorn` from the Procfile with `gunicorn.conf.py`; the load comes from one asyncio
@@ -17,11 +18,13 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -51,6 +54,39 @@ def wait_for(url: str, seconds: float = 30) -> None:
         except OSError:
             time.sleep(0.1)
     raise SystemExit(f"{url} did not come up")
+
+
+S3_SERVERS: list[subprocess.Popen] = []
+
+
+def keeping(keep: str, data: str) -> dict[str, str]:
+    """The service's environment for who keeps the pictures; for S3, moto's server started here."""
+    if keep == "none":
+        return {"IMAGE_STORE_DIR": "off"}
+    if keep == "local":
+        return {"DATA_DIR": data}
+    import boto3
+
+    port = free_port()
+    S3_SERVERS.append(
+        subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    wait_for(f"{endpoint}/moto-api/")
+    credentials = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret", "AWS_REGION": "us-east-1"}
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench-secret",
+    ).create_bucket(Bucket="bench")
+    return {**credentials, "AWS_ENDPOINT_URL_S3": endpoint, "S3_BUCKET": "bench"}
 
 
 def web_command() -> str:
@@ -183,6 +219,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller samples")
     parser.add_argument("--levels", default="50,200,500", help="concurrent streams to try")
     parser.add_argument("--redis", action="store_true", help="share key state through a redis-server started here")
+    parser.add_argument(
+        "--keep",
+        choices=("local", "none", "s3"),
+        default="local",
+        help="who keeps the pictures: the built-in store (the default set-up), nobody, or S3 (a local moto server)",
+    )
     args = parser.parse_args()
     samples = 15 if args.quick else 50
 
@@ -211,6 +253,8 @@ def main() -> None:
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
     env.pop("API_KEY", None)
+    data = tempfile.mkdtemp(prefix="bench-data-")
+    env.update(keeping(args.keep, data))
     redis = None
     if args.redis:
         redis_port = free_port()
@@ -284,15 +328,18 @@ def main() -> None:
                     )
                 )
     finally:
-        for process in (service, fake, *([redis] if redis else [])):
+        for process in (service, fake, *([redis] if redis else []), *S3_SERVERS):
             try:
                 os.killpg(process.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
             process.wait(timeout=30)
 
+        shutil.rmtree(data, ignore_errors=True)
+
     shared = "Redis" if args.redis else "this instance's workers (SQLite)"
     print(f"\nL = {L} s, E = {E} s, {os.cpu_count()} cores, service: {web_command()}, key state shared by {shared}")
+    print(f"pictures kept by: {args.keep}")
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")

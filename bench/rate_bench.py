@@ -79,6 +79,7 @@ def services(fake_url: str, keys: list[str], instances: int, env_extra: dict) ->
             "API_KEYS": ",".join(keys),
             "PROMPT_EXPANSION": "false",
             "MAX_IMAGES_PER_REQUEST": "8",
+            "IMAGE_STORE_DIR": "off",  # budgets only: keeping the pictures is bench.py's question
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
             **env_extra,
         }

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -97,6 +99,47 @@ def redis_server(_redis_server):
         _redis_server.start()
 
 
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real local S3 server (moto's standalone server) for the session; each test makes its own bucket."""
+    from tests.servers import MotoS3
+
+    server = MotoS3()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """The S3 server, its credentials and endpoint in this process's environment (boto3 reads them
+    there, for a service started in-process) and its state running; a test that paused it is undone."""
+    for name, value in {**s3_server.ENV, "AWS_ENDPOINT_URL_S3": s3_server.url}.items():
+        monkeypatch.setenv(name, value)
+    yield s3_server
+    s3_server.resume()
+
+
+class Logged(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def lines(self, pattern: str) -> list[str]:
+        return [r.getMessage() for r in self.records if re.search(pattern, r.getMessage())]
+
+
+@pytest.fixture
+def logged():
+    """The service's log records (its logger does not propagate: it has its own handler)."""
+    handler, logger = Logged(), logging.getLogger("siliconflow_proxy")
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
+
+
 class Service:
     def __init__(self, app, url: str):
         self.app, self.url = app, url
@@ -114,6 +157,9 @@ def serve(fake: FakeSiliconFlow) -> Iterator[Callable[..., Service]]:
     def start(environ: dict[str, str] | None = None, **overrides) -> Service:
         overrides.setdefault("api_base_url", fake.url)
         overrides.setdefault("api_keys", GOOD_KEYS)
+        if not {"IMAGE_STORE_DIR", "DATA_DIR", "S3_BUCKET"} & set(environ or {}):
+            # Most tests look at the upstream's links: keeping (on by default) is asked for by name.
+            overrides.setdefault("image_store_dir", None)
         app = create_app(Settings.from_env(environ or {}, **overrides))
         server = make_server("127.0.0.1", 0, app, threaded=True)
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()

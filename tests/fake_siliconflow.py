@@ -111,6 +111,7 @@ class FakeState:
     windows: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     hang_seconds: float = 5.0
     retry_after: str = "1"
+    expired: bool = False  # the image links have expired (SiliconFlow's last an hour): 403 for every one
     funded: set[str] = field(default_factory=set)
     limited_once: set[str] = field(default_factory=set)
     calls: list[Call] = field(default_factory=list)
@@ -130,6 +131,7 @@ class FakeState:
         self.redirect_to = ""
         self.rate_limit = None
         self.models_down = False
+        self.expired = False
         self.extra_models = ()
         self.refused = 0
         self.refused_at = []
@@ -295,7 +297,9 @@ class _Handler(BaseHTTPRequestHandler):
     # -- routes --
     def do_GET(self) -> None:
         path = unquote(urlsplit(self.path).path)
-        if path.startswith("/outputs/") and path.endswith("-slow.png"):
+        if path.startswith("/outputs/") and self.server.state.expired:
+            self._send(403, b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>", "application/xml")
+        elif path.startswith("/outputs/") and path.endswith("-slow.png"):
             body = png(64, 64, path.encode())
             self.send_response(200)
             self.send_header("Content-Type", "image/png")

@@ -5,13 +5,16 @@ Each listens on 127.0.0.1 on a free port and is stopped by the test that started
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import requests
@@ -34,13 +37,19 @@ def web_command() -> str:
 class Gunicorn:
     """The Procfile's web command, run from `bin_dir` (the production venv's)."""
 
-    def __init__(self, env_extra: dict[str, str], bin_dir: Path):
+    def __init__(self, env_extra: dict[str, str], bin_dir: Path, cwd: Path | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {
             k: v for k, v in os.environ.items() if not k.startswith(("API_", "MAX_IMAGES", "VIRTUAL_ENV", "PYTHON", "GUNICORN_"))
         }
-        env.update(PORT=str(self.port), PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", **env_extra)
+        env.update(PORT=str(self.port), PATH=f"{bin_dir}{os.pathsep}{env['PATH']}")
+        if cwd is None:
+            # Pictures are kept by default, under DATA_DIR: each instance its own, not the checkout's data/.
+            env["DATA_DIR"] = tempfile.mkdtemp(prefix="service-data-")
+        else:
+            env["PYTHONPATH"] = str(ROOT)  # the Procfile's command, run from another working directory
+        env.update(env_extra)
         # Output goes to a file: a pipe nobody reads fills up and blocks the server's logging. It is
         # read through a handle of its own: one shared with the child would move its write offset.
         fd, self._log_path = tempfile.mkstemp(prefix="gunicorn-", suffix=".log")
@@ -48,7 +57,7 @@ class Gunicorn:
         with os.fdopen(fd, "w") as out:
             self.process = subprocess.Popen(
                 ["bash", "-c", f"exec {web_command()}"],
-                cwd=ROOT,
+                cwd=cwd or ROOT,
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -219,3 +228,67 @@ class RedisServer:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.home, ignore_errors=True)
+
+
+class MotoS3:
+    """A real S3 server on a free port: moto's standalone server (PyPI `moto[server]`), objects in
+    its memory. `pause()`/`resume()` freeze and thaw it (a bucket that stops answering, its objects
+    kept); with `auth`, it checks credentials as S3 does, and knows none (every key is refused)."""
+
+    ENV = {"AWS_ACCESS_KEY_ID": "testing-key", "AWS_SECRET_ACCESS_KEY": "testing-secret-0123", "AWS_REGION": "us-east-1"}
+
+    def __init__(self, *, auth: bool = False) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "MOTO_PORT": str(self.port)}
+        if auth:
+            env["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        if not _listening(self.port, self.process, seconds=30):
+            raise AssertionError("moto's S3 server did not start")
+
+    def env(self, bucket: str, **extra: str) -> dict[str, str]:
+        """What the service needs to keep pictures in `bucket` here."""
+        return {**self.ENV, "AWS_ENDPOINT_URL_S3": self.url, "S3_BUCKET": bucket, **extra}
+
+    def client(self):
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id=self.ENV["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.ENV["AWS_SECRET_ACCESS_KEY"],
+        )
+
+    def bucket(self, *, public: bool = False) -> str:
+        """A new bucket; `public`: anyone may read its objects (a bucket policy, as operators set one)."""
+        name = f"pictures-{uuid.uuid4().hex[:12]}"
+        client = self.client()
+        client.create_bucket(Bucket=name)
+        if public:
+            statement = {"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{name}/*"}
+            client.put_bucket_policy(Bucket=name, Policy=json.dumps({"Version": "2012-10-17", "Statement": [statement]}))
+        return name
+
+    def pause(self) -> None:
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.process.pid, signal.SIGCONT)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.resume()
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)

@@ -17,7 +17,7 @@ GUNICORN_SETTINGS = {
 
 
 def _readme_table() -> dict[str, str]:
-    return dict(re.findall(r"^\| `([A-Z_]+)` \| ([^|]+?) \|", README, re.M))
+    return dict(re.findall(r"^\| `([A-Z0-9_]+)` \| ([^|]+?) \|", README, re.M))
 
 
 def test_readme_table_lists_every_setting_with_its_default():
@@ -31,7 +31,7 @@ def test_readme_table_lists_every_setting_with_its_default():
 
 
 def test_env_example_lists_every_setting():
-    example = dict(re.findall(r"^([A-Z_]+)=(.*)$", (ROOT / ".env.example").read_text(), re.M))
+    example = dict(re.findall(r"^([A-Z0-9_]+)=(.*)$", (ROOT / ".env.example").read_text(), re.M))
     for name, default in [*env_table(), *GUNICORN_SETTINGS.items()]:
         assert name in example, f"{name} is missing from .env.example"
         assert example[name] == default, name

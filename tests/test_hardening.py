@@ -308,13 +308,14 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path):
     script = f"""
 import resource, signal, sys
 sys.path.insert(0, {str(ROOT)!r})
-from uploaders import ImageStore, Picture, UploadError
+from keepers import LocalKeeper
+from uploaders import Picture, UploadError
 import wording
-store = ImageStore({str(tmp_path)!r}, 10 * 2**20)
+store = LocalKeeper({str(tmp_path)!r}, 10 * 2**20)
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
 try:
-    store.save(Picture(b"\\x89PNG\\r\\n\\x1a\\n" + bytes(5000), "image/png"))
+    store.keep(Picture(b"\\x89PNG\\r\\n\\x1a\\n" + bytes(5000), "image/png"))
 except UploadError as exc:
     print(wording.zh(exc.reason))
 """

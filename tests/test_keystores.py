@@ -4,7 +4,6 @@ says so, and it recovers; the state directories of dead processes are cleaned up
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import re
 import signal
@@ -51,25 +50,7 @@ def _file_store(service):
     return getattr(store, "primary", store)  # the file behind the fallback
 
 
-class Logged(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@pytest.fixture
-def logged():
-    """The service's log records (its logger does not propagate: it has its own handler)."""
-    handler, logger = Logged(), logging.getLogger("siliconflow_proxy")
-    logger.addHandler(handler)
-    yield handler
-    logger.removeHandler(handler)
-
-
-def _lines(logged: Logged, pattern: str) -> list[str]:
+def _lines(logged, pattern: str) -> list[str]:
     return [r.getMessage() for r in logged.records if re.search(pattern, r.getMessage())]
 
 

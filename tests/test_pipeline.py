@@ -21,6 +21,7 @@ def services(fake):
             api_keys=("sk-good-pipe01", "sk-good-pipe02"),
             prompt_expansion=False,
             heartbeat_seconds=0.2,
+            image_store_dir=None,
         )
     )
     yield app.extensions["siliconflow"]
@@ -53,7 +54,9 @@ def test_the_prompt_being_changed_is_moderated_too(services, fake):
 
 
 def test_a_failed_picture_is_a_reason_and_a_kind_not_a_sentence(fake):
-    app = create_app(Settings.from_env({}, api_base_url=fake.url, api_keys=("sk-dead-pipe01",), prompt_expansion=False))
+    app = create_app(
+        Settings.from_env({}, api_base_url=fake.url, api_keys=("sk-dead-pipe01",), prompt_expansion=False, image_store_dir=None)
+    )
     try:
         events = list(pipeline.draw(_job("一只猫"), app.extensions["siliconflow"]))
     finally:

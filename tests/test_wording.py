@@ -19,6 +19,8 @@ USED = sorted(
 )
 SAMPLE = {
     "kb": 256,
+    "bucket": "pictures",
+    "error": "SlowDown",
     "seconds": 4.99857,
     "status": 503,
     "detail": "busy",
