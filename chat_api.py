@@ -58,7 +58,9 @@ def chat_completions() -> Response:
         # "Continue" (Open WebUI's 继续回答): the history ends with our answer, which is whole.
         zh = housekeeping.is_chinese([t for role, t in messages if role == "user"])
         log.info("req=%s chat continue asked: answered without drawing", g.request_id)
-        return chat_response([wording.task_words("continued", zh)], stream=bool(stream), model=model, prompt="", usage=usage)
+        # On a line of its own: the UI appends it to the answer it continues.
+        words = "\n\n" + wording.task_words("continued", zh)
+        return chat_response([words], stream=bool(stream), model=model, prompt="", usage=usage)
     text = conversation.current_turn(messages)
     if not settings.api_keys:
         raise ApiError(503, "This service has no upstream keys: its operator must set API_KEYS.", code="no_upstream_keys")

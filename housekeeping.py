@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from families import family
-from followups import AGAIN
+from followups import AGAIN, Picture, refinement
 from parsing import parse
 from text import md, one_line
 from wording import NEXT_STYLES, STYLE_TAGS, SUGGEST, SUMMARY_LINE, task_words
@@ -284,10 +284,11 @@ def _from_model(task: Task, ask: Ask, model: str | None) -> str | list[str] | No
         if "tall" in shapes
         else ""
     )
+    # An edit model changes the picture it is given: no shapes, no "two more" (README, suggestions).
+    more = "" if model is not None and family(model).needs_input else f", {ratio}or pic:2 for two pictures"
     text = ask(
         f"Suggest 3 short next messages the user could send to the image generator to change or continue "
-        f"the last picture: a style, a colour, a detail, {ratio}or pic:2 for two "
-        f"pictures. In {language}, each a request to draw, under 20 words. "
+        f"the last picture: a style, a colour, a detail{more}. In {language}, each a request to draw, under 20 words. "
         f'Answer with JSON: {{"follow_ups": ["..."]}}',
         requests,
     )
@@ -355,7 +356,7 @@ def _local(task: Task, model: str | None = None) -> str | list[str] | list[Any]:
     if task.kind == "follow_ups":
         return follow_ups(requests, zh, model, task.answered)
     if task.kind == "image_prompt":
-        return requests[-1] if requests else ""
+        return image_prompt(requests)
     if task.kind == "emoji":
         return "🎨"
     if task.kind == "summary":
@@ -370,6 +371,33 @@ def _local(task: Task, model: str | None = None) -> str | list[str] | list[Any]:
     if task.kind == "autocomplete":
         return ""
     return []  # queries, tool calls, memory operations: none
+
+
+_PIC_TOKEN = re.compile(r"\s*\bpic\s*[:：]\s*\d+", re.IGNORECASE)
+
+
+def image_prompt(requests: tuple[str, ...] | list[str]) -> str:
+    """The prompt for a UI's own image button (Open WebUI's image-prompt task): the user's last
+    request, and when that is a follow-up of the one before ("换成水彩风格", "再来两张"), the
+    request it follows with the change, so the subject, its ratio and count are not lost. The
+    Images API reads the mini-language in it (`pic:N`, ratios) as the chat would."""
+    prompt = ""
+    for request in requests:
+        earlier = parse(prompt, _ANY_MODEL, MAX_COUNT) if prompt else None
+        picture = Picture(earlier.prompt, None, earlier.count, None, None) if earlier and earlier.prompt else None
+        change = refinement(parse(request, _ANY_MODEL, MAX_COUNT), picture)
+        if change is None:
+            prompt = request
+            continue
+        if change.again:
+            prompt = f"{_PIC_TOKEN.sub('', prompt).strip()} pic:{change.count or 1}"
+        if change.change:
+            prompt = f"{prompt}，{change.change}"
+    return prompt
+
+
+_ANY_MODEL = "Kwai-Kolors/Kolors"  # only the words are read here: any text-to-image model will do
+MAX_COUNT = 16
 
 
 def is_chinese(texts: tuple[str, ...] | list[str]) -> bool:

@@ -178,7 +178,13 @@ def _images(body: dict[str, Any], model: str, inputs: tuple[ImageRef, ...], serv
         inputs=inputs,
     )
     log.info(
-        "req=%s images model=%s n=%d size=%s format=%s inputs=%d", job.request_id, model, n, size, response_format, len(inputs)
+        "req=%s images model=%s n=%d size=%s format=%s inputs=%d",
+        job.request_id,
+        model,
+        n,
+        draw.size,
+        response_format,
+        len(inputs),
     )
     return _answer(job, response_format, services)
 

@@ -246,6 +246,9 @@ def test_follow_up_suggestions_keep_to_shapes_the_model_can_draw(serve, fake, ch
     assert ratios["Qwen/Qwen-Image"] == ["改成 16:9 横图"] and ratios["Qwen/Qwen-Image-Edit-2509"] == []
     assert ratios["Kwai-Kolors/Kolors"] == ([] if chat_model == "helpful" else ["改成 9:16 竖图"])
     assert all(len(suggested) >= 2 for suggested in offered.values()) and fake.state.image_calls() == []
+    if chat_model == "helpful":  # the chat model is not asked for what an edit model cannot do
+        asked = [json.dumps(call.body, ensure_ascii=False) for call in fake.state.chat_calls()]
+        assert len(asked) == 3 and "pic:2" in asked[0] and "pic:2" not in asked[2], asked
 
 
 def test_an_edit_that_only_asks_for_a_ratio_is_told_not_drawn(serve, fake):
@@ -424,6 +427,8 @@ def test_continue_after_a_whole_answer_draws_nothing_and_says_so(chat, fake, str
     before = len(fake.state.image_calls())
     answer = _ask(service, history, stream=stream)
     assert "回答已经完整" in answer and fake.state.image_calls()[before:] == []
+    # Open WebUI appends it to the answer it continues: on a line of its own, not glued to "完成：2/2…".
+    assert answer.startswith("\n\n这条回答")
     english = [{"role": "user", "content": "draw a cat"}, {"role": "assistant", "content": "![image1|a cat](https://x/a.png)"}]
     assert "answer is complete" in _ask(service, english, stream=stream)
 

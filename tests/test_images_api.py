@@ -256,3 +256,35 @@ def test_a_prompt_whose_options_cannot_be_drawn_is_a_clear_400(serve, fake, prom
     response = requests.post(f"{service.url}/v1/images/generations", json={"prompt": prompt}, timeout=60)
     assert response.status_code == 400 and says in response.json()["error"]["message"], response.text
     assert fake.state.image_calls() == []
+
+
+@pytest.mark.parametrize(
+    "follow_up, count, words",
+    [("换成水彩风格", 2, "水彩风格"), ("再来一张", 1, None), ("再来两张，换成蓝色", 2, "蓝色")],
+)
+def test_open_webuis_image_button_keeps_what_a_follow_up_follows(serve, fake, follow_up, count, words):
+    """In image-button mode Open WebUI asks for an image prompt with its own template quoting the
+    chat, then sends that prompt to the Images API: a follow-up keeps the subject, ratio and count."""
+    from tests.ui_templates import open_webui_templates, parse_like_open_webui, render_open_webui
+
+    service = serve()
+    history = [
+        {"role": "user", "content": "画一只可爱的猫咪，9:16比例 pic:2"},
+        {"role": "assistant", "content": "图片已经画好，就在上面。"},
+        {"role": "user", "content": follow_up},
+    ]
+    task = render_open_webui(open_webui_templates()["DEFAULT_IMAGE_PROMPT_GENERATION_PROMPT_TEMPLATE"], history)
+    chat = requests.post(
+        f"{service.url}/v1/chat/completions",
+        json={"model": "Kwai-Kolors/Kolors", "messages": [{"role": "user", "content": task}]},
+        timeout=60,
+    )
+    prompt = parse_like_open_webui(chat.json()["choices"][0]["message"]["content"])["prompt"]
+    body = {"model": "Kwai-Kolors/Kolors", "prompt": prompt, "n": 1, "size": "512x512", "response_format": "b64_json"}
+    response = requests.post(f"{service.url}/v1/images/generations", json=body, timeout=60)
+    assert response.status_code == 200 and len(response.json()["data"]) == count, (prompt, response.text)
+    calls = fake.state.image_calls()
+    assert len(calls) == count and {c.body["image_size"] for c in calls} == {"720x1280"}, prompt
+    for call in calls:
+        assert "可爱的猫咪" in call.body["prompt"] and (words is None or words in call.body["prompt"]), call.body["prompt"]
+        assert "pic:" not in call.body["prompt"] and "再来" not in call.body["prompt"]
