@@ -204,6 +204,9 @@ class Settings:
     client_body_timeout: float = _setting("CLIENT_BODY_TIMEOUT", "30", _seconds)
     upstream_workers: int = _setting("UPSTREAM_WORKERS", "1024", _int_between(1, 4096))
     picture_bodies_mb: float = _setting("PICTURE_BODIES_MB", "100", _number_of("megabytes", 100_000))
+    video_timeout: float = _setting("VIDEO_TIMEOUT", "1800", _number_of("seconds", 86400))
+    video_poll_seconds: float = _setting("VIDEO_POLL_SECONDS", "5", _number_of("seconds", 600))
+    max_video_mb: float = _setting("MAX_VIDEO_MB", "200", _number_of("megabytes", 10_000))
     cors_origins: tuple[str, ...] = _setting("CORS_ORIGINS", "*", _split_list)
     log_level: str = _setting("LOG_LEVEL", "INFO", lambda raw: _choice(raw.upper(), _LOG_LEVELS))
 

@@ -168,9 +168,42 @@ class ImageFailed:
 
 
 @dataclass(frozen=True)
+class VideoSubmitted:
+    """A video job was taken by SiliconFlow (it takes minutes); `video_id` answers at /v1/videos/{id}."""
+
+    index: int
+    video_id: str
+
+
+@dataclass(frozen=True)
+class VideoProgress:
+    index: int
+    status: str  # queued | in_progress
+    position: int | None  # in SiliconFlow's queue, when it says
+    elapsed: float  # seconds since it was submitted
+
+
+@dataclass(frozen=True)
+class VideoReady:
+    index: int
+    video_id: str
+    url: str  # the kept MP4 (or the upstream's link, which expires, when nothing keeps it)
+    poster: str | None = None  # a picture to show that links to it (an image-to-video's first frame)
+    seed: int | None = None
+    notes: tuple[Reason, ...] = ()
+
+
+@dataclass(frozen=True)
+class VideoFailed:
+    index: int
+    reason: Reason
+
+
+@dataclass(frozen=True)
 class Done:
     delivered: int
     count: int
+    videos: bool = False
 
 
 @dataclass(frozen=True)
@@ -184,4 +217,19 @@ class Broken:
 
 
 KEEPALIVE = KeepAlive()
-Event = Refused | Preparing | PromptReady | Submitted | Queued | ImageReady | ImageFailed | Done | KeepAlive | Broken
+Event = (
+    Refused
+    | Preparing
+    | PromptReady
+    | Submitted
+    | Queued
+    | ImageReady
+    | ImageFailed
+    | VideoSubmitted
+    | VideoProgress
+    | VideoReady
+    | VideoFailed
+    | Done
+    | KeepAlive
+    | Broken
+)

@@ -56,6 +56,7 @@ class Family:
     batch_size: bool = False  # takes `batch_size` (one image per call is asked, spread over keys)
     inputs: tuple[str, ...] = ()  # fields for input images, in order (`image`, `image2`, `image3`)
     needs_input: bool = False  # an edit model: no input image, no picture
+    video: bool = False  # a video model: /v1/video/submit, a job that takes minutes
 
     @property
     def edits(self) -> bool:
@@ -63,8 +64,16 @@ class Family:
 
 
 _SD = Family("Stable Diffusion", SEED_SIZES, negative_prompt=True, batch_size=True)
+# Wan2.2 video (CONTRACTS.md: video): three sizes, about 5 s of video a clip; I2V takes the first frame.
+VIDEO_SIZES = ("1280x720", "720x1280", "960x960")
+VIDEO_SECONDS = "5"
 FAMILIES: tuple[tuple[tuple[str, ...], Family], ...] = (
     # (substrings of the lower-cased model id, family): the first that matches wins
+    (
+        ("i2v",),
+        Family("Wan image-to-video", VIDEO_SIZES, negative_prompt=True, inputs=("image",), needs_input=True, video=True),
+    ),
+    (("t2v",), Family("Wan text-to-video", VIDEO_SIZES, negative_prompt=True, video=True)),
     (
         ("qwen-image-edit-2509",),
         Family("Qwen-Image-Edit-2509", (), negative_prompt=True, inputs=("image", "image2", "image3"), needs_input=True),
@@ -127,6 +136,10 @@ DEFAULT_MODELS: tuple[str, ...] = (
 )
 
 
+# The video models offered when SiliconFlow's list cannot be asked.
+DEFAULT_VIDEO_MODELS: tuple[str, ...] = ("Wan-AI/Wan2.2-T2V-A14B", "Wan-AI/Wan2.2-I2V-A14B")
+
+
 class ModelCatalog:
     """The image models to offer: `configured` (MODELS) exactly when given; else SiliconFlow's
     own list (text-to-image and image-to-image), asked when first needed and every `refresh`
@@ -138,9 +151,10 @@ class ModelCatalog:
         fetch: Callable[[], list[str]],
         *,
         refresh: float = 3600.0,
-        fallback: tuple[str, ...] = DEFAULT_MODELS,
+        fallback: tuple[str, ...] = (),
     ):
-        self._configured, self._fetch, self._refresh, self._fallback = configured, fetch, refresh, fallback
+        self._configured, self._fetch, self._refresh = configured, fetch, refresh
+        self._fallback = fallback or (*DEFAULT_MODELS, *DEFAULT_VIDEO_MODELS)
         self._models: tuple[str, ...] | None = None
         self._lock = threading.Lock()
         self._pid: int | None = None
@@ -155,12 +169,13 @@ class ModelCatalog:
     def default(self) -> str:
         """The model for a request that names none: the first of ours SiliconFlow offers."""
         offered = self.models()
-        return next((m for m in DEFAULT_MODELS if m in offered and not family(m).needs_input), offered[0])
+        pictures = [m for m in offered if not family(m).video]
+        return next((m for m in DEFAULT_MODELS if m in pictures and not family(m).needs_input), (pictures or offered)[0])
 
     def default_editor(self) -> str | None:
         """The model for an edit that names none: the first offered edit model, else one that
         takes a picture at all (Kolors, image-to-image)."""
-        offered = self.models()
+        offered = [m for m in self.models() if not family(m).video]
         return next((m for m in offered if family(m).needs_input), next((m for m in offered if family(m).edits), None))
 
     def _ensure_running(self) -> None:
@@ -187,7 +202,7 @@ class ModelCatalog:
             )
             return
         if found:
-            ours = [m for m in DEFAULT_MODELS if m in found]
+            ours = [m for m in (*DEFAULT_MODELS, *DEFAULT_VIDEO_MODELS) if m in found]
             self._models = tuple(ours + sorted(m for m in found if m not in ours))
 
     def stop(self) -> None:

@@ -59,7 +59,10 @@ def post_worker_init(worker):
 
     from pipeline import SHUTDOWN
 
-    worker.wsgi.extensions["siliconflow"].upkeep.ensure_running()
+    services = worker.wsgi.extensions["siliconflow"]
+    services.upkeep.ensure_running()
+    if services.videos is not None:
+        services.videos.ensure_running()  # jobs left by a process that stopped mid-job go on here
 
     stop = signal.getsignal(signal.SIGTERM)
 

@@ -26,7 +26,7 @@ from bodies import json_object, multipart_form, with_pictures_limit
 from events import Failure, ImageFailed, ImageReady, ImageRef, Job, KeepAlive, Outcome, PromptReady, Refused
 from families import family
 from openai_wire import ApiError, dumps, images_answer
-from parsing import SEED_MAX, DrawRequest, find_banned, parse, pick_size
+from parsing import SEED_MAX, DrawRequest, parse, pick_size
 from pipeline import EXPANSION_INPUT_CHARS, Services
 from uploaders import UploadError, input_picture
 
@@ -131,6 +131,8 @@ def _number(value: str) -> Any:
 def _images(body: dict[str, Any], model: str, inputs: tuple[ImageRef, ...], services: Services) -> Response:
     """Generations and edits, once validated: the pictures, as JSON (spaces first when slow)."""
     settings = services.settings
+    if family(model).video:
+        raise ApiError(400, f"{model} makes videos, not pictures: use POST /v1/videos.", param="model")
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise ApiError(400, "'prompt' is required: a description of the picture.", param="prompt")
@@ -150,15 +152,7 @@ def _images(body: dict[str, Any], model: str, inputs: tuple[ImageRef, ...], serv
     negative = body.get("negative_prompt")
     if negative is not None and not isinstance(negative, str):
         raise ApiError(400, "'negative_prompt' must be a string.", param="negative_prompt")
-    if banned := find_banned(prompt.strip()[:EXPANSION_INPUT_CHARS], settings.banned_keywords):  # what is sent of it
-        raise ApiError(
-            400,
-            f"The prompt contains a word this service does not draw: '{banned}'.",
-            param="prompt",
-            code="content_policy_violation",
-        )
-    if not settings.api_keys:
-        raise ApiError(503, "This service has no upstream keys: its operator must set API_KEYS.", code="no_upstream_keys")
+    web.can_draw(prompt.strip()[:EXPANSION_INPUT_CHARS], settings)  # what is sent of it
     draw = _typed(
         prompt,
         model,

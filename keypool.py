@@ -132,6 +132,10 @@ class KeyPool:
     def keys(self) -> list[str]:
         return list(self._keys)
 
+    def key_for(self, kid: str) -> str | None:
+        """The key a store names by `kid` (a video job's, whose account must poll it), if it is still configured."""
+        return next((key for key, state in self._keys.items() if state.kid == kid), None)
+
     def account_of(self, kid: str) -> str:
         """The key's account, or the key alone while its account is not known."""
         return self._accounts.get(kid) or f"key-{kid}"

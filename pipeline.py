@@ -23,6 +23,7 @@ from typing import Any
 import requests
 import urllib3
 
+import videos
 import wording
 from config import Settings
 from events import (
@@ -44,15 +45,20 @@ from events import (
     Reason,
     Refused,
     Submitted,
+    VideoFailed,
+    VideoProgress,
+    VideoReady,
+    VideoSubmitted,
 )
 from failover import generate_with_failover
-from families import ModelCatalog, family
+from families import VIDEO_SECONDS, ModelCatalog, family
 from keepers import Keeper
-from keypool import KeyPool, Upkeep
+from keypool import KeyPool, Upkeep, key_id
 from parsing import find_banned, fit_prompt, image_seeds
 from text import redact_secrets
-from uploaders import UploadError, input_picture, lasting_links
-from upstream import JsonText, UpstreamError, expand_prompt, image_answer_bytes, payload_for
+from uploaders import NO_PUBLIC_BASE, UploadError, input_picture, lasting_links
+from upstream import JsonText, UpstreamError, expand_prompt, image_answer_bytes, payload_for, video_submit
+from videos import VideoWorker
 
 log = logging.getLogger("siliconflow_proxy.pipeline")
 
@@ -74,6 +80,7 @@ class Services:
     upkeep: Upkeep
     store: Keeper | None  # keeps the pictures (keepers.py), None: nobody
     catalog: ModelCatalog
+    videos: VideoWorker | None = None  # video jobs: their record and the background poller
 
 
 @dataclass(frozen=True)
@@ -164,6 +171,9 @@ def draw(job: Job, services: Services, cancelled: threading.Event | None = None)
         payload = (
             payload_for(job.model, prompt, draw_request.size, None, draw_request.negative_prompt) | job.fields | inputs.fields
         )
+        if family(job.model).video:
+            yield from make_videos(job, payload, services, cancelled, seeds)
+            return
         images = submit_images(job, payload, services, deadline, cancelled, seeds)
         futures.extend(images)
         yield Submitted()
@@ -272,6 +282,7 @@ def expand(job: Job, services: Services, until: float) -> Expansion:
                 job.draw.prompt[:EXPANSION_INPUT_CHARS],
                 timeout,
                 previous=job.previous,
+                video=family(job.model).video,
             )
     except UpstreamError as exc:
         log.warning("req=%s prompt expansion failed (%s); using the user's text", job.request_id, exc.kind)
@@ -384,6 +395,99 @@ def make_image(
     for note in links.notes:
         log.warning("req=%s image %d: %s", job.request_id, index, wording.en(note))
     return Outcome(index, links=links, seed=seed if seed is not None else image.seed)
+
+
+def make_videos(
+    job: Job, payload: dict[str, Any], services: Services, cancelled: threading.Event, seeds: list[int] | None
+) -> Iterator[Event]:
+    """A video model's turn: each video submitted once through the pool and recorded (the
+    process's VideoWorker polls and keeps it in the background), then what each job is doing, at
+    least every HEARTBEAT_SECONDS, until it is ready or failed. A client that leaves, or a job
+    still running at VIDEO_TIMEOUT, leaves the job to go on: it answers at /v1/videos/{id}."""
+    settings, worker, count = services.settings, services.videos, job.draw.count
+    if worker is None:
+        for index in range(1, count + 1):
+            yield VideoFailed(index, Reason.of("videos_off"))
+        yield Done(0, count, videos=True)
+        return
+    started = time.monotonic()
+    waiting: dict[int, str] = {}
+    failed: list[VideoFailed] = []
+    for index in range(1, count + 1):
+        sent = payload | ({"seed": seeds[index - 1]} if seeds else {})
+        try:
+            key, upstream_id = videos.submit(
+                services.pool,
+                lambda key, body: video_submit(services.http, settings.api_base_url, key, body, settings.upstream_timeout),
+                sent,
+                settings.max_key_attempts,
+            )
+        except UpstreamError as exc:
+            log.warning("req=%s video %d not submitted: %s", job.request_id, index, exc.kind)
+            failed.append(VideoFailed(index, exc.reason))
+            continue
+        record = videos.VideoJob(
+            videos.new_id(),
+            job.model,
+            str(sent.get("prompt", "")),
+            str(sent.get("image_size", "")),
+            VIDEO_SECONDS,
+            int(time.time()),
+            key_id=key_id(key),
+            upstream_id=upstream_id,
+            seed=sent.get("seed"),
+            negative_prompt=sent.get("negative_prompt"),
+            has_input="image" in sent,
+        )
+        worker.jobs.save(record)
+        waiting[index] = record.id
+        log.info("req=%s video %d submitted as %s", job.request_id, index, record.id)
+    worker.wake()
+    yield Submitted()
+    for index, video_id in waiting.items():
+        yield VideoSubmitted(index, video_id)
+    yield from failed
+    poster = next((ref.url for ref in job.inputs if ref.url and ref.url.startswith(("http://", "https://"))), None)
+    deadline = started + settings.video_timeout
+    said: dict[int, tuple[str, int | None, float]] = {}
+    delivered = 0
+    while waiting and not cancelled.is_set():
+        left = min(deadline, _stop_at(deadline)) - time.monotonic()
+        if left <= 0:
+            for index, video_id in waiting.items():
+                yield VideoFailed(index, Reason.of("video_still_running", video_id=video_id))
+            break
+        worker.wait_for_change(min(settings.heartbeat_seconds, left, 1.0))
+        for index, video_id in list(waiting.items()):
+            record = worker.jobs.get(video_id)
+            if record is None:  # deleted through the Videos API meanwhile
+                del waiting[index]
+                yield VideoFailed(index, Reason.of("video_still_running", video_id=video_id))
+            elif record.status == videos.COMPLETED:
+                del waiting[index]
+                delivered += 1
+                yield _video_ready(index, record, job, services, poster)
+            elif record.status == videos.FAILED:
+                del waiting[index]
+                reason = record.reason or {"code": "video_refused", "params": [["why", "-"]]}
+                yield VideoFailed(index, Reason.of(reason["code"], **dict(reason["params"])))
+            else:
+                now = time.monotonic()
+                last = said.get(index)
+                if last is None or last[:2] != (record.status, record.position) or now - last[2] >= settings.heartbeat_seconds:
+                    said[index] = (record.status, record.position, now)
+                    yield VideoProgress(index, record.status, record.position, now - started)
+    yield Done(delivered, count, videos=True)
+
+
+def _video_ready(index: int, record: videos.VideoJob, job: Job, services: Services, poster: str | None) -> VideoReady:
+    store = services.store
+    kept = store.link(record.kept, job.public_base) if store is not None and record.kept else None
+    notes: tuple[Reason, ...] = ()
+    if kept is None and store is not None:
+        why = Reason.of(record.not_kept) if record.not_kept else NO_PUBLIC_BASE
+        notes = (Reason.of("video_not_kept", why=why),)
+    return VideoReady(index, record.id, kept or record.url or "", poster, record.seed, notes)
 
 
 def submit_images(

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
+import sqlite3
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +23,7 @@ from werkzeug.exceptions import HTTPException
 
 import chat_api
 import images_api
+import videos_api
 import web
 from bodies import MAX_BODY_BYTES, BodyBudget, release_unanswered
 from config import ConfigError, Settings
@@ -29,10 +32,12 @@ from keepers import Keeper, LocalKeeper, S3Keeper
 from keypool import KeyPool, Upkeep
 from keystores import FallbackStore, Limit, LocalStore, MemoryStore, RedisStore, Store
 from openai_wire import ApiError
-from outbound import make_http, make_session
+from outbound import AddressRule, make_http, make_session
 from pipeline import Services
 from text import mask_key
-from upstream import account_info, image_models
+from uploaders import fetch_to_file
+from upstream import UpstreamError, account_info, image_models, video_models, video_status
+from videos import RedisJobs, SqliteJobs, VideoSettings, VideoWorker
 from web import error_response
 
 log = logging.getLogger("siliconflow_proxy")
@@ -72,10 +77,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         catalog=ModelCatalog(
             settings.models, lambda: _fetch_models(pool, http, settings), refresh=settings.models_refresh_seconds
         ),
+        videos=_video_worker(settings, pool, http, session, store),
     )
     # Per worker process: gunicorn forks after this, and each worker counts its own.
     app.extensions["siliconflow.bodies"] = BodyBudget(int(settings.picture_bodies_mb * 2**20))
-    for blueprint in (web.bp, chat_api.bp, images_api.bp):
+    for blueprint in (web.bp, chat_api.bp, images_api.bp, videos_api.bp):
         app.register_blueprint(blueprint)
     app.register_error_handler(ApiError, _api_error)
     app.teardown_request(release_unanswered)
@@ -117,12 +123,42 @@ def _keeper(settings: Settings) -> Keeper | None:
         ) from None
 
 
+def _video_worker(settings: Settings, pool: KeyPool, http: Any, session: Any, keeper: Keeper | None) -> VideoWorker | None:
+    """Video jobs recorded in Redis when REDIS_URL is set (every instance answers for every job),
+    else in a SQLite file in the data directory (this instance's workers, and the next process)."""
+    if settings.redis_url:
+        jobs: Any = RedisJobs(settings.redis_url)
+    else:
+        path = os.path.join(settings.data_directory, "videos.sqlite3")
+        try:
+            jobs = SqliteJobs(path)
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("Videos are off: their record %s cannot be made (%s); set DATA_DIR to a writable place", path, exc)
+            return None
+    rule = AddressRule.trusting(settings.api_base_url, allow_private=settings.allow_private_image_urls)
+    max_bytes = int(settings.max_video_mb * 2**20)
+    return VideoWorker(
+        jobs,
+        pool,
+        lambda key, request_id: video_status(http, settings.api_base_url, key, request_id, settings.expansion_timeout),
+        lambda url, sink: fetch_to_file(session, url, sink, settings.upstream_timeout, max_bytes, rule),
+        keeper,
+        VideoSettings(settings.video_poll_seconds, settings.video_timeout, max_bytes),
+    )
+
+
 def _fetch_models(pool: KeyPool, http: Any, settings: Settings) -> list[str]:
     """SiliconFlow's image models now, asked with any usable key (raises when none, or no answer)."""
     key = pool.peek_key()
     if key is None:
         raise LookupError("no usable key")
-    return image_models(http, settings.api_base_url, key, min(settings.expansion_timeout, 10.0))
+    timeout = min(settings.expansion_timeout, 10.0)
+    pictures = image_models(http, settings.api_base_url, key, timeout)
+    try:
+        moving = video_models(http, settings.api_base_url, key, timeout)
+    except UpstreamError:
+        moving = []  # a list of pictures without videos is still a list
+    return pictures + moving
 
 
 def _key_store(settings: Settings) -> Store:
@@ -146,7 +182,7 @@ def _api_error(exc: ApiError) -> Response:
 def _http_error(exc: HTTPException) -> Response:
     messages = {
         404: f"No such endpoint: {request.method} {request.path[:200]}. This service offers "
-        "POST /v1/chat/completions, POST /v1/images/generations, POST /v1/images/edits, GET /v1/models, GET /health "
+        "POST /v1/chat/completions, POST /v1/images/generations, POST /v1/images/edits, /v1/videos, GET /v1/models, GET /health "
         "and a playground at /.",
         405: f"{request.method} is not allowed on {request.path[:200]}.",
         413: f"The request body is larger than {MAX_BODY_BYTES // 1024} KB.",

@@ -17,7 +17,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
 
 import requests
@@ -35,10 +35,10 @@ log = logging.getLogger("siliconflow_proxy.uploaders")
 
 # File name extension for each image type we keep; anything else is not an image to us.
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
-MIMETYPES = {ext: mime for mime, ext in EXTENSIONS.items()}
+MIMETYPES = {ext: mime for mime, ext in EXTENSIONS.items()} | {"mp4": "video/mp4"}  # kept videos too
 _MAGIC = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF8", "image/gif"))
 _DATA_URI = re.compile(r"data:(image/[a-z0-9.+-]+);base64,(.*)", re.IGNORECASE | re.DOTALL)
-STORED_NAME = re.compile(r"[0-9a-f]{64}\.(?:png|jpg|webp|gif)")
+STORED_NAME = re.compile(r"[0-9a-f]{64}\.(?:png|jpg|webp|gif|mp4)")
 SHORT_ENOUGH = 100  # links up to this long are not worth shortening
 
 
@@ -108,24 +108,50 @@ def fetch_picture(
     return Picture(bytes(data), mimetype)
 
 
-def _download(session: requests.Session, url: str, at: float, max_bytes: int) -> bytearray:
+def _download(
+    session: requests.Session, url: str, at: float, max_bytes: int, sink: BinaryIO | None = None, kind: str = "image/"
+) -> bytearray:
+    """The bytes at `url` (or, with `sink`, written there as they come: nothing held whole)."""
     if not url.lower().startswith(("http://", "https://")):
         raise UploadError(Reason.of("not_http"))
     with session.get(url, timeout=(remaining(at, 10.0), remaining(at, 60.0)), stream=True, allow_redirects=True) as response:
         if response.status_code != 200:
             raise UploadError(Reason.of("download_status", status=response.status_code))
         declared = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if declared and not declared.startswith(("image/", "application/octet-stream", "binary/")):
+        if declared and not declared.startswith((kind, "application/octet-stream", "binary/")):
             raise UploadError(Reason.of("not_image_type", type=upstream_text(declared, 40)))
         declared_length = response.headers.get("Content-Length") or ""
         if declared_length.isdigit() and int(declared_length) > max_bytes:  # a bad one: the bytes are counted anyway
             raise UploadError(Reason.of("too_large", mb=max_bytes // 2**20))
-        data = bytearray()
-        for piece in response.iter_content(64 * 1024):
-            data += piece
-            if len(data) > max_bytes:
+        data, size = bytearray(), 0
+        for piece in response.iter_content(256 * 1024 if sink else 64 * 1024):
+            size += len(piece)
+            if size > max_bytes:
                 raise UploadError(Reason.of("too_large", mb=max_bytes // 2**20))
+            if sink is None:
+                data += piece
+            else:
+                sink.write(piece)
     return data
+
+
+def fetch_to_file(
+    session: requests.Session, url: str, sink: BinaryIO, timeout: float, max_bytes: int, rule: AddressRule | None = None
+) -> None:
+    """A video at `url` written into `sink` as it arrives, at most `max_bytes`, within `timeout`,
+    under the address rule as pictures are. Raises UploadError."""
+    at = time.monotonic() + timeout
+    try:
+        with requests_deadline(at), address_rule(rule):
+            _download(session, url, at, max_bytes, sink, kind="video/")
+    except requests.Timeout:
+        raise UploadError(Reason.of("download_timeout", seconds=timeout)) from None
+    except requests.RequestException:
+        raise UploadError(Reason.of("download_failed")) from None
+    except (ValueError, LookupError, urllib3.exceptions.HTTPError):
+        raise UploadError(Reason.of("download_invalid")) from None
+    except AddressRefused as exc:
+        raise UploadError(Reason.of("unsafe_link", why=exc.reason), unsafe=not exc.unresolved) from None
 
 
 def input_picture(
@@ -161,7 +187,7 @@ def input_picture(
         parts = None
     if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         raise UploadError(Reason.of("scheme_refused"))
-    if store is not None and (name := store.own_name(url)) is not None:
+    if store is not None and (name := store.own_name(url)) is not None and not name.endswith(".mp4"):
         try:
             kept = store.open(name)
         except UploadError:

@@ -79,6 +79,63 @@ def generate_image(
     return Image(url, seed if isinstance(seed, int) and not isinstance(seed, bool) else None)
 
 
+VIDEO_ANSWER_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class VideoStatus:
+    status: str  # InQueue | InProgress | Succeed | Failed (CONTRACTS.md: video)
+    reason: str  # why it failed, in SiliconFlow's words (checked text)
+    position: int | None  # in the queue, when given
+    url: str | None  # the clip, once it succeeded
+    seed: int | None
+
+
+def video_submit(http: urllib3.PoolManager, base_url: str, key: str, payload: dict[str, Any], timeout: float) -> str:
+    """POST /v1/video/submit: SiliconFlow's requestId for the job. Raises UpstreamError."""
+    body = _post_json(http, f"{base_url}/v1/video/submit", key, payload, timeout, VIDEO_ANSWER_BYTES)
+    request_id = body.get("requestId") if isinstance(body, dict) else None
+    if not isinstance(request_id, str) or not 0 < len(request_id) <= 200:
+        raise UpstreamError(Failure.BAD_RESPONSE, Reason.of("no_request_id"))
+    return request_id
+
+
+def video_status(http: urllib3.PoolManager, base_url: str, key: str, request_id: str, timeout: float) -> VideoStatus:
+    """POST /v1/video/status with a key of the account that submitted it. Raises UpstreamError."""
+    body = _post_json(http, f"{base_url}/v1/video/status", key, {"requestId": request_id}, timeout, VIDEO_ANSWER_BYTES)
+    if not isinstance(body, dict) or body.get("status") not in ("InQueue", "InProgress", "Succeed", "Failed"):
+        raise UpstreamError(Failure.BAD_RESPONSE, Reason.of("unreadable_status"))
+    results = body.get("results") if isinstance(body.get("results"), dict) else {}
+    videos = results.get("videos") if isinstance(results.get("videos"), list) else []
+    url = videos[0].get("url") if videos and isinstance(videos[0], dict) else None
+    position, seed = body.get("position"), results.get("seed")
+    return VideoStatus(
+        body["status"],
+        upstream_text(str(body.get("reason") or ""), 200),
+        position if isinstance(position, int) and not isinstance(position, bool) else None,
+        url if isinstance(url, str) and _is_web_link(url) else None,
+        seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+    )
+
+
+def video_models(http: urllib3.PoolManager, base_url: str, key: str, timeout: float) -> list[str]:
+    """GET /v1/models?type=video: the video models served now. Raises UpstreamError."""
+    found: list[str] = []
+    for sub_type in ("text-to-video", "image-to-video"):
+        status, headers, data = _call(
+            http, "GET", f"{base_url}/v1/models?type=video&sub_type={sub_type}", key, None, timeout, MODELS_ANSWER_BYTES
+        )
+        if status != 200:
+            raise _error_for(status, headers, data, key)
+        try:
+            found += [
+                item["id"] for item in json.loads(data)["data"] if isinstance(item, dict) and isinstance(item.get("id"), str)
+            ]
+        except (ValueError, KeyError, TypeError, RecursionError):
+            raise UpstreamError(Failure.BAD_RESPONSE, Reason.of("unreadable_models")) from None
+    return list(dict.fromkeys(m for m in found if _MODEL_ID.fullmatch(m)))[:MAX_LISTED_MODELS]
+
+
 def _is_web_link(url: str) -> bool:
     if len(url) > 8192 or any(ch.isspace() or ord(ch) < 32 for ch in url):
         return False
@@ -153,6 +210,14 @@ REFINE_SYSTEM_PROMPT = (
     "aspect ratio or the number of images. Answer with the prompt alone, no preface, no quotes."
 )
 
+VIDEO_EXPANSION_SYSTEM_PROMPT = (
+    "You write prompts for a text-to-video model that makes 5-second clips. Rewrite the user's "
+    "request as one detailed English video prompt of about 80 words: the subject and what it does, "
+    "the camera (angle, movement: pan, dolly, tracking, static), the setting, lighting and mood, as "
+    "one continuous shot. Do not mention size, aspect ratio, duration or the number of videos. "
+    "Answer with the prompt alone, no preface, no quotes."
+)
+
 _THINK = re.compile(r"<think>.*?(?:</think>|$)", re.DOTALL | re.IGNORECASE)
 
 
@@ -164,10 +229,11 @@ def expand_prompt(
     text: str,
     timeout: float,
     previous: str | None = None,
+    video: bool = False,
 ) -> str:
-    """Turn a short request into a detailed English image prompt; with `previous`, the last
-    picture's prompt changed as `text` asks. Raises UpstreamError."""
-    system, user = EXPANSION_SYSTEM_PROMPT, text
+    """Turn a short request into a detailed English image (or, `video`, motion) prompt; with
+    `previous`, the last prompt changed as `text` asks. Raises UpstreamError."""
+    system, user = (VIDEO_EXPANSION_SYSTEM_PROMPT if video else EXPANSION_SYSTEM_PROMPT), text
     if previous:
         system, user = REFINE_SYSTEM_PROMPT, f"Previous prompt: {previous}\nChange: {text}"
     expanded = complete(http, base_url, key, model, system, user, timeout)

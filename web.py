@@ -21,12 +21,13 @@ from werkzeug.wsgi import wrap_file
 
 from config import Settings
 from events import Reason
-from families import DEFAULT_MODELS
+from families import DEFAULT_MODELS, DEFAULT_VIDEO_MODELS
 from keepers import CACHE_FOREVER
 from openai_wire import ApiError, dumps, error_body, model_list
+from parsing import find_banned
 from pipeline import Services
 from uploaders import STORED_NAME, UploadError
-from wording import IMAGE_MARK, en
+from wording import IMAGE_MARK, VIDEO_MARK, en
 
 bp = Blueprint("web", __name__)
 
@@ -68,6 +69,8 @@ def _authenticate() -> Response | None:
     g.request_id = uuid.uuid4().hex[:12]
     services = current()
     services.upkeep.ensure_running()
+    if services.videos is not None:
+        services.videos.ensure_running()
     settings = services.settings
     if not settings.api_key or not request.path.startswith("/v1/") or request.method == "OPTIONS":
         return None  # a CORS preflight carries no credentials
@@ -96,7 +99,7 @@ def _cors(response: Response) -> Response:
     else:
         return response
     if request.method == "OPTIONS":
-        response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
         # The JS SDK sends Authorization, Content-Type and a dozen x-stainless-* headers: allow
         # what the preflight asks for rather than a list that drifts with SDK versions.
         response.headers["Access-Control-Allow-Headers"] = request.headers.get(
@@ -115,7 +118,11 @@ def playground() -> Response:
 
     The page finds the pictures in an answer by the answer's own image marker, given to it here
     from the wording layer, so the two cannot drift apart."""
-    page = PLAYGROUND.read_text(encoding="utf-8").replace('"__IMAGE_MARK__"', json.dumps(IMAGE_MARK))
+    page = (
+        PLAYGROUND.read_text(encoding="utf-8")
+        .replace('"__IMAGE_MARK__"', json.dumps(IMAGE_MARK))
+        .replace('"__VIDEO_MARK__"', json.dumps(VIDEO_MARK))
+    )
     response = Response(page, mimetype="text/html")
     response.cache_control.max_age = 300
     return response
@@ -210,6 +217,19 @@ def stored_image(name: str) -> Response:
     return response.make_conditional(request, accept_ranges=kept.seekable, complete_length=kept.size if kept.seekable else None)
 
 
+def can_draw(prompt: str, settings: Settings) -> None:
+    """The checks every drawing surface makes before anything is sent (English 400 / 503)."""
+    if banned := find_banned(prompt, settings.banned_keywords):
+        raise ApiError(
+            400,
+            f"The prompt contains a word this service does not draw: '{banned}'.",
+            param="prompt",
+            code="content_policy_violation",
+        )
+    if not settings.api_keys:
+        raise ApiError(503, "This service has no upstream keys: its operator must set API_KEYS.", code="no_upstream_keys")
+
+
 def resolve_model(value: Any, services: Services, *, default: str | None = None) -> str:
     """The model a request names, or the default. Raises ApiError for one this service does not know.
 
@@ -223,7 +243,7 @@ def resolve_model(value: Any, services: Services, *, default: str | None = None)
     if not isinstance(value, str):
         raise ApiError(400, "'model' must be a string: one of the ids from GET /v1/models.", param="model")
     offered = catalog.models()
-    if value not in offered and (services.settings.models or value not in DEFAULT_MODELS):
+    if value not in offered and (services.settings.models or value not in (*DEFAULT_MODELS, *DEFAULT_VIDEO_MODELS)):
         shown = ", ".join(offered[:6]) + (", …" if len(offered) > 6 else "")
         raise ApiError(
             400,

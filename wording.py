@@ -146,6 +146,26 @@ REASONS: dict[str, tuple[Words, Words]] = {
         "保存到本机图片目录失败（磁盘已满或没有写权限）",
         "saving to the image store failed (disk full or not writable)",
     ),
+    "videos_off": ("本服务没有开启视频（DATA_DIR 不可写）", "video is off on this service (DATA_DIR is not writable)"),
+    "video_still_running": (
+        "视频还在生成，这次回答等不到它了：稍后用 GET /v1/videos/{video_id} 查看",
+        "the video is still being made: ask GET /v1/videos/{video_id} later",
+    ),
+    "video_not_kept": (
+        "视频未能转存，上游链接一小时内有效：{why}",
+        "the video could not be kept; SiliconFlow's link lasts an hour: {why}",
+    ),
+    "video_timeout": (
+        "视频在 {seconds} 秒（VIDEO_TIMEOUT）内没有完成",
+        "the video was not finished within {seconds} s (VIDEO_TIMEOUT)",
+    ),
+    "video_key_gone": (
+        "提交这个视频任务的密钥已不在 API_KEYS 中，无法查询它的进度",
+        "the key that submitted this video is no longer in API_KEYS, so its job cannot be asked about",
+    ),
+    "video_refused": ("SiliconFlow 没有生成这个视频：{why}", "SiliconFlow did not make the video: {why}"),
+    "no_request_id": ("上游没有返回任务编号", "SiliconFlow returned no job id"),
+    "unreadable_status": ("上游返回的任务状态无法读取", "SiliconFlow's job status could not be read"),
     "s3_no_bucket": (
         "图片未能保存到对象存储：存储桶 {bucket} 不存在（S3_BUCKET）",
         "the picture could not be kept in object storage: the bucket {bucket} does not exist (S3_BUCKET)",
@@ -419,8 +439,37 @@ SUMMARY_LABEL = "完成："  # the answer's last line; chat UIs' tasks quote it 
 SUMMARY_LINE = re.compile(rf"^{SUMMARY_LABEL}(\d+)/(\d+) ", re.M)
 
 
-def summary(delivered: int, count: int) -> str:
-    return f"{SUMMARY_LABEL}{delivered}/{count} 张图片生成成功。"
+def summary(delivered: int, count: int, videos: bool = False) -> str:
+    return f"{SUMMARY_LABEL}{delivered}/{count} {'个视频' if videos else '张图片'}生成成功。"
+
+
+def video_submitted(index: int) -> str:
+    return f"🎬 第 {index} 个视频已提交，通常需要几分钟，进度会在这里更新。\n\n"
+
+
+def video_progress(index: int, status: str, position: int | None, elapsed: float) -> str:
+    if status == "queued":
+        ahead = f"（前面还有 {position} 个）" if position else ""
+        return f"⏳ 第 {index} 个视频排队中{ahead}，已等 {seconds(elapsed)} 秒\n\n"
+    return f"⏳ 第 {index} 个视频生成中，已用 {seconds(elapsed)} 秒\n\n"
+
+
+VIDEO_MARK = "🎞️ [▶️ 播放第 "  # a video line starts with it (the playground finds videos by it)
+
+
+def video_ready(index: int, url: str, poster: str | None, seed: int | None, notes: tuple[Reason, ...]) -> str:
+    """A link every chat UI shows; with a picture at hand, the picture, linking to the video."""
+    lines = []
+    if poster:
+        lines.append(f"[![第 {index} 个视频的首帧]({md_url(poster)})]({md_url(url)})")
+    extra = f" · 种子：{seed}" if seed is not None else ""
+    lines.append(f"{VIDEO_MARK}{index} 个视频（MP4）]({md_url(url)}){extra}")
+    lines += [f"⚠️ {md(zh(note))}" for note in notes]
+    return "\n".join(lines) + "\n\n"
+
+
+def video_failed(index: int, reason: Reason) -> str:
+    return f"⚠️ 第 {index} 个视频没有生成：{md(zh(reason))}\n\n"
 
 
 INTERNAL_ERROR = "\n\n⚠️ 服务内部错误，回答不完整。"
@@ -459,8 +508,16 @@ def chat(events: Iterable[ev.Event]) -> Iterator[str | None]:
             yield image_markdown(outcome.index, alt, links.image, links.download, links.permanent, links.notes, outcome.seed)
         elif isinstance(event, p.ImageFailed):
             yield image_failed(event.index, event.reason)
+        elif isinstance(event, p.VideoSubmitted):
+            yield video_submitted(event.index)
+        elif isinstance(event, p.VideoProgress):
+            yield video_progress(event.index, event.status, event.position, event.elapsed)
+        elif isinstance(event, p.VideoReady):
+            yield video_ready(event.index, event.url, event.poster, event.seed, event.notes)
+        elif isinstance(event, p.VideoFailed):
+            yield video_failed(event.index, event.reason)
         elif isinstance(event, p.Done):
-            yield summary(event.delivered, event.count)
+            yield summary(event.delivered, event.count, event.videos)
         elif isinstance(event, p.Broken):
             yield INTERNAL_ERROR
 

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import venv
 from collections.abc import Callable, Iterator
@@ -157,6 +158,8 @@ def serve(fake: FakeSiliconFlow) -> Iterator[Callable[..., Service]]:
     def start(environ: dict[str, str] | None = None, **overrides) -> Service:
         overrides.setdefault("api_base_url", fake.url)
         overrides.setdefault("api_keys", GOOD_KEYS)
+        if "DATA_DIR" not in (environ or {}):  # the video record lives there: the test's own, not the checkout's
+            overrides.setdefault("data_dir", tempfile.mkdtemp(prefix="service-data-"))
         if not {"IMAGE_STORE_DIR", "DATA_DIR", "S3_BUCKET"} & set(environ or {}):
             # Most tests look at the upstream's links: keeping (on by default) is asked for by name.
             overrides.setdefault("image_store_dir", None)
@@ -172,6 +175,8 @@ def serve(fake: FakeSiliconFlow) -> Iterator[Callable[..., Service]]:
         server.server_close()
         app.extensions["siliconflow"].executor.shutdown(wait=False, cancel_futures=True)
         app.extensions["siliconflow"].catalog.stop()  # its refresh thread would outlive the test
+        if app.extensions["siliconflow"].videos is not None:
+            app.extensions["siliconflow"].videos.stop()  # and the video poller
 
 
 @pytest.fixture

@@ -58,6 +58,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -79,6 +80,10 @@ EDIT_MODELS = {
 IMAGE_TO_IMAGE = (*EDIT_MODELS, "Kwai-Kolors/Kolors")
 _DATA_IMAGE = re.compile(r"data:image/(?:png|jpeg|webp);base64,([A-Za-z0-9+/=]+)")
 CHAT_MODELS = {"Qwen/Qwen2.5-7B-Instruct", "deepseek-ai/DeepSeek-R1"}
+VIDEO_MODELS = {"text-to-video": ("Wan-AI/Wan2.2-T2V-A14B",), "image-to-video": ("Wan-AI/Wan2.2-I2V-A14B",)}
+VIDEO_MODELS_ALL = (*VIDEO_MODELS["text-to-video"], *VIDEO_MODELS["image-to-video"])
+# A real H.264 MP4 (2 s, 320x180, made once with ffmpeg's test source): what a finished job links.
+CLIP = (Path(__file__).with_name("data") / "clip.mp4").read_bytes()
 RATE_LIMIT_MESSAGE = (
     "Request was rejected due to rate limiting. If you want more, please contact contact@siliconflow.cn. "
     "Details:TPM limit reached."
@@ -112,6 +117,12 @@ class FakeState:
     hang_seconds: float = 5.0
     retry_after: str = "1"
     expired: bool = False  # the image links have expired (SiliconFlow's last an hour): 403 for every one
+    videos: dict[str, dict] = field(default_factory=dict)  # requestId -> the job (video contract)
+    video_queue_seconds: float = 0.2  # a job waits this long InQueue, then
+    video_seconds: float = 0.6  # this long InProgress, then Succeeds (or Fails: video_fail)
+    video_fail: str = ""  # a job's reason to fail, e.g. content moderation
+    video_link_seconds: float = 600.0  # a clip's link answers this long after it succeeded, then 403
+    video_bytes: int = 0  # > 0: the clip is padded to this many bytes (a large download)
     funded: set[str] = field(default_factory=set)
     limited_once: set[str] = field(default_factory=set)
     calls: list[Call] = field(default_factory=list)
@@ -132,6 +143,9 @@ class FakeState:
         self.rate_limit = None
         self.models_down = False
         self.expired = False
+        self.videos = {}
+        self.video_queue_seconds, self.video_seconds, self.video_fail = 0.2, 0.6, ""
+        self.video_link_seconds, self.video_bytes = 600.0, 0
         self.extra_models = ()
         self.refused = 0
         self.refused_at = []
@@ -193,6 +207,15 @@ def png(width: int, height: int, seed: bytes) -> bytes:
 
 
 BIG_PNG = b"\x89PNG\r\n\x1a\n" + bytes(3 * 2**20)
+
+
+def _first_frame(image: Any) -> bool:
+    """An I2V job's `image`: a data URI of a PNG, JPEG or WebP picture."""
+    match = _DATA_IMAGE.fullmatch(image) if isinstance(image, str) else None
+    try:
+        return bool(match) and base64.b64decode(match[1], validate=True).startswith((b"\x89PNG", b"\xff\xd8\xff", b"RIFF"))
+    except ValueError:
+        return False
 
 
 def _edit_problem(body: dict) -> str | None:
@@ -297,7 +320,16 @@ class _Handler(BaseHTTPRequestHandler):
     # -- routes --
     def do_GET(self) -> None:
         path = unquote(urlsplit(self.path).path)
-        if path.startswith("/outputs/") and self.server.state.expired:
+        if path.startswith("/videos/") and path.endswith(".mp4"):
+            job = self.server.state.videos.get(path[len("/videos/") : -len(".mp4")])
+            if job is None or time.monotonic() > job.get("expires_mono", 0):
+                self._send(
+                    403, b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>", "application/xml"
+                )
+            else:
+                clip = CLIP + bytes(max(0, self.server.state.video_bytes - len(CLIP)))
+                self._send(200, clip, "video/mp4")
+        elif path.startswith("/outputs/") and self.server.state.expired:
             self._send(403, b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>", "application/xml")
         elif path.startswith("/outputs/") and path.endswith("-slow.png"):
             body = png(64, 64, path.encode())
@@ -326,6 +358,7 @@ class _Handler(BaseHTTPRequestHandler):
                     {
                         "refused": state.refused,
                         "image_calls": len([c for c in state.calls if c.path == "/v1/images/generations"]),
+                        "video_polls": sum(job["polls"] for job in state.videos.values()),
                     },
                 )
         elif path == "/v1/models":
@@ -340,6 +373,8 @@ class _Handler(BaseHTTPRequestHandler):
             listed = (
                 {"text-to-image": (*TEXT_TO_IMAGE, *state.extra_models), "image-to-image": IMAGE_TO_IMAGE}.get(sub_type)
                 if kind == "image"
+                else VIDEO_MODELS.get(sub_type, VIDEO_MODELS_ALL)
+                if kind == "video"
                 else sorted(CHAT_MODELS)
                 if kind == "text"
                 else (*TEXT_TO_IMAGE, *EDIT_MODELS, *sorted(CHAT_MODELS))
@@ -382,6 +417,10 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if path == "/v1/images/generations":
                 self._image(body)
+            elif path == "/v1/video/submit":
+                self._video_submit(body)
+            elif path == "/v1/video/status":
+                self._video_status(body)
             elif path == "/v1/chat/completions":
                 self._chat(body)
             elif path == "/fake/rate" and isinstance(body, dict):  # the benchmark's knob: meter accounts
@@ -392,6 +431,12 @@ class _Handler(BaseHTTPRequestHandler):
                 count, seconds = body.get("count"), body.get("seconds")
                 state.rate_limit = (int(count), float(seconds)) if count else None
                 self._json(200, {"rate_limit": state.rate_limit})
+            elif path == "/fake/video" and isinstance(body, dict):  # the video benchmark's knob
+                state = self.server.state
+                state.video_queue_seconds = float(body.get("queue", state.video_queue_seconds))
+                state.video_seconds = float(body.get("seconds", state.video_seconds))
+                state.video_bytes = int(body.get("bytes", state.video_bytes))
+                self._json(200, {"queue": state.video_queue_seconds, "seconds": state.video_seconds, "bytes": state.video_bytes})
             elif path == "/fake/latency" and isinstance(body, dict):  # the benchmark's knob, not SiliconFlow's
                 self.server.state.image_latency = float(body.get("image", 0))
                 self.server.state.expansion_latency = float(body.get("expansion", 0))
@@ -400,6 +445,56 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(404, b"404 page not found", "text/plain; charset=utf-8")
         finally:
             call.end = time.monotonic()
+
+    def _video_submit(self, body: Any) -> None:
+        """CONTRACTS.md: video. Keys fail as for images; a job is kept with its account."""
+        state, key = self.server.state, self._key()
+        if key.startswith(("sk-dead", "sk-revoked")) or not key:
+            self._json(401, "Invalid token")
+        elif key.startswith("sk-broke") and key not in state.funded:
+            self._json(403, {"code": 30001, "message": "Sorry, your account balance is insufficient", "data": None})
+        elif not isinstance(body, dict) or not isinstance(body.get("prompt"), str) or body.get("model") not in VIDEO_MODELS_ALL:
+            self._json(400, {"code": 20012, "message": "Model does not exist. Please check it carefully.", "data": None})
+        elif body.get("image_size") not in ("1280x720", "720x1280", "960x960"):
+            self._json(400, {"code": 20015, "message": "The parameter is invalid. Please check again.", "data": None})
+        elif ("I2V" in body["model"]) != bool(body.get("image")) or (body.get("image") and not _first_frame(body["image"])):
+            self._json(400, {"code": 20015, "message": "The parameter is invalid: image.", "data": None})
+        else:
+            request_id = secrets.token_hex(12)
+            with state.lock:
+                state.videos[request_id] = {"account": account_of(key), "at": time.monotonic(), "body": body, "polls": 0}
+            self._json(200, {"requestId": request_id})
+
+    def _video_status(self, body: Any) -> None:
+        state, key = self.server.state, self._key()
+        job = state.videos.get(body.get("requestId")) if isinstance(body, dict) else None
+        if job is None:
+            self._json(400, {"code": 20015, "message": "The requestId is invalid.", "data": None})
+            return
+        if account_of(key) != job["account"]:  # another account's key: refused, as SiliconFlow does
+            self._json(403, {"code": 30003, "message": "No permission to access this request.", "data": None})
+            return
+        with state.lock:
+            job["polls"] += 1
+        age = time.monotonic() - job["at"]
+        if age < state.video_queue_seconds:
+            self._json(200, {"status": "InQueue", "reason": "", "position": 3, "results": None})
+        elif age < state.video_queue_seconds + state.video_seconds:
+            self._json(200, {"status": "InProgress", "reason": "", "results": None})
+        elif state.video_fail:
+            self._json(200, {"status": "Failed", "reason": state.video_fail, "results": None})
+        else:
+            expires = int(time.time() + state.video_link_seconds)
+            job.setdefault("expires_mono", time.monotonic() + state.video_link_seconds)
+            url = f"{self.server.url}/videos/{body['requestId']}.mp4?Expires={expires}&Signature=fake"
+            self._json(
+                200,
+                {
+                    "status": "Succeed",
+                    "reason": "",
+                    "results": {"videos": [{"url": url}], "timings": {"inference": 42}, "seed": 4242},
+                },
+            )
 
     def _image(self, body: Any) -> None:
         state, key = self.server.state, self._key()

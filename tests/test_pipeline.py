@@ -3,6 +3,8 @@ HTTP. What the surfaces make of the events is tested through them (test_chat, te
 
 from __future__ import annotations
 
+import tempfile
+
 import pytest
 
 import pipeline
@@ -22,6 +24,7 @@ def services(fake):
             prompt_expansion=False,
             heartbeat_seconds=0.2,
             image_store_dir=None,
+            data_dir=tempfile.mkdtemp(),
         )
     )
     yield app.extensions["siliconflow"]
@@ -55,7 +58,14 @@ def test_the_prompt_being_changed_is_moderated_too(services, fake):
 
 def test_a_failed_picture_is_a_reason_and_a_kind_not_a_sentence(fake):
     app = create_app(
-        Settings.from_env({}, api_base_url=fake.url, api_keys=("sk-dead-pipe01",), prompt_expansion=False, image_store_dir=None)
+        Settings.from_env(
+            {},
+            api_base_url=fake.url,
+            api_keys=("sk-dead-pipe01",),
+            prompt_expansion=False,
+            image_store_dir=None,
+            data_dir=tempfile.mkdtemp(),
+        )
     )
     try:
         events = list(pipeline.draw(_job("一只猫"), app.extensions["siliconflow"]))

@@ -22,11 +22,11 @@ def test_the_page_is_self_contained(service):
         assert outside not in page.replace("http://www.w3.org", ""), outside
 
 
-def test_typing_a_prompt_with_two_images_shows_two_images(serve, fake):
+def test_typing_a_prompt_with_two_images_shows_two_images(serve, fake, tmp_path):
     require(CHROMIUM, "Chromium (Debian package chromium)")
     node_modules("playwright-core")
     fake.state.image_latency = 0.3
-    service = serve(api_key=SERVICE_KEY, heartbeat_seconds=0.1)
+    service = serve(api_key=SERVICE_KEY, heartbeat_seconds=0.1, video_poll_seconds=0.1, image_store_dir=str(tmp_path))
     ARTIFACTS.mkdir(exist_ok=True)
     result = subprocess.run(
         ["node", str(JS_DIR / "playground_check.mjs"), service.url, SERVICE_KEY, str(ARTIFACTS)],
@@ -41,13 +41,19 @@ def test_typing_a_prompt_with_two_images_shows_two_images(serve, fake):
         assert "key" in out[f"{view}WrongKey"].lower()
         assert "Kwai-Kolors/Kolors" in out[f"{view}Models"]
         assert out[f"{view}KeyRemembered"]
-        assert len(out[f"{view}Images"]) == 2 and all(url.startswith(fake.url) for url in out[f"{view}Images"])
+        kept = f"{service.url}/images/"  # pictures are kept (as by default), and shown from the copy
+        assert len(out[f"{view}Images"]) == 2 and all(url.startswith(kept) for url in out[f"{view}Images"])
         assert "生成中✅" in out[f"{view}Progress"]
         assert out[f"{view}Errors"] == []
         assert not out[f"{view}Overflow"], f"the page scrolls sideways on {view}"
         assert (ARTIFACTS / f"playground-{view}.png").stat().st_size > 10_000
     # A prompt imitating the image marker shows as text; the grid holds only the service's image.
-    assert len(out["hostileImages"]) == 1 and out["hostileImages"][0].startswith(fake.url)
+    assert len(out["hostileImages"]) == 1 and out["hostileImages"][0].startswith(f"{service.url}/images/")
+    # A video model's clip plays in the page: Chromium decoded the kept MP4 (320x180, the fake's clip).
+    assert out["video"]["src"].startswith(f"{service.url}/images/") and out["video"]["src"].endswith(".mp4")
+    assert (out["video"]["width"], out["video"]["height"]) == (320, 180)
+    assert "完成：1/1 个视频生成成功" in out["videoProgress"]
+    assert (ARTIFACTS / "playground-video.png").stat().st_size > 10_000
     # The ratio and count buttons reached the upstream: 16:9 on Kolors is its nearest size, 1024x1024.
     assert {c.body["image_size"] for c in fake.state.image_calls()} == {"1024x1024"}
     assert len(fake.state.image_calls()) == 5

@@ -20,6 +20,7 @@ USED = sorted(
 SAMPLE = {
     "kb": 256,
     "bucket": "pictures",
+    "video_id": "video_0123abcd",
     "error": "SlowDown",
     "seconds": 4.99857,
     "status": 503,

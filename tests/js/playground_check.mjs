@@ -57,6 +57,26 @@ try {
   await page.waitForFunction(() => !document.querySelector('#draw').disabled);
   result.hostileImages = await page.$$eval('#grid a', (links) => links.map((a) => a.href));
   await page.close();
+  // A video model: the clip appears in the grid and plays (decoded: its frames have a size).
+  const video = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  // The key as remembered from an earlier visit: the model list loads once, and the choice stays.
+  await video.addInitScript((k) => localStorage.setItem('sf-playground-key', k), key);
+  await video.goto(url);
+  await video.waitForFunction(() => [...document.querySelectorAll('#model option')].some((o) => o.value.includes('T2V')));
+  await video.selectOption('#model', 'Wan-AI/Wan2.2-T2V-A14B');
+  await video.fill('#prompt', '一只猫在海边奔跑');
+  await video.click('#counts button[data-value="1"]');
+  await video.click('#draw');
+  await video.waitForFunction(
+    () => { const v = document.querySelector('#grid video'); return v && v.readyState >= 2 && v.videoWidth > 0; },
+    null, { timeout: 60_000 },
+  ).catch(async (error) => {
+    throw new Error(`${error.message}\nprogress: ${await video.textContent('#progress')}\ngrid: ${await video.innerHTML('#grid')}`);
+  });
+  result.video = await video.$eval('#grid video', (v) => ({ src: v.src, width: v.videoWidth, height: v.videoHeight }));
+  result.videoProgress = await video.textContent('#progress');
+  await video.screenshot({ path: `${shots}/playground-video.png`, fullPage: true });
+  await video.close();
 } finally {
   await browser.close();
 }

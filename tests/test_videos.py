@@ -1,0 +1,254 @@
+"""Video through OpenAI's Videos API: jobs submitted once through the key pool, polled and kept in
+the background (also by the next process after a restart), answered by any worker; against the
+fake's video contract (queue, progress, a real small MP4, failures, links that expire)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import openai
+import pytest
+import requests
+
+from tests.fake_siliconflow import CLIP
+from tests.helpers import images_in, post_chat, stream_chunks, wait_until
+from tests.servers import Gunicorn
+
+T2V, I2V = "Wan-AI/Wan2.2-T2V-A14B", "Wan-AI/Wan2.2-I2V-A14B"
+FRAME = (Path(__file__).with_name("data") / "frame.png").read_bytes()  # a real PNG (ffmpeg's test source)
+
+
+@pytest.fixture
+def video_service(serve, tmp_path):
+    return serve(video_poll_seconds=0.1, image_store_dir=str(tmp_path / "kept"))
+
+
+def _client(service) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{service.url}/v1", api_key="x", max_retries=0, timeout=30)
+
+
+def test_the_openai_client_creates_polls_and_downloads_a_video(video_service, fake, tmp_path):
+    client = _client(video_service)
+    video = client.videos.create_and_poll(model=T2V, prompt="a cat running on the beach", size="1280x720", seconds="8")
+    assert video.status == "completed" and video.progress == 100 and video.seconds == "5", video
+    assert video.model == T2V and video.size == "1280x720" and video.completed_at >= video.created_at
+    content = client.videos.download_content(video.id)
+    assert content.read() == CLIP  # the real MP4, kept here: SiliconFlow's link may be gone by now
+    assert list((tmp_path / "kept").glob("*.mp4"))
+    [job] = fake.state.videos.values()
+    assert job["body"] == {"model": T2V, "prompt": "a cat running on the beach", "image_size": "1280x720"}
+    # Paced: polled by the background worker every VIDEO_POLL_SECONDS, not once per client request.
+    assert job["polls"] <= (0.2 + 0.6) / 0.1 + 3
+    listed = client.videos.list(limit=5)
+    assert [v.id for v in listed.data] == [video.id]
+    assert client.videos.delete(video.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        client.videos.retrieve(video.id)
+
+
+def test_the_video_object_says_what_the_job_is_doing(video_service, fake):
+    fake.state.video_queue_seconds, fake.state.video_seconds = 0.5, 1.0
+    created = requests.post(f"{video_service.url}/v1/videos", json={"prompt": "a cat", "model": T2V}, timeout=30)
+    assert created.status_code == 200 and created.headers["openai-poll-after-ms"]
+    video = created.json()
+    assert video["status"] == "queued" and video["object"] == "video" and video["id"].startswith("video_")
+    seen = set()
+
+    def finished() -> bool:
+        seen.add(requests.get(f"{video_service.url}/v1/videos/{video['id']}", timeout=10).json()["status"])
+        return "completed" in seen
+
+    assert wait_until(finished, 10, interval=0.05)
+    assert {"queued", "in_progress", "completed"} <= seen
+    thumbnail = requests.get(f"{video_service.url}/v1/videos/{video['id']}/content?variant=thumbnail", timeout=10)
+    assert thumbnail.status_code == 404 and "only variant=video" in thumbnail.json()["error"]["message"]
+
+
+def test_a_picture_becomes_the_first_frame(video_service, fake):
+    client = _client(video_service)
+    video = client.videos.create_and_poll(
+        model=I2V, prompt="the cat starts to dance", input_reference=("frame.png", FRAME, "image/png")
+    )
+    assert video.status == "completed", video
+    [job] = fake.state.videos.values()
+    assert job["body"]["model"] == I2V and job["body"]["image"].startswith("data:image/png;base64,")
+
+
+def test_a_refused_video_is_failed_with_siliconflows_reason(video_service, fake):
+    fake.state.video_fail = "content moderation: the prompt was refused"
+    video = _client(video_service).videos.create_and_poll(model=T2V, prompt="a cat")
+    assert video.status == "failed" and "content moderation" in video.error.message
+
+
+def test_dead_keys_fail_over_at_submit_and_the_job_is_polled_by_its_own_account(serve, fake, tmp_path):
+    service = serve(api_keys=("sk-dead-video001", "sk-good-acctA-v1", "sk-good-acctB-v2"), video_poll_seconds=0.1)
+    video = _client(service).videos.create_and_poll(model=T2V, prompt="a cat")
+    assert video.status == "completed"
+    submits = [c.key for c in fake.state.calls if c.path == "/v1/video/submit"]
+    polls = {c.key for c in fake.state.calls if c.path == "/v1/video/status"}
+    assert len(submits) == len(set(submits)) and submits[-1] != "sk-dead-video001"  # never submitted twice
+    assert polls == {submits[-1]}  # the account that submitted it asks after it
+
+
+@pytest.mark.parametrize(
+    "body, says",
+    [
+        ({"model": T2V}, "'prompt' is required"),
+        ({"prompt": "a cat", "model": "Kwai-Kolors/Kolors"}, "draws pictures, not videos"),
+        ({"prompt": "a cat", "model": I2V}, "send it as 'input_reference'"),
+        ({"prompt": "a cat", "model": T2V, "size": "1792x1024"}, "1280x720, 720x1280, 960x960"),
+        ({"prompt": "a cat", "model": T2V, "seconds": "soon"}, "'seconds'"),
+        ({"prompt": "a cat", "model": "no/such-model"}, "Unknown model"),
+    ],
+)
+def test_bad_video_requests_are_a_clear_400(video_service, fake, body, says):
+    response = requests.post(f"{video_service.url}/v1/videos", json=body, timeout=30)
+    assert response.status_code == 400 and says in response.json()["error"]["message"], response.text
+    assert fake.state.videos == {}
+
+
+def test_unknown_ids_are_404_and_a_video_model_is_not_drawn_as_a_picture(video_service, fake):
+    for path in ("/v1/videos/video_nope", "/v1/videos/video_nope/content", "/v1/videos/../etc"):
+        response = requests.get(f"{video_service.url}{path}", timeout=10)
+        assert response.status_code == 404, path
+    response = requests.post(f"{video_service.url}/v1/images/generations", json={"prompt": "a cat", "model": T2V}, timeout=10)
+    assert response.status_code == 400 and "POST /v1/videos" in response.json()["error"]["message"]
+    models = {m["id"] for m in requests.get(f"{video_service.url}/v1/models", timeout=10).json()["data"]}
+    assert {T2V, I2V} <= models
+
+
+def test_without_a_keeper_the_content_is_the_upstreams_link_while_it_lasts(serve, fake):
+    service = serve(video_poll_seconds=0.1)  # the test fixture keeps nothing unless asked
+    video = _client(service).videos.create_and_poll(model=T2V, prompt="a cat")
+    assert video.expires_at and video.expires_at > time.time()
+    content = requests.get(f"{service.url}/v1/videos/{video.id}/content", allow_redirects=False, timeout=10)
+    assert content.status_code == 302 and "/videos/" in content.headers["Location"]
+    assert requests.get(f"{service.url}/v1/videos/{video.id}/content", timeout=10).content == CLIP
+
+
+def test_a_job_outlives_the_process_that_submitted_it(fake, production_bin, tmp_path):
+    """A rolling deploy: the job is submitted, the service stops mid-job, the next process (same
+    data directory) polls it to the end and keeps it before any client asks again."""
+    fake.state.video_queue_seconds, fake.state.video_seconds = 0.2, 2.5
+    env = {"API_BASE_URL": fake.url, "API_KEYS": "sk-good-roll1", "DATA_DIR": str(tmp_path), "VIDEO_POLL_SECONDS": "0.2"}
+    first = Gunicorn(env, production_bin)
+    assert first.wait_until_up(), first.stop()
+    try:
+        video = requests.post(f"{first.url}/v1/videos", json={"prompt": "a cat", "model": T2V}, timeout=30).json()
+    finally:
+        first.stop()
+    assert video["status"] == "queued"
+    [job] = fake.state.videos.values()
+    polls_before = job["polls"]
+    second = Gunicorn(env, production_bin)
+    assert second.wait_until_up(), second.stop()
+    try:
+        assert wait_until(lambda: list((tmp_path / "images").glob("*.mp4")), 15), "the next process did not keep the clip"
+        assert job["polls"] > polls_before
+        answer = requests.get(f"{second.url}/v1/videos/{video['id']}", timeout=10).json()
+        assert answer["status"] == "completed"
+        assert requests.get(f"{second.url}/v1/videos/{video['id']}/content", timeout=10).content == CLIP
+    finally:
+        second.stop()
+
+
+# --- from chat -------------------------------------------------------------------------------------
+
+
+def _chat(service, messages, model=T2V, stream=True) -> str:
+    body = {"model": model, "messages": messages, "stream": stream}
+    response = post_chat(service.url, body, stream=stream, timeout=60)
+    assert response.status_code == 200, response.text
+    if stream:
+        chunks, raw = stream_chunks(response)
+        assert raw[-1] == "[DONE]"
+        return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    return response.json()["choices"][0]["message"]["content"]
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_video_model_in_chat_makes_a_video_and_says_what_it_is_doing(serve, fake, tmp_path, stream):
+    fake.state.video_queue_seconds, fake.state.video_seconds = 0.3, 0.9
+    service = serve(video_poll_seconds=0.1, heartbeat_seconds=0.3, image_store_dir=str(tmp_path))
+    content = _chat(service, [{"role": "user", "content": "一只猫在海边奔跑，16:9"}], stream=stream)
+    assert "🎬 第 1 个视频已提交" in content and "⏳ 第 1 个视频" in content, content
+    assert "完成：1/1 个视频生成成功。" in content
+    [link] = re.findall(r"\[▶️ 播放第 1 个视频（MP4）\]\(([^)]+)\)", content)
+    assert link.startswith(f"{service.url}/images/") and link.endswith(".mp4")
+    assert requests.get(link, timeout=10).content == CLIP  # kept at once: not SiliconFlow's expiring link
+    [job] = fake.state.videos.values()
+    assert job["body"]["image_size"] == "1280x720"
+    # The chat model was asked for a prompt for motion, not for a still picture.
+    [expansion] = [c for c in fake.state.chat_calls()]
+    assert "video" in json.dumps(expansion.body)
+    # A follow-up works as for pictures: the same prompt, size and model once more.
+    again = _chat(
+        service,
+        [
+            {"role": "user", "content": "一只猫在海边奔跑，16:9"},
+            {"role": "assistant", "content": content},
+            {"role": "user", "content": "再来一个"},
+        ],
+        stream=stream,
+    )
+    assert "完成：1/1 个视频生成成功。" in again and len(fake.state.videos) == 2
+    second = [v for v in fake.state.videos.values() if v is not job][0]
+    assert second["body"]["prompt"] == job["body"]["prompt"] and second["body"]["image_size"] == "1280x720"
+
+
+def test_the_last_picture_becomes_the_first_frame_in_chat(serve, fake, tmp_path):
+    service = serve(video_poll_seconds=0.1, image_store_dir=str(tmp_path), prompt_expansion=False)
+    picture = _chat(service, [{"role": "user", "content": "画一只猫"}], model="Kwai-Kolors/Kolors")
+    [poster] = images_in(picture).values()
+    content = _chat(
+        service,
+        [
+            {"role": "user", "content": "画一只猫"},
+            {"role": "assistant", "content": picture},
+            {"role": "user", "content": "让它跳起舞来"},
+        ],
+        model=I2V,
+    )
+    assert "完成：1/1 个视频生成成功。" in content, content
+    [job] = fake.state.videos.values()
+    assert job["body"]["image"].startswith("data:image/png;base64,") and job["body"]["model"] == I2V
+    link = re.findall(r"\[▶️ 播放第 1 个视频（MP4）\]\(([^)]+)\)", content)[0]
+    assert f"[![第 1 个视频的首帧]({poster})]({link})" in content  # the picture, linking to its video
+
+
+def test_two_instances_sharing_redis_and_a_bucket_answer_for_each_others_jobs(fake, production_bin, redis_server, s3, tmp_path):
+    bucket = s3.bucket()
+    env = {
+        "API_BASE_URL": fake.url,
+        "API_KEYS": "sk-good-share1,sk-good-share2",
+        "REDIS_URL": redis_server.url,
+        "VIDEO_POLL_SECONDS": "0.2",
+        **s3.env(bucket),
+    }
+    first = Gunicorn({**env, "DATA_DIR": str(tmp_path / "a")}, production_bin)
+    second = Gunicorn({**env, "DATA_DIR": str(tmp_path / "b")}, production_bin)
+    try:
+        assert first.wait_until_up() and second.wait_until_up()
+        client = openai.OpenAI(base_url=f"{first.url}/v1", api_key="x", max_retries=0, timeout=30)
+        video = client.videos.create(model=T2V, prompt="a cat")
+        other = openai.OpenAI(base_url=f"{second.url}/v1", api_key="x", max_retries=0, timeout=30)
+        assert wait_until(lambda: other.videos.retrieve(video.id).status == "completed", 15)
+        assert other.videos.download_content(video.id).read() == CLIP
+        assert [v.id for v in other.videos.list().data] == [video.id]
+        [job] = fake.state.videos.values()
+        assert job["polls"] <= 15  # one poller per job across both instances (the lease), paced
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_a_job_that_never_finishes_ends_failed_at_video_timeout(serve, fake):
+    fake.state.video_seconds = 600  # SiliconFlow never finishes it
+    service = serve(video_poll_seconds=0.1, video_timeout=1.5)
+    video = _client(service).videos.create_and_poll(model=T2V, prompt="a cat", poll_interval_ms=200)
+    assert video.status == "failed" and "VIDEO_TIMEOUT" in video.error.message
+    content = _chat(service, [{"role": "user", "content": "一只猫"}])
+    assert "⚠️ 第 1 个视频没有生成" in content and "完成：0/1 个视频生成成功。" in content, content

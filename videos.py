@@ -1,0 +1,394 @@
+"""Video jobs: submitted to SiliconFlow through the key pool, recorded durably, and polled and kept
+in the background by whichever process holds the job's lease, whether or not a client waits.
+
+A job takes minutes and belongs to the account whose key submitted it (SiliconFlow refuses its
+status to another account's key), so the record keeps the key's id and every poll uses that key.
+The record lives in a SQLite file in the service's data directory (shared by the workers and by
+the next process after a restart) or in Redis (shared by every instance). Each process runs one
+`VideoWorker` thread: every `poll_seconds` it takes the lease of each unfinished job it can (so
+one poller per job, across processes), asks SiliconFlow once, and on success downloads the clip
+at once (its link expires within the hour) into the keeper, streamed through a file on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from events import Failure, Reason
+from keepers import Keeper
+from keypool import KeyPool
+from upstream import UpstreamError, VideoStatus
+from wording import en
+
+log = logging.getLogger("siliconflow_proxy.videos")
+
+QUEUED, IN_PROGRESS, COMPLETED, FAILED = "queued", "in_progress", "completed", "failed"
+FINISHED = (COMPLETED, FAILED)
+LEASE_SECONDS = 30.0  # a poller holds a job this long per look (a download renews it)
+KEY_ONLY = {Failure.AUTH, Failure.BALANCE, Failure.RATE_LIMIT, Failure.FORBIDDEN}
+
+
+@dataclass
+class VideoJob:
+    id: str
+    model: str
+    prompt: str
+    size: str
+    seconds: str
+    created_at: int
+    status: str = QUEUED
+    progress: int = 0
+    completed_at: int | None = None
+    expires_at: int | None = None
+    error: dict[str, str] | None = None  # {"code", "message"} in English, when failed
+    reason: dict[str, Any] | None = None  # the failure as a Reason (code, params) for the chat's words
+    key_id: str = ""  # the pool's id of the key that submitted it: its account polls
+    upstream_id: str = ""  # SiliconFlow's requestId
+    position: int | None = None  # in SiliconFlow's queue, when it says
+    kept: str | None = None  # the keeper's name for the MP4
+    url: str | None = None  # the upstream's link, when nobody keeps it
+    seed: int | None = None
+    negative_prompt: str | None = None
+    has_input: bool = False
+    notes: list[str] = field(default_factory=list)  # English, for the Videos API's answer
+    not_kept: str | None = None  # why the keeper could not keep it (a reason code), when it could not
+    next_poll: float = 0.0  # (time.time()) not asked again before: one pace per job, however many processes
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> VideoJob:
+        data = json.loads(text)
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+
+def new_id() -> str:
+    return f"video_{secrets.token_hex(16)}"
+
+
+# --- where jobs are recorded ------------------------------------------------------------------------
+
+
+class SqliteJobs:
+    """Jobs in a SQLite file: every worker of this instance, and the next process after a restart."""
+
+    def __init__(self, path: str):
+        self.path = path
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        self._local = threading.local()
+        with self._db() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, created REAL, finished INTEGER, body TEXT)")
+            db.execute("CREATE TABLE IF NOT EXISTS leases (id TEXT PRIMARY KEY, until REAL)")
+
+    def _db(self) -> sqlite3.Connection:
+        pid = os.getpid()
+        connection = getattr(self._local, "connection", None)
+        if connection is None or self._local.pid != pid:
+            connection = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
+            connection.execute("PRAGMA journal_mode=WAL")
+            self._local.connection, self._local.pid = connection, pid
+        return connection
+
+    def save(self, job: VideoJob) -> None:
+        self._db().execute(
+            "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?)", (job.id, job.created_at, int(job.finished), job.to_json())
+        )
+
+    def get(self, job_id: str) -> VideoJob | None:
+        row = self._db().execute("SELECT body FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return VideoJob.from_json(row[0]) if row else None
+
+    def delete(self, job_id: str) -> bool:
+        return self._db().execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount > 0
+
+    def newest(self, limit: int, after: str | None, ascending: bool) -> tuple[list[VideoJob], bool]:
+        order = "ASC" if ascending else "DESC"
+        params: list[Any] = []
+        where = ""
+        if after:
+            row = self._db().execute("SELECT created, id FROM jobs WHERE id = ?", (after,)).fetchone()
+            if row:
+                where = f"WHERE (created, id) {'>' if ascending else '<'} (?, ?)"
+                params = [row[0], row[1]]
+        rows = (
+            self._db()
+            .execute(f"SELECT body FROM jobs {where} ORDER BY created {order}, id {order} LIMIT ?", (*params, limit + 1))
+            .fetchall()
+        )
+        return [VideoJob.from_json(r[0]) for r in rows[:limit]], len(rows) > limit
+
+    def unfinished(self) -> list[str]:
+        return [r[0] for r in self._db().execute("SELECT id FROM jobs WHERE finished = 0 ORDER BY created")]
+
+    def claim(self, job_id: str, seconds: float) -> bool:
+        now = time.time()
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT until FROM leases WHERE id = ?", (job_id,)).fetchone()
+            if row and row[0] > now:
+                return False
+            db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?)", (job_id, now + seconds))
+            return True
+        finally:
+            db.execute("COMMIT")
+
+    def let_go(self, job_id: str) -> None:
+        self._db().execute("DELETE FROM leases WHERE id = ?", (job_id,))
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "sqlite", "where": self.path}
+
+
+class RedisJobs:
+    """Jobs in Redis: every instance answers for every job."""
+
+    def __init__(self, url: str, prefix: str = "siliconflow:videos:"):
+        import redis
+
+        self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        self._prefix = prefix
+
+    def _key(self, *parts: str) -> str:
+        return self._prefix + ":".join(parts)
+
+    def save(self, job: VideoJob) -> None:
+        pipe = self._redis.pipeline()
+        pipe.set(self._key("job", job.id), job.to_json())
+        pipe.zadd(self._key("index"), {job.id: job.created_at})
+        if job.finished:
+            pipe.srem(self._key("open"), job.id)
+        else:
+            pipe.sadd(self._key("open"), job.id)
+        pipe.execute()
+
+    def get(self, job_id: str) -> VideoJob | None:
+        raw = self._redis.get(self._key("job", job_id))
+        return VideoJob.from_json(raw.decode()) if raw else None
+
+    def delete(self, job_id: str) -> bool:
+        pipe = self._redis.pipeline()
+        pipe.delete(self._key("job", job_id))
+        pipe.zrem(self._key("index"), job_id)
+        pipe.srem(self._key("open"), job_id)
+        return bool(pipe.execute()[0])
+
+    def newest(self, limit: int, after: str | None, ascending: bool) -> tuple[list[VideoJob], bool]:
+        ids = [i.decode() for i in (self._redis.zrange if ascending else self._redis.zrevrange)(self._key("index"), 0, -1)]
+        if after and after in ids:
+            ids = ids[ids.index(after) + 1 :]
+        jobs = [job for job in (self.get(i) for i in ids[: limit + 1]) if job]
+        return jobs[:limit], len(ids) > limit
+
+    def unfinished(self) -> list[str]:
+        return sorted(i.decode() for i in self._redis.smembers(self._key("open")))
+
+    def claim(self, job_id: str, seconds: float) -> bool:
+        return bool(self._redis.set(self._key("lease", job_id), "1", nx=True, px=int(seconds * 1000)))
+
+    def let_go(self, job_id: str) -> None:
+        self._redis.delete(self._key("lease", job_id))
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "redis"}
+
+
+Jobs = SqliteJobs | RedisJobs
+
+
+# --- submitting -------------------------------------------------------------------------------------
+
+
+def submit(
+    pool: KeyPool,
+    send: Callable[[str, dict[str, Any]], str],
+    payload: dict[str, Any],
+    max_attempts: int,
+) -> tuple[str, str]:
+    """Submit once: (key, requestId). Keys whose account cannot (dead, broke, limited, forbidden)
+    are passed over; a failure that may be the request's is tried `max_attempts` times. A submit
+    that succeeded is never repeated. Raises UpstreamError."""
+    model = str(payload["model"])
+    tried: list[str] = []
+    last: UpstreamError | None = None
+    doubtful = 0
+    while doubtful < max_attempts and len(tried) < len(pool) + max_attempts:
+        lease = pool.try_acquire(model, exclude=tried).lease
+        if lease is None:
+            break
+        tried.append(lease.key)
+        try:
+            with pool.using(lease):
+                return lease.key, send(lease.key, payload)
+        except UpstreamError as exc:
+            last = exc
+            if exc.kind is Failure.BAD_REQUEST:
+                raise
+            if exc.kind not in KEY_ONLY:
+                doubtful += 1
+    if last is None:
+        raise UpstreamError(Failure.NO_KEYS, pool.outage())
+    raise last
+
+
+# --- polling and keeping, in the background --------------------------------------------------------
+
+
+@dataclass
+class VideoSettings:
+    poll_seconds: float
+    timeout: float  # VIDEO_TIMEOUT: a job not finished by then ends failed
+    max_bytes: int
+    link_seconds: float = 3600.0  # how long the upstream's link lasts (expires_at when nobody keeps it)
+
+
+class VideoWorker:
+    """One thread per process (started on first use; gunicorn forks after the app is built)."""
+
+    def __init__(
+        self,
+        jobs: Jobs,
+        pool: KeyPool,
+        status: Callable[[str, str], VideoStatus],
+        download: Callable[[str, Any], int],
+        keeper: Keeper | None,
+        settings: VideoSettings,
+    ):
+        self.jobs, self.pool, self._status, self._download = jobs, pool, status, download
+        self.keeper, self.settings = keeper, settings
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._changed = threading.Condition()
+        self.polls = 0  # status calls made by this process (bench)
+
+    def ensure_running(self) -> None:
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._stop.clear()
+                threading.Thread(target=self._run, name="video-jobs", daemon=True).start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def _run(self) -> None:
+        failing: str | None = None
+        while not self._stop.is_set():
+            try:
+                for job_id in self.jobs.unfinished():
+                    if self._stop.is_set():
+                        break
+                    self.step(job_id)
+            except Exception as exc:  # noqa: BLE001 - the record failing (Redis away, a disk) must not end the thread
+                if failing != type(exc).__name__:
+                    failing = type(exc).__name__
+                    log.warning("video jobs cannot be read now (%s); asked again every %gs", failing, self.settings.poll_seconds)
+            else:
+                if failing is not None:
+                    log.info("video jobs can be read again")
+                failing = None
+            self._wake.wait(self.settings.poll_seconds)
+            self._wake.clear()
+
+    def step(self, job_id: str) -> VideoJob | None:
+        """One look at a job, if no other process is looking at it now."""
+        if not self.jobs.claim(job_id, LEASE_SECONDS):
+            return None
+        try:
+            job = self.jobs.get(job_id)
+            if job is None or job.finished or job.next_poll > time.time():
+                return job
+            job = replace(self._look(job), next_poll=time.time() + self.settings.poll_seconds * 0.9)
+            self.jobs.save(job)
+            return job
+        finally:
+            self.jobs.let_go(job_id)
+            with self._changed:
+                self._changed.notify_all()
+
+    def wait_for_change(self, timeout: float) -> None:
+        """Until this process's poller has looked at a job again, or `timeout` (a job polled by
+        another process is read again after `timeout`)."""
+        with self._changed:
+            self._changed.wait(timeout)
+
+    def _look(self, job: VideoJob) -> VideoJob:
+        now = time.time()
+        if now - job.created_at > self.settings.timeout:
+            return _failed(job, Reason.of("video_timeout", seconds=self.settings.timeout))
+        key = self.pool.key_for(job.key_id)
+        if key is None:
+            return _failed(job, Reason.of("video_key_gone"))
+        try:
+            self.polls += 1
+            answer = self._status(key, job.upstream_id)
+        except UpstreamError as exc:
+            if exc.kind in (Failure.AUTH, Failure.FORBIDDEN, Failure.BAD_REQUEST):
+                return _failed(job, exc.reason)
+            log.info("video %s: status not read now (%s); asked again later", job.id, exc.kind)
+            return job
+        if answer.status == "Failed":
+            return _failed(job, Reason.of("video_refused", why=answer.reason or "-"))
+        if answer.status == "InQueue":
+            return replace(job, status=QUEUED, position=answer.position, progress=0)
+        if answer.status != "Succeed" or not answer.url:
+            elapsed = now - job.created_at
+            return replace(job, status=IN_PROGRESS, position=None, progress=min(95, 5 + int(elapsed / 3)))
+        return self._keep(replace(job, seed=answer.seed if answer.seed is not None else job.seed), answer.url)
+
+    def _keep(self, job: VideoJob, url: str) -> VideoJob:
+        done = replace(job, status=COMPLETED, progress=100, completed_at=int(time.time()), position=None, url=url)
+        if self.keeper is None:
+            return replace(done, url=url, expires_at=int(time.time() + self.settings.link_seconds))
+        name = f"{_name_for(job)}.mp4"
+        with tempfile.TemporaryFile(prefix="video-") as spool:
+            try:
+                self._download(url, spool)
+                spool.seek(0)
+                self.keeper.put(name, spool, "video/mp4")
+            except Exception as exc:  # noqa: BLE001 - an UploadError or a download failure: the link stays
+                why = getattr(exc, "reason", None) or Reason.of("download_failed")
+                log.warning("video %s: the clip could not be kept (%s); the upstream's link is given", job.id, why.code)
+                expires = int(time.time() + self.settings.link_seconds)
+                return replace(done, expires_at=expires, notes=[*job.notes, en(why)], not_kept=why.code)
+        return replace(done, kept=name)
+
+
+def _name_for(job: VideoJob) -> str:
+    """The clip's name in the keeper: unique per job (its bytes are not known before they are kept)."""
+    return hashlib.sha256(f"{job.id}:{job.upstream_id}".encode()).hexdigest()
+
+
+def _failed(job: VideoJob, reason: Reason) -> VideoJob:
+    return replace(
+        job,
+        status=FAILED,
+        completed_at=int(time.time()),
+        position=None,
+        error={"code": reason.code, "message": en(reason)},
+        reason={"code": reason.code, "params": [[k, v] for k, v in reason.params if not isinstance(v, Reason)]},
+    )

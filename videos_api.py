@@ -1,0 +1,267 @@
+"""The Videos API surface (OpenAI's `client.videos.*`): `POST /v1/videos`, `GET /v1/videos/{id}`,
+`GET /v1/videos/{id}/content`, `GET /v1/videos`, `DELETE /v1/videos/{id}`.
+
+A create validates, submits the job once through the key pool (videos.submit) and records it; the
+process's VideoWorker polls and keeps it in the background. Reads answer from the record, so any
+worker (and, with Redis, any instance) answers for any job. English throughout.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from flask import Blueprint, Response, g, redirect, request
+from werkzeug.wsgi import wrap_file
+
+import web
+from bodies import json_object, multipart_form, with_pictures_limit
+from events import Failure
+from families import DEFAULT_VIDEO_MODELS, VIDEO_SECONDS, VIDEO_SIZES, family
+from keepers import CACHE_FOREVER
+from keypool import key_id
+from openai_wire import ApiError
+from parsing import SEED_MAX
+from pipeline import EXPANSION_INPUT_CHARS, Services
+from uploaders import UploadError, data_uri, input_picture
+from upstream import UpstreamError, video_submit
+from videos import COMPLETED, VideoJob, new_id, submit
+from wording import en
+
+log = logging.getLogger("siliconflow_proxy")
+
+bp = Blueprint("videos", __name__)
+
+POLL_AFTER_MS = "2000"  # told to clients (openai-poll-after-ms): the record changes every few seconds at most
+
+
+def video_object(job: VideoJob) -> dict[str, Any]:
+    """A Video object as the OpenAI SDK reads it (CONTRACTS.md section 4)."""
+    body: dict[str, Any] = {
+        "id": job.id,
+        "object": "video",
+        "model": job.model,
+        "status": job.status,
+        "progress": job.progress,
+        "created_at": job.created_at,
+        "completed_at": job.completed_at,
+        "expires_at": job.expires_at,
+        "prompt": job.prompt,
+        "size": job.size,
+        "seconds": job.seconds,
+        "remixed_from_video_id": None,
+        "error": job.error,
+    }
+    if job.notes:
+        body["notes"] = job.notes
+    if job.position is not None:
+        body["queue_position"] = job.position
+    return body
+
+
+def _answer(body: dict[str, Any], status: int = 200) -> Response:
+    response = web.json_response(body, status)
+    response.headers["openai-poll-after-ms"] = POLL_AFTER_MS
+    return response
+
+
+def _worker(services: Services):
+    if services.videos is None:
+        raise ApiError(503, "Video is not available on this service.", code="videos_unavailable")
+    return services.videos
+
+
+@bp.post("/v1/videos")
+def create_video() -> Response:
+    services = web.current()
+    settings = services.settings
+    worker = _worker(services)
+    picture_url: str | None = None
+    picture_data: bytes | None = None
+    if (request.mimetype or "") == "multipart/form-data":
+        form, files = multipart_form(with_pictures_limit(settings))
+        body: dict[str, Any] = dict(form.items())
+        if "input_reference" in files:
+            picture_data = files["input_reference"].read()
+    else:
+        body = json_object(with_pictures_limit(settings))
+        reference = body.get("input_reference")
+        if reference is not None:
+            if isinstance(reference, dict):
+                reference = reference.get("image_url") or reference.get("url")
+            if not isinstance(reference, str) or not reference.strip():
+                raise ApiError(
+                    400, "'input_reference' must be a picture: a file, a data: URI or an http(s) link.", param="input_reference"
+                )
+            picture_url = reference
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ApiError(400, "'prompt' is required: a description of the video.", param="prompt")
+    has_picture = picture_data is not None or picture_url is not None
+    model = _video_model(body.get("model"), has_picture, services)
+    size = body.get("size") or VIDEO_SIZES[0]
+    if size not in VIDEO_SIZES:
+        raise ApiError(
+            400, f"'size' {str(size)[:40]!r} is not one {model} makes: use one of {', '.join(VIDEO_SIZES)}.", param="size"
+        )
+    notes = []
+    seconds = body.get("seconds")
+    if seconds is not None and str(seconds) != VIDEO_SECONDS:
+        if not str(seconds).isdigit() or int(str(seconds)) < 1:
+            raise ApiError(400, "'seconds' must be a whole number of seconds, such as \"5\".", param="seconds")
+        notes.append(f"{model} makes {VIDEO_SECONDS}-second clips: 'seconds' {seconds} was answered with {VIDEO_SECONDS}.")
+    seed = body.get("seed")
+    if seed is not None:
+        try:
+            seed = int(seed)
+        except (TypeError, ValueError):
+            seed = -1
+        if not 0 <= seed <= SEED_MAX:
+            raise ApiError(400, f"'seed' must be a whole number from 0 to {SEED_MAX}.", param="seed")
+    negative = body.get("negative_prompt")
+    if negative is not None and not isinstance(negative, str):
+        raise ApiError(400, "'negative_prompt' must be a string.", param="negative_prompt")
+    prompt = prompt.strip()[:EXPANSION_INPUT_CHARS]
+    web.can_draw(prompt, settings)
+    payload: dict[str, Any] = {"model": model, "prompt": prompt, "image_size": size}
+    if negative:
+        payload["negative_prompt"] = negative
+    if seed is not None:
+        payload["seed"] = seed
+    if has_picture:
+        try:
+            picture = input_picture(services.session, settings, services.store, picture_url, picture_data)
+        except UploadError as exc:
+            raise ApiError(400, f"'input_reference' cannot be used: {en(exc.reason)}.", param="input_reference") from None
+        payload["image"] = data_uri(picture)
+    try:
+        key, upstream_id = submit(
+            services.pool,
+            lambda key, sent: video_submit(services.http, settings.api_base_url, key, sent, settings.upstream_timeout),
+            payload,
+            settings.max_key_attempts,
+        )
+    except UpstreamError as exc:
+        status = 400 if exc.kind is Failure.BAD_REQUEST else 503 if exc.kind is Failure.NO_KEYS else 502
+        raise ApiError(
+            status, f"SiliconFlow did not take the video job: {en(exc.reason).rstrip('.')}.", code="upstream_error"
+        ) from None
+    job = VideoJob(
+        new_id(),
+        model,
+        prompt,
+        size,
+        VIDEO_SECONDS,
+        int(time.time()),
+        key_id=key_id(key),
+        upstream_id=upstream_id,
+        seed=seed,
+        negative_prompt=negative,
+        has_input=has_picture,
+        notes=notes,
+    )
+    worker.jobs.save(job)
+    worker.wake()
+    log.info("req=%s video %s submitted model=%s size=%s input=%s", g.request_id, job.id, model, size, has_picture)
+    return _answer(video_object(job))
+
+
+def _video_model(value: Any, has_picture: bool, services: Services) -> str:
+    if value is None or value == "":
+        offered = [m for m in services.catalog.models() if family(m).video] or list(DEFAULT_VIDEO_MODELS)
+        wanted = [m for m in offered if family(m).needs_input == has_picture]
+        return (wanted or offered)[0]
+    model = web.resolve_model(value, services)
+    if not family(model).video:
+        video = ", ".join(m for m in DEFAULT_VIDEO_MODELS)
+        raise ApiError(400, f"'{model}' draws pictures, not videos: use a video model ({video}).", param="model")
+    if family(model).needs_input and not has_picture:
+        raise ApiError(400, f"{model} makes a video from a picture: send it as 'input_reference'.", param="input_reference")
+    if has_picture and not family(model).needs_input:
+        raise ApiError(
+            400,
+            f"{model} makes videos from words only: leave out 'input_reference', or use an image-to-video model.",
+            param="input_reference",
+        )
+    return model
+
+
+def _job(video_id: str, services: Services) -> VideoJob:
+    job = _worker(services).jobs.get(video_id) if video_id.startswith("video_") and len(video_id) <= 64 else None
+    if job is None:
+        raise ApiError(404, f"No video with id '{video_id[:64]}'.", param="video_id", code="not_found")
+    return job
+
+
+@bp.get("/v1/videos/<video_id>")
+def get_video(video_id: str) -> Response:
+    return _answer(video_object(_job(video_id, web.current())))
+
+
+@bp.get("/v1/videos/<video_id>/content")
+def video_content(video_id: str) -> Response:
+    services = web.current()
+    job = _job(video_id, services)
+    variant = request.args.get("variant", "video")
+    if variant not in ("video", "thumbnail", "spritesheet"):
+        raise ApiError(400, "'variant' must be 'video', 'thumbnail' or 'spritesheet'.", param="variant")
+    if variant != "video":
+        raise ApiError(404, f"SiliconFlow makes no {variant} for its videos: only variant=video exists.", code="not_found")
+    if job.status != COMPLETED:
+        raise ApiError(
+            404, f"Video '{job.id}' is {job.status.replace('_', ' ')}: its content exists once it is completed.", code="not_ready"
+        )
+    if job.kept and services.store is not None:
+        try:
+            kept = services.store.open(job.kept)
+        except UploadError as exc:
+            raise ApiError(
+                503, f"The video store cannot be reached now ({en(exc.reason)}).", code="store_unavailable", retry_after=10
+            ) from None
+        if kept is not None:
+            response = Response(wrap_file(request.environ, kept.body), mimetype="video/mp4", direct_passthrough=True)
+            response.content_length = kept.size
+            response.headers["Cache-Control"] = CACHE_FOREVER
+            return response.make_conditional(
+                request, accept_ranges=kept.seekable, complete_length=kept.size if kept.seekable else None
+            )
+    if job.url and (job.expires_at or 0) > time.time():
+        return redirect(job.url, 302)
+    raise ApiError(
+        404, f"Video '{job.id}' is no longer available: nothing kept it and SiliconFlow's link has expired.", code="expired"
+    )
+
+
+@bp.get("/v1/videos")
+def list_videos() -> Response:
+    services = web.current()
+    try:
+        limit = int(request.args.get("limit", "20"))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= 100:
+        raise ApiError(400, "'limit' must be a whole number from 1 to 100.", param="limit")
+    order = request.args.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise ApiError(400, "'order' must be 'asc' or 'desc'.", param="order")
+    jobs, more = _worker(services).jobs.newest(limit, request.args.get("after"), order == "asc")
+    data = [video_object(job) for job in jobs]
+    return web.json_response(
+        {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": more,
+        }
+    )
+
+
+@bp.delete("/v1/videos/<video_id>")
+def delete_video(video_id: str) -> Response:
+    services = web.current()
+    job = _job(video_id, services)
+    _worker(services).jobs.delete(job.id)
+    log.info("req=%s video %s deleted", g.request_id, job.id)
+    return web.json_response({"id": job.id, "object": "video.deleted", "deleted": True})
