@@ -21,11 +21,12 @@ from flask import Blueprint, Response, g, request
 import conversation
 import followups
 import housekeeping
+import metrics
 import pipeline
 import web
 import wording
 from bodies import json_object, with_pictures_limit
-from events import ImageRef, Job
+from events import ImageRef, Job, Reason
 from families import family
 from openai_wire import KEEP_ALIVE, ApiError, chunk, completion, dumps, sse, usage_chunk
 from parsing import parse
@@ -82,7 +83,17 @@ def chat_completions() -> Response:
         expand = expand and bool(change.change)  # the same picture again needs no new prompt
     if part_notes:
         draw = replace(draw, notes=draw.notes + part_notes)
-    job = Job(g.request_id, model, text, draw, web.public_base(settings), expand=expand, previous=previous, inputs=inputs)
+    # A key's daily quota is taken before anything is drawn: a stream past it is refused before it starts;
+    # a pic:N larger than what is left draws what is left, and says so.
+    kind = "videos" if family(model).video else "images"
+    reservation = web.take_quota(kind, draw.count, partial=True)
+    if reservation is not None and reservation.taken < draw.count:
+        left = Reason.of("quota_left", asked=draw.count, left=reservation.taken, resets=services.day.label())
+        draw = replace(draw, count=reservation.taken, notes=draw.notes + (left,))
+    owner = g.user.id if g.get("user") else None
+    job = Job(
+        g.request_id, model, text, draw, web.public_base(settings), expand=expand, previous=previous, inputs=inputs, owner=owner
+    )
     log.info(
         "req=%s chat model=%s images=%d size=%s stream=%s inputs=%d%s",
         job.request_id,
@@ -94,6 +105,7 @@ def chat_completions() -> Response:
         " (changes the last picture)" if change else "",
     )
     events = pipeline.guarded(pipeline.draw(job, services), job.request_id)
+    events = metrics.counted(events, model, reservation, services.users)
     return chat_response(wording.chat(events), stream=bool(stream), model=model, prompt=text, usage=usage)
 
 

@@ -106,6 +106,22 @@ def _s3_prefix(raw: str) -> str:
     return f"{value}/" if value else ""
 
 
+def _admin_key(raw: str) -> str | None:
+    value = raw.strip()
+    if value and len(value) < 16:
+        raise ValueError("must be at least 16 characters (it guards every user key)")
+    return value or None
+
+
+def _utc_offset(raw: str) -> int:
+    """`+08:00`, `-5`, `0`: minutes east of UTC."""
+    match = re.fullmatch(r"\s*([+-]?)(\d{1,2})(?::?(\d{2}))?\s*", raw)
+    if not match or int(match[2]) > 14 or int(match[3] or 0) >= 60:
+        raise ValueError("expected an offset from UTC such as +08:00, -05:00 or 0")
+    minutes = int(match[2]) * 60 + int(match[3] or 0)
+    return -minutes if match[1] == "-" else minutes
+
+
 def default_data_dir(environ: Mapping[str, str] | None = None) -> str:
     """HuggingFace Spaces mount their persistent storage at /data (a Space has SPACE_ID set);
     anywhere else a `data` directory under the working directory."""
@@ -204,6 +220,8 @@ class Settings:
     client_body_timeout: float = _setting("CLIENT_BODY_TIMEOUT", "30", _seconds)
     upstream_workers: int = _setting("UPSTREAM_WORKERS", "1024", _int_between(1, 4096))
     picture_bodies_mb: float = _setting("PICTURE_BODIES_MB", "100", _number_of("megabytes", 100_000))
+    admin_key: str | None = _setting("ADMIN_KEY", "", _admin_key, secret=True)
+    quota_utc_offset: int = _setting("QUOTA_UTC_OFFSET", "+08:00", _utc_offset)
     video_timeout: float = _setting("VIDEO_TIMEOUT", "1800", _number_of("seconds", 86400))
     video_poll_seconds: float = _setting("VIDEO_POLL_SECONDS", "5", _number_of("seconds", 600))
     max_video_mb: float = _setting("MAX_VIDEO_MB", "200", _number_of("megabytes", 10_000))
@@ -229,7 +247,7 @@ class Settings:
 
     def secret_values(self) -> tuple[str, ...]:
         """Every secret configured: what must never be repeated to anyone."""
-        values = (*self.api_keys, self.api_key, self.lsky_pro_token, self.shortlink_api_key, self.redis_url)
+        values = (*self.api_keys, self.api_key, self.admin_key, self.lsky_pro_token, self.shortlink_api_key, self.redis_url)
         if self.s3_bucket:  # boto3 reads it from the environment itself
             values = (*values, os.environ.get("AWS_SECRET_ACCESS_KEY"), os.environ.get("AWS_SESSION_TOKEN"))
         return tuple(value for value in values if value)

@@ -93,6 +93,7 @@ class Job:
     fields: dict[str, Any] = field(default_factory=dict)  # more SiliconFlow fields the client gave
     want_bytes: bool = False  # the answer carries the pictures themselves (Images API b64_json)
     inputs: tuple[ImageRef, ...] = ()  # pictures to draw from (an edit, or image-to-image)
+    owner: str | None = None  # the user key's id: waiting pictures take turns by person
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,7 @@ class VideoSubmitted:
 
     index: int
     video_id: str
+    link: str | None = None  # where a person gets it later, should this answer end first (/videos/{id})
 
 
 @dataclass(frozen=True)

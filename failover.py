@@ -15,6 +15,7 @@ from typing import Any
 
 import urllib3
 
+import metrics
 from events import Failure, Reason
 from keypool import KeyPool
 from text import mask_key
@@ -41,6 +42,7 @@ def generate_with_failover(
     request_id: str,
     label: str,
     cancelled: threading.Event,
+    turn: str | None = None,
 ) -> Image:
     """One image, before `deadline` (monotonic), failing over from key to key.
 
@@ -60,7 +62,9 @@ def generate_with_failover(
     while doubtful < max_attempts and attempts < max_attempts + len(pool):
         if cancelled.is_set():
             raise UpstreamError(Failure.CANCELLED, CANCELLED)
-        taken = pool.queue.take(request_id, model, tried, deadline)
+        asked = time.monotonic()
+        taken = pool.queue.take(request_id, model, tried, deadline, turn)
+        metrics.key_wait(time.monotonic() - asked)
         lease, why_not = taken.lease, taken.why_not
         if cancelled.is_set():
             if lease is not None:
@@ -98,6 +102,7 @@ def generate_with_failover(
             if exc.kind not in KEY_ONLY:
                 doubtful += 1
             continue
+        metrics.upstream_call(time.monotonic() - started)
         log.info("%s ok on key %s (attempt %d) in %.2fs", label, mask_key(key), attempts, time.monotonic() - started)
         return image
     if last is None:

@@ -72,3 +72,10 @@ def post_worker_init(worker):
             stop(signum, frame)
 
     signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def child_exit(server, worker):
+    """A worker that ended: its share of the Prometheus gauges goes (metrics.py, multiprocess)."""
+    import metrics
+
+    metrics.worker_gone(worker.pid)

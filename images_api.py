@@ -19,6 +19,7 @@ from typing import Any
 
 from flask import Blueprint, Response, g
 
+import metrics
 import pipeline
 import web
 import wording
@@ -160,6 +161,7 @@ def _images(body: dict[str, Any], model: str, inputs: tuple[ImageRef, ...], serv
         settings.max_images_per_request,
     )
     n = draw.count
+    reservation = web.take_quota("images", n, partial=False)  # all asked or a 429 saying when it resets
     job = Job(
         g.request_id,
         model,
@@ -170,6 +172,7 @@ def _images(body: dict[str, Any], model: str, inputs: tuple[ImageRef, ...], serv
         fields=extras,
         want_bytes=response_format == "b64_json",
         inputs=inputs,
+        owner=g.user.id if g.get("user") else None,
     )
     log.info(
         "req=%s images model=%s n=%d size=%s format=%s inputs=%d",
@@ -180,7 +183,7 @@ def _images(body: dict[str, Any], model: str, inputs: tuple[ImageRef, ...], serv
         response_format,
         len(inputs),
     )
-    return _answer(job, response_format, services)
+    return _answer(job, response_format, services, reservation)
 
 
 @dataclass
@@ -211,11 +214,14 @@ def _collect(events: Iterator[Any], drawn: Drawn) -> Iterator[None]:
     drawn.finished = True
 
 
-def _answer(job: Job, response_format: str, services: Services) -> Response:
+def _answer(job: Job, response_format: str, services: Services, reservation: Any = None) -> Response:
     """Draw in this request: the JSON with its own status when it is ready within a heartbeat,
     else a 200 of spaces (one per keep-alive) and then the JSON."""
     drawn = Drawn()
-    work = _collect(pipeline.guarded(pipeline.draw(job, services), job.request_id), drawn)
+    events = metrics.counted(
+        pipeline.guarded(pipeline.draw(job, services), job.request_id), job.model, reservation, services.users
+    )
+    work = _collect(events, drawn)
     until = time.monotonic() + services.settings.heartbeat_seconds
     try:
         for _ in work:

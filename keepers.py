@@ -194,7 +194,14 @@ class LocalKeeper:
         return _served_name(url)
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "where": str(self.directory), "cap_mb": self.max_bytes // 2**20, **self._state.describe()}
+        used = {"used_mb": round(self._counted / 2**20, 1)} if self._counted is not None else {}
+        return {
+            "kind": self.kind,
+            "where": str(self.directory),
+            "cap_mb": self.max_bytes // 2**20,
+            **used,
+            **self._state.describe(),
+        }
 
     def _account(self, size: int, keep: str) -> None:
         with self._lock:

@@ -195,6 +195,24 @@ class KeyPool:
                 out[kid] = kind
         return out
 
+    def key_states(self) -> list[dict[str, Any]]:
+        """Each key masked, with its state and account (masked): the operator's page."""
+        out = self._out()
+        facts = self.store.get([f"{Fact.COOL}:{state.kid}" for state in self._keys.values()])
+        with self._lock:
+            states = list(self._keys.values())
+        return [
+            {
+                "key": mask_key(state.key),
+                "state": {Fact.DEAD: "dead", Fact.BROKE: "no_balance", Fact.COOL: "cooling"}.get(out.get(state.kid), "healthy"),
+                "account": mask_account(self.account_of(state.kid)),
+                "cooling_seconds": math.ceil(facts.get(f"{Fact.COOL}:{state.kid}", ("", 0))[1] or 0),
+                "last_failure": facts.get(f"{Fact.COOL}:{state.kid}", (None,))[0],
+                "calls_in_flight": state.in_flight,
+            }
+            for state in states
+        ]
+
     def keys_out(self) -> int:
         """How many keys are dead, broke or cooling now."""
         return len(self._out())
@@ -341,6 +359,7 @@ class KeyPool:
 @dataclass
 class _Waiter:
     request_id: str
+    turn: str  # whose line it waits in: its user key's (turns by person), else its request's
     model: str
     exclude: frozenset[str]
     deadline: float
@@ -374,28 +393,31 @@ class KeyQueue:
         self._next_free: float | None = None
         self._pid: int | None = None
 
-    def take(self, request_id: str, model: str, exclude: Collection[str], deadline: float) -> Taken:
-        """A lease, or why not: nothing can draw, or the deadline passed first."""
+    def take(self, request_id: str, model: str, exclude: Collection[str], deadline: float, turn: str | None = None) -> Taken:
+        """A lease, or why not: nothing can draw, or the deadline passed first. Lines take turns by
+        `turn` (a user key's id: one person's burst does not hold another's picture behind it),
+        else by request."""
+        turn = turn or request_id
         self._pool.accounts_known.wait(max(min(DISCOVERY_WAIT, deadline - time.monotonic()), 0))
         with self._condition:
             alone = not self._lines
         wait: float | None = None
         if alone:
-            acquired = self._pool.try_acquire(model, exclude, request_id)
+            acquired = self._pool.try_acquire(model, exclude, turn)
             wait = acquired.wait
             if acquired.lease is not None:
                 with self._condition:
-                    self._last_served = request_id
+                    self._last_served = turn
                 return Taken(acquired.lease)
             if wait is None:
                 return Taken(None, self._pool.outage())
             if not acquired.yielded and time.monotonic() + wait >= deadline:
                 return Taken(None, self._too_late(wait))
-        waiter = _Waiter(request_id, model, frozenset(exclude), deadline)
+        waiter = _Waiter(request_id, turn, model, frozenset(exclude), deadline)
         with self._condition:
             if alone and wait is not None and (self._next_free is None or self._next_free > time.monotonic() + wait):
                 self._next_free = time.monotonic() + wait  # known now, before the thread looks
-            self._lines.setdefault(request_id, deque()).append(waiter)
+            self._lines.setdefault(turn, deque()).append(waiter)
             self._changes += 1
             self._ensure_thread()
             self._condition.notify_all()
@@ -409,7 +431,8 @@ class KeyQueue:
     def cancel(self, request_id: str) -> None:
         """The client left: its images leave the line."""
         with self._condition:
-            for waiter in self._lines.pop(request_id, ()):
+            for waiter in [w for line in self._lines.values() for w in line if w.request_id == request_id]:
+                self._remove(waiter)
                 waiter.reason = Reason.of("cancelled")
                 waiter.done.set()
             self._changes += 1
@@ -418,13 +441,14 @@ class KeyQueue:
     def status(self, request_id: str) -> QueueStatus | None:
         """Where this request's images stand in the line, or None when none waits."""
         with self._condition:
-            line = self._lines.get(request_id)
-            if not line:
+            turn = next((t for t, line in self._lines.items() if any(w.request_id == request_id for w in line)), None)
+            if turn is None:
                 return None
+            line = [w for w in self._lines[turn] if w.request_id == request_id]
             order = self._order()
             ahead = 0
             for other in order:
-                if other == request_id:
+                if other == turn:
                     break
                 ahead += 1
             # Round-robin: before this request's next image, each line ahead gets one turn.
@@ -444,11 +468,11 @@ class KeyQueue:
         return names
 
     def _remove(self, waiter: _Waiter) -> None:
-        line = self._lines.get(waiter.request_id)
+        line = self._lines.get(waiter.turn)
         if line and waiter in line:
             line.remove(waiter)
             if not line:
-                del self._lines[waiter.request_id]
+                del self._lines[waiter.turn]
 
     def _too_late(self, wait: float | None) -> Reason:
         """Why an image found no key before its deadline: the keys' own states when some are out
@@ -470,9 +494,9 @@ class KeyQueue:
                 self._expire(time.monotonic())
                 order = self._order()
             soonest, served, tried = None, False, {}
-            for request_id in order:
+            for turn in order:
                 with self._condition:
-                    line = self._lines.get(request_id)
+                    line = self._lines.get(turn)
                     if not line:
                         continue
                     waiter = line[0]
@@ -484,7 +508,7 @@ class KeyQueue:
                 now = time.monotonic()
                 force = waiter.giving_way_since is not None and now - waiter.giving_way_since >= FORCE_TURN_AFTER
                 try:
-                    acquired = self._pool.try_acquire(waiter.model, waiter.exclude, request_id, force)
+                    acquired = self._pool.try_acquire(waiter.model, waiter.exclude, turn, force)
                 except Exception:  # a store failure must not stop the line for ever
                     log.exception("key queue: the store failed")
                     acquired = Acquired(None, 1.0)
@@ -515,14 +539,14 @@ class KeyQueue:
 
     def _hand(self, waiter: _Waiter, lease: Lease) -> bool:
         with self._condition:
-            line = self._lines.get(waiter.request_id)
+            line = self._lines.get(waiter.turn)
             if not line or line[0] is not waiter:  # it left while the store was asked
                 self._pool.release(lease)
                 return False
             line.popleft()
             if not line:
-                del self._lines[waiter.request_id]
-            self._last_served = waiter.request_id
+                del self._lines[waiter.turn]
+            self._last_served = waiter.turn
             waiter.lease = lease
             waiter.done.set()
             return True

@@ -81,6 +81,8 @@ class Services:
     store: Keeper | None  # keeps the pictures (keepers.py), None: nobody
     catalog: ModelCatalog
     videos: VideoWorker | None = None  # video jobs: their record and the background poller
+    users: Any = None  # user keys and their quotas (userkeys.py), None without ADMIN_KEY
+    day: Any = None  # the quota day (userkeys.Day)
 
 
 @dataclass(frozen=True)
@@ -379,6 +381,7 @@ def make_image(
             cancelled=cancelled,
             request_id=job.request_id,
             label=f"req={job.request_id} image {index}",
+            turn=job.owner,
         )
         if cancelled.is_set():
             return Outcome(index, reason=CANCELLED)
@@ -445,7 +448,7 @@ def make_videos(
     worker.wake()
     yield Submitted()
     for index, video_id in waiting.items():
-        yield VideoSubmitted(index, video_id)
+        yield VideoSubmitted(index, video_id, f"{job.public_base}/videos/{video_id}" if job.public_base else None)
     yield from failed
     poster = next((ref.url for ref in job.inputs if ref.url and ref.url.startswith(("http://", "https://"))), None)
     deadline = started + settings.video_timeout

@@ -21,8 +21,10 @@ from typing import Any
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
+import admin
 import chat_api
 import images_api
+import metrics
 import videos_api
 import web
 from bodies import MAX_BODY_BYTES, BodyBudget, release_unanswered
@@ -37,6 +39,7 @@ from pipeline import Services
 from text import mask_key
 from uploaders import fetch_to_file
 from upstream import UpstreamError, account_info, image_models, video_models, video_status
+from userkeys import Day, RedisKeys, SqliteKeys
 from videos import RedisJobs, SqliteJobs, VideoSettings, VideoWorker
 from web import error_response
 
@@ -59,6 +62,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         limits=[Limit(count, seconds) for count, seconds in settings.image_rate_limit],
         rest_seconds=settings.rate_limit_rest,
     )
+    if settings.admin_key:
+        metrics.setup()  # before the workers fork: they share its directory
     http = make_http(settings.upstream_workers)
     session = make_session(settings.upstream_workers)
     store = _keeper(settings)
@@ -78,10 +83,12 @@ def create_app(settings: Settings | None = None) -> Flask:
             settings.models, lambda: _fetch_models(pool, http, settings), refresh=settings.models_refresh_seconds
         ),
         videos=_video_worker(settings, pool, http, session, store),
+        users=_user_keys(settings),
+        day=Day(settings.quota_utc_offset),
     )
     # Per worker process: gunicorn forks after this, and each worker counts its own.
     app.extensions["siliconflow.bodies"] = BodyBudget(int(settings.picture_bodies_mb * 2**20))
-    for blueprint in (web.bp, chat_api.bp, images_api.bp, videos_api.bp):
+    for blueprint in (web.bp, chat_api.bp, images_api.bp, videos_api.bp, admin.bp):
         app.register_blueprint(blueprint)
     app.register_error_handler(ApiError, _api_error)
     app.teardown_request(release_unanswered)
@@ -120,6 +127,23 @@ def _keeper(settings: Settings) -> Keeper | None:
         raise ConfigError(
             f"invalid configuration:\n  IMAGE_STORE_DIR: {why}; give this service's user write access, "
             "or mount a writable volume there"
+        ) from None
+
+
+def _user_keys(settings: Settings) -> Any:
+    """User keys exist only with ADMIN_KEY: in Redis with REDIS_URL, else a SQLite file in DATA_DIR
+    (not the throw-away key-state file: they must survive restarts)."""
+    if not settings.admin_key:
+        return None
+    if settings.redis_url:
+        return RedisKeys(settings.redis_url)
+    path = os.path.join(settings.data_directory, "users.sqlite3")
+    try:
+        return SqliteKeys(path)
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(
+            f"invalid configuration:\n  ADMIN_KEY: the user keys' file {path} cannot be made ({exc}); "
+            "set DATA_DIR to a writable place"
         ) from None
 
 

@@ -27,7 +27,7 @@ from pipeline import EXPANSION_INPUT_CHARS, Services
 from uploaders import UploadError, data_uri, input_picture
 from upstream import UpstreamError, video_submit
 from videos import COMPLETED, VideoJob, new_id, submit
-from wording import en
+from wording import en, video_page
 
 log = logging.getLogger("siliconflow_proxy")
 
@@ -135,6 +135,7 @@ def create_video() -> Response:
         except UploadError as exc:
             raise ApiError(400, f"'input_reference' cannot be used: {en(exc.reason)}.", param="input_reference") from None
         payload["image"] = data_uri(picture)
+    reservation = web.take_quota("videos", 1, partial=False)
     try:
         key, upstream_id = submit(
             services.pool,
@@ -143,6 +144,8 @@ def create_video() -> Response:
             settings.max_key_attempts,
         )
     except UpstreamError as exc:
+        if reservation is not None:
+            reservation.settle(0)
         status = 400 if exc.kind is Failure.BAD_REQUEST else 503 if exc.kind is Failure.NO_KEYS else 502
         raise ApiError(
             status, f"SiliconFlow did not take the video job: {en(exc.reason).rstrip('.')}.", code="upstream_error"
@@ -161,6 +164,8 @@ def create_video() -> Response:
         has_input=has_picture,
         notes=notes,
     )
+    if reservation is not None:
+        reservation.settle(1)  # a video counts once SiliconFlow has taken (and billed) the job
     worker.jobs.save(job)
     worker.wake()
     log.info("req=%s video %s submitted model=%s size=%s input=%s", g.request_id, job.id, model, size, has_picture)
@@ -231,6 +236,24 @@ def video_content(video_id: str) -> Response:
     raise ApiError(
         404, f"Video '{job.id}' is no longer available: nothing kept it and SiliconFlow's link has expired.", code="expired"
     )
+
+
+@bp.get("/videos/<video_id>")
+def later_link(video_id: str) -> Response:
+    """A chat answer's "get it later" link, for a person in a browser (no key: the id is 128 random
+    bits, as a kept picture's name is its hash): the kept MP4 once it is done, else where it stands."""
+    services = web.current()
+    job = _job(video_id, services)
+    if job.status == COMPLETED:
+        link = services.store.link(job.kept, web.public_base(services.settings)) if job.kept and services.store else None
+        if link or (job.url and (job.expires_at or 0) > time.time()):
+            return redirect(link or job.url or "", 302)
+    words = video_page(job.status, job.progress, (job.error or {}).get("message", ""))
+    waiting = job.status in ("queued", "in_progress")
+    response = Response(words + "\n", status=200 if waiting else 410, mimetype="text/plain; charset=utf-8")
+    if waiting:
+        response.headers["Refresh"] = "10"  # a browser looks again by itself
+    return response
 
 
 @bp.get("/v1/videos")

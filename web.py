@@ -11,6 +11,7 @@ import hmac
 import ipaddress
 import json
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, request
 from werkzeug.wsgi import wrap_file
 
+import metrics
+import userkeys
 from config import Settings
 from events import Reason
 from families import DEFAULT_MODELS, DEFAULT_VIDEO_MODELS
@@ -72,16 +75,67 @@ def _authenticate() -> Response | None:
     if services.videos is not None:
         services.videos.ensure_running()
     settings = services.settings
-    if not settings.api_key or not request.path.startswith("/v1/") or request.method == "OPTIONS":
-        return None  # a CORS preflight carries no credentials
+    g.user = None  # a user key's record (quotas), None for the operator's shared API_KEY
+    if not request.path.startswith("/v1/") or request.method == "OPTIONS":
+        return None  # a CORS preflight carries no credentials; /admin checks ADMIN_KEY itself
+    if not settings.api_key and services.users is None:
+        return None  # no key configured: open (the start-up log says so)
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), settings.api_key.encode()):
+    token = token.strip() if scheme.lower() == "bearer" else ""
+    if settings.api_key and hmac.compare_digest(token.encode(), settings.api_key.encode()):
         return None
+    if services.users is not None and token.startswith(userkeys.PREFIX):
+        key = services.users.by_hash(userkeys.secret_hash(token))
+        if key is not None and not key.disabled:
+            g.user = key
+            services.users.touch(key)
+            return None
+        if key is not None:
+            return error_response(401, "This key has been disabled by the service's operator.", code="key_disabled")
+        message = "This key has been revoked, or never existed. Ask the service's operator for a key."
+        return error_response(401, message, code="invalid_api_key")
     return error_response(
         401,
-        "Incorrect API key provided. Send the service key as 'Authorization: Bearer <API_KEY>'.",
+        "Incorrect API key provided. Send your key as 'Authorization: Bearer <key>'.",
         code="invalid_api_key",
     )
+
+
+def take_quota(kind: str, wanted: int, *, partial: bool) -> userkeys.Reservation | None:
+    """Reserve `wanted` pictures (or videos) of the caller's daily quota before anything is drawn.
+    None for the operator's key or no cap. Past the quota: 429 `insufficient_quota` saying when it
+    resets. With `partial` (chat), fewer than asked may be granted; else all or a 429."""
+    services, user = current(), g.get("user")
+    if user is None or services.users is None:
+        return None
+    cap = user.daily_images if kind == "images" else user.daily_videos
+    day = services.day
+    granted = services.users.reserve(user.id, day.today(), kind, wanted, cap)
+    reservation = userkeys.Reservation(services.users, user.id, day.today(), kind, granted)
+    if granted == wanted or (partial and granted > 0):
+        return reservation
+    reservation.settle(0)
+    what = "pictures" if kind == "images" else "videos"
+    left = max(0, cap - services.users.used(user.id, day.today()).get(kind, 0))
+    said = f"{wanted} asked, only {left} left today" if left else "it is used up"
+    raise ApiError(
+        429,
+        f"This key's daily quota is {cap} {what}, and {said}. It resets at {day.label()}, "
+        f"in {_hours(day.resets_at() - time.time())}.",
+        code="insufficient_quota",
+    )
+
+
+def _hours(seconds: float) -> str:
+    hours, minutes = divmod(max(0, int(seconds)) // 60, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min"
+
+
+@bp.after_app_request
+def _count(response: Response) -> Response:
+    rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    metrics.request(rule, response.status_code)
+    return response
 
 
 @bp.after_app_request
@@ -134,9 +188,7 @@ def health() -> Response:
     services = current()
     pool = services.pool
     store = pool.store.describe()
-    pictures = services.store.describe() if services.store else {"kind": "none", "state": "off"}
-    if isinstance(pictures.get("why"), Reason):
-        pictures = {**pictures, "why": en(pictures["why"])}
+    pictures = health_of_pictures(services)
     body = {
         # degraded: the shared key state failed and this process draws on from its own (see "store"),
         # or pictures cannot be kept now (see "pictures")
@@ -148,6 +200,14 @@ def health() -> Response:
         "queue": {"waiting_in_this_worker": pool.queue.waiting()},
     }
     return json_response(body)
+
+
+def health_of_pictures(services: Services) -> dict[str, Any]:
+    """Who keeps the pictures, and whether it works now (its reason in English)."""
+    pictures = services.store.describe() if services.store else {"kind": "none", "state": "off"}
+    if isinstance(pictures.get("why"), Reason):
+        pictures = {**pictures, "why": en(pictures["why"])}
+    return pictures
 
 
 @bp.get("/v1/models")

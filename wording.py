@@ -146,6 +146,10 @@ REASONS: dict[str, tuple[Words, Words]] = {
         "保存到本机图片目录失败（磁盘已满或没有写权限）",
         "saving to the image store failed (disk full or not writable)",
     ),
+    "quota_left": (
+        "这个密钥今天的额度只剩 {left} 个（这次要了 {asked} 个），只生成 {left} 个；额度在 {resets} 重置",
+        "this key has only {left} left today ({asked} asked): {left} made; the quota resets at {resets}",
+    ),
     "videos_off": ("本服务没有开启视频（DATA_DIR 不可写）", "video is off on this service (DATA_DIR is not writable)"),
     "video_still_running": (
         "视频还在生成，这次回答等不到它了：稍后用 GET /v1/videos/{video_id} 查看",
@@ -443,8 +447,9 @@ def summary(delivered: int, count: int, videos: bool = False) -> str:
     return f"{SUMMARY_LABEL}{delivered}/{count} {'个视频' if videos else '张图片'}生成成功。"
 
 
-def video_submitted(index: int) -> str:
-    return f"🎬 第 {index} 个视频已提交，通常需要几分钟，进度会在这里更新。\n\n"
+def video_submitted(index: int, link: str | None = None) -> str:
+    later = f"中途断开也不会丢，做好后可在[这里取回]({md_url(link)})。" if link else ""
+    return f"🎬 第 {index} 个视频已提交，通常需要几分钟，进度会在这里更新；{later}\n\n"
 
 
 def video_progress(index: int, status: str, position: int | None, elapsed: float) -> str:
@@ -466,6 +471,16 @@ def video_ready(index: int, url: str, poster: str | None, seed: int | None, note
     lines.append(f"{VIDEO_MARK}{index} 个视频（MP4）]({md_url(url)}){extra}")
     lines += [f"⚠️ {md(zh(note))}" for note in notes]
     return "\n".join(lines) + "\n\n"
+
+
+def video_page(status: str, progress: int, error: str) -> str:
+    """`/videos/{id}` for a person whose chat ended before the video: both languages (plain text)."""
+    return {
+        "queued": "视频还在排队，请稍后刷新。 (queued: refresh later)",
+        "in_progress": f"视频生成中（{progress}%），请稍后刷新。 (in progress: refresh later)",
+        "failed": f"视频没有生成 (failed): {error}",
+        "completed": "视频已过期：没有保存，上游链接已失效。 (expired: nothing kept it)",
+    }[status]
 
 
 def video_failed(index: int, reason: Reason) -> str:
@@ -509,7 +524,7 @@ def chat(events: Iterable[ev.Event]) -> Iterator[str | None]:
         elif isinstance(event, p.ImageFailed):
             yield image_failed(event.index, event.reason)
         elif isinstance(event, p.VideoSubmitted):
-            yield video_submitted(event.index)
+            yield video_submitted(event.index, event.link)
         elif isinstance(event, p.VideoProgress):
             yield video_progress(event.index, event.status, event.position, event.elapsed)
         elif isinstance(event, p.VideoReady):

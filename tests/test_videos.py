@@ -252,3 +252,25 @@ def test_a_job_that_never_finishes_ends_failed_at_video_timeout(serve, fake):
     assert video.status == "failed" and "VIDEO_TIMEOUT" in video.error.message
     content = _chat(service, [{"role": "user", "content": "一只猫"}])
     assert "⚠️ 第 1 个视频没有生成" in content and "完成：0/1 个视频生成成功。" in content, content
+
+
+def test_a_chat_that_stops_early_still_gets_its_video_through_the_submitted_lines_link(serve, fake, tmp_path):
+    """Open WebUI's stop button: the answer ends mid-job, but its first line links the job."""
+    fake.state.video_seconds = 1.0
+    service = serve(video_poll_seconds=0.1, image_store_dir=str(tmp_path))
+    response = post_chat(
+        service.url, {"model": T2V, "messages": [{"role": "user", "content": "一只狗"}], "stream": True}, stream=True
+    )
+    said = ""
+    for line in response.iter_lines(decode_unicode=True):
+        if line.startswith("data: {"):
+            said += json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+        if "取回" in said:
+            break
+    response.close()  # the user pressed stop
+    [link] = re.findall(r"\[这里取回\]\(([^)]+)\)", said)
+    assert link.startswith(f"{service.url}/videos/video_")
+    waiting = requests.get(link, allow_redirects=False, timeout=10)
+    assert waiting.status_code == 200 and "refresh later" in waiting.text and waiting.headers["Refresh"] == "10"
+    assert wait_until(lambda: requests.get(link, allow_redirects=False, timeout=10).status_code == 302, 10)
+    assert requests.get(link, timeout=10).content == CLIP  # the clip was made and kept all the same

@@ -21,6 +21,8 @@ SAMPLE = {
     "kb": 256,
     "bucket": "pictures",
     "video_id": "video_0123abcd",
+    "left": 1,
+    "resets": "00:00 UTC+8",
     "error": "SlowDown",
     "seconds": 4.99857,
     "status": 503,

@@ -1,0 +1,160 @@
+"""The operator's surface, only with ADMIN_KEY: the user keys API (`/admin/api/keys`), an overview
+for the page (`/admin/api/overview`), the page itself (`/admin`) and Prometheus metrics (`/metrics`).
+
+The admin key travels as a bearer header only (never in a URL), is compared in constant time and
+is never logged; admin actions are logged with the key's id and name, never a secret. English.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Response, g, request
+
+import metrics
+import userkeys
+import web
+from bodies import json_object
+from openai_wire import ApiError
+
+log = logging.getLogger("siliconflow_proxy")
+
+bp = Blueprint("admin", __name__)
+PAGE = Path(__file__).with_name("static") / "admin.html"
+
+
+@bp.before_request
+def _operator_only() -> None:
+    services = web.current()
+    admin_key = services.settings.admin_key
+    if not admin_key or services.users is None:
+        raise ApiError(404, "No such endpoint: the operator's page and API exist only when ADMIN_KEY is set.", code="not_found")
+    if request.method == "OPTIONS" or request.path == "/admin":
+        return  # the page asks for the key itself and sends it as a bearer header
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(
+            401, "The admin API needs the operator's key: 'Authorization: Bearer <ADMIN_KEY>'.", code="admin_key_missing"
+        )
+    if not hmac.compare_digest(token.strip().encode(), admin_key.encode()):
+        raise ApiError(
+            403, "That is not the admin key. User keys and the service key cannot use the admin API.", code="admin_key_wrong"
+        )
+
+
+@bp.get("/admin")
+def page() -> Response:
+    response = Response(PAGE.read_text(encoding="utf-8"), mimetype="text/html")
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src 'self' data:"
+    )
+    return response
+
+
+def _quota(body: dict[str, Any], name: str, default: int | None) -> int | None:
+    value = body.get(name, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1_000_000:
+        raise ApiError(400, f"'{name}' must be a whole number of pictures a day, 0 for no cap.", param=name)
+    return value
+
+
+def _name(body: dict[str, Any], required: bool) -> str | None:
+    name = body.get("name")
+    if name is None and not required:
+        return None
+    if not isinstance(name, str) or not name.strip() or len(name) > 80:
+        raise ApiError(400, "'name' is required: who the key is for, at most 80 characters.", param="name")
+    return name.strip()
+
+
+def _shown(key: userkeys.UserKey) -> dict[str, Any]:
+    services = web.current()
+    day = services.day
+    return key.public(services.users.used(key.id, day.today()), day.resets_at())
+
+
+def _key(key_id: str) -> userkeys.UserKey:
+    key = web.current().users.get(key_id) if len(key_id) <= 40 else None
+    if key is None:
+        raise ApiError(404, f"No user key with id '{key_id[:40]}'.", code="not_found")
+    return key
+
+
+@bp.post("/admin/api/keys")
+def create_key() -> Response:
+    body = json_object()
+    key, secret = userkeys.make(
+        _name(body, True) or "", _quota(body, "daily_images", 0) or 0, _quota(body, "daily_videos", 0) or 0
+    )
+    web.current().users.save(key)
+    log.info(
+        "req=%s admin: user key %s (%s) made, %s pictures a day", g.request_id, key.id, key.name, key.daily_images or "no cap"
+    )
+    return web.json_response({**_shown(key), "key": secret, "key_shown_once": True}, 201)
+
+
+@bp.get("/admin/api/keys")
+def list_keys() -> Response:
+    keys = sorted(web.current().users.all(), key=lambda k: k.created_at)
+    return web.json_response({"object": "list", "data": [_shown(key) for key in keys]})
+
+
+@bp.patch("/admin/api/keys/<key_id>")
+def change_key(key_id: str) -> Response:
+    key = _key(key_id)
+    body = json_object()
+    if (name := _name(body, False)) is not None:
+        key.name = name
+    for field in ("daily_images", "daily_videos"):
+        if (value := _quota(body, field, None)) is not None:
+            setattr(key, field, value)
+    if "disabled" in body:
+        if not isinstance(body["disabled"], bool):
+            raise ApiError(400, "'disabled' must be true or false.", param="disabled")
+        key.disabled = body["disabled"]
+    web.current().users.save(key)
+    log.info("req=%s admin: user key %s (%s) changed: %s", g.request_id, key.id, key.name, ", ".join(sorted(body)))
+    return web.json_response(_shown(key))
+
+
+@bp.delete("/admin/api/keys/<key_id>")
+def revoke_key(key_id: str) -> Response:
+    key = _key(key_id)
+    web.current().users.delete(key.id)
+    log.info("req=%s admin: user key %s (%s) revoked", g.request_id, key.id, key.name)
+    return web.json_response({"id": key.id, "object": "user_key.deleted", "deleted": True})
+
+
+@bp.get("/admin/api/overview")
+def overview() -> Response:
+    """Everything the page shows, no key material: upstream keys masked, accounts, user keys with
+    usage, pictures per hour (24 h), failures by kind, the stores."""
+    services = web.current()
+    pool = services.pool
+    keys = sorted(services.users.all(), key=lambda k: k.created_at)
+    return web.json_response(
+        {
+            "now": int(time.time()),
+            "upstream_keys": pool.key_states(),
+            **pool.summary(),
+            "rate_limit": ",".join(str(limit) for limit in pool.configured_limits) or "learned from 429s",
+            "user_keys": [_shown(key) for key in keys],
+            "quota_resets": services.day.label(),
+            "pictures_per_hour": metrics.per_hour(services.users),
+            "failures": metrics.failures(),
+            "key_state_store": pool.store.describe(),
+            "pictures_store": web.health_of_pictures(services),
+        }
+    )
+
+
+@bp.route("/metrics")
+def prometheus() -> Response:
+    return Response(metrics.exposition(web.current()), mimetype="text/plain; version=0.0.4; charset=utf-8")

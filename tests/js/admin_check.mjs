@@ -1,0 +1,47 @@
+// Drives the operator's page in headless Chromium: node admin_check.mjs URL ADMIN_KEY SCREENSHOT_DIR
+// Enters the admin key, reads the tables and the chart, makes a key and revokes it. Prints one JSON line.
+import { chromium } from 'playwright-core';
+
+const [url, adminKey, shots] = process.argv.slice(2);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-sync'],
+});
+const result = {};
+try {
+  for (const [name, viewport] of [['desktop', { width: 1280, height: 900 }], ['phone', { width: 390, height: 844 }]]) {
+    const page = await browser.newPage({ viewport });
+    const errors = [];
+    page.on('pageerror', (error) => errors.push(error.message));
+    page.on('dialog', (dialog) => dialog.accept());
+    await page.goto(`${url}/admin`);
+    await page.fill('#adminKey', adminKey);
+    await page.click('#enter');
+    await page.waitForFunction(() => document.querySelectorAll('#users tr').length >= 1 && document.querySelectorAll('#keys tr').length >= 1);
+    result.users = await page.textContent('#users');
+    result.upstream = await page.textContent('#keys');
+    result.bars = await page.$$eval('#chart rect', (rects) => rects.length);
+    result.html = await page.content();
+    result.url = page.url();
+    result.overflow = await page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth + 1);
+    if (name === 'desktop') {
+      await page.fill('#name', 'classmate');
+      await page.fill('#daily', '5');
+      await page.click('#create button');
+      await page.waitForFunction(() => document.querySelector('#secret').textContent.includes('sfk-'));
+      result.made = (await page.textContent('#secret')).split(': ').pop().trim();
+      await page.waitForFunction(() => document.querySelector('#users').textContent.includes('classmate'));
+      result.madeListed = !(await page.textContent('#users')).includes(result.made);
+      const row = page.locator('#users tr', { hasText: 'classmate' });
+      await row.locator('button.danger').click();
+      await page.waitForFunction(() => !document.querySelector('#users').textContent.includes('classmate'));
+      result.revoked = true;
+    }
+    result.errors = errors;
+    await page.screenshot({ path: `${shots}/admin-${name}.png`, fullPage: true });
+    await page.close();
+  }
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(result));
