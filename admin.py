@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,9 @@ def _operator_only() -> None:
 def page() -> Response:
     response = Response(PAGE.read_text(encoding="utf-8"), mimetype="text/html")
     response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Frame-Options"] = "DENY"
     response.headers["Content-Security-Policy"] = (
-        "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src 'self' data:"
+        "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'"
     )
     return response
 
@@ -71,6 +73,8 @@ def _name(body: dict[str, Any], required: bool) -> str | None:
         return None
     if not isinstance(name, str) or not name.strip() or len(name) > 80:
         raise ApiError(400, "'name' is required: who the key is for, at most 80 characters.", param="name")
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") for ch in name):
+        raise ApiError(400, "'name' must be plain text: no line breaks or control characters.", param="name")
     return name.strip()
 
 
@@ -110,16 +114,19 @@ def list_keys() -> Response:
 def change_key(key_id: str) -> Response:
     key = _key(key_id)
     body = json_object()
+    changes: dict[str, Any] = {}
     if (name := _name(body, False)) is not None:
-        key.name = name
+        changes["name"] = name
     for field in ("daily_images", "daily_videos"):
         if (value := _quota(body, field, None)) is not None:
-            setattr(key, field, value)
+            changes[field] = value
     if "disabled" in body:
         if not isinstance(body["disabled"], bool):
             raise ApiError(400, "'disabled' must be true or false.", param="disabled")
-        key.disabled = body["disabled"]
-    web.current().users.save(key)
+        changes["disabled"] = body["disabled"]
+    if changes and not web.current().users.change(key, changes):
+        raise ApiError(404, f"No user key with id '{key_id[:40]}'.", code="not_found")  # revoked meanwhile
+    key = _key(key_id)
     log.info("req=%s admin: user key %s (%s) changed: %s", g.request_id, key.id, key.name, ", ".join(sorted(body)))
     return web.json_response(_shown(key))
 

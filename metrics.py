@@ -80,11 +80,13 @@ def counted(events: Iterator[ev.Event], model: str, reservation: Any, users: Any
     """The drawing's events, passed on as they come, counted: delivered pictures (and videos) for
     the metrics, the page's hourly chart and the caller's quota, which gets back what did not arrive
     (failed pictures do not count), however the drawing ends."""
-    delivered = 0
+    delivered = 0  # what the quota keeps: pictures that arrived, videos SiliconFlow took (and bills)
     try:
         for event in events:
-            if isinstance(event, ev.ImageReady | ev.VideoReady):
+            if isinstance(event, ev.VideoSubmitted):
                 delivered += 1
+            if isinstance(event, ev.ImageReady | ev.VideoReady):
+                delivered += isinstance(event, ev.ImageReady)
                 if _M:
                     _M["videos" if isinstance(event, ev.VideoReady) else "images"].labels(model, "ok").inc()
                 if users is not None and isinstance(event, ev.ImageReady):

@@ -441,6 +441,7 @@ def make_videos(
             seed=sent.get("seed"),
             negative_prompt=sent.get("negative_prompt"),
             has_input="image" in sent,
+            owner=job.owner,
         )
         worker.jobs.save(record)
         waiting[index] = record.id

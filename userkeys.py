@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
-import sqlite3
-import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
+
+from sqlitefile import SqliteFile
 
 PREFIX = "sfk-"
 KINDS = ("images", "videos")
@@ -97,8 +96,7 @@ class Day:
 class SqliteKeys:
     def __init__(self, path: str):
         self.path = path
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        self._local = threading.local()
+        self._db = SqliteFile(path).db
         db = self._db()
         db.execute("CREATE TABLE IF NOT EXISTS keys (id TEXT PRIMARY KEY, hash TEXT UNIQUE, body TEXT)")
         db.execute("CREATE TABLE IF NOT EXISTS usage (id TEXT, day TEXT, kind TEXT, used INTEGER, PRIMARY KEY (id, day, kind))")
@@ -112,15 +110,6 @@ class SqliteKeys:
     def hours(self, hours: list[str]) -> dict[str, int]:
         marks = ",".join("?" * len(hours))
         return dict(self._db().execute(f"SELECT hour, pictures FROM hours WHERE hour IN ({marks})", hours).fetchall())
-
-    def _db(self) -> sqlite3.Connection:
-        pid = os.getpid()
-        connection = getattr(self._local, "connection", None)
-        if connection is None or self._local.pid != pid:
-            connection = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
-            connection.execute("PRAGMA journal_mode=WAL")
-            self._local.connection, self._local.pid = connection, pid
-        return connection
 
     def save(self, key: UserKey) -> None:
         self._db().execute("INSERT OR REPLACE INTO keys VALUES (?, ?, ?)", (key.id, key.hash, json.dumps(asdict(key))))
@@ -167,19 +156,32 @@ class SqliteKeys:
                 db.execute(
                     "UPDATE usage SET used = MAX(0, used - ?) WHERE id = ? AND day = ? AND kind = ?", (unused, key_id, day, kind)
                 )
-            row = db.execute("SELECT body FROM keys WHERE id = ?", (key_id,)).fetchone()
-            if row and delivered:
-                key = UserKey(**json.loads(row[0]))
-                setattr(key, f"{kind}_total", getattr(key, f"{kind}_total") + delivered)
-                key.last_used = int(time.time())
-                db.execute("UPDATE keys SET body = ? WHERE id = ?", (json.dumps(asdict(key)), key_id))
+            if delivered:
+                field = f"$.{kind}_total"
+                db.execute(
+                    f"UPDATE keys SET body = json_set(body, '{field}', json_extract(body, '{field}') + ?, '$.last_used', ?) "
+                    "WHERE id = ?",
+                    (delivered, int(time.time()), key_id),
+                )
         finally:
             db.execute("COMMIT")
 
     def touch(self, key: UserKey) -> None:
+        """Note the key's use: that one field, in place (a whole record written back could undo a
+        revoke or a disable made meanwhile)."""
         if key.last_used is None or time.time() - key.last_used > 60:
             key.last_used = int(time.time())
-            self.save(key)
+            self._db().execute("UPDATE keys SET body = json_set(body, '$.last_used', ?) WHERE id = ?", (key.last_used, key.id))
+
+    def change(self, key: UserKey, fields: dict[str, Any]) -> bool:
+        """The operator's change to some fields, in place: False when the key is gone."""
+        db = self._db()
+        body = "body"
+        params: list[Any] = []
+        for name, value in fields.items():
+            body = f"json_set({body}, '$.{name}', json(?))"
+            params.append(json.dumps(value))
+        return db.execute(f"UPDATE keys SET body = {body} WHERE id = ?", (*params, key.id)).rowcount > 0
 
 
 class RedisKeys:
@@ -219,8 +221,13 @@ return granted
         return {hour: int(value) for hour, value in zip(hours, values, strict=True) if value}
 
     def get(self, key_id: str) -> UserKey | None:
-        raw = self._redis.get(self._k("key", key_id))
-        return UserKey(**json.loads(raw)) if raw else None
+        raw, stats = self._redis.get(self._k("key", key_id)), self._redis.hgetall(self._k("stats", key_id))
+        if not raw:
+            return None
+        key = UserKey(**json.loads(raw))
+        for name, value in stats.items():  # counted apart, so that no write of the record undoes another
+            setattr(key, name.decode(), int(value))
+        return key
 
     def by_hash(self, digest: str) -> UserKey | None:
         key_id = self._redis.get(self._k("hash", digest))
@@ -233,7 +240,7 @@ return granted
         key = self.get(key_id)
         if key is None:
             return False
-        self._redis.delete(self._k("key", key_id), self._k("hash", key.hash))
+        self._redis.delete(self._k("key", key_id), self._k("hash", key.hash), self._k("stats", key_id))
         self._redis.srem(self._k("all"), key_id)
         return True
 
@@ -247,15 +254,22 @@ return granted
     def settle(self, key_id: str, day: str, kind: str, unused: int, delivered: int) -> None:
         if unused:
             self._redis.decrby(self._k("used", key_id, day, kind), unused)
-        if delivered and (key := self.get(key_id)) is not None:
-            setattr(key, f"{kind}_total", getattr(key, f"{kind}_total") + delivered)
-            key.last_used = int(time.time())
-            self._redis.set(self._k("key", key_id), json.dumps(asdict(key)))
+        if delivered and self._redis.exists(self._k("key", key_id)):
+            self._redis.hincrby(self._k("stats", key_id), f"{kind}_total", delivered)
+            self._redis.hset(self._k("stats", key_id), "last_used", int(time.time()))
 
     def touch(self, key: UserKey) -> None:
         if key.last_used is None or time.time() - key.last_used > 60:
             key.last_used = int(time.time())
-            self._redis.set(self._k("key", key.id), json.dumps(asdict(key)))
+            self._redis.hset(self._k("stats", key.id), "last_used", key.last_used)
+
+    def change(self, key: UserKey, fields: dict[str, Any]) -> bool:
+        current = self.get(key.id)
+        if current is None:
+            return False
+        for name, value in fields.items():
+            setattr(current, name, value)
+        return bool(self._redis.set(self._k("key", key.id), json.dumps(asdict(current)), xx=True))
 
 
 Keys = SqliteKeys | RedisKeys

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import secrets
-import sqlite3
 import tempfile
 import threading
 import time
@@ -28,6 +27,7 @@ from typing import Any
 from events import Failure, Reason
 from keepers import Keeper
 from keypool import KeyPool
+from sqlitefile import SqliteFile
 from upstream import UpstreamError, VideoStatus
 from wording import en
 
@@ -35,6 +35,7 @@ log = logging.getLogger("siliconflow_proxy.videos")
 
 QUEUED, IN_PROGRESS, COMPLETED, FAILED = "queued", "in_progress", "completed", "failed"
 FINISHED = (COMPLETED, FAILED)
+ALL = object()  # every owner's jobs (the operator's key)
 LEASE_SECONDS = 30.0  # a poller holds a job this long per look (a download renews it)
 KEY_ONLY = {Failure.AUTH, Failure.BALANCE, Failure.RATE_LIMIT, Failure.FORBIDDEN}
 
@@ -63,6 +64,7 @@ class VideoJob:
     has_input: bool = False
     notes: list[str] = field(default_factory=list)  # English, for the Videos API's answer
     not_kept: str | None = None  # why the keeper could not keep it (a reason code), when it could not
+    owner: str | None = None  # the user key that made it (only it sees the job), None: the operator's key
     next_poll: float = 0.0  # (time.time()) not asked again before: one pace per job, however many processes
 
     def to_json(self) -> str:
@@ -90,20 +92,10 @@ class SqliteJobs:
 
     def __init__(self, path: str):
         self.path = path
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        self._local = threading.local()
+        self._db = SqliteFile(path).db
         with self._db() as db:
             db.execute("CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, created REAL, finished INTEGER, body TEXT)")
             db.execute("CREATE TABLE IF NOT EXISTS leases (id TEXT PRIMARY KEY, until REAL)")
-
-    def _db(self) -> sqlite3.Connection:
-        pid = os.getpid()
-        connection = getattr(self._local, "connection", None)
-        if connection is None or self._local.pid != pid:
-            connection = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
-            connection.execute("PRAGMA journal_mode=WAL")
-            self._local.connection, self._local.pid = connection, pid
-        return connection
 
     def save(self, job: VideoJob) -> None:
         self._db().execute(
@@ -117,7 +109,15 @@ class SqliteJobs:
     def delete(self, job_id: str) -> bool:
         return self._db().execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount > 0
 
-    def newest(self, limit: int, after: str | None, ascending: bool) -> tuple[list[VideoJob], bool]:
+    def newest(self, limit: int, after: str | None, ascending: bool, owner: Any = ALL) -> tuple[list[VideoJob], bool]:
+        """A page of jobs (of `owner` only, unless ALL), oldest or newest first, after the job `after`."""
+        jobs, more = self._page(limit if owner is ALL else 10_000, after, ascending)
+        if owner is ALL:
+            return jobs, more
+        mine = [job for job in jobs if job.owner == owner]
+        return mine[:limit], len(mine) > limit
+
+    def _page(self, limit: int, after: str | None, ascending: bool) -> tuple[list[VideoJob], bool]:
         order = "ASC" if ascending else "DESC"
         params: list[Any] = []
         where = ""
@@ -189,12 +189,18 @@ class RedisJobs:
         pipe.srem(self._key("open"), job_id)
         return bool(pipe.execute()[0])
 
-    def newest(self, limit: int, after: str | None, ascending: bool) -> tuple[list[VideoJob], bool]:
+    def newest(self, limit: int, after: str | None, ascending: bool, owner: Any = ALL) -> tuple[list[VideoJob], bool]:
         ids = [i.decode() for i in (self._redis.zrange if ascending else self._redis.zrevrange)(self._key("index"), 0, -1)]
         if after and after in ids:
             ids = ids[ids.index(after) + 1 :]
-        jobs = [job for job in (self.get(i) for i in ids[: limit + 1]) if job]
-        return jobs[:limit], len(ids) > limit
+        jobs: list[VideoJob] = []
+        for job_id in ids:
+            job = self.get(job_id)
+            if job is not None and (owner is ALL or job.owner == owner):
+                jobs.append(job)
+                if len(jobs) > limit:
+                    break
+        return jobs[:limit], len(jobs) > limit
 
     def unfinished(self) -> list[str]:
         return sorted(i.decode() for i in self._redis.smembers(self._key("open")))

@@ -26,7 +26,7 @@ from parsing import SEED_MAX
 from pipeline import EXPANSION_INPUT_CHARS, Services
 from uploaders import UploadError, data_uri, input_picture
 from upstream import UpstreamError, video_submit
-from videos import COMPLETED, VideoJob, new_id, submit
+from videos import ALL, COMPLETED, VideoJob, new_id, submit
 from wording import en, video_page
 
 log = logging.getLogger("siliconflow_proxy")
@@ -108,7 +108,7 @@ def create_video() -> Response:
     notes = []
     seconds = body.get("seconds")
     if seconds is not None and str(seconds) != VIDEO_SECONDS:
-        if not str(seconds).isdigit() or int(str(seconds)) < 1:
+        if not (str(seconds).isascii() and str(seconds).isdigit() and len(str(seconds)) <= 4) or int(str(seconds)) < 1:
             raise ApiError(400, "'seconds' must be a whole number of seconds, such as \"5\".", param="seconds")
         notes.append(f"{model} makes {VIDEO_SECONDS}-second clips: 'seconds' {seconds} was answered with {VIDEO_SECONDS}.")
     seed = body.get("seed")
@@ -163,6 +163,7 @@ def create_video() -> Response:
         negative_prompt=negative,
         has_input=has_picture,
         notes=notes,
+        owner=_caller(),
     )
     if reservation is not None:
         reservation.settle(1)  # a video counts once SiliconFlow has taken (and billed) the job
@@ -192,8 +193,16 @@ def _video_model(value: Any, has_picture: bool, services: Services) -> str:
     return model
 
 
-def _job(video_id: str, services: Services) -> VideoJob:
+def _caller() -> str | None:
+    """The user key asking (None: the operator's key, or an open service): it sees its own jobs only."""
+    user = g.get("user")
+    return user.id if user is not None else None
+
+
+def _job(video_id: str, services: Services, *, anyone: bool = False) -> VideoJob:
     job = _worker(services).jobs.get(video_id) if video_id.startswith("video_") and len(video_id) <= 64 else None
+    if job is not None and not anyone and _caller() is not None and job.owner != _caller():
+        job = None  # another person's job: as if it did not exist
     if job is None:
         raise ApiError(404, f"No video with id '{video_id[:64]}'.", param="video_id", code="not_found")
     return job
@@ -243,7 +252,7 @@ def later_link(video_id: str) -> Response:
     """A chat answer's "get it later" link, for a person in a browser (no key: the id is 128 random
     bits, as a kept picture's name is its hash): the kept MP4 once it is done, else where it stands."""
     services = web.current()
-    job = _job(video_id, services)
+    job = _job(video_id, services, anyone=True)  # a link in a chat answer: the id is the capability
     if job.status == COMPLETED:
         link = services.store.link(job.kept, web.public_base(services.settings)) if job.kept and services.store else None
         if link or (job.url and (job.expires_at or 0) > time.time()):
@@ -268,7 +277,8 @@ def list_videos() -> Response:
     order = request.args.get("order", "desc")
     if order not in ("asc", "desc"):
         raise ApiError(400, "'order' must be 'asc' or 'desc'.", param="order")
-    jobs, more = _worker(services).jobs.newest(limit, request.args.get("after"), order == "asc")
+    owner = _caller()
+    jobs, more = _worker(services).jobs.newest(limit, request.args.get("after"), order == "asc", ALL if owner is None else owner)
     data = [video_object(job) for job in jobs]
     return web.json_response(
         {

@@ -109,14 +109,14 @@ def take_quota(kind: str, wanted: int, *, partial: bool) -> userkeys.Reservation
     if user is None or services.users is None:
         return None
     cap = user.daily_images if kind == "images" else user.daily_videos
-    day = services.day
-    granted = services.users.reserve(user.id, day.today(), kind, wanted, cap)
-    reservation = userkeys.Reservation(services.users, user.id, day.today(), kind, granted)
+    day, today = services.day, services.day.today()  # once: a refund goes to the day it was taken from
+    granted = services.users.reserve(user.id, today, kind, wanted, cap)
+    reservation = userkeys.Reservation(services.users, user.id, today, kind, granted)
     if granted == wanted or (partial and granted > 0):
         return reservation
     reservation.settle(0)
     what = "pictures" if kind == "images" else "videos"
-    left = max(0, cap - services.users.used(user.id, day.today()).get(kind, 0))
+    left = max(0, cap - services.users.used(user.id, today).get(kind, 0))
     said = f"{wanted} asked, only {left} left today" if left else "it is used up"
     raise ApiError(
         429,
@@ -143,8 +143,8 @@ def _cors(response: Response) -> Response:
     """CORS for browser clients (the OpenAI JS SDK, web chat UIs) as CORS_ORIGINS allows."""
     allowed = current().settings.cors_origins
     origin = request.headers.get("Origin")
-    if not allowed or not origin:
-        return response
+    if not allowed or not origin or request.path.startswith("/admin") or request.path == "/metrics":
+        return response  # the operator's routes are for the operator's page, on this origin
     if "*" in allowed:
         response.headers["Access-Control-Allow-Origin"] = "*"
     elif origin in allowed:

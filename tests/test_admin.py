@@ -191,3 +191,81 @@ def test_the_operators_page_in_chromium(community, fake):
     assert ADMIN not in out["url"]  # never in a URL
     for view in ("desktop", "phone"):
         assert (shots / f"admin-{view}.png").stat().st_size > 10_000
+
+
+def test_a_persons_videos_are_theirs_alone(serve, fake):
+    service = serve(admin_key=ADMIN, api_key=SERVICE_KEY, prompt_expansion=False, video_poll_seconds=0.1)
+    alice, bob = _new_key(service.url, "alice", 0)["key"], _new_key(service.url, "bob", 0)["key"]
+
+    def call(method: str, path: str, key: str, **kwargs) -> requests.Response:
+        return requests.request(method, f"{service.url}{path}", headers={"Authorization": f"Bearer {key}"}, timeout=30, **kwargs)
+
+    made = call("POST", "/v1/videos", alice, json={"prompt": "a cat", "model": "Wan-AI/Wan2.2-T2V-A14B"}).json()
+    assert call("GET", f"/v1/videos/{made['id']}", alice).status_code == 200
+    for method, path in (
+        ("GET", f"/v1/videos/{made['id']}"),
+        ("GET", f"/v1/videos/{made['id']}/content"),
+        ("DELETE", f"/v1/videos/{made['id']}"),
+    ):
+        assert call(method, path, bob).status_code == 404, (method, path)  # as if it did not exist
+    assert call("GET", "/v1/videos", bob).json()["data"] == []
+    assert [v["id"] for v in call("GET", "/v1/videos", alice).json()["data"]] == [made["id"]]
+    assert [v["id"] for v in call("GET", "/v1/videos", SERVICE_KEY).json()["data"]] == [made["id"]]  # the operator sees all
+    assert requests.get(f"{service.url}/videos/{made['id']}", allow_redirects=False, timeout=10).status_code in (200, 302)
+
+
+def test_a_video_counts_once_taken_even_when_the_chat_is_dropped(serve, fake):
+    """A dropped stream does not give back a video SiliconFlow took (and bills): it is made all the same."""
+    fake.state.video_seconds = 2.0
+    service = serve(admin_key=ADMIN, prompt_expansion=False, video_poll_seconds=0.1, heartbeat_seconds=0.2)
+    secret = requests.post(
+        f"{service.url}/admin/api/keys", json={"name": "carol", "daily_videos": 1}, headers=AS_ADMIN, timeout=10
+    ).json()["key"]
+    body = {"model": "Wan-AI/Wan2.2-T2V-A14B", "messages": [{"role": "user", "content": "一只狗"}], "stream": True}
+    response = post_chat(service.url, body, key=secret, stream=True)
+    for line in response.iter_lines(decode_unicode=True):
+        if "取回" in line:
+            break
+    response.close()  # dropped while the job runs
+    assert fake.state.videos  # taken by SiliconFlow
+    [listed] = requests.get(f"{service.url}/admin/api/keys", headers=AS_ADMIN, timeout=10).json()["data"]
+    assert listed["videos_today"] == 1
+    again = post_chat(service.url, {**body, "stream": False}, key=secret)
+    assert again.status_code == 429 and "daily quota is 1 videos" in again.json()["error"]["message"]
+    assert len(fake.state.videos) == 1
+
+
+def test_a_keys_use_never_undoes_a_revoke_or_a_disable(tmp_path):
+    """Noting a key's use writes that field alone: a revoke or a disable made meanwhile stands."""
+    from userkeys import SqliteKeys, make, secret_hash
+
+    keys = SqliteKeys(str(tmp_path / "users.sqlite3"))
+    key, secret = make("dora", 0, 0)
+    keys.save(key)
+    seen = keys.by_hash(secret_hash(secret))  # authenticated...
+    keys.delete(key.id)  # ...revoked meanwhile...
+    keys.touch(seen)  # ...then its use is noted
+    assert keys.by_hash(secret_hash(secret)) is None
+    other, secret = make("eve", 0, 0)
+    keys.save(other)
+    seen = keys.by_hash(secret_hash(secret))
+    assert keys.change(other, {"disabled": True})
+    keys.touch(seen)
+    assert keys.by_hash(secret_hash(secret)).disabled is True
+
+
+def test_odd_inputs_to_the_new_routes_are_400s_and_the_admin_routes_send_no_cors(community):
+    forged = requests.post(f"{community.url}/admin/api/keys", json={"name": "ev\nINFO forged"}, headers=AS_ADMIN, timeout=10)
+    assert forged.status_code == 400 and "plain text" in forged.json()["error"]["message"]
+    for seconds in ("²", "9" * 5000, "٥"):
+        response = requests.post(
+            f"{community.url}/v1/videos",
+            json={"prompt": "a cat", "model": "Wan-AI/Wan2.2-T2V-A14B", "seconds": seconds},
+            headers={"Authorization": f"Bearer {SERVICE_KEY}"},
+            timeout=10,
+        )
+        assert response.status_code == 400 and "'seconds'" in response.json()["error"]["message"], seconds
+    foreign = requests.get(f"{community.url}/admin/api/keys", headers={**AS_ADMIN, "Origin": "https://evil.example"}, timeout=10)
+    assert foreign.status_code == 200 and "Access-Control-Allow-Origin" not in foreign.headers
+    page = requests.get(f"{community.url}/admin", timeout=10)
+    assert page.headers["X-Frame-Options"] == "DENY" and "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
