@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 
 import wording
 from events import Reason
+from families import family
 from parsing import DrawRequest, accepts_negative_prompt, pick_size
 
 
@@ -290,7 +291,8 @@ def carried_over(parsed: DrawRequest, change: Refinement, model: str, max_images
     if negative is None and picture.negative and accepts_negative_prompt(model):
         negative = picture.negative
     if change.again:
-        note = Reason.of("again_changed" if change.change else "again", count=count)
+        code = "again_changed" if change.change else "again"
+        note = Reason.of(f"{code}_video" if family(model).video else code, count=count)
     else:
         note = Reason.of("refined")
     return replace(

@@ -17,6 +17,7 @@ from typing import Any
 
 import events as ev
 from events import Reason
+from families import family
 from text import markdown_safe, md, md_url, one_line, seconds
 
 # --- reasons ----------------------------------------------------------------------------------------
@@ -251,6 +252,14 @@ REASONS: dict[str, tuple[Words, Words]] = {
     "again_changed": (
         "再画 {count} 张：沿用上一张的描述、尺寸和模型，按这次的要求修改",
         "{count} more: the last picture's description, size and model, changed as asked",
+    ),
+    "again_video": (
+        "再做 {count} 个视频：沿用上一个的描述、尺寸和模型",
+        "{count} more: the last video's description, size and model",
+    ),
+    "again_changed_video": (
+        "再做 {count} 个视频：沿用上一个的描述、尺寸和模型，按这次的要求修改",
+        "{count} more: the last video's description, size and model, changed as asked",
     ),
     "refined": (
         "沿用上一张的描述、尺寸、数量和模型，按这次的要求修改",
@@ -509,7 +518,7 @@ def chat(events: Iterable[ev.Event]) -> Iterator[str | None]:
         elif isinstance(event, p.PromptReady):
             alt = markdown_safe(event.prompt, limit=300)
             yield _prompt_ready(event)
-            yield "生成中"
+            yield "提交中" if family(event.job.model).video else "生成中"  # a video is submitted, then made
             generating = True
         elif isinstance(event, p.Submitted):
             yield "✅\n\n"

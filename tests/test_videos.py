@@ -175,6 +175,7 @@ def test_a_video_model_in_chat_makes_a_video_and_says_what_it_is_doing(serve, fa
     service = serve(video_poll_seconds=0.1, heartbeat_seconds=0.3, image_store_dir=str(tmp_path))
     content = _chat(service, [{"role": "user", "content": "一只猫在海边奔跑，16:9"}], stream=stream)
     assert "🎬 第 1 个视频已提交" in content and "⏳ 第 1 个视频" in content, content
+    assert "提交中✅" in content and "生成中✅" not in content  # said once the job is taken, not before
     assert "完成：1/1 个视频生成成功。" in content
     [link] = re.findall(r"\[▶️ 播放第 1 个视频（MP4）\]\(([^)]+)\)", content)
     assert link.startswith(f"{service.url}/images/") and link.endswith(".mp4")
@@ -195,6 +196,7 @@ def test_a_video_model_in_chat_makes_a_video_and_says_what_it_is_doing(serve, fa
         stream=stream,
     )
     assert "完成：1/1 个视频生成成功。" in again and len(fake.state.videos) == 2
+    assert "再做 1 个视频：沿用上一个的描述、尺寸和模型" in again
     second = [v for v in fake.state.videos.values() if v is not job][0]
     assert second["body"]["prompt"] == job["body"]["prompt"] and second["body"]["image_size"] == "1280x720"
 
