@@ -185,20 +185,23 @@ class KeyPool:
         out = self._out()
         return next((s.key for s in self._keys.values() if s.kid not in out), None)
 
-    def _out(self) -> dict[str, str]:
-        """Key id -> why it cannot be used now (dead, broke, cool), from the store."""
-        names = [f"{kind}:{state.kid}" for state in self._keys.values() for kind in (Fact.DEAD, Fact.BROKE, Fact.COOL)]
+    def _out(self, facts: dict[str, Any] | None = None) -> dict[str, str]:
+        """Key id -> why it cannot be used now (dead, broke, cool), from the store (or `facts` read from it)."""
         out: dict[str, str] = {}
-        for name in self.store.get(names):
+        for name in self._out_facts() if facts is None else facts:
             kind, kid = name.split(":", 1)
             if out.get(kid) not in (Fact.DEAD, Fact.BROKE):
                 out[kid] = kind
         return out
 
+    def _out_facts(self) -> dict[str, Any]:
+        names = [f"{kind}:{state.kid}" for state in self._keys.values() for kind in (Fact.DEAD, Fact.BROKE, Fact.COOL)]
+        return self.store.get(names)
+
     def key_states(self) -> list[dict[str, Any]]:
         """Each key masked, with its state and account (masked): the operator's page."""
-        out = self._out()
-        facts = self.store.get([f"{Fact.COOL}:{state.kid}" for state in self._keys.values()])
+        facts = self._out_facts()
+        out = self._out(facts)
         with self._lock:
             states = list(self._keys.values())
         return [

@@ -58,7 +58,6 @@ from parsing import find_banned, fit_prompt, image_seeds
 from text import redact_secrets
 from uploaders import NO_PUBLIC_BASE, UploadError, input_picture, lasting_links
 from upstream import JsonText, UpstreamError, expand_prompt, image_answer_bytes, payload_for, video_submit
-from videos import VideoWorker
 
 log = logging.getLogger("siliconflow_proxy.pipeline")
 
@@ -80,7 +79,7 @@ class Services:
     upkeep: Upkeep
     store: Keeper | None  # keeps the pictures (keepers.py), None: nobody
     catalog: ModelCatalog
-    videos: VideoWorker | None = None  # video jobs: their record and the background poller
+    videos: videos.VideoWorker | None = None  # video jobs: their record and the background poller
     users: Any = None  # user keys and their quotas (userkeys.py), None without ADMIN_KEY
     day: Any = None  # the quota day (userkeys.Day)
 

@@ -16,6 +16,8 @@ import math
 import re
 import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
@@ -87,21 +89,9 @@ def fetch_picture(
     """
     if url.startswith("data:"):
         return _decode_data_uri(url, max_bytes)
-    started = time.monotonic()
-    at = min(started + timeout, until or math.inf)
-    try:
-        with requests_deadline(at), address_rule(rule):
-            data = _download(session, url, at, max_bytes)
-    except requests.Timeout:
-        raise UploadError(Reason.of("download_timeout", seconds=at - started)) from None
-    except requests.TooManyRedirects:
-        raise UploadError(Reason.of("too_many_redirects")) from None
-    except requests.RequestException:
-        raise UploadError(Reason.of("download_failed")) from None
-    except (ValueError, LookupError, urllib3.exceptions.HTTPError):  # a redirect to a broken URL, a broken answer
-        raise UploadError(Reason.of("download_invalid")) from None
-    except AddressRefused as exc:
-        raise UploadError(Reason.of("unsafe_link", why=exc.reason), unsafe=not exc.unresolved) from None
+    at = min(time.monotonic() + timeout, until or math.inf)
+    with _fetching(at, rule):
+        data = _download(session, url, at, max_bytes)
     mimetype = sniff(bytes(data[:16]))
     if mimetype is None:
         raise UploadError(Reason.of("not_a_picture"))
@@ -141,14 +131,24 @@ def fetch_to_file(
     """A video at `url` written into `sink` as it arrives, at most `max_bytes`, within `timeout`,
     under the address rule as pictures are. Raises UploadError."""
     at = time.monotonic() + timeout
+    with _fetching(at, rule):
+        _download(session, url, at, max_bytes, sink, kind="video/")
+
+
+@contextmanager
+def _fetching(at: float, rule: AddressRule | None) -> Iterator[None]:
+    """A download under the request's deadline `at` and the address rule, its failures as UploadErrors."""
+    started = time.monotonic()
     try:
         with requests_deadline(at), address_rule(rule):
-            _download(session, url, at, max_bytes, sink, kind="video/")
+            yield
     except requests.Timeout:
-        raise UploadError(Reason.of("download_timeout", seconds=timeout)) from None
+        raise UploadError(Reason.of("download_timeout", seconds=at - started)) from None
+    except requests.TooManyRedirects:
+        raise UploadError(Reason.of("too_many_redirects")) from None
     except requests.RequestException:
         raise UploadError(Reason.of("download_failed")) from None
-    except (ValueError, LookupError, urllib3.exceptions.HTTPError):
+    except (ValueError, LookupError, urllib3.exceptions.HTTPError):  # a redirect to a broken URL, a broken answer
         raise UploadError(Reason.of("download_invalid")) from None
     except AddressRefused as exc:
         raise UploadError(Reason.of("unsafe_link", why=exc.reason), unsafe=not exc.unresolved) from None

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from events import Failure, Reason
+from failover import KEY_ONLY
 from keepers import Keeper
 from keypool import KeyPool
 from sqlitefile import SqliteFile
@@ -37,7 +38,6 @@ QUEUED, IN_PROGRESS, COMPLETED, FAILED = "queued", "in_progress", "completed", "
 FINISHED = (COMPLETED, FAILED)
 ALL = object()  # every owner's jobs (the operator's key)
 LEASE_SECONDS = 30.0  # a poller holds a job this long per look (a download renews it)
-KEY_ONLY = {Failure.AUTH, Failure.BALANCE, Failure.RATE_LIMIT, Failure.FORBIDDEN}
 
 
 @dataclass
