@@ -364,6 +364,10 @@ class VideoWorker:
         if answer.status != "Succeed" or not answer.url:
             elapsed = now - job.created_at
             return replace(job, status=IN_PROGRESS, position=None, progress=min(95, 5 + int(elapsed / 3)))
+        if any(key in answer.url for key in self.pool.keys):
+            # Fetching it would send the key to wherever the link points, keeping it would write it
+            # into the record and a redirect would hand it to the client: the job ends here instead.
+            return _failed(job, Reason.of("video_key_in_link"))
         return self._keep(replace(job, seed=answer.seed if answer.seed is not None else job.seed), answer.url)
 
     def _keep(self, job: VideoJob, url: str) -> VideoJob:

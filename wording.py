@@ -47,6 +47,7 @@ REASONS: dict[str, tuple[Words, Words]] = {
     "no_image": ("上游没有返回图片", "SiliconFlow returned no image"),
     "bad_image_link": ("上游返回的图片地址无效", "SiliconFlow returned an invalid image link"),
     "key_in_link": ("上游返回的图片地址里含有 API 密钥，已拒绝", "SiliconFlow's image link carried an API key; refused"),
+    "video_key_in_link": ("上游返回的视频地址里含有 API 密钥，已拒绝", "SiliconFlow's video link carried an API key; refused"),
     "unreadable_models": ("模型列表无法解析", "the model list could not be read"),
     "unreadable_account": ("余额查询返回了无法解析的内容", "the account lookup answered something unreadable"),
     "expansion_empty": ("提示词扩充没有返回内容", "the chat model returned no prompt"),

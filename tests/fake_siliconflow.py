@@ -26,7 +26,7 @@ Keys misbehave on purpose, chosen by prefix:
 | sk-htmldata  | 200 with a `data:text/html` "image"                                |
 | sk-verbose   | 400 whose message is "token", 300,000 spaces and a comma (a regex trap)  |
 | sk-slowlink  | 200 with a URL on this server that sends its PNG a byte every `drip_interval` s |
-| sk-keyinurl  | 200 with a URL that carries the caller's key in its query            |
+| sk-keyinurl  | 200 with a URL that carries the caller's key in its query (a video's clip link too) |
 | sk-elsewhere | 200 with `state.redirect_to` itself as the image URL (another host)   |
 | anything else| 200 with one image URL served by this same server (a real PNG)     |
 
@@ -123,12 +123,14 @@ class FakeState:
     video_fail: str = ""  # a job's reason to fail, e.g. content moderation
     video_link_seconds: float = 600.0  # a clip's link answers this long after it succeeded, then 403
     video_bytes: int = 0  # > 0: the clip is padded to this many bytes (a large download)
+    downloads: list[str] = field(default_factory=list)  # the requestIds whose clip was fetched, in order
     funded: set[str] = field(default_factory=set)
     limited_once: set[str] = field(default_factory=set)
     calls: list[Call] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    # Closed (an Event not set): image calls wait for it to open (at most a minute), and `arrived`
-    # is set as the first one starts waiting: a test can hold a request in flight for as long as it needs.
+    # Closed (an Event not set): image calls and clip downloads wait for it to open (at most a
+    # minute), and `arrived` is set as the first one starts waiting: a test can hold a request in
+    # flight for as long as it needs.
     gate: threading.Event | None = None
     arrived: threading.Event = field(default_factory=threading.Event)
 
@@ -146,6 +148,7 @@ class FakeState:
         self.videos = {}
         self.video_queue_seconds, self.video_seconds, self.video_fail = 0.2, 0.6, ""
         self.video_link_seconds, self.video_bytes = 600.0, 0
+        self.downloads = []
         self.extra_models = ()
         self.refused = 0
         self.refused_at = []
@@ -321,12 +324,18 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = unquote(urlsplit(self.path).path)
         if path.startswith("/videos/") and path.endswith(".mp4"):
-            job = self.server.state.videos.get(path[len("/videos/") : -len(".mp4")])
+            state, request_id = self.server.state, path[len("/videos/") : -len(".mp4")]
+            job = state.videos.get(request_id)
             if job is None or time.monotonic() > job.get("expires_mono", 0):
                 self._send(
                     403, b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>", "application/xml"
                 )
             else:
+                with state.lock:
+                    state.downloads.append(request_id)
+                if (gate := state.gate) is not None:
+                    state.arrived.set()
+                    gate.wait(60)
                 clip = CLIP + bytes(max(0, self.server.state.video_bytes - len(CLIP)))
                 self._send(200, clip, "video/mp4")
         elif path.startswith("/outputs/") and self.server.state.expired:
@@ -487,6 +496,8 @@ class _Handler(BaseHTTPRequestHandler):
             expires = int(time.time() + state.video_link_seconds)
             job.setdefault("expires_mono", time.monotonic() + state.video_link_seconds)
             url = f"{self.server.url}/videos/{body['requestId']}.mp4?Expires={expires}&Signature=fake"
+            if key.startswith("sk-keyinurl"):
+                url += f"&token={key}"
             self._json(
                 200,
                 {

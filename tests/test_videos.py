@@ -83,6 +83,24 @@ def test_a_refused_video_is_failed_with_siliconflows_reason(video_service, fake)
     assert video.status == "failed" and "content moderation" in video.error.message
 
 
+def test_a_clip_link_that_carries_the_upstream_key_is_refused_and_never_kept(serve, fake, tmp_path, logged):
+    """As for pictures: a link with the key in it is never fetched, stored, redirected to or logged."""
+    key = "sk-keyinurl-video01"
+    data = tmp_path / "data"
+    service = serve(api_keys=(key,), video_poll_seconds=0.1, image_store_dir=str(tmp_path / "kept"), data_dir=str(data))
+    video = _client(service).videos.create_and_poll(model=T2V, prompt="a cat")
+    assert video.status == "failed" and video.error.code == "video_key_in_link", video
+    assert "carried an API key" in video.error.message
+    for path in (f"/v1/videos/{video.id}", f"/v1/videos/{video.id}/content", f"/videos/{video.id}", "/v1/videos"):
+        answer = requests.get(f"{service.url}{path}", allow_redirects=False, timeout=10)
+        assert answer.status_code != 302 and key not in answer.text, path
+    assert fake.state.downloads == []  # never fetched
+    assert not list((tmp_path / "kept").glob("*.mp4"))
+    for record in data.iterdir():  # the jobs' file, its WAL, …
+        assert key.encode() not in record.read_bytes(), record
+    assert not [r for r in logged.records if key in r.getMessage()]
+
+
 def test_dead_keys_fail_over_at_submit_and_the_job_is_polled_by_its_own_account(serve, fake, tmp_path):
     service = serve(api_keys=("sk-dead-video001", "sk-good-acctA-v1", "sk-good-acctB-v2"), video_poll_seconds=0.1)
     video = _client(service).videos.create_and_poll(model=T2V, prompt="a cat")
