@@ -7,6 +7,7 @@ object storage shared by every instance. One interface, whichever keeps them:
 | `keep(picture)` | `put` under the picture's content-addressed name; returns the name |
 | `open(name)` | the kept object to serve (`Kept`: a readable body, size, type), or None |
 | `link(name, public_base)` | the URL a client loads it from, or None when none can be made |
+| `delete(name)` | removes it (a deleted video's clip); one not there is no error; raises UploadError |
 | `describe()` | for /health and the start-up log: kind, where, state (`ok`/`failing` and why) |
 
 Names are content hashes (`STORED_NAME`), so the same picture is kept once and may be cached for
@@ -57,6 +58,8 @@ class Keeper(Protocol):
     def open(self, name: str) -> Kept | None: ...
 
     def link(self, name: str, public_base: str | None) -> str | None: ...
+
+    def delete(self, name: str) -> None: ...
 
     def own_name(self, url: str) -> str | None: ...
 
@@ -189,6 +192,22 @@ class LocalKeeper:
 
     def link(self, name: str, public_base: str | None) -> str | None:
         return f"{public_base}/images/{name}" if public_base else None
+
+    def delete(self, name: str) -> None:
+        if not STORED_NAME.fullmatch(name):
+            return
+        path = self.directory / name
+        try:
+            size = path.lstat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return  # never kept, or trimmed as the oldest
+        except OSError as exc:
+            self._state.failed(Reason.of("store_remove"), exc.strerror or "remove failed")
+            raise UploadError(Reason.of("store_remove")) from None
+        with self._lock:
+            if self._counted is not None:
+                self._counted = max(0, self._counted - size)
 
     def own_name(self, url: str) -> str | None:
         return _served_name(url)
@@ -386,6 +405,21 @@ class S3Keeper:
         if self.public_base_url:
             return f"{self.public_base_url}/{self.prefix}{name}"
         return f"{public_base}/images/{name}" if public_base else None
+
+    def delete(self, name: str) -> None:
+        if not STORED_NAME.fullmatch(name):
+            return
+        # Forgotten first: a put of this name after the delete must send the bytes again, not
+        # believe them kept. (Another process's memory may still hold it: names that are ever
+        # deleted, videos', are made once per job, so nothing puts them again.)
+        self._known.discard(name)
+        try:
+            self._client().delete_object(Bucket=self.bucket, Key=self.prefix + name)  # S3 answers 204 for a missing one too
+        except Exception as exc:  # noqa: BLE001
+            reason, detail = self._why(exc)
+            self._state.failed(reason, detail)
+            raise UploadError(reason) from None
+        self._state.worked()
 
     def own_name(self, url: str) -> str | None:
         if self.public_base_url and url.startswith(f"{self.public_base_url}/{self.prefix}"):

@@ -102,12 +102,23 @@ class SqliteJobs:
             "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?)", (job.id, job.created_at, int(job.finished), job.to_json())
         )
 
+    def update(self, job: VideoJob) -> bool:
+        """Save `job` only if its record is still there: False when it was deleted meanwhile."""
+        return (
+            self._db()
+            .execute("UPDATE jobs SET finished = ?, body = ? WHERE id = ?", (int(job.finished), job.to_json(), job.id))
+            .rowcount
+            > 0
+        )
+
     def get(self, job_id: str) -> VideoJob | None:
         row = self._db().execute("SELECT body FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return VideoJob.from_json(row[0]) if row else None
 
     def delete(self, job_id: str) -> bool:
-        return self._db().execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount > 0
+        db = self._db()
+        db.execute("DELETE FROM leases WHERE id = ?", (job_id,))
+        return db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount > 0
 
     def newest(self, limit: int, after: str | None, ascending: bool, owner: Any = ALL) -> tuple[list[VideoJob], bool]:
         """A page of jobs (of `owner` only, unless ALL), oldest or newest first, after the job `after`."""
@@ -164,19 +175,39 @@ class RedisJobs:
 
         self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
         self._prefix = prefix
+        self._changed_meanwhile = redis.WatchError
 
     def _key(self, *parts: str) -> str:
         return self._prefix + ":".join(parts)
 
     def save(self, job: VideoJob) -> None:
         pipe = self._redis.pipeline()
+        self._write(pipe, job)
+        pipe.execute()
+
+    def update(self, job: VideoJob) -> bool:
+        """Save `job` only if its record is still there: False when it was deleted meanwhile."""
+        key = self._key("job", job.id)
+        with self._redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    if not pipe.exists(key):
+                        return False
+                    pipe.multi()
+                    self._write(pipe, job)
+                    pipe.execute()
+                    return True
+                except self._changed_meanwhile:
+                    continue  # changed between the look and the write: look again
+
+    def _write(self, pipe: Any, job: VideoJob) -> None:
         pipe.set(self._key("job", job.id), job.to_json())
         pipe.zadd(self._key("index"), {job.id: job.created_at})
         if job.finished:
             pipe.srem(self._key("open"), job.id)
         else:
             pipe.sadd(self._key("open"), job.id)
-        pipe.execute()
 
     def get(self, job_id: str) -> VideoJob | None:
         raw = self._redis.get(self._key("job", job_id))
@@ -187,6 +218,7 @@ class RedisJobs:
         pipe.delete(self._key("job", job_id))
         pipe.zrem(self._key("index"), job_id)
         pipe.srem(self._key("open"), job_id)
+        pipe.delete(self._key("lease", job_id))
         return bool(pipe.execute()[0])
 
     def newest(self, limit: int, after: str | None, ascending: bool, owner: Any = ALL) -> tuple[list[VideoJob], bool]:
@@ -329,12 +361,33 @@ class VideoWorker:
             if job is None or job.finished or job.next_poll > time.time():
                 return job
             job = replace(self._look(job), next_poll=time.time() + self.settings.poll_seconds * 0.9)
-            self.jobs.save(job)
+            if not self.jobs.update(job):
+                # Deleted while it was looked at (a download takes seconds): a clip kept meanwhile
+                # goes too, and the record is not written back.
+                if job.kept:
+                    self._remove_clip(job)
+                return None
             return job
         finally:
             self.jobs.let_go(job_id)
             with self._changed:
                 self._changed.notify_all()
+
+    def delete(self, job: VideoJob) -> None:
+        """DELETE /v1/videos/{id}: the kept clip, then the record, so that a clip that cannot be
+        removed now (the bucket away) leaves the job to be deleted again, not a clip nobody can
+        reach to remove. Raises UploadError."""
+        if job.kept and self.keeper is not None:
+            self.keeper.delete(job.kept)
+        self.jobs.delete(job.id)
+
+    def _remove_clip(self, job: VideoJob) -> None:
+        try:
+            if job.kept and self.keeper is not None:
+                self.keeper.delete(job.kept)
+        except Exception as exc:  # noqa: BLE001 - an UploadError: said, the poller goes on
+            why = getattr(exc, "reason", None) or Reason.of("internal")
+            log.warning("video %s was deleted while kept; its clip %s could not be removed (%s)", job.id, job.kept, why.code)
 
     def wait_for_change(self, timeout: float) -> None:
         """Until this process's poller has looked at a job again, or `timeout` (a job polled by
@@ -389,7 +442,9 @@ class VideoWorker:
 
 
 def _name_for(job: VideoJob) -> str:
-    """The clip's name in the keeper: unique per job (its bytes are not known before they are kept)."""
+    """The clip's name in the keeper: one per job, not the bytes' hash as a picture's is, so that
+    deleting a job removes its clip without asking whether another job kept the same bytes (and
+    without a race with one keeping them right then)."""
     return hashlib.sha256(f"{job.id}:{job.upstream_id}".encode()).hexdigest()
 
 

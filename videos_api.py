@@ -295,6 +295,14 @@ def list_videos() -> Response:
 def delete_video(video_id: str) -> Response:
     services = web.current()
     job = _job(video_id, services)
-    _worker(services).jobs.delete(job.id)
+    try:
+        _worker(services).delete(job)  # its kept clip too: the /images/ link needs no key
+    except UploadError:
+        raise ApiError(
+            503,
+            f"Video '{job.id}' was not deleted: its clip cannot be removed from the video store now. Try again shortly.",
+            code="store_unavailable",
+            retry_after=10,
+        ) from None
     log.info("req=%s video %s deleted", g.request_id, job.id)
     return web.json_response({"id": job.id, "object": "video.deleted", "deleted": True})

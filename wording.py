@@ -148,6 +148,7 @@ REASONS: dict[str, tuple[Words, Words]] = {
         "保存到本机图片目录失败（磁盘已满或没有写权限）",
         "saving to the image store failed (disk full or not writable)",
     ),
+    "store_remove": ("从本机图片目录删除文件失败（没有写权限）", "removing a file from the image store failed (not writable)"),
     "quota_left": (
         "这个密钥今天的额度只剩 {left} 个（这次要了 {asked} 个），只生成 {left} 个；额度在 {resets} 重置",
         "this key has only {left} left today ({asked} asked): {left} made; the quota resets at {resets}",

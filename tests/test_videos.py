@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -65,6 +66,67 @@ def test_the_video_object_says_what_the_job_is_doing(video_service, fake):
     assert {"queued", "in_progress", "completed"} <= seen
     thumbnail = requests.get(f"{video_service.url}/v1/videos/{video['id']}/content?variant=thumbnail", timeout=10)
     assert thumbnail.status_code == 404 and "only variant=video" in thumbnail.json()["error"]["message"]
+
+
+def _kept_link(service, video_id: str) -> str:
+    """Where a chat answer's "get it later" link leads: the kept clip, served without a key."""
+    later = requests.get(f"{service.url}/videos/{video_id}", allow_redirects=False, timeout=10)
+    assert later.status_code == 302 and "/images/" in later.headers["Location"], later.text
+    return later.headers["Location"]
+
+
+@pytest.mark.parametrize("keeper", ["local", "s3"])
+def test_deleting_a_video_removes_its_kept_clip_and_leaves_anothers_with_the_same_bytes(serve, fake, tmp_path, request, keeper):
+    if keeper == "s3":
+        s3 = request.getfixturevalue("s3")
+        bucket = s3.bucket()
+        service = serve({"S3_BUCKET": bucket, "S3_PREFIX": "clips", "UPLOAD_TIMEOUT": "1"}, video_poll_seconds=0.1)
+    else:
+        service = serve(video_poll_seconds=0.1, image_store_dir=str(tmp_path / "kept"))
+    client = _client(service)
+    first, second = (client.videos.create_and_poll(model=T2V, prompt=f"a cat {n}") for n in (1, 2))
+    links = {video.id: _kept_link(service, video.id) for video in (first, second)}
+    assert all(requests.get(link, timeout=10).content == CLIP for link in links.values())  # the fake's bytes, both
+
+    if keeper == "s3":  # a bucket away: the video is not deleted (its clip would stay, unreachable to remove)
+        s3.pause()
+        try:
+            refused = requests.delete(f"{service.url}/v1/videos/{first.id}", timeout=30)
+        finally:
+            s3.resume()
+        assert refused.status_code == 503 and "Try again" in refused.json()["error"]["message"]
+        assert client.videos.retrieve(first.id).status == "completed"
+
+    assert client.videos.delete(first.id).deleted
+    for path in (f"/v1/videos/{first.id}", f"/v1/videos/{first.id}/content", f"/videos/{first.id}"):
+        assert requests.get(f"{service.url}{path}", allow_redirects=False, timeout=10).status_code == 404, path
+    assert requests.get(links[first.id], timeout=10).status_code == 404  # no longer served to anyone holding the link
+    assert requests.get(links[second.id], timeout=10).content == CLIP  # the other job's clip plays on
+    assert client.videos.download_content(second.id).read() == CLIP
+    assert [v.id for v in client.videos.list().data] == [second.id]
+
+    assert client.videos.delete(second.id).deleted
+    assert requests.get(links[second.id], timeout=10).status_code == 404
+    if keeper == "s3":
+        assert s3.client().list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+    else:
+        assert not list((tmp_path / "kept").iterdir())
+
+
+def test_a_video_deleted_while_its_clip_is_downloaded_is_not_brought_back(serve, fake, tmp_path):
+    """The poller holds the job for the seconds a large download takes: a delete meanwhile stands,
+    and what it kept meanwhile goes too."""
+    fake.state.gate = threading.Event()
+    service = serve(video_poll_seconds=0.1, image_store_dir=str(tmp_path / "kept"))
+    video = _client(service).videos.create(model=T2V, prompt="a cat")
+    assert fake.state.arrived.wait(10)  # its clip is being fetched
+    assert requests.delete(f"{service.url}/v1/videos/{video.id}", timeout=10).json()["deleted"]
+    fake.state.gate.set()
+    jobs = service.services.videos.jobs
+    assert wait_until(lambda: jobs.claim(video.id, 0.001), 10)  # the poller has let it go: its look is over
+    assert requests.get(f"{service.url}/v1/videos/{video.id}", timeout=10).status_code == 404
+    assert requests.get(f"{service.url}/videos/{video.id}", timeout=10).status_code == 404
+    assert not list((tmp_path / "kept").glob("*.mp4"))
 
 
 def test_a_picture_becomes_the_first_frame(video_service, fake):
