@@ -225,6 +225,7 @@ class Settings:
     video_timeout: float = _setting("VIDEO_TIMEOUT", "1800", _number_of("seconds", 86400))
     video_poll_seconds: float = _setting("VIDEO_POLL_SECONDS", "5", _number_of("seconds", 600))
     max_video_mb: float = _setting("MAX_VIDEO_MB", "200", _number_of("megabytes", 10_000))
+    video_retention_days: int = _setting("VIDEO_RETENTION_DAYS", "30", _int_between(1, 3650))
     cors_origins: tuple[str, ...] = _setting("CORS_ORIGINS", "*", _split_list)
     log_level: str = _setting("LOG_LEVEL", "INFO", lambda raw: _choice(raw.upper(), _LOG_LEVELS))
 

@@ -167,7 +167,12 @@ def _video_worker(settings: Settings, pool: KeyPool, http: Any, session: Any, ke
         lambda key, request_id: video_status(http, settings.api_base_url, key, request_id, settings.expansion_timeout),
         lambda url, sink: fetch_to_file(session, url, sink, settings.upstream_timeout, max_bytes, rule),
         keeper,
-        VideoSettings(settings.video_poll_seconds, settings.video_timeout, max_bytes),
+        VideoSettings(
+            settings.video_poll_seconds,
+            settings.video_timeout,
+            max_bytes,
+            retention_seconds=settings.video_retention_days * 86400.0,
+        ),
     )
 
 

@@ -7,7 +7,9 @@ The record lives in a SQLite file in the service's data directory (shared by the
 the next process after a restart) or in Redis (shared by every instance). Each process runs one
 `VideoWorker` thread: every `poll_seconds` it takes the lease of each unfinished job it can (so
 one poller per job, across processes), asks SiliconFlow once, and on success downloads the clip
-at once (its link expires within the hour) into the keeper, streamed through a file on disk.
+at once (its link expires within the hour) into the keeper, streamed through a file on disk. Once
+an hour one process removes the records of jobs finished more than VIDEO_RETENTION_DAYS ago.
+Both records index jobs by owner, so a person's list reads their page only.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import json
 import logging
 import os
 import secrets
+import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -38,6 +42,7 @@ QUEUED, IN_PROGRESS, COMPLETED, FAILED = "queued", "in_progress", "completed", "
 FINISHED = (COMPLETED, FAILED)
 ALL = object()  # every owner's jobs (the operator's key)
 LEASE_SECONDS = 30.0  # a poller holds a job this long per look (a download renews it)
+PRUNE_EVERY = 3600.0  # finished jobs past their retention are looked for this often, by one process
 
 
 @dataclass
@@ -88,18 +93,42 @@ def new_id() -> str:
 
 
 class SqliteJobs:
-    """Jobs in a SQLite file: every worker of this instance, and the next process after a restart."""
+    """Jobs in a SQLite file: every worker of this instance, and the next process after a restart.
+
+    A job's owner and times are columns beside its JSON record, indexed, so that a person's page of
+    jobs, the unfinished ones and those to prune are read without reading everyone's records.
+    """
 
     def __init__(self, path: str):
         self.path = path
         self._db = SqliteFile(path).db
-        with self._db() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, created REAL, finished INTEGER, body TEXT)")
-            db.execute("CREATE TABLE IF NOT EXISTS leases (id TEXT PRIMARY KEY, until REAL)")
+        db = self._db()
+        db.execute("CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, created REAL, finished INTEGER, body TEXT, owner TEXT)")
+        db.execute("CREATE TABLE IF NOT EXISTS leases (id TEXT PRIMARY KEY, until REAL)")
+        with self._transaction() as db:  # one process adds the column, the others then see it
+            if "owner" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
+                # A file written before jobs were listed by owner: the column is filled from the records.
+                db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")
+                db.execute("UPDATE jobs SET owner = json_extract(body, '$.owner')")
+        db.execute("CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, created, id)")
+        db.execute("CREATE INDEX IF NOT EXISTS jobs_by_time ON jobs (created, id)")
+        db.execute("CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (finished, created)")
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     def save(self, job: VideoJob) -> None:
         self._db().execute(
-            "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?)", (job.id, job.created_at, int(job.finished), job.to_json())
+            "INSERT OR REPLACE INTO jobs (id, created, finished, body, owner) VALUES (?, ?, ?, ?, ?)",
+            (job.id, job.created_at, int(job.finished), job.to_json(), job.owner),
         )
 
     def update(self, job: VideoJob) -> bool:
@@ -121,25 +150,32 @@ class SqliteJobs:
         return db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount > 0
 
     def newest(self, limit: int, after: str | None, ascending: bool, owner: Any = ALL) -> tuple[list[VideoJob], bool]:
-        """A page of jobs (of `owner` only, unless ALL), oldest or newest first, after the job `after`."""
-        jobs, more = self._page(limit if owner is ALL else 10_000, after, ascending)
-        if owner is ALL:
-            return jobs, more
-        mine = [job for job in jobs if job.owner == owner]
-        return mine[:limit], len(mine) > limit
-
-    def _page(self, limit: int, after: str | None, ascending: bool) -> tuple[list[VideoJob], bool]:
+        """A page of jobs (of `owner` only, unless ALL), oldest or newest first, after the job `after`
+        (one of theirs; another id starts from the first)."""
         order = "ASC" if ascending else "DESC"
+        where: list[str] = []
         params: list[Any] = []
-        where = ""
+        if owner is not ALL:
+            where.append("owner = ?")
+            params.append(owner)
         if after:
-            row = self._db().execute("SELECT created, id FROM jobs WHERE id = ?", (after,)).fetchone()
+            row = (
+                self._db()
+                .execute(
+                    "SELECT created, id FROM jobs WHERE id = ?" + (" AND owner = ?" if owner is not ALL else ""), (after, *params)
+                )
+                .fetchone()
+            )
             if row:
-                where = f"WHERE (created, id) {'>' if ascending else '<'} (?, ?)"
-                params = [row[0], row[1]]
+                where.append(f"(created, id) {'>' if ascending else '<'} (?, ?)")
+                params += row
         rows = (
             self._db()
-            .execute(f"SELECT body FROM jobs {where} ORDER BY created {order}, id {order} LIMIT ?", (*params, limit + 1))
+            .execute(
+                f"SELECT body FROM jobs {'WHERE ' + ' AND '.join(where) if where else ''} "
+                f"ORDER BY created {order}, id {order} LIMIT ?",
+                (*params, limit + 1),
+            )
             .fetchall()
         )
         return [VideoJob.from_json(r[0]) for r in rows[:limit]], len(rows) > limit
@@ -147,18 +183,28 @@ class SqliteJobs:
     def unfinished(self) -> list[str]:
         return [r[0] for r in self._db().execute("SELECT id FROM jobs WHERE finished = 0 ORDER BY created")]
 
+    def prune(self, before: float) -> int:
+        """Finished jobs made before `before` (time.time()) removed, with their leases: how many."""
+        with self._transaction() as db:
+            old = "SELECT id FROM jobs WHERE finished = 1 AND created < ?"
+            db.execute(f"DELETE FROM leases WHERE id IN ({old})", (before,))
+            return db.execute("DELETE FROM jobs WHERE finished = 1 AND created < ?", (before,)).rowcount
+
     def claim(self, job_id: str, seconds: float) -> bool:
-        now = time.time()
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            row = db.execute("SELECT until FROM leases WHERE id = ?", (job_id,)).fetchone()
+        return self._take(job_id, seconds, time.time())
+
+    def due(self, chore: str, every: float, now: float) -> bool:
+        """Whether `chore` is due at `now` (not done within `every` seconds by any process): if so,
+        this process takes it."""
+        return self._take(f"chore:{chore}", every, now)
+
+    def _take(self, lease: str, seconds: float, now: float) -> bool:
+        with self._transaction() as db:
+            row = db.execute("SELECT until FROM leases WHERE id = ?", (lease,)).fetchone()
             if row and row[0] > now:
                 return False
-            db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?)", (job_id, now + seconds))
+            db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?)", (lease, now + seconds))
             return True
-        finally:
-            db.execute("COMMIT")
 
     def let_go(self, job_id: str) -> None:
         self._db().execute("DELETE FROM leases WHERE id = ?", (job_id,))
@@ -168,7 +214,31 @@ class SqliteJobs:
 
 
 class RedisJobs:
-    """Jobs in Redis: every instance answers for every job."""
+    """Jobs in Redis: every instance answers for every job.
+
+    Keys under the prefix: `job:<id>` (the record), `index` (every job by time, a sorted set),
+    `owner:<user key id>` (a person's jobs by time), `open` (the unfinished), `lease:<id>`. A
+    page is read from one sorted set and its records in one MGET.
+    """
+
+    # The ids of a page, after the job ARGV[1] (or from the first): one script, so that a job
+    # added between finding `after` and reading on does not shift the page.
+    _PAGE = """
+        local start = 0
+        if ARGV[1] ~= '' then
+            local rank = redis.call(ARGV[2] == 'asc' and 'ZRANK' or 'ZREVRANK', KEYS[1], ARGV[1])
+            if rank then start = rank + 1 end
+        end
+        return redis.call(ARGV[2] == 'asc' and 'ZRANGE' or 'ZREVRANGE', KEYS[1], start, start + tonumber(ARGV[3]))
+    """
+    # A chore due at ARGV[1] is taken until ARGV[2]: a time in the key, not an expiry, so that the
+    # clock is the caller's.
+    _DUE = """
+        local free_at = tonumber(redis.call('GET', KEYS[1]) or '0')
+        if tonumber(ARGV[1]) < free_at then return 0 end
+        redis.call('SET', KEYS[1], ARGV[2])
+        return 1
+    """
 
     def __init__(self, url: str, prefix: str = "siliconflow:videos:"):
         import redis
@@ -176,6 +246,9 @@ class RedisJobs:
         self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
         self._prefix = prefix
         self._changed_meanwhile = redis.WatchError
+        self._page = self._redis.register_script(self._PAGE)
+        self._due = self._redis.register_script(self._DUE)
+        self._owners_indexed = False
 
     def _key(self, *parts: str) -> str:
         return self._prefix + ":".join(parts)
@@ -204,41 +277,86 @@ class RedisJobs:
     def _write(self, pipe: Any, job: VideoJob) -> None:
         pipe.set(self._key("job", job.id), job.to_json())
         pipe.zadd(self._key("index"), {job.id: job.created_at})
+        if job.owner is not None:
+            pipe.zadd(self._key("owner", job.owner), {job.id: job.created_at})
         if job.finished:
             pipe.srem(self._key("open"), job.id)
         else:
             pipe.sadd(self._key("open"), job.id)
+
+    def _forget(self, pipe: Any, job_id: str, owner: str | None) -> None:
+        pipe.delete(self._key("job", job_id))
+        pipe.zrem(self._key("index"), job_id)
+        if owner is not None:
+            pipe.zrem(self._key("owner", owner), job_id)
+        pipe.srem(self._key("open"), job_id)
+        pipe.delete(self._key("lease", job_id))
 
     def get(self, job_id: str) -> VideoJob | None:
         raw = self._redis.get(self._key("job", job_id))
         return VideoJob.from_json(raw.decode()) if raw else None
 
     def delete(self, job_id: str) -> bool:
+        job = self.get(job_id)
         pipe = self._redis.pipeline()
-        pipe.delete(self._key("job", job_id))
-        pipe.zrem(self._key("index"), job_id)
-        pipe.srem(self._key("open"), job_id)
-        pipe.delete(self._key("lease", job_id))
+        self._forget(pipe, job_id, job.owner if job else None)
         return bool(pipe.execute()[0])
 
     def newest(self, limit: int, after: str | None, ascending: bool, owner: Any = ALL) -> tuple[list[VideoJob], bool]:
-        ids = [i.decode() for i in (self._redis.zrange if ascending else self._redis.zrevrange)(self._key("index"), 0, -1)]
-        if after and after in ids:
-            ids = ids[ids.index(after) + 1 :]
-        jobs: list[VideoJob] = []
-        for job_id in ids:
-            job = self.get(job_id)
-            if job is not None and (owner is ALL or job.owner == owner):
-                jobs.append(job)
-                if len(jobs) > limit:
-                    break
-        return jobs[:limit], len(jobs) > limit
+        """A page of jobs (of `owner` only, unless ALL), oldest or newest first, after the job `after`
+        (one of theirs; another id starts from the first)."""
+        if owner is not ALL:
+            self._index_owners()
+        index = self._key("index") if owner is ALL else self._key("owner", owner)
+        ids = [i.decode() for i in self._page(keys=[index], args=[after or "", "asc" if ascending else "desc", limit])]
+        raws = self._redis.mget([self._key("job", i) for i in ids[:limit]]) if ids else []
+        return [VideoJob.from_json(raw.decode()) for raw in raws if raw], len(ids) > limit
+
+    def _index_owners(self) -> None:
+        """Jobs recorded before they were listed by owner go into their owner's index, once."""
+        if self._owners_indexed or self._redis.exists(self._key("owners-indexed")):
+            self._owners_indexed = True
+            return
+        ids = [i.decode() for i in self._redis.zrange(self._key("index"), 0, -1)]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            pipe = self._redis.pipeline()
+            for raw in self._redis.mget([self._key("job", i) for i in chunk]):
+                job = VideoJob.from_json(raw.decode()) if raw else None
+                if job is not None and job.owner is not None:
+                    pipe.zadd(self._key("owner", job.owner), {job.id: job.created_at})
+            pipe.execute()
+        self._redis.set(self._key("owners-indexed"), "1")
+        self._owners_indexed = True
 
     def unfinished(self) -> list[str]:
         return sorted(i.decode() for i in self._redis.smembers(self._key("open")))
 
+    def prune(self, before: float) -> int:
+        """Finished jobs made before `before` (time.time()) removed, with their index entries and
+        leases: how many. Read in pieces; the unfinished among the old are stepped over."""
+        removed = skipped = 0
+        while True:
+            ids = [i.decode() for i in self._redis.zrangebyscore(self._key("index"), "-inf", f"({before}", skipped, 500)]
+            if not ids:
+                return removed
+            pipe = self._redis.pipeline()
+            for job_id, raw in zip(ids, self._redis.mget([self._key("job", i) for i in ids]), strict=True):
+                job = VideoJob.from_json(raw.decode()) if raw else None
+                if job is not None and not job.finished:
+                    skipped += 1
+                    continue
+                self._forget(pipe, job_id, job.owner if job else None)
+                removed += job is not None
+            pipe.execute()
+
     def claim(self, job_id: str, seconds: float) -> bool:
         return bool(self._redis.set(self._key("lease", job_id), "1", nx=True, px=int(seconds * 1000)))
+
+    def due(self, chore: str, every: float, now: float) -> bool:
+        """Whether `chore` is due at `now` (not done within `every` seconds by any process): if so,
+        this process takes it."""
+        return bool(self._due(keys=[self._key("chore", chore)], args=[repr(now), repr(now + every)]))
 
     def let_go(self, job_id: str) -> None:
         self._redis.delete(self._key("lease", job_id))
@@ -294,6 +412,7 @@ class VideoSettings:
     timeout: float  # VIDEO_TIMEOUT: a job not finished by then ends failed
     max_bytes: int
     link_seconds: float = 3600.0  # how long the upstream's link lasts (expires_at when nobody keeps it)
+    retention_seconds: float = 30 * 86400.0  # VIDEO_RETENTION_DAYS: a finished job's record is kept this long
 
 
 class VideoWorker:
@@ -341,6 +460,7 @@ class VideoWorker:
                     if self._stop.is_set():
                         break
                     self.step(job_id)
+                self.prune()
             except Exception as exc:  # noqa: BLE001 - the record failing (Redis away, a disk) must not end the thread
                 if failing != type(exc).__name__:
                     failing = type(exc).__name__
@@ -372,6 +492,21 @@ class VideoWorker:
             self.jobs.let_go(job_id)
             with self._changed:
                 self._changed.notify_all()
+
+    def prune(self, now: float | None = None) -> int | None:
+        """The records of finished jobs made more than VIDEO_RETENTION_DAYS before `now` removed,
+        by one process at most once every PRUNE_EVERY: how many, or None when it was not due here.
+
+        The record only: a kept clip stays, as a chat answer links it for good (the store has its
+        own cap). An unfinished job is never removed."""
+        now = time.time() if now is None else now
+        if not self.jobs.due("prune", PRUNE_EVERY, now):
+            return None
+        removed = self.jobs.prune(now - self.settings.retention_seconds)
+        if removed:
+            days = self.settings.retention_seconds / 86400
+            log.info("video jobs: %d finished job record(s) older than %g days removed (VIDEO_RETENTION_DAYS)", removed, days)
+        return removed
 
     def delete(self, job: VideoJob) -> None:
         """DELETE /v1/videos/{id}: the kept clip, then the record, so that a clip that cannot be

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -14,9 +15,11 @@ import openai
 import pytest
 import requests
 
+from tests.conftest import SERVICE_KEY
 from tests.fake_siliconflow import CLIP
 from tests.helpers import images_in, post_chat, stream_chunks, wait_until
 from tests.servers import Gunicorn
+from videos import VideoJob, new_id
 
 T2V, I2V = "Wan-AI/Wan2.2-T2V-A14B", "Wan-AI/Wan2.2-I2V-A14B"
 FRAME = (Path(__file__).with_name("data") / "frame.png").read_bytes()  # a real PNG (ffmpeg's test source)
@@ -356,3 +359,164 @@ def test_a_chat_that_stops_early_still_gets_its_video_through_the_submitted_line
     assert waiting.status_code == 200 and "refresh later" in waiting.text and waiting.headers["Refresh"] == "10"
     assert wait_until(lambda: requests.get(link, allow_redirects=False, timeout=10).status_code == 302, 10)
     assert requests.get(link, timeout=10).content == CLIP  # the clip was made and kept all the same
+
+
+# --- a person's list, and old jobs pruned ---------------------------------------------------------
+
+ADMIN = "operator-secret-0123456789"
+DAY = 86400
+
+
+def _person(service, name: str) -> tuple[str, openai.OpenAI]:
+    made = requests.post(
+        f"{service.url}/admin/api/keys", json={"name": name}, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10
+    ).json()
+    return made["id"], openai.OpenAI(base_url=f"{service.url}/v1", api_key=made["key"], max_retries=0, timeout=30)
+
+
+def _listed(client: openai.OpenAI, order: str) -> list[str]:
+    """Every page, as the SDK walks them (`after` the last id while `has_more`)."""
+    return [video.id for video in client.videos.list(limit=7, order=order)]
+
+
+def _reads_for_a_page(service, client: openai.OpenAI, redis_url: str | None) -> int | None:
+    """How many record reads (GET, MGET) Redis served for one page of a person's list."""
+    if redis_url is None:
+        return None
+    import redis
+
+    counted = redis.Redis.from_url(redis_url)
+    counted.config_resetstat()
+    page = requests.get(f"{service.url}/v1/videos?limit=5", headers={"Authorization": f"Bearer {client.api_key}"}, timeout=10)
+    assert page.status_code == 200
+    stats = counted.info("commandstats")
+    return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("get", "mget"))
+
+
+@pytest.mark.parametrize("record", ["sqlite", "redis"])
+def test_a_person_pages_through_their_own_videos_and_old_finished_jobs_are_pruned(serve, fake, tmp_path, request, record):
+    shared = {"redis_url": request.getfixturevalue("redis_server").url} if record == "redis" else {}
+    service = serve(
+        admin_key=ADMIN, api_key=SERVICE_KEY, video_poll_seconds=0.1, image_store_dir=str(tmp_path / "kept"), **shared
+    )
+    (alice, as_alice), (bob, as_bob) = _person(service, "alice"), _person(service, "bob")
+    operator = openai.OpenAI(base_url=f"{service.url}/v1", api_key=SERVICE_KEY, max_retries=0, timeout=30)
+    made = [client.videos.create_and_poll(model=T2V, prompt="a cat") for client in (as_alice, as_bob)]
+    kept = _kept_link(service, made[0].id)
+    # Many more, recorded as the service records them, at times the prune below sees as old or recent
+    # (never old by today's clock, so that the poller's own prune leaves them alone).
+    prune_at = time.time() + 40 * DAY
+    jobs = service.services.videos.jobs
+    seeded = [
+        VideoJob(
+            new_id(),
+            T2V,
+            f"job {n}",
+            "1280x720",
+            "5",
+            int(prune_at - (35 if n % 5 < 3 else 1) * DAY) + n // 2,  # two by two in the same second: the id breaks the tie
+            status="in_progress" if n % 7 == 0 else "completed",
+            owner=alice if n % 3 else bob,
+            next_poll=prune_at + DAY,  # not asked after: the fake has never heard of them
+        )
+        for n in range(45)
+    ]
+    _reads_for_a_page(service, as_alice, shared.get("redis_url"))  # the first list also indexes older records by owner
+    reads = _reads_for_a_page(service, as_alice, shared.get("redis_url"))
+    for job in seeded:
+        if job.finished:
+            jobs.save(job)
+    # A page costs the same reads however many jobs are recorded (the whole index was read, job by job).
+    assert _reads_for_a_page(service, as_alice, shared.get("redis_url")) == reads
+    for job in seeded:
+        if not job.finished:  # saved after the count: the poller reads these
+            jobs.save(job)
+    everyone = [*made, *seeded]  # the Video objects and the records: each has an id, created_at and status
+    owners = {made[0].id: alice, made[1].id: bob, **{job.id: job.owner for job in seeded}}
+
+    def newest_first(owner: str | None = None) -> list[str]:
+        ordered = sorted(everyone, key=lambda job: (job.created_at, job.id), reverse=True)
+        return [job.id for job in ordered if owner is None or owners[job.id] == owner]
+
+    mine, theirs = newest_first(alice), newest_first(bob)
+    assert len(mine) == 31 and len(theirs) == 16
+    assert _listed(as_alice, "desc") == mine and _listed(as_alice, "asc") == mine[::-1]
+    assert _listed(as_bob, "desc") == theirs
+    assert _listed(operator, "desc") == newest_first()
+    page = requests.get(
+        f"{service.url}/v1/videos",
+        params={"limit": 5, "after": theirs[0]},  # another person's id: no way into bob's list, from alice's first
+        headers={"Authorization": f"Bearer {as_alice.api_key}"},
+        timeout=10,
+    ).json()
+    assert [v["id"] for v in page["data"]] == mine[:5] and page["has_more"]
+
+    worker = service.services.videos
+    removed = worker.prune(now=prune_at)
+    gone = {job.id for job in everyone if job.created_at < prune_at - 30 * DAY and job.status == "completed"}
+    assert removed == len(gone) and {made[0].id, made[1].id} <= gone
+    assert worker.prune(now=prune_at + 60) is None  # once an hour at most
+    assert worker.prune(now=prune_at + 3601) == 0
+    assert _listed(as_alice, "desc") == [i for i in mine if i not in gone]
+    assert _listed(operator, "asc") == [i for i in newest_first()[::-1] if i not in gone]
+    assert all(
+        requests.get(
+            f"{service.url}/v1/videos/{video.id}", headers={"Authorization": f"Bearer {SERVICE_KEY}"}, timeout=10
+        ).status_code
+        == (404 if video.id in gone else 200)
+        for video in everyone
+    )
+    assert requests.get(kept, timeout=10).content == CLIP  # the record goes, not the clip a chat answer links
+    if record == "redis":
+        import redis
+
+        left = redis.Redis.from_url(shared["redis_url"])
+        assert not [key for key in left.keys("*") if any(i.encode() in key for i in gone)]  # records, leases
+        for index, ids in (("index", newest_first()), (f"owner:{alice}", mine), (f"owner:{bob}", theirs)):
+            assert {i.decode() for i in left.zrange(f"siliconflow:videos:{index}", 0, -1)} == set(ids) - gone, index
+
+
+def test_a_persons_jobs_are_not_hidden_behind_ten_thousand_of_anothers(serve, fake):
+    service = serve(admin_key=ADMIN, api_key=SERVICE_KEY, video_poll_seconds=0.1)
+    (alice, as_alice), (bob, _) = _person(service, "alice"), _person(service, "bob")
+    jobs, now = service.services.videos.jobs, int(time.time())
+    hers = VideoJob(new_id(), T2V, "a cat", "1280x720", "5", now - 600, status="completed", owner=alice)
+    jobs.save(hers)
+    for n in range(10_000):
+        jobs.save(VideoJob(new_id(), T2V, "a dog", "1280x720", "5", now - 300 + n // 100, status="completed", owner=bob))
+    assert [video.id for video in as_alice.videos.list().data] == [hers.id]
+
+
+@pytest.mark.parametrize("record", ["sqlite", "redis"])
+def test_jobs_recorded_before_they_were_listed_by_owner_are_listed_by_owner(serve, fake, tmp_path, request, record):
+    """An upgrade: the record as the previous version wrote it (no owner column, no owner index)."""
+    from userkeys import RedisKeys, SqliteKeys, make
+
+    redis_url = request.getfixturevalue("redis_server").url if record == "redis" else None
+    users = RedisKeys(redis_url) if redis_url else SqliteKeys(str(tmp_path / "users.sqlite3"))
+    (alice, secret), (bob, _) = make("alice", 0, 0), make("bob", 0, 0)
+    users.save(alice)
+    users.save(bob)
+    now = int(time.time())
+    old = [
+        VideoJob(new_id(), T2V, f"job {n}", "1280x720", "5", now - 100 + n, status="completed", owner=owner)
+        for n, owner in enumerate([alice.id, bob.id, alice.id, None, alice.id])
+    ]
+    if redis_url:
+        import redis
+
+        written = redis.Redis.from_url(redis_url)
+        for job in old:
+            written.set(f"siliconflow:videos:job:{job.id}", job.to_json())
+            written.zadd("siliconflow:videos:index", {job.id: job.created_at})
+    else:
+        with sqlite3.connect(tmp_path / "videos.sqlite3") as written:
+            written.execute("CREATE TABLE jobs (id TEXT PRIMARY KEY, created REAL, finished INTEGER, body TEXT)")
+            written.execute("CREATE TABLE leases (id TEXT PRIMARY KEY, until REAL)")
+            written.executemany("INSERT INTO jobs VALUES (?, ?, 1, ?)", [(j.id, j.created_at, j.to_json()) for j in old])
+    service = serve(admin_key=ADMIN, data_dir=str(tmp_path), redis_url=redis_url, video_poll_seconds=0.1)
+    as_alice = openai.OpenAI(base_url=f"{service.url}/v1", api_key=secret, max_retries=0, timeout=30)
+    hers = [job.id for job in old if job.owner == alice.id]
+    assert [video.id for video in as_alice.videos.list(limit=2)] == hers[::-1]
+    new = as_alice.videos.create_and_poll(model=T2V, prompt="a cat")
+    assert [video.id for video in as_alice.videos.list(limit=2, order="asc")] == [*hers, new.id]
