@@ -1,5 +1,6 @@
 // Drives the operator's page in headless Chromium: node admin_check.mjs URL ADMIN_KEY SCREENSHOT_DIR
-// Enters the admin key, reads the tables and the chart, makes a key and revokes it. Prints one JSON line.
+// Enters the admin key, reads the tables and the chart, makes a key with Enter in the form and
+// revokes it. Prints one JSON line.
 import { chromium } from 'playwright-core';
 
 const [url, adminKey, shots] = process.argv.slice(2);
@@ -25,14 +26,17 @@ try {
     result.url = page.url();
     result.overflow = await page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth + 1);
     if (name === 'desktop') {
+      result.friendRow = await page.locator('#users tr', { hasText: 'friend' }).textContent();
       await page.fill('#name', 'classmate');
-      await page.fill('#daily', '5');
-      await page.click('#create button');
+      await page.fill('#dailyImages', '5');
+      await page.fill('#dailyVideos', '2');
+      await page.keyboard.press('Enter');
       await page.waitForFunction(() => document.querySelector('#secret').textContent.includes('sfk-'));
       result.made = (await page.textContent('#secret')).split(': ').pop().trim();
       await page.waitForFunction(() => document.querySelector('#users').textContent.includes('classmate'));
       result.madeListed = !(await page.textContent('#users')).includes(result.made);
       const row = page.locator('#users tr', { hasText: 'classmate' });
+      result.madeRow = await row.textContent();
       await row.locator('button.danger').click();
       await page.waitForFunction(() => !document.querySelector('#users').textContent.includes('classmate'));
       result.revoked = true;
