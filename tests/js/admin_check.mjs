@@ -1,6 +1,6 @@
 // Drives the operator's page in headless Chromium: node admin_check.mjs URL ADMIN_KEY SCREENSHOT_DIR
-// Enters the admin key, reads the tables and the chart, makes a key with Enter in the form and
-// revokes it. Prints one JSON line.
+// Enters the admin key (Enter in the key box on the desktop, the button on the phone), reads the
+// tables and the chart, makes a key with Enter in the form and revokes it. Prints one JSON line.
 import { chromium } from 'playwright-core';
 
 const [url, adminKey, shots] = process.argv.slice(2);
@@ -17,7 +17,8 @@ try {
     page.on('dialog', (dialog) => dialog.accept());
     await page.goto(`${url}/admin`);
     await page.fill('#adminKey', adminKey);
-    await page.click('#enter');
+    if (name === 'desktop') await page.keyboard.press('Enter');  // as a person does after pasting it
+    else await page.click('#enter');
     await page.waitForFunction(() => document.querySelectorAll('#users tr').length >= 1 && document.querySelectorAll('#keys tr').length >= 1);
     result.users = await page.textContent('#users');
     result.upstream = await page.textContent('#keys');
