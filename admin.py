@@ -1,6 +1,9 @@
 """The operator's surface, only with ADMIN_KEY: the user keys API (`/admin/api/keys`), an overview
 for the page (`/admin/api/overview`), the page itself (`/admin`) and Prometheus metrics (`/metrics`).
 
+A key's daily caps (`daily_images`, `daily_videos`) are null (no cap), 0 (none allowed) or N; a key
+made with a picture cap and no word on videos makes no videos.
+
 The admin key travels as a bearer header only (never in a URL), is compared in constant time and
 is never logged; admin actions are logged with the key's id and name, never a secret. English.
 """
@@ -58,13 +61,25 @@ def page() -> Response:
     return response
 
 
-def _quota(body: dict[str, Any], name: str, default: int | None) -> int | None:
-    value = body.get(name, default)
+CAPS = {"daily_images": "pictures", "daily_videos": "videos"}
+
+
+def _cap(body: dict[str, Any], name: str) -> int | None:
+    """A daily cap as sent (the field present): a whole number, 0 for none allowed, or null for no cap."""
+    value = body[name]
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1_000_000:
-        raise ApiError(400, f"'{name}' must be a whole number of pictures a day, 0 for no cap.", param=name)
+        raise ApiError(
+            400,
+            f"'{name}' must be a whole number of {CAPS[name]} a day from 0 (none) to 1000000, or null for no cap.",
+            param=name,
+        )
     return value
+
+
+def _said(cap: int | None) -> str:
+    return "no cap" if cap is None else "none" if cap == 0 else str(cap)
 
 
 def _name(body: dict[str, Any], required: bool) -> str | None:
@@ -94,12 +109,20 @@ def _key(key_id: str) -> userkeys.UserKey:
 @bp.post("/admin/api/keys")
 def create_key() -> Response:
     body = json_object()
-    key, secret = userkeys.make(
-        _name(body, True) or "", _quota(body, "daily_images", 0) or 0, _quota(body, "daily_videos", 0) or 0
-    )
+    name = _name(body, True) or ""
+    images = _cap(body, "daily_images") if "daily_images" in body else None
+    # A key capped on pictures and silent on videos makes no videos: a video costs about ten pictures,
+    # and a cap the operator did not write must not be "no cap".
+    videos = _cap(body, "daily_videos") if "daily_videos" in body else (None if images is None else 0)
+    key, secret = userkeys.make(name, images, videos)
     web.current().users.save(key)
     log.info(
-        "req=%s admin: user key %s (%s) made, %s pictures a day", g.request_id, key.id, key.name, key.daily_images or "no cap"
+        "req=%s admin: user key %s (%s) made, pictures a day: %s, videos a day: %s",
+        g.request_id,
+        key.id,
+        key.name,
+        _said(key.daily_images),
+        _said(key.daily_videos),
     )
     return web.json_response({**_shown(key), "key": secret, "key_shown_once": True}, 201)
 
@@ -117,9 +140,9 @@ def change_key(key_id: str) -> Response:
     changes: dict[str, Any] = {}
     if (name := _name(body, False)) is not None:
         changes["name"] = name
-    for field in ("daily_images", "daily_videos"):
-        if (value := _quota(body, field, None)) is not None:
-            changes[field] = value
+    for field in CAPS:
+        if field in body:
+            changes[field] = _cap(body, field)  # null: back to no cap
     if "disabled" in body:
         if not isinstance(body["disabled"], bool):
             raise ApiError(400, "'disabled' must be true or false.", param="disabled")

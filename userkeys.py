@@ -7,9 +7,11 @@ next process after a restart), or Redis with REDIS_URL (every instance sees a ke
 on another at its next request: nothing is cached).
 
 Quotas count pictures and videos apart, per key and day; the day starts at 00:00 in
-`QUOTA_UTC_OFFSET` (UTC+8 by default, China's time). A request reserves what it asks for before
-anything is drawn (`reserve`) and gives back what did not arrive (`settle`): failed pictures do not
-count, and two requests at once cannot both take the last picture.
+`QUOTA_UTC_OFFSET` (UTC+8 by default, China's time). A daily cap is None (no cap), 0 (none
+allowed) or N. Records stored before caps had a version (`caps` 1) used 0 for "no cap": they are
+read as None, so that a key keeps meaning what it meant when it was made. A request reserves what it
+asks for before anything is drawn (`reserve`) and gives back what did not arrive (`settle`): failed
+pictures do not count, and two requests at once cannot both take the last picture.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from sqlitefile import SqliteFile
 
 PREFIX = "sfk-"
 KINDS = ("images", "videos")
+CAPS = 2  # what a stored cap means: 1 (records without `caps`): 0 is no cap; 2: None is no cap, 0 none allowed
 
 
 def new_secret() -> str:
@@ -46,13 +49,27 @@ class UserKey:
     name: str
     hash: str
     shown: str  # the key masked: sfk-ab…wxyz
-    daily_images: int = 0  # 0: no cap
-    daily_videos: int = 0
+    daily_images: int | None = None  # None: no cap; 0: none allowed
+    daily_videos: int | None = None
     disabled: bool = False
     created_at: int = 0
     last_used: int | None = None
     images_total: int = 0
     videos_total: int = 0
+    caps: int = 1  # absent from the records made before 0 meant "none allowed"; `make` writes CAPS
+
+    @classmethod
+    def stored(cls, body: str | bytes) -> UserKey:
+        """A key from its stored record, its caps in today's meaning: an old record's 0 was no cap."""
+        fields = json.loads(body)
+        if fields.get("caps", 1) < CAPS:
+            for kind in KINDS:
+                fields[f"daily_{kind}"] = fields.get(f"daily_{kind}") or None
+            fields["caps"] = CAPS
+        return cls(**fields)
+
+    def cap(self, kind: str) -> int | None:
+        return self.daily_images if kind == "images" else self.daily_videos
 
     def public(self, used_today: dict[str, int], resets_at: int) -> dict[str, Any]:
         """What the admin API shows: never the hash, never the key."""
@@ -116,14 +133,14 @@ class SqliteKeys:
 
     def get(self, key_id: str) -> UserKey | None:
         row = self._db().execute("SELECT body FROM keys WHERE id = ?", (key_id,)).fetchone()
-        return UserKey(**json.loads(row[0])) if row else None
+        return UserKey.stored(row[0]) if row else None
 
     def by_hash(self, digest: str) -> UserKey | None:
         row = self._db().execute("SELECT body FROM keys WHERE hash = ?", (digest,)).fetchone()
-        return UserKey(**json.loads(row[0])) if row else None
+        return UserKey.stored(row[0]) if row else None
 
     def all(self) -> list[UserKey]:
-        return [UserKey(**json.loads(r[0])) for r in self._db().execute("SELECT body FROM keys")]
+        return [UserKey.stored(r[0]) for r in self._db().execute("SELECT body FROM keys")]
 
     def delete(self, key_id: str) -> bool:
         db = self._db()
@@ -134,14 +151,14 @@ class SqliteKeys:
         rows = self._db().execute("SELECT kind, used FROM usage WHERE id = ? AND day = ?", (key_id, day))
         return {kind: used for kind, used in rows}
 
-    def reserve(self, key_id: str, day: str, kind: str, wanted: int, cap: int) -> int:
-        """Take up to `wanted` of today's `cap` (0: no cap) at once; how many were taken."""
+    def reserve(self, key_id: str, day: str, kind: str, wanted: int, cap: int | None) -> int:
+        """Take up to `wanted` of today's `cap` (None: no cap; 0: none) at once; how many were taken."""
         db = self._db()
         db.execute("BEGIN IMMEDIATE")
         try:
             row = db.execute("SELECT used FROM usage WHERE id = ? AND day = ? AND kind = ?", (key_id, day, kind)).fetchone()
             used = row[0] if row else 0
-            granted = wanted if cap <= 0 else max(0, min(wanted, cap - used))
+            granted = wanted if cap is None else max(0, min(wanted, cap - used))
             if granted:
                 db.execute("INSERT OR REPLACE INTO usage VALUES (?, ?, ?, ?)", (key_id, day, kind, used + granted))
             return granted
@@ -174,14 +191,19 @@ class SqliteKeys:
             self._db().execute("UPDATE keys SET body = json_set(body, '$.last_used', ?) WHERE id = ?", (key.last_used, key.id))
 
     def change(self, key: UserKey, fields: dict[str, Any]) -> bool:
-        """The operator's change to some fields, in place: False when the key is gone."""
+        """The operator's change to some fields: False when the key is gone. Read and written in one
+        transaction (nothing written meanwhile, a use or a revoke, is undone), and an old record is
+        written back with its caps in today's meaning (a 0 set now must not read as "no cap")."""
         db = self._db()
-        body = "body"
-        params: list[Any] = []
-        for name, value in fields.items():
-            body = f"json_set({body}, '$.{name}', json(?))"
-            params.append(json.dumps(value))
-        return db.execute(f"UPDATE keys SET body = {body} WHERE id = ?", (*params, key.id)).rowcount > 0
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT body FROM keys WHERE id = ?", (key.id,)).fetchone()
+            if row is None:
+                return False
+            db.execute("UPDATE keys SET body = ? WHERE id = ?", (json.dumps(asdict(UserKey.stored(row[0])) | fields), key.id))
+            return True
+        finally:
+            db.execute("COMMIT")
 
 
 class RedisKeys:
@@ -189,9 +211,9 @@ class RedisKeys:
 
     _RESERVE = """
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-local wanted, cap = tonumber(ARGV[1]), tonumber(ARGV[2])
+local wanted, cap = tonumber(ARGV[1]), tonumber(ARGV[2])  -- cap 'none': nil, no cap
 local granted = wanted
-if cap > 0 then granted = math.max(0, math.min(wanted, cap - used)) end
+if cap then granted = math.max(0, math.min(wanted, cap - used)) end
 if granted > 0 then redis.call('INCRBY', KEYS[1], granted); redis.call('EXPIRE', KEYS[1], 259200) end
 return granted
 """
@@ -224,7 +246,7 @@ return granted
         raw, stats = self._redis.get(self._k("key", key_id)), self._redis.hgetall(self._k("stats", key_id))
         if not raw:
             return None
-        key = UserKey(**json.loads(raw))
+        key = UserKey.stored(raw)
         for name, value in stats.items():  # counted apart, so that no write of the record undoes another
             setattr(key, name.decode(), int(value))
         return key
@@ -248,8 +270,9 @@ return granted
         values = self._redis.mget([self._k("used", key_id, day, kind) for kind in KINDS])
         return {kind: int(value) for kind, value in zip(KINDS, values, strict=True) if value}
 
-    def reserve(self, key_id: str, day: str, kind: str, wanted: int, cap: int) -> int:
-        return int(self._reserve(keys=[self._k("used", key_id, day, kind)], args=[wanted, cap]))
+    def reserve(self, key_id: str, day: str, kind: str, wanted: int, cap: int | None) -> int:
+        cap_arg = "none" if cap is None else cap
+        return int(self._reserve(keys=[self._k("used", key_id, day, kind)], args=[wanted, cap_arg]))
 
     def settle(self, key_id: str, day: str, kind: str, unused: int, delivered: int) -> None:
         if unused:
@@ -264,6 +287,7 @@ return granted
             self._redis.hset(self._k("stats", key.id), "last_used", key.last_used)
 
     def change(self, key: UserKey, fields: dict[str, Any]) -> bool:
+        """The operator's change; an old record is written back with its caps in today's meaning."""
         current = self.get(key.id)
         if current is None:
             return False
@@ -290,7 +314,7 @@ class Reservation:
         self.taken = 0  # once
 
 
-def make(name: str, daily_images: int, daily_videos: int) -> tuple[UserKey, str]:
+def make(name: str, daily_images: int | None, daily_videos: int | None) -> tuple[UserKey, str]:
     secret = new_secret()
     key = UserKey(
         id=f"uk_{secrets.token_hex(6)}",
@@ -300,5 +324,6 @@ def make(name: str, daily_images: int, daily_videos: int) -> tuple[UserKey, str]
         daily_images=daily_images,
         daily_videos=daily_videos,
         created_at=int(time.time()),
+        caps=CAPS,
     )
     return key, secret

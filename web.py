@@ -102,13 +102,14 @@ def _authenticate() -> Response | None:
 
 
 def take_quota(kind: str, wanted: int, *, partial: bool) -> userkeys.Reservation | None:
-    """Reserve `wanted` pictures (or videos) of the caller's daily quota before anything is drawn.
-    None for the operator's key or no cap. Past the quota: 429 `insufficient_quota` saying when it
-    resets. With `partial` (chat), fewer than asked may be granted; else all or a 429."""
+    """Reserve `wanted` pictures (or videos) of the caller's daily quota before anything is drawn
+    (with no cap too: the use is counted). None for the operator's key. Past the quota, or for a
+    key whose cap is 0: 429 `insufficient_quota` saying why. With `partial` (chat), fewer than asked
+    may be granted; else all or a 429."""
     services, user = current(), g.get("user")
     if user is None or services.users is None:
         return None
-    cap = user.daily_images if kind == "images" else user.daily_videos
+    cap = user.cap(kind)
     day, today = services.day, services.day.today()  # once: a refund goes to the day it was taken from
     granted = services.users.reserve(user.id, today, kind, wanted, cap)
     reservation = userkeys.Reservation(services.users, user.id, today, kind, granted)
@@ -116,6 +117,12 @@ def take_quota(kind: str, wanted: int, *, partial: bool) -> userkeys.Reservation
         return reservation
     reservation.settle(0)
     what = "pictures" if kind == "images" else "videos"
+    if not cap:  # 0: none allowed (None never gets here: no cap grants all)
+        raise ApiError(
+            429,
+            f"This key may not make {what}: its daily cap for {what} is 0. Ask the service's operator.",
+            code="insufficient_quota",
+        )
     left = max(0, cap - services.users.used(user.id, today).get(kind, 0))
     said = f"{wanted} asked, only {left} left today" if left else "it is used up"
     raise ApiError(

@@ -4,11 +4,14 @@ a restart."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import sqlite3
 import subprocess
 
 import pytest
+import redis
 import requests
 
 from tests.conftest import ROOT, SERVICE_KEY
@@ -33,10 +36,24 @@ def community(serve):
     return serve(admin_key=ADMIN, api_key=SERVICE_KEY, prompt_expansion=False)
 
 
-def _new_key(url: str, name: str = "friend", daily: int = 3) -> dict:
-    response = requests.post(f"{url}/admin/api/keys", json={"name": name, "daily_images": daily}, headers=AS_ADMIN, timeout=10)
+def _new_key(url: str, name: str = "friend", daily: int | None = 3, **caps: int | None) -> dict:
+    """A key made over the API; `daily` None sends no picture cap (nor a video cap: no caps at all)."""
+    body = {"name": name, **({} if daily is None else {"daily_images": daily}), **caps}
+    response = requests.post(f"{url}/admin/api/keys", json=body, headers=AS_ADMIN, timeout=10)
     assert response.status_code == 201, response.text
     return response.json()
+
+
+def _listed(url: str, key_id: str) -> dict:
+    [listed] = [
+        k for k in requests.get(f"{url}/admin/api/keys", headers=AS_ADMIN, timeout=10).json()["data"] if k["id"] == key_id
+    ]
+    return listed
+
+
+def _video(url: str, key: str) -> requests.Response:
+    body = {"prompt": "a cat", "model": "Wan-AI/Wan2.2-T2V-A14B"}
+    return requests.post(f"{url}/v1/videos", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30)
 
 
 def _draw(url: str, key: str, text: str, *, stream: bool = False) -> requests.Response:
@@ -86,7 +103,7 @@ def test_failed_pictures_do_not_count(serve, fake):
 
 
 def test_disabled_and_revoked_keys_are_refused_in_plain_words(community, fake):
-    made = _new_key(community.url, daily=0)
+    made = _new_key(community.url, daily=None)
     secret, key_id = made["key"], made["id"]
     assert _draw(community.url, secret, "画一只猫").status_code == 200
     changed = requests.patch(f"{community.url}/admin/api/keys/{key_id}", json={"disabled": True}, headers=AS_ADMIN, timeout=10)
@@ -127,6 +144,137 @@ def test_bad_admin_requests_are_clear_400s(community):
         assert response.status_code == 400 and says in response.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("field", ["daily_images", "daily_videos"])
+@pytest.mark.parametrize("bad", ["3", 2.5, True, -1, 1_000_001, [3], {"n": 3}])
+def test_a_cap_is_a_whole_number_or_null_and_anything_else_is_a_clear_400(community, field, bad):
+    made = _new_key(community.url)
+    for method, path in (("POST", "/admin/api/keys"), ("PATCH", f"/admin/api/keys/{made['id']}")):
+        response = requests.request(
+            method, f"{community.url}{path}", json={"name": "x", field: bad}, headers=AS_ADMIN, timeout=10
+        )
+        assert response.status_code == 400, (method, response.text)
+        error = response.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"} and error["param"] == field
+        assert f"'{field}' must be a whole number" in error["message"] and "null for no cap" in error["message"]
+    assert _listed(community.url, made["id"])["daily_images"] == 3  # nothing changed
+
+
+def test_a_key_capped_on_pictures_makes_no_videos_until_the_operator_allows_them(community, fake):
+    """A video costs about ten pictures: a key made with a picture cap and no word on videos makes none."""
+    made = _new_key(community.url, daily=3)
+    assert made["daily_images"] == 3 and made["daily_videos"] == 0
+    refused = _video(community.url, made["key"])
+    error = refused.json()["error"]
+    assert refused.status_code == 429 and error["code"] == "insufficient_quota", refused.text
+    assert error["message"].startswith("This key may not make videos") and "0" in error["message"]
+    body = {"model": "Wan-AI/Wan2.2-T2V-A14B", "messages": [{"role": "user", "content": "一只狗"}], "stream": True}
+    chat = post_chat(community.url, body, key=made["key"], stream=True)  # refused before the stream starts
+    assert chat.status_code == 429 and chat.json()["error"]["message"] == error["message"]
+    assert not fake.state.videos  # nothing submitted to SiliconFlow
+    # The operator allows two, then lifts the cap (null); the listing and the overview say so.
+    allow = requests.patch(f"{community.url}/admin/api/keys/{made['id']}", json={"daily_videos": 2}, headers=AS_ADMIN, timeout=10)
+    assert allow.status_code == 200 and allow.json()["daily_videos"] == 2
+    assert _video(community.url, made["key"]).status_code == 200 and len(fake.state.videos) == 1
+    lift = requests.patch(
+        f"{community.url}/admin/api/keys/{made['id']}", json={"daily_videos": None}, headers=AS_ADMIN, timeout=10
+    )
+    assert lift.status_code == 200 and lift.json()["daily_videos"] is None and lift.json()["daily_images"] == 3
+    overview = requests.get(f"{community.url}/admin/api/overview", headers=AS_ADMIN, timeout=10).json()
+    [shown] = overview["user_keys"]
+    assert shown["daily_videos"] is None and shown["videos_today"] == 1 and shown["daily_images"] == 3
+
+
+def test_null_is_no_cap_and_0_is_none(community, fake):
+    unlimited = _new_key(community.url, daily=None)  # no word on either: no caps
+    assert unlimited["daily_images"] is None and unlimited["daily_videos"] is None
+    assert _new_key(community.url, daily=None, daily_images=None)["daily_videos"] is None
+    assert _new_key(community.url, daily=3, daily_videos=None)["daily_videos"] is None  # said: no cap
+    assert _video(community.url, unlimited["key"]).status_code == 200
+    no_pictures = _new_key(community.url, daily=0, daily_videos=None)
+    for refused in (
+        _draw(community.url, no_pictures["key"], "画一只猫", stream=True),
+        requests.post(
+            f"{community.url}/v1/images/generations",
+            json={"prompt": "a cat"},
+            headers={"Authorization": f"Bearer {no_pictures['key']}"},
+            timeout=30,
+        ),
+    ):
+        error = refused.json()["error"]
+        assert refused.status_code == 429 and error["code"] == "insufficient_quota"
+        assert error["message"].startswith("This key may not make pictures")
+    assert not fake.state.image_calls()
+    lifted = requests.patch(
+        f"{community.url}/admin/api/keys/{no_pictures['id']}", json={"daily_images": None}, headers=AS_ADMIN, timeout=10
+    )
+    assert lifted.status_code == 200 and lifted.json()["daily_images"] is None
+    assert (
+        len(images_in(_draw(community.url, no_pictures["key"], "画一只猫 pic:2").json()["choices"][0]["message"]["content"])) == 2
+    )
+
+
+OLD_SECRETS = {"uk_old000000001": "sfk-" + "a" * 32, "uk_old000000002": "sfk-" + "b" * 32}
+
+
+def _old_records() -> list[dict]:
+    """Two keys as the service stored them before caps had a version: 0 was "no cap"."""
+    records = []
+    for (key_id, secret), (images, videos) in zip(OLD_SECRETS.items(), ((0, 0), (2, 0)), strict=True):
+        records.append(
+            {
+                "id": key_id,
+                "name": key_id[-1],
+                "hash": hashlib.sha256(secret.encode()).hexdigest(),
+                "shown": f"{secret[:6]}…{secret[-4:]}",
+                "daily_images": images,
+                "daily_videos": videos,
+                "disabled": False,
+                "created_at": 1_700_000_000,
+                "last_used": None,
+                "images_total": 0,
+                "videos_total": 0,
+            }
+        )
+    return records
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_keys_stored_before_caps_had_a_version_keep_their_meaning(request, serve, fake, tmp_path, store):
+    if store == "sqlite":
+        service = serve(admin_key=ADMIN, data_dir=str(tmp_path), prompt_expansion=False)
+        db = sqlite3.connect(tmp_path / "users.sqlite3")  # the service made the table at its start
+        with db:
+            for record in _old_records():
+                db.execute("INSERT INTO keys VALUES (?, ?, ?)", (record["id"], record["hash"], json.dumps(record)))
+        db.close()
+    else:
+        redis_server = request.getfixturevalue("redis_server")
+        service = serve(admin_key=ADMIN, redis_url=redis_server.url, prompt_expansion=False)
+        client = redis.Redis.from_url(redis_server.url)
+        for record in _old_records():
+            client.set(f"siliconflow:users:key:{record['id']}", json.dumps(record))
+            client.set(f"siliconflow:users:hash:{record['hash']}", record["id"])
+            client.sadd("siliconflow:users:all", record["id"])
+    free, capped = (_listed(service.url, key_id) for key_id in OLD_SECRETS)
+    assert (free["daily_images"], free["daily_videos"]) == (None, None)
+    assert (capped["daily_images"], capped["daily_videos"]) == (2, None)  # as before: a cap on pictures only
+    free_secret, capped_secret = OLD_SECRETS.values()
+    assert len(images_in(_draw(service.url, free_secret, "画一只猫 pic:3").json()["choices"][0]["message"]["content"])) == 3
+    assert _video(service.url, capped_secret).status_code == 200
+    # A 0 set now on an old record means none, and its other cap keeps its old meaning.
+    changed = requests.patch(
+        f"{service.url}/admin/api/keys/uk_old000000002", json={"daily_videos": 0}, headers=AS_ADMIN, timeout=10
+    )
+    assert changed.status_code == 200, changed.text
+    capped = _listed(service.url, "uk_old000000002")
+    assert (capped["daily_images"], capped["daily_videos"]) == (2, 0)
+    assert _video(service.url, capped_secret).status_code == 429
+    requests.patch(f"{service.url}/admin/api/keys/uk_old000000001", json={"daily_images": 0}, headers=AS_ADMIN, timeout=10)
+    free = _listed(service.url, "uk_old000000001")
+    assert (free["daily_images"], free["daily_videos"]) == (0, None)
+    assert _draw(service.url, free_secret, "画一只猫").status_code == 429
+
+
 def test_admin_actions_are_logged_without_secrets(community, logged):
     made = _new_key(community.url, name="小明")
     requests.delete(f"{community.url}/admin/api/keys/{made['id']}", headers=AS_ADMIN, timeout=10)
@@ -159,7 +307,7 @@ def test_keys_survive_a_restart_and_a_revoke_reaches_every_instance_at_once(fake
     second = Gunicorn({**shared, "DATA_DIR": str(tmp_path / "b")}, production_bin)
     try:
         assert first.wait_until_up() and second.wait_until_up()
-        made = _new_key(first.url, daily=0)
+        made = _new_key(first.url, daily=None)
         assert _draw(second.url, made["key"], "画一只猫").status_code == 200  # made on one, known on the other
         requests.delete(f"{first.url}/admin/api/keys/{made['id']}", headers=AS_ADMIN, timeout=10)
         assert _draw(second.url, made["key"], "画一只猫").status_code == 401  # revoked on one, refused on the other
@@ -184,9 +332,13 @@ def test_the_operators_page_in_chromium(community, fake):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
-    assert "friend" in out["users"] and "2" in out["users"] and friend["key"] not in out["html"]
+    assert "friend" in out["users"] and friend["key"] not in out["html"]
     assert out["upstream"].count("healthy") >= 3 and out["bars"] == 24
     assert out["made"].startswith("sfk-") and out["madeListed"]  # the new key shown once, then masked in the table
+    # Made with Enter in the form, 5 pictures and 2 videos a day; the friend's key (3 pictures, no
+    # word on videos) makes none.
+    assert "0 / 5" in out["madeRow"] and "0 / 2" in out["madeRow"], out["madeRow"]
+    assert "2 / 3" in out["friendRow"] and "0 / 不允许 none" in out["friendRow"], out["friendRow"]
     assert out["revoked"] and not out["overflow"] and out["errors"] == []
     assert ADMIN not in out["url"]  # never in a URL
     for view in ("desktop", "phone"):
@@ -195,7 +347,7 @@ def test_the_operators_page_in_chromium(community, fake):
 
 def test_a_persons_videos_are_theirs_alone(serve, fake):
     service = serve(admin_key=ADMIN, api_key=SERVICE_KEY, prompt_expansion=False, video_poll_seconds=0.1)
-    alice, bob = _new_key(service.url, "alice", 0)["key"], _new_key(service.url, "bob", 0)["key"]
+    alice, bob = _new_key(service.url, "alice", None)["key"], _new_key(service.url, "bob", None)["key"]
 
     def call(method: str, path: str, key: str, **kwargs) -> requests.Response:
         return requests.request(method, f"{service.url}{path}", headers={"Authorization": f"Bearer {key}"}, timeout=30, **kwargs)
@@ -240,13 +392,13 @@ def test_a_keys_use_never_undoes_a_revoke_or_a_disable(tmp_path):
     from userkeys import SqliteKeys, make, secret_hash
 
     keys = SqliteKeys(str(tmp_path / "users.sqlite3"))
-    key, secret = make("dora", 0, 0)
+    key, secret = make("dora", None, None)
     keys.save(key)
     seen = keys.by_hash(secret_hash(secret))  # authenticated...
     keys.delete(key.id)  # ...revoked meanwhile...
     keys.touch(seen)  # ...then its use is noted
     assert keys.by_hash(secret_hash(secret)) is None
-    other, secret = make("eve", 0, 0)
+    other, secret = make("eve", None, None)
     keys.save(other)
     seen = keys.by_hash(secret_hash(secret))
     assert keys.change(other, {"disabled": True})

@@ -1,5 +1,6 @@
 // Drives the operator's page in headless Chromium: node admin_check.mjs URL ADMIN_KEY SCREENSHOT_DIR
-// Enters the admin key, reads the tables and the chart, makes a key and revokes it. Prints one JSON line.
+// Enters the admin key (Enter in the key box on the desktop, the button on the phone), reads the
+// tables and the chart, makes a key with Enter in the form and revokes it. Prints one JSON line.
 import { chromium } from 'playwright-core';
 
 const [url, adminKey, shots] = process.argv.slice(2);
@@ -16,7 +17,8 @@ try {
     page.on('dialog', (dialog) => dialog.accept());
     await page.goto(`${url}/admin`);
     await page.fill('#adminKey', adminKey);
-    await page.click('#enter');
+    if (name === 'desktop') await page.keyboard.press('Enter');  // as a person does after pasting it
+    else await page.click('#enter');
     await page.waitForFunction(() => document.querySelectorAll('#users tr').length >= 1 && document.querySelectorAll('#keys tr').length >= 1);
     result.users = await page.textContent('#users');
     result.upstream = await page.textContent('#keys');
@@ -25,14 +27,17 @@ try {
     result.url = page.url();
     result.overflow = await page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth + 1);
     if (name === 'desktop') {
+      result.friendRow = await page.locator('#users tr', { hasText: 'friend' }).textContent();
       await page.fill('#name', 'classmate');
-      await page.fill('#daily', '5');
-      await page.click('#create button');
+      await page.fill('#dailyImages', '5');
+      await page.fill('#dailyVideos', '2');
+      await page.keyboard.press('Enter');
       await page.waitForFunction(() => document.querySelector('#secret').textContent.includes('sfk-'));
       result.made = (await page.textContent('#secret')).split(': ').pop().trim();
       await page.waitForFunction(() => document.querySelector('#users').textContent.includes('classmate'));
       result.madeListed = !(await page.textContent('#users')).includes(result.made);
       const row = page.locator('#users tr', { hasText: 'classmate' });
+      result.madeRow = await row.textContent();
       await row.locator('button.danger').click();
       await page.waitForFunction(() => !document.querySelector('#users').textContent.includes('classmate'));
       result.revoked = true;
