@@ -246,6 +246,63 @@ def _grow(hold: Hold, size: int, stream: Any) -> None:
         ) from None
 
 
+class _NotANumber(ValueError):
+    pass
+
+
+def _not_a_number(constant: str) -> Any:
+    """Python's json reads NaN, Infinity and -Infinity; JSON has no such numbers."""
+    raise _NotANumber(constant)
+
+
+_WHOLE = re.compile(r"-?\d{1,19}")
+
+
+def whole_number(body: dict[str, Any], name: str, low: int, high: int, *, default: int | None = None) -> int | None:
+    """`body[name]` as a whole number from `low` to `high` (`default` when absent or null).
+
+    Taken: a JSON integer (a form's text is read first: `form_numbers`). Refused with a 400 naming
+    the field: true/false, 12.9, 1e400, text, and anything out of range. Nothing is rounded or
+    guessed: a seed of 12.9 is not a seed of 12.
+    """
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ApiError(400, f"'{name}' must be a whole number from {low} to {high}.", param=name)
+    return value
+
+
+def form_numbers(form: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """A multipart form's fields `names` as the numbers their text spells (a form carries only
+    text): `"7"` is 7 and `"7.5"` 7.5; other text stays text, for the checks to refuse by name."""
+    read = dict(form)
+    for name in names:
+        value = read.get(name)
+        if not isinstance(value, str):
+            continue
+        text = value.strip()
+        if _WHOLE.fullmatch(text):
+            read[name] = int(text)
+        elif _DECIMAL.fullmatch(text):
+            read[name] = float(text)
+    return read
+
+
+_DECIMAL = re.compile(r"-?\d{1,19}\.\d{1,19}")
+
+
+def finite_number(body: dict[str, Any], name: str, low: float, high: float) -> float | int | None:
+    """`body[name]` as a finite number from `low` to `high`, None when absent or null. A 400
+    naming the field otherwise (text included: a form's text is read first, `form_numbers`)."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:  # NaN fails too
+        raise ApiError(400, f"'{name}' must be a number from {low:g} to {high:g}.", param=name)
+    return value
+
+
 def json_object(limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
     """The request's JSON object. Past MAX_BODY_BYTES (chat with pictures may go up to `limit`),
     only pictures' data: URIs (bodies.picture_bytes) may make up the difference: the rest (text,
@@ -258,7 +315,7 @@ def json_object(limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
             "data: URIs. Send less text or history.",
         )
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_not_a_number)
         del raw  # tens of MB with pictures: not held while they are drawn
         # Lone surrogates ("\ud800") parse, but no text with one can be encoded: find them here,
         # not in an upstream call or a log line.
@@ -272,6 +329,8 @@ def json_object(limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
     except ValueError as exc:
         if "digits" in str(exc):  # Python refuses integers of more than 4300 digits
             raise ApiError(400, "A number in the request body has too many digits.") from None
+        if isinstance(exc, _NotANumber):
+            raise ApiError(400, f"The request body holds {exc}, which is not a JSON number: send a number.") from None
         raise ApiError(400, "The request body must be valid JSON, sent with Content-Type: application/json.") from None
     if not isinstance(body, dict):
         raise ApiError(400, "The request body must be a JSON object.")

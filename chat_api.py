@@ -28,6 +28,7 @@ import wording
 from bodies import json_object, with_pictures_limit
 from events import ImageRef, Job, Reason
 from families import family
+from metering import Meter
 from openai_wire import KEEP_ALIVE, ApiError, chunk, completion, dumps, sse, usage_chunk
 from parsing import parse
 from pipeline import Services
@@ -91,8 +92,18 @@ def chat_completions() -> Response:
         left = Reason.of("quota_left", asked=draw.count, left=reservation.taken, resets=services.day.label())
         draw = replace(draw, count=reservation.taken, notes=draw.notes + (left,))
     owner = g.user.id if g.get("user") else None
+    meter = Meter(reservation)
     job = Job(
-        g.request_id, model, text, draw, web.public_base(settings), expand=expand, previous=previous, inputs=inputs, owner=owner
+        g.request_id,
+        model,
+        text,
+        draw,
+        web.public_base(settings),
+        expand=expand,
+        previous=previous,
+        inputs=inputs,
+        owner=owner,
+        meter=meter,
     )
     log.info(
         "req=%s chat model=%s images=%d size=%s stream=%s inputs=%d%s",
@@ -105,8 +116,10 @@ def chat_completions() -> Response:
         " (changes the last picture)" if change else "",
     )
     events = pipeline.guarded(pipeline.draw(job, services), job.request_id)
-    events = metrics.counted(events, model, reservation, services.users)
-    return chat_response(wording.chat(events), stream=bool(stream), model=model, prompt=text, usage=usage)
+    events = metrics.counted(events, model, services.users)
+    response = chat_response(wording.chat(events), stream=bool(stream), model=model, prompt=text, usage=usage)
+    response.call_on_close(meter.close)  # answered or hung up: the quota settles once the drawing has ended
+    return response
 
 
 def _include_usage(options: Any) -> bool:

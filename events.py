@@ -20,6 +20,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from metering import Meter
     from parsing import DrawRequest
     from uploaders import Links
 
@@ -94,6 +95,7 @@ class Job:
     want_bytes: bool = False  # the answer carries the pictures themselves (Images API b64_json)
     inputs: tuple[ImageRef, ...] = ()  # pictures to draw from (an edit, or image-to-image)
     owner: str | None = None  # the user key's id: waiting pictures take turns by person
+    meter: Meter | None = field(default=None, compare=False)  # counts what SiliconFlow drew, as it draws it
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import urllib3
 
 import metrics
 from events import Failure, Reason
-from keypool import KeyPool
+from keypool import KeyPool, key_id
 from text import mask_key
 from upstream import Image, UpstreamError, generate_image
 
@@ -104,7 +105,7 @@ def generate_with_failover(
             continue
         metrics.upstream_call(time.monotonic() - started)
         log.info("%s ok on key %s (attempt %d) in %.2fs", label, mask_key(key), attempts, time.monotonic() - started)
-        return image
+        return replace(image, key_id=key_id(key))
     if last is None:
         raise UpstreamError(Failure.NO_KEYS, why_not or pool.outage())
     reason = last.reason

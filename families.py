@@ -10,10 +10,11 @@ SiliconFlow in the background, with the built-in list when it cannot be asked.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from background import Background
 
 log = logging.getLogger("siliconflow_proxy.models")
 
@@ -156,9 +157,7 @@ class ModelCatalog:
         self._configured, self._fetch, self._refresh = configured, fetch, refresh
         self._fallback = fallback or (*DEFAULT_MODELS, *DEFAULT_VIDEO_MODELS)
         self._models: tuple[str, ...] | None = None
-        self._lock = threading.Lock()
-        self._pid: int | None = None
-        self._stop = threading.Event()
+        self._refresher = Background("model-catalog", self._run)
 
     def models(self) -> tuple[str, ...]:
         if self._configured:
@@ -179,16 +178,11 @@ class ModelCatalog:
         return next((m for m in offered if family(m).needs_input), next((m for m in offered if family(m).edits), None))
 
     def _ensure_running(self) -> None:
-        if self._pid == os.getpid():
-            return
-        with self._lock:
-            if self._pid != os.getpid():
-                self._pid = os.getpid()
-                self._load()  # the first request waits for one answer (bounded by the call's timeout)
-                threading.Thread(target=self._run, name="model-catalog", daemon=True).start()
+        # The first request waits for one answer (bounded by the call's timeout).
+        self._refresher.start(before=self._load)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self._refresh):
+    def _run(self, stopping: threading.Event) -> None:
+        while not stopping.wait(self._refresh):
             self._load()
 
     def _load(self) -> None:
@@ -206,4 +200,4 @@ class ModelCatalog:
             self._models = tuple(ours + sorted(m for m in found if m not in ours))
 
     def stop(self) -> None:
-        self._stop.set()
+        self._refresher.stop()

@@ -74,6 +74,13 @@ def post_worker_init(worker):
     signal.signal(signal.SIGTERM, on_sigterm)
 
 
+def worker_exit(server, worker):
+    """The worker's own threads end before it does: none logs into a closing process."""
+    services = getattr(worker.wsgi, "extensions", {}).get("siliconflow")
+    if services is not None:
+        services.close()
+
+
 def child_exit(server, worker):
     """A worker that ended: its share of the Prometheus gauges goes (metrics.py, multiprocess)."""
     import metrics

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import logging
 import re
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -23,9 +22,10 @@ import metrics
 import pipeline
 import web
 import wording
-from bodies import json_object, multipart_form, with_pictures_limit
+from bodies import finite_number, form_numbers, json_object, multipart_form, whole_number, with_pictures_limit
 from events import Failure, ImageFailed, ImageReady, ImageRef, Job, KeepAlive, Outcome, PromptReady, Refused
 from families import family
+from metering import Meter
 from openai_wire import ApiError, dumps, images_answer
 from parsing import SEED_MAX, DrawRequest, parse, pick_size
 from pipeline import EXPANSION_INPUT_CHARS, Services
@@ -36,12 +36,12 @@ log = logging.getLogger("siliconflow_proxy")
 bp = Blueprint("images", __name__)
 
 
-_IMAGE_EXTRAS: dict[str, tuple[type | tuple[type, ...], float, float]] = {
-    # SiliconFlow fields passed through when given: (type, lowest, highest)
-    "seed": (int, 0, SEED_MAX),
-    "num_inference_steps": (int, 1, 100),
-    "guidance_scale": ((int, float), 0, 20),
-    "cfg": ((int, float), 0.1, 20),
+# SiliconFlow fields passed through when given: (whole number?, lowest, highest)
+_IMAGE_EXTRAS: dict[str, tuple[bool, float, float]] = {
+    "seed": (True, 0, SEED_MAX),
+    "num_inference_steps": (True, 1, 100),
+    "guidance_scale": (False, 0, 20),
+    "cfg": (False, 0.1, 20),
 }
 
 
@@ -53,9 +53,6 @@ def images_generations() -> Response:
     return _images(body, web.resolve_model(body.get("model"), services), (), services)
 
 
-_NUMBER_FIELDS = ("n", "seed", "num_inference_steps", "guidance_scale", "cfg")
-
-
 @bp.post("/v1/images/edits")
 def images_edits() -> Response:
     """OpenAI image edits, multipart as `client.images.edit(...)` and Open WebUI send them: the
@@ -63,9 +60,7 @@ def images_edits() -> Response:
     services = web.current()
     settings = services.settings
     form, files = multipart_form(with_pictures_limit(settings))
-    body: dict[str, Any] = {}
-    for name, value in form.items():
-        body[name] = _number(value) if name in _NUMBER_FIELDS else _switch(value) if name in _SWITCH_FIELDS else value
+    body = form_numbers({name: _switch(value) if name in _SWITCH_FIELDS else value for name, value in form.items()}, _NUMBERS)
     model = web.resolve_model(body.get("model"), services, default=services.catalog.default_editor())
     takes = family(model)
     editors = [m for m in services.catalog.models() if family(m).edits][:4]
@@ -109,6 +104,7 @@ def images_edits() -> Response:
 
 
 _SWITCH_FIELDS = ("prompt_expansion",)
+_NUMBERS = ("n", "seed", "num_inference_steps", "guidance_scale", "cfg")
 
 
 def _switch(value: str) -> Any:
@@ -116,17 +112,6 @@ def _switch(value: str) -> Any:
     return {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}.get(
         value.strip().lower(), value
     )
-
-
-def _number(value: str) -> Any:
-    """A multipart field's text as the number it spells (the form carries only text)."""
-    try:
-        return int(value)
-    except ValueError:
-        try:
-            return float(value)
-        except ValueError:
-            return value
 
 
 def _images(body: dict[str, Any], model: str, inputs: tuple[ImageRef, ...], services: Services) -> Response:
@@ -137,11 +122,7 @@ def _images(body: dict[str, Any], model: str, inputs: tuple[ImageRef, ...], serv
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise ApiError(400, "'prompt' is required: a description of the picture.", param="prompt")
-    n = body.get("n", 1)
-    if n is None:
-        n = 1
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= settings.max_images_per_request:
-        raise ApiError(400, f"'n' must be a whole number from 1 to {settings.max_images_per_request}.", param="n")
+    n = whole_number(body, "n", 1, settings.max_images_per_request, default=1)
     response_format = body.get("response_format") or "url"
     if response_format not in ("url", "b64_json"):
         raise ApiError(400, "'response_format' must be 'url' or 'b64_json'.", param="response_format")
@@ -173,6 +154,7 @@ def _images(body: dict[str, Any], model: str, inputs: tuple[ImageRef, ...], serv
         want_bytes=response_format == "b64_json",
         inputs=inputs,
         owner=g.user.id if g.get("user") else None,
+        meter=Meter(reservation),
     )
     log.info(
         "req=%s images model=%s n=%d size=%s format=%s inputs=%d",
@@ -183,7 +165,15 @@ def _images(body: dict[str, Any], model: str, inputs: tuple[ImageRef, ...], serv
         response_format,
         len(inputs),
     )
-    return _answer(job, response_format, services, reservation)
+    meter = job.meter
+    assert meter is not None
+    try:
+        response = _answer(job, response_format, services)
+    except BaseException:  # a quick failure answered as an error: nothing more is drawn for it
+        meter.close()
+        raise
+    response.call_on_close(meter.close)  # answered or hung up: the quota settles once the drawing has ended
+    return response
 
 
 @dataclass
@@ -214,27 +204,34 @@ def _collect(events: Iterator[Any], drawn: Drawn) -> Iterator[None]:
     drawn.finished = True
 
 
-def _answer(job: Job, response_format: str, services: Services, reservation: Any = None) -> Response:
-    """Draw in this request: the JSON with its own status when it is ready within a heartbeat,
-    else a 200 of spaces (one per keep-alive) and then the JSON."""
+def _answer(job: Job, response_format: str, services: Services) -> Response:
+    """Draw in this request: the JSON with its own status when it is ready before the first
+    keep-alive (a heartbeat with nothing to say), else a 200 that starts with a space at once, a
+    space per keep-alive after it, and then the JSON."""
     drawn = Drawn()
-    events = metrics.counted(
-        pipeline.guarded(pipeline.draw(job, services), job.request_id), job.model, reservation, services.users
-    )
+    events = metrics.counted(pipeline.guarded(pipeline.draw(job, services), job.request_id), job.model, services.users)
     work = _collect(events, drawn)
-    until = time.monotonic() + services.settings.heartbeat_seconds
     try:
-        for _ in work:
-            if time.monotonic() >= until:
-                break
+        for _ in work:  # the first keep-alive: a proxy's idle limit is running from now
+            break
     except BaseException:
         work.close()
         raise
     if drawn.finished:
         return Response(dumps(_images_body(drawn, response_format)), mimetype="application/json")
     return Response(
-        web.spaces_before_json(work, lambda: dumps(_images_body(drawn, response_format))), mimetype="application/json"
+        web.spaces_before_json(_beat_then(work), lambda: dumps(_images_body(drawn, response_format))),
+        mimetype="application/json",
     )
+
+
+def _beat_then(work: Iterator[None]) -> Iterator[None]:
+    """The keep-alive that ended the wait for a quick answer, said, then the rest of `work`."""
+    try:
+        yield None
+        yield from work
+    finally:
+        work.close()  # type: ignore[attr-defined]
 
 
 def _images_body(drawn: Drawn, response_format: str) -> dict[str, Any]:
@@ -292,13 +289,10 @@ def _images_size(value: Any, model: str) -> str | None:
 
 def _images_extras(body: dict[str, Any]) -> dict[str, Any]:
     extras = {}
-    for name, (kind, low, high) in _IMAGE_EXTRAS.items():
-        value = body.get(name)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, kind) or not low <= value <= high:
-            raise ApiError(400, f"'{name}' must be a number from {low:g} to {high:g}.", param=name)
-        extras[name] = value
+    for name, (whole, low, high) in _IMAGE_EXTRAS.items():
+        value = whole_number(body, name, int(low), int(high)) if whole else finite_number(body, name, low, high)
+        if value is not None:
+            extras[name] = value
     return extras
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import threading
 import time
 from collections import OrderedDict, deque
@@ -27,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from background import Background
 from events import Failure, Reason
 from keystores import Ask, Candidate, Fact, Limit, Store
 from text import mask_key
@@ -394,7 +394,7 @@ class KeyQueue:
         self._last_served: str | None = None
         self._changes = 0
         self._next_free: float | None = None
-        self._pid: int | None = None
+        self._server = Background("key-queue", self._serve, wake=self._notify)
 
     def take(self, request_id: str, model: str, exclude: Collection[str], deadline: float, turn: str | None = None) -> Taken:
         """A lease, or why not: nothing can draw, or the deadline passed first. Lines take turns by
@@ -484,15 +484,22 @@ class KeyQueue:
         return Reason.of("too_late", wait=math.ceil(wait) if wait else None, out=out)
 
     def _ensure_thread(self) -> None:
-        if self._pid != os.getpid():
-            self._pid = os.getpid()
-            threading.Thread(target=self._serve, name="key-queue", daemon=True).start()
+        self._server.start()
 
-    def _serve(self) -> None:
-        while True:
+    def stop(self) -> None:
+        self._server.stop()
+
+    def _notify(self) -> None:
+        with self._condition:
+            self._condition.notify_all()
+
+    def _serve(self, stopping: threading.Event) -> None:
+        while not stopping.is_set():
             with self._condition:
-                while not self._lines:
+                while not self._lines and not stopping.is_set():
                     self._condition.wait()
+                if stopping.is_set():
+                    return
                 changes = self._changes
                 self._expire(time.monotonic())
                 order = self._order()
@@ -581,23 +588,15 @@ class Upkeep:
 
     def __init__(self, pool: KeyPool, info: Callable[[str], AccountInfo], interval: float):
         self._pool, self._info, self._interval = pool, info, interval
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._pid: int | None = None
+        self._loop = Background("key-upkeep", self._run)
 
     def ensure_running(self) -> None:
-        if self._pid == os.getpid():
-            return
-        with self._lock:
-            if self._pid != os.getpid():
-                self._pid = os.getpid()
-                self._pool.accounts_known.clear()
-                threading.Thread(target=self._run, name="key-upkeep", daemon=True).start()
+        self._loop.start(before=self._pool.accounts_known.clear)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._loop.stop()
 
-    def _run(self) -> None:
+    def _run(self, stopping: threading.Event) -> None:
         try:
             self._pool.load_accounts()
             self._check(self._pool.unknown_keys())
@@ -605,7 +604,7 @@ class Upkeep:
             log.exception("learning the keys' accounts failed; each key counts as its own account")
         finally:
             self._pool.accounts_known.set()
-        while not self._stop.wait(self._interval):
+        while not stopping.wait(self._interval):
             try:
                 if self._pool.store.claim(f"{Fact.LOCK}:recheck", self._interval * 0.9):
                     self._check(list(dict.fromkeys(self._pool.broke_keys() + self._pool.unknown_keys())))

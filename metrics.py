@@ -76,29 +76,20 @@ def key_wait(seconds: float) -> None:
         _M["wait"].observe(seconds)
 
 
-def counted(events: Iterator[ev.Event], model: str, reservation: Any, users: Any) -> Iterator[ev.Event]:
-    """The drawing's events, passed on as they come, counted: delivered pictures (and videos) for
-    the metrics, the page's hourly chart and the caller's quota, which gets back what did not arrive
-    (failed pictures do not count), however the drawing ends."""
-    delivered = 0  # what the quota keeps: pictures that arrived, videos SiliconFlow took (and bills)
-    try:
-        for event in events:
-            if isinstance(event, ev.VideoSubmitted):
-                delivered += 1
-            if isinstance(event, ev.ImageReady | ev.VideoReady):
-                delivered += isinstance(event, ev.ImageReady)
-                if _M:
-                    _M["videos" if isinstance(event, ev.VideoReady) else "images"].labels(model, "ok").inc()
-                if users is not None and isinstance(event, ev.ImageReady):
-                    users.count_hour(_hour(), 1)
-            elif isinstance(event, ev.ImageFailed | ev.VideoFailed) and _M:
-                _M["videos" if isinstance(event, ev.VideoFailed) else "images"].labels(model, "failed").inc()
-                kind = getattr(event, "kind", None)
-                _M["failures"].labels(str(kind) if kind else event.reason.code).inc()
-            yield event
-    finally:
-        if reservation is not None:
-            reservation.settle(delivered)
+def counted(events: Iterator[ev.Event], model: str, users: Any) -> Iterator[ev.Event]:
+    """The drawing's events, passed on as they come, counted for the metrics and the page's hourly
+    chart. (What the caller's quota keeps is counted where SiliconFlow answers: metering.py.)"""
+    for event in events:
+        if isinstance(event, ev.ImageReady | ev.VideoReady):
+            if _M:
+                _M["videos" if isinstance(event, ev.VideoReady) else "images"].labels(model, "ok").inc()
+            if users is not None and isinstance(event, ev.ImageReady):
+                users.count_hour(_hour(), 1)
+        elif isinstance(event, ev.ImageFailed | ev.VideoFailed) and _M:
+            _M["videos" if isinstance(event, ev.VideoFailed) else "images"].labels(model, "failed").inc()
+            kind = getattr(event, "kind", None)
+            _M["failures"].labels(str(kind) if kind else event.reason.code).inc()
+        yield event
 
 
 def _hour(now: float | None = None) -> str:

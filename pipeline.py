@@ -83,6 +83,16 @@ class Services:
     users: Any = None  # user keys and their quotas (userkeys.py), None without ADMIN_KEY
     day: Any = None  # the quota day (userkeys.Day)
 
+    def close(self) -> None:
+        """Stop this process's background threads (each waited for) and its executor: a test's
+        end, a worker's exit. Nothing of them logs or writes after this returns."""
+        self.upkeep.stop()
+        self.pool.queue.stop()
+        self.catalog.stop()
+        if self.videos is not None:
+            self.videos.stop()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
 
 @dataclass(frozen=True)
 class Inputs:
@@ -119,7 +129,17 @@ def draw(job: Job, services: Services, cancelled: threading.Event | None = None)
     """The drawing of `job`, event by event, in the order a user should hear of it.
 
     Setting `cancelled` (or closing the generator: the client left) stops the pictures not begun.
+    The job's meter is closed when the drawing ends, before the answer's last words are written:
+    the quota is settled by then (or as soon as the pictures still being drawn have ended).
     """
+    try:
+        yield from _draw(job, services, cancelled)
+    finally:
+        if job.meter is not None:
+            job.meter.close()
+
+
+def _draw(job: Job, services: Services, cancelled: threading.Event | None) -> Iterator[Event]:
     settings = services.settings
     # What this turn asks for, as far as the chat model is given it, and the earlier prompt it
     # changes: a forged earlier answer is text from the client like any other, and it reaches the
@@ -187,9 +207,8 @@ def draw(job: Job, services: Services, cancelled: threading.Event | None = None)
             left = _stop_at(deadline) - time.monotonic()
             if left <= 0:
                 break
-            done, pending = wait(
-                pending, timeout=min(QUEUE_CHECK_SECONDS, settings.heartbeat_seconds, left), return_when=FIRST_COMPLETED
-            )
+            beat = max(quiet_since + settings.heartbeat_seconds - time.monotonic(), 0.0)  # the next keep-alive is due
+            done, pending = wait(pending, timeout=min(QUEUE_CHECK_SECONDS, beat, left), return_when=FIRST_COMPLETED)
             for future in sorted(done, key=images.index):
                 event = _settled(future.result(), job)
                 delivered += isinstance(event, ImageReady)
@@ -382,7 +401,9 @@ def make_image(
             label=f"req={job.request_id} image {index}",
             turn=job.owner,
         )
-        if cancelled.is_set():
+        if job.meter is not None:  # drawn and paid for, whatever happens to the answer now
+            job.meter.drawn(image.key_id, job.model)
+        if cancelled.is_set():  # the person left: nobody would see it, so it is not kept either
             return Outcome(index, reason=CANCELLED)
         if settings.api_keys and any(key in image.url for key in settings.api_keys):
             raise UpstreamError(Failure.BAD_RESPONSE, Reason.of("key_in_link"))
@@ -428,6 +449,8 @@ def make_videos(
             log.warning("req=%s video %d not submitted: %s", job.request_id, index, exc.kind)
             failed.append(VideoFailed(index, exc.reason))
             continue
+        if job.meter is not None:  # taken and billed by SiliconFlow: counted now, not when a line is read
+            job.meter.drawn(key_id(key), job.model)
         record = videos.VideoJob(
             videos.new_id(),
             job.model,
@@ -501,13 +524,18 @@ def submit_images(
     cancelled: threading.Event,
     seeds: list[int] | None = None,
 ) -> list[Future[Outcome]]:
-    """Start every image of `job` on the shared executor; setting `cancelled` stops those not begun."""
-    return [
+    """Start every image of `job` on the shared executor; setting `cancelled` stops those not begun.
+    The job's meter tracks each: it settles only after the last has ended."""
+    futures = [
         services.executor.submit(
             make_image, index, payload, services, deadline, cancelled, job, seeds[index - 1] if seeds else None
         )
         for index in range(1, job.draw.count + 1)
     ]
+    if job.meter is not None:
+        for future in futures:
+            job.meter.track(future)
+    return futures
 
 
 @dataclass

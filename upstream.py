@@ -54,6 +54,7 @@ def image_answer_bytes(max_image_mb: float) -> int:
 class Image:
     url: str  # http(s), or a data:image URI that only re-hosting can turn into a link
     seed: int | None  # the seed the upstream says it used
+    key_id: str = ""  # the pool's id of the key that drew it (set by failover): whose account paid
 
 
 _DATA_IMAGE = re.compile(r"data:image/(?:png|jpeg|webp|gif);base64,", re.IGNORECASE)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import secrets
 import sqlite3
 import tempfile
@@ -28,6 +27,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from background import Background
 from events import Failure, Reason
 from failover import KEY_ONLY
 from keepers import Keeper
@@ -429,35 +429,26 @@ class VideoWorker:
     ):
         self.jobs, self.pool, self._status, self._download = jobs, pool, status, download
         self.keeper, self.settings = keeper, settings
-        self._pid: int | None = None
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
         self._wake = threading.Event()
+        self._loop = Background("video-jobs", self._run, wake=self._wake.set)
         self._changed = threading.Condition()
         self.polls = 0  # status calls made by this process (bench)
 
     def ensure_running(self) -> None:
-        if self._pid == os.getpid():
-            return
-        with self._lock:
-            if self._pid != os.getpid():
-                self._pid = os.getpid()
-                self._stop.clear()
-                threading.Thread(target=self._run, name="video-jobs", daemon=True).start()
+        self._loop.start()
 
     def wake(self) -> None:
         self._wake.set()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
+        self._loop.stop()
 
-    def _run(self) -> None:
+    def _run(self, stopping: threading.Event) -> None:
         failing: str | None = None
-        while not self._stop.is_set():
+        while not stopping.is_set():
             try:
                 for job_id in self.jobs.unfinished():
-                    if self._stop.is_set():
+                    if stopping.is_set():
                         break
                     self.step(job_id)
                 self.prune()

@@ -16,7 +16,7 @@ from flask import Blueprint, Response, g, redirect, request
 from werkzeug.wsgi import wrap_file
 
 import web
-from bodies import json_object, multipart_form, with_pictures_limit
+from bodies import form_numbers, json_object, multipart_form, whole_number, with_pictures_limit
 from events import Failure
 from families import DEFAULT_VIDEO_MODELS, VIDEO_SECONDS, VIDEO_SIZES, family
 from keepers import CACHE_FOREVER
@@ -81,7 +81,7 @@ def create_video() -> Response:
     picture_data: bytes | None = None
     if (request.mimetype or "") == "multipart/form-data":
         form, files = multipart_form(with_pictures_limit(settings))
-        body: dict[str, Any] = dict(form.items())
+        body: dict[str, Any] = form_numbers(dict(form.items()), ("seed",))
         if "input_reference" in files:
             picture_data = files["input_reference"].read()
     else:
@@ -111,14 +111,7 @@ def create_video() -> Response:
         if not (str(seconds).isascii() and str(seconds).isdigit() and len(str(seconds)) <= 4) or int(str(seconds)) < 1:
             raise ApiError(400, "'seconds' must be a whole number of seconds, such as \"5\".", param="seconds")
         notes.append(f"{model} makes {VIDEO_SECONDS}-second clips: 'seconds' {seconds} was answered with {VIDEO_SECONDS}.")
-    seed = body.get("seed")
-    if seed is not None:
-        try:
-            seed = int(seed)
-        except (TypeError, ValueError):
-            seed = -1
-        if not 0 <= seed <= SEED_MAX:
-            raise ApiError(400, f"'seed' must be a whole number from 0 to {SEED_MAX}.", param="seed")
+    seed = whole_number(body, "seed", 0, SEED_MAX)
     negative = body.get("negative_prompt")
     if negative is not None and not isinstance(negative, str):
         raise ApiError(400, "'negative_prompt' must be a string.", param="negative_prompt")
@@ -129,13 +122,16 @@ def create_video() -> Response:
         payload["negative_prompt"] = negative
     if seed is not None:
         payload["seed"] = seed
+    # Everything that can refuse comes before anything is fetched: an over-quota key makes no download.
+    reservation = web.take_quota("videos", 1, partial=False)
     if has_picture:
         try:
             picture = input_picture(services.session, settings, services.store, picture_url, picture_data)
         except UploadError as exc:
+            if reservation is not None:
+                reservation.settle(0)
             raise ApiError(400, f"'input_reference' cannot be used: {en(exc.reason)}.", param="input_reference") from None
         payload["image"] = data_uri(picture)
-    reservation = web.take_quota("videos", 1, partial=False)
     try:
         key, upstream_id = submit(
             services.pool,

@@ -101,6 +101,12 @@ def _authenticate() -> Response | None:
     )
 
 
+def is_admin(admin_key: str) -> bool:
+    """The request carries the operator's key as a bearer header (compared in constant time)."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), admin_key.encode())
+
+
 def take_quota(kind: str, wanted: int, *, partial: bool) -> userkeys.Reservation | None:
     """Reserve `wanted` pictures (or videos) of the caller's daily quota before anything is drawn
     (with no cap too: the use is counted). None for the operator's key. Past the quota, or for a
@@ -191,15 +197,22 @@ def playground() -> Response:
 
 @bp.get("/health")
 def health() -> Response:
-    """The pool without key material: keys and accounts by state, the store shared, the line."""
+    """The pool without key material: keys and accounts by state, the store shared, the line.
+
+    With an operator (ADMIN_KEY), a stranger is told the status alone, which is what a load
+    balancer or a platform's health check reads (200 and "ok" or "degraded"); where the data
+    lives, the bucket, the keys' counts and why a store fails are for the admin key."""
     services = current()
     pool = services.pool
     store = pool.store.describe()
     pictures = health_of_pictures(services)
+    # degraded: the shared key state failed and this process draws on from its own (see "store"),
+    # or pictures cannot be kept now (see "pictures")
+    status = "ok" if store.get("reachable", True) and pictures["state"] != "failing" else "degraded"
+    if services.settings.admin_key and not is_admin(services.settings.admin_key):
+        return json_response({"status": status})
     body = {
-        # degraded: the shared key state failed and this process draws on from its own (see "store"),
-        # or pictures cannot be kept now (see "pictures")
-        "status": "ok" if store.get("reachable", True) and pictures["state"] != "failing" else "degraded",
+        "status": status,
         **pool.summary(),
         "rate_limit": ",".join(str(limit) for limit in pool.configured_limits) or "learned from 429s",
         "store": store,

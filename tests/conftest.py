@@ -173,10 +173,7 @@ def serve(fake: FakeSiliconFlow) -> Iterator[Callable[..., Service]]:
     for server, app in servers:
         server.shutdown()
         server.server_close()
-        app.extensions["siliconflow"].executor.shutdown(wait=False, cancel_futures=True)
-        app.extensions["siliconflow"].catalog.stop()  # its refresh thread would outlive the test
-        if app.extensions["siliconflow"].videos is not None:
-            app.extensions["siliconflow"].videos.stop()  # and the video poller
+        app.extensions["siliconflow"].close()  # no thread of it outlives the test
 
 
 @pytest.fixture

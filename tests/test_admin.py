@@ -421,3 +421,15 @@ def test_odd_inputs_to_the_new_routes_are_400s_and_the_admin_routes_send_no_cors
     assert foreign.status_code == 200 and "Access-Control-Allow-Origin" not in foreign.headers
     page = requests.get(f"{community.url}/admin", timeout=10)
     assert page.headers["X-Frame-Options"] == "DENY" and "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
+
+
+def test_with_an_operator_a_stranger_is_told_the_health_status_alone(serve, fake, s3):
+    """No data path, bucket, key counts or store failures for strangers; all of it for the admin key."""
+    service = serve({"S3_BUCKET": "health-secrets-bucket"}, admin_key=ADMIN, api_key=SERVICE_KEY)
+    stranger = requests.get(f"{service.url}/health", timeout=10)
+    assert stranger.status_code == 200 and stranger.json() == {"status": stranger.json()["status"]}
+    assert stranger.json()["status"] in ("ok", "degraded")
+    for who in ({"Authorization": f"Bearer {SERVICE_KEY}"}, {"Authorization": "Bearer wrong-key-0123456789"}):
+        assert set(requests.get(f"{service.url}/health", headers=who, timeout=10).json()) == {"status"}
+    operator = requests.get(f"{service.url}/health", headers=AS_ADMIN, timeout=10).json()
+    assert operator["keys"]["total"] == 3 and "health-secrets-bucket" in json.dumps(operator["pictures"])

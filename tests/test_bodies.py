@@ -215,3 +215,65 @@ def test_concurrent_large_requests_under_gunicorn_are_each_answered(gunicorn, _f
         assert requests.post(f"{gunicorn.url}/v1/chat/completions", json=body, timeout=60).status_code == 200
     finally:
         state.reset()
+
+
+NOT_WHOLE = ["Infinity", "-Infinity", "NaN", "1e400", "12.9", "true", '"abc"', "-1", "99999999999999999999"]
+
+
+@pytest.mark.parametrize("value", NOT_WHOLE)
+@pytest.mark.parametrize(
+    ("path", "field", "body"),
+    [
+        ("/v1/videos", "seed", '{"prompt": "a cat", "model": "Wan-AI/Wan2.2-T2V-A14B", "seed": %s}'),
+        ("/v1/images/generations", "seed", '{"prompt": "a cat", "seed": %s}'),
+        ("/v1/images/generations", "n", '{"prompt": "a cat", "n": %s}'),
+        ("/v1/images/generations", "num_inference_steps", '{"prompt": "a cat", "num_inference_steps": %s}'),
+    ],
+)
+def test_a_number_that_is_not_a_whole_number_in_range_is_a_clear_400(service, fake, path, field, body, value):
+    """Not a 500 with an OverflowError, and 12.9 or true never taken as 12 or 1."""
+    response = requests.post(
+        f"{service.url}{path}", data=body.replace("%s", value), headers={"Content-Type": "application/json"}, timeout=30
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert field in error["message"] or "not a JSON number" in error["message"], error
+    assert not fake.state.drawing_calls() and not fake.state.videos
+
+
+@pytest.mark.parametrize("value", ["Infinity", "nan", "1e400", "12.9", "true", "abc", "-1"])
+@pytest.mark.parametrize(("path", "field"), [("/v1/videos", "seed"), ("/v1/images/edits", "n"), ("/v1/images/edits", "seed")])
+def test_a_form_field_that_is_not_a_whole_number_in_range_is_a_clear_400(service, fake, path, field, value):
+    form = {"prompt": "a cat", field: value}
+    files = {"image": ("a.png", png(16, 16, b"x"), "image/png")} if "edits" in path else None
+    if "videos" in path:
+        form["model"] = "Wan-AI/Wan2.2-T2V-A14B"
+    response = requests.post(f"{service.url}{path}", data=form, files=files or {"unused": ("", b"")}, timeout=30)
+    assert response.status_code == 400, response.text
+    assert field in response.json()["error"]["message"]
+    assert not fake.state.drawing_calls() and not fake.state.videos
+
+
+@pytest.mark.parametrize(("field", "value"), [("guidance_scale", "Infinity"), ("guidance_scale", "NaN"), ("cfg", "1e400")])
+def test_a_fractional_field_that_is_not_a_finite_number_in_range_is_a_clear_400(service, fake, field, value):
+    response = requests.post(
+        f"{service.url}/v1/images/generations",
+        data=f'{{"prompt": "a cat", "{field}": {value}}}',
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 400, response.text
+    assert not fake.state.drawing_calls()
+
+
+def test_whole_numbers_as_text_and_json_are_both_taken(service, fake):
+    made = requests.post(f"{service.url}/v1/images/generations", json={"prompt": "a cat", "seed": 42, "n": 1}, timeout=30).json()
+    assert made["data"]
+    sent = requests.post(
+        f"{service.url}/v1/images/edits",
+        data={"prompt": "make it blue", "n": "1", "seed": "7", "model": "Qwen/Qwen-Image-Edit"},
+        files={"image": ("a.png", png(16, 16, b"x"), "image/png")},
+        timeout=30,
+    )
+    assert sent.status_code == 200, sent.text
+    assert [c.body["seed"] for c in fake.state.image_calls()] == [42, 7]

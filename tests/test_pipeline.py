@@ -28,7 +28,7 @@ def services(fake):
         )
     )
     yield app.extensions["siliconflow"]
-    app.extensions["siliconflow"].executor.shutdown(wait=False, cancel_futures=True)
+    app.extensions["siliconflow"].close()
     app.extensions["siliconflow"].catalog.stop()
 
 
@@ -70,7 +70,7 @@ def test_a_failed_picture_is_a_reason_and_a_kind_not_a_sentence(fake):
     try:
         events = list(pipeline.draw(_job("一只猫"), app.extensions["siliconflow"]))
     finally:
-        app.extensions["siliconflow"].catalog.stop()
+        app.extensions["siliconflow"].close()
     [failed] = [event for event in events if isinstance(event, ImageFailed)]
     assert failed.kind is Failure.AUTH and failed.reason.code == "after_attempts"
     assert failed.reason.get("last").code == "key_invalid" and failed.reason.get("also").code == "keys_out"
@@ -84,3 +84,36 @@ def test_closing_the_drawing_stops_the_pictures_not_begun(services, fake):
     drawing.close()  # the client left
     services.executor.shutdown(wait=True)
     assert len(fake.state.image_calls()) <= 2  # the two keys' first pictures at most
+
+
+def test_close_stops_every_thread_the_service_started(fake, tmp_path):
+    """Nothing of a closed service runs on: no thread left to log into a finished test run."""
+    import threading
+
+    import requests
+    from werkzeug.serving import make_server
+
+    before = set(threading.enumerate())
+    app = create_app(
+        Settings.from_env(
+            {}, api_base_url=fake.url, api_keys=("sk-good-close01",), prompt_expansion=False, data_dir=str(tmp_path)
+        )
+    )
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    serving.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        body = {"messages": [{"role": "user", "content": "画一只猫"}], "model": "Kwai-Kolors/Kolors"}
+        assert requests.post(f"{url}/v1/chat/completions", json=body, timeout=30).status_code == 200
+        started = {t.name for t in set(threading.enumerate()) - before}
+        assert {"key-upkeep", "key-queue", "model-catalog"} <= started or {"key-upkeep", "model-catalog"} <= started
+    finally:
+        server.shutdown()
+        server.server_close()
+        serving.join(5)
+        app.extensions["siliconflow"].close()
+    # The request threads are the test server's; the deadline watchdog is one per process, shared by all.
+    ours = [t for t in set(threading.enumerate()) - before if "process_request" not in t.name and t.name != "deadline-watchdog"]
+    left = [t.name for t in ours if t.is_alive() and not t.name.startswith("upstream")]
+    assert left == [], left

@@ -22,7 +22,7 @@ def stack(fake, production_bin):
     shorter than the upstream's latency; `stack(heartbeat)` starts both."""
     started = []
 
-    def start(heartbeat: str = "0.4") -> Nginx:
+    def start(heartbeat: str = "0.4", read_timeout: str = "1s") -> Nginx:
         server = Gunicorn(
             {
                 "API_BASE_URL": fake.url,
@@ -35,7 +35,7 @@ def stack(fake, production_bin):
         started.append(server)
         if not server.wait_until_up():
             pytest.fail("gunicorn did not start: " + server.stop()[-2000:])
-        proxy = Nginx(server.port, read_timeout="1s")
+        proxy = Nginx(server.port, read_timeout=read_timeout)
         started.append(proxy)
         return proxy
 
@@ -65,6 +65,16 @@ def test_slow_answers_outlast_a_short_proxy_read_timeout(stack, fake):
     with ThreadPoolExecutor(3) as pool:
         for done in [pool.submit(check) for check in (stream, chat, images_api)]:
             done.result()
+
+
+def test_the_images_apis_first_keep_alive_comes_within_one_heartbeat(stack, fake):
+    """nginx's idle limit (2 s) is longer than one heartbeat (1.5 s) but shorter than two: a slow
+    Images API answer must send its first byte at the first heartbeat, not at the second."""
+    fake.state.image_latency = 4.0
+    proxy = stack(heartbeat="1.5", read_timeout="2s")
+    client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="x", max_retries=0, timeout=60)
+    images = client.images.generate(model="Kwai-Kolors/Kolors", prompt="a fox", n=1, response_format="b64_json")
+    assert base64.b64decode(images.data[0].b64_json).startswith(b"\x89PNG")
 
 
 def test_an_edit_with_large_pictures_passes_nginx(stack, fake):

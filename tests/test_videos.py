@@ -494,7 +494,7 @@ def test_jobs_recorded_before_they_were_listed_by_owner_are_listed_by_owner(serv
 
     redis_url = request.getfixturevalue("redis_server").url if record == "redis" else None
     users = RedisKeys(redis_url) if redis_url else SqliteKeys(str(tmp_path / "users.sqlite3"))
-    (alice, secret), (bob, _) = make("alice", 0, 0), make("bob", 0, 0)
+    (alice, secret), (bob, _) = make("alice", None, None), make("bob", None, None)
     users.save(alice)
     users.save(bob)
     now = int(time.time())

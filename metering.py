@@ -1,0 +1,66 @@
+"""What a drawing cost: every picture SiliconFlow drew and every video it took, counted the moment
+it answered, whatever happens to the person's connection afterwards.
+
+A surface makes one `Meter` per request (with the caller's quota reservation, if any) and puts it
+in the `Job`; the pipeline calls `drawn()` from the worker thread that got SiliconFlow's answer,
+and `track()`s every piece of work it starts. The quota is settled once, when both have ended:
+the surface's answer is closed (`close()`: answered, or the person hung up) and no tracked work is
+still running. So a picture still being drawn when the person hangs up is counted when it is
+drawn, and a reservation is given back only for what SiliconFlow never drew (a refused call, a
+picture not begun, a failure). A person cannot spend the pool's money by hanging up.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+log = logging.getLogger("siliconflow_proxy.metering")
+
+
+class Meter:
+    """One request's count of what SiliconFlow drew. Thread-safe; settles its reservation once."""
+
+    def __init__(self, reservation: Any = None):
+        self._reservation = reservation  # userkeys.Reservation, or None (the operator's key, no cap)
+        self._lock = threading.Lock()
+        self._running = 0
+        self._closed = False
+        self._settled = False
+        self.count = 0  # pictures drawn and videos taken
+
+    def drawn(self, key_id: str, model: str) -> None:
+        """SiliconFlow drew a picture (or took a video job) with the key `key_id`: it is paid for."""
+        with self._lock:
+            self.count += 1
+
+    def track(self, future: Future) -> None:
+        """Work that may still call `drawn()`: the meter settles only after it has ended."""
+        with self._lock:
+            self._running += 1
+        future.add_done_callback(self._ended)
+
+    def close(self) -> None:
+        """The answer is over (sent, or the person left): settle once the tracked work has ended."""
+        with self._lock:
+            self._closed = True
+        self._settle_if_over()
+
+    def _ended(self, _future: Future) -> None:
+        with self._lock:
+            self._running -= 1
+        self._settle_if_over()
+
+    def _settle_if_over(self) -> None:
+        with self._lock:
+            if self._settled or not self._closed or self._running:
+                return
+            self._settled = True
+            count = self.count
+        if self._reservation is not None:
+            try:
+                self._reservation.settle(count)
+            except Exception:  # the store failing must not break the answer; the reservation stays taken
+                log.exception("settling a quota reservation failed; what it reserved stays counted")

@@ -1,0 +1,171 @@
+"""What a drawing costs a person's quota: what SiliconFlow drew or took, whatever happens to the
+connection (metering.py). Over real HTTP, hanging up with a TCP reset as an attacker would."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import time
+from concurrent.futures import Future
+from urllib.parse import urlsplit
+
+import requests
+
+from metering import Meter
+from tests.helpers import wait_until
+
+ADMIN = "operator-secret-0123456789"
+AS_ADMIN = {"Authorization": f"Bearer {ADMIN}"}
+
+
+def _new_key(url: str, **caps: int) -> str:
+    response = requests.post(f"{url}/admin/api/keys", json={"name": "mallory", **caps}, headers=AS_ADMIN, timeout=10)
+    assert response.status_code == 201, response.text
+    return response.json()["key"]
+
+
+def _used_today(url: str) -> dict:
+    [listed] = requests.get(f"{url}/admin/api/keys", headers=AS_ADMIN, timeout=10).json()["data"]
+    return listed
+
+
+def _stream_then_reset(url: str, key: str, model: str, text: str, until: str, also=lambda: True) -> str:
+    """A stream chat read until `until` appears (and `also()` holds), then the connection reset (RST, no goodbye)."""
+    host, port = urlsplit(url).hostname, urlsplit(url).port
+    body = json.dumps({"model": model, "stream": True, "messages": [{"role": "user", "content": text}]}).encode()
+    sock = socket.create_connection((host, port), timeout=30)
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {key}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    seen = b""
+    deadline = time.monotonic() + 30
+    while until not in _text(seen):
+        assert time.monotonic() < deadline, seen[-500:]
+        piece = sock.recv(65536)
+        assert piece, seen[-500:]
+        seen += piece
+    assert wait_until(also, timeout=10)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()  # a reset: the service's next write fails
+    return _text(seen)
+
+
+def _text(raw: bytes) -> str:
+    """The assistant's words so far, from the SSE chunks received."""
+    words = ""
+    for line in raw.decode("utf-8", "ignore").split("\n"):
+        if line.startswith("data: {"):
+            try:
+                words += json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+            except (ValueError, KeyError, IndexError):
+                pass
+    return words
+
+
+def test_a_video_taken_by_siliconflow_counts_when_the_person_hangs_up_at_its_first_line(serve, fake):
+    """The attack: read until 提交中, reset. SiliconFlow took (and bills) the job: it is counted."""
+    fake.state.video_seconds = 1.0
+    service = serve(admin_key=ADMIN, prompt_expansion=False, video_poll_seconds=0.1, heartbeat_seconds=0.2)
+    secret = _new_key(service.url, daily_videos=1)
+    said = _stream_then_reset(service.url, secret, "Wan-AI/Wan2.2-T2V-A14B", "一只狗在草地上跑", "提交中")
+    assert "提交中" in said
+    assert wait_until(lambda: fake.state.videos, timeout=10)  # taken by SiliconFlow
+    assert wait_until(lambda: _used_today(service.url)["videos_today"] == 1, timeout=10)
+    again = requests.post(
+        f"{service.url}/v1/chat/completions",
+        json={"model": "Wan-AI/Wan2.2-T2V-A14B", "messages": [{"role": "user", "content": "一只猫"}]},
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=30,
+    )
+    assert again.status_code == 429 and again.json()["error"]["code"] == "insufficient_quota"
+    assert len(fake.state.videos) == 1  # no second paid video
+
+
+def test_pictures_drawn_after_the_person_hangs_up_still_count(serve, fake):
+    """The attack: pic:2 with pictures slower than a heartbeat, reset after ✅. SiliconFlow draws
+    both (they were on their way): both count against the quota, though neither was delivered."""
+    fake.state.image_latency = 0.8
+    service = serve(admin_key=ADMIN, prompt_expansion=False, heartbeat_seconds=0.2)
+    secret = _new_key(service.url, daily_images=3)
+    _stream_then_reset(
+        service.url, secret, "Kwai-Kolors/Kolors", "画一只猫 pic:2", "✅", lambda: len(fake.state.image_calls()) == 2
+    )
+    assert wait_until(lambda: len([c for c in fake.state.image_calls() if c.end]) == 2, timeout=10)
+    assert wait_until(lambda: _used_today(service.url)["images_today"] == 2, timeout=10), _used_today(service.url)
+    listed = _used_today(service.url)
+    assert listed["images_total"] == 2
+    # One left of three: a pic:2 draws one and says why not two.
+    answer = requests.post(
+        f"{service.url}/v1/chat/completions",
+        json={"model": "Kwai-Kolors/Kolors", "messages": [{"role": "user", "content": "画一只狗 pic:2"}]},
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=30,
+    ).json()["choices"][0]["message"]["content"]
+    assert "只剩 1 个" in answer
+
+
+def test_a_picture_not_begun_when_the_person_hangs_up_is_given_back(serve, fake):
+    """Only what SiliconFlow drew counts: pictures still waiting for a key when the person leaves
+    are never sent, and their reservation is given back."""
+    fake.state.image_latency = 1.0
+    service = serve(
+        admin_key=ADMIN,
+        prompt_expansion=False,
+        heartbeat_seconds=0.2,
+        api_keys=("sk-good-alone0001",),
+        image_rate_limit=((1, 30.0),),  # one call per 30 s: the other two pictures wait in line
+    )
+    secret = _new_key(service.url, daily_images=4)
+    _stream_then_reset(service.url, secret, "Kwai-Kolors/Kolors", "画一只猫 pic:3", "✅", lambda: fake.state.image_calls())
+    assert wait_until(lambda: [c.end for c in fake.state.image_calls()] not in ([], [0.0]), timeout=10)
+    assert wait_until(lambda: _used_today(service.url)["images_today"] == 1, timeout=10), _used_today(service.url)
+    assert len(fake.state.image_calls()) == 1  # the two waiting were never sent
+
+
+def test_the_meter_settles_once_after_the_answer_and_the_work_have_both_ended():
+    settled: list[int] = []
+
+    class Reservation:
+        def settle(self, count: int) -> None:
+            settled.append(count)
+
+    meter = Meter(Reservation())
+    work: Future = Future()
+    meter.track(work)
+    meter.close()  # the person left while a picture was being drawn
+    assert settled == []
+    meter.drawn("kid", "Kwai-Kolors/Kolors")
+    work.set_result(None)
+    assert settled == [1]
+    meter.close()
+    assert settled == [1]  # once
+
+
+def test_an_over_quota_video_request_fetches_nothing(serve, fake, internal):
+    """The quota is checked before `input_reference` is downloaded: a key past it costs no fetch."""
+    service = serve(admin_key=ADMIN, prompt_expansion=False, allow_private_image_urls=True)
+    secret = _new_key(service.url, daily_videos=1)
+    headers = {"Authorization": f"Bearer {secret}"}
+    link = f"http://127.0.0.1:{internal.server_port}/first-frame.png"
+    body = {"prompt": "the cat walks", "model": "Wan-AI/Wan2.2-I2V-A14B", "input_reference": link}
+    assert requests.post(f"{service.url}/v1/videos", json=body, headers=headers, timeout=30).status_code == 200
+    assert len(internal.hits) == 1
+    refused = requests.post(f"{service.url}/v1/videos", json=body, headers=headers, timeout=30)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "insufficient_quota"
+    assert len(internal.hits) == 1  # nothing fetched for a request that was refused anyway
+
+
+def test_a_video_whose_first_frame_cannot_be_read_gives_its_quota_back(serve, fake, internal):
+    service = serve(admin_key=ADMIN, prompt_expansion=False, allow_private_image_urls=True)
+    secret = _new_key(service.url, daily_videos=1)
+    body = {
+        "prompt": "the cat walks",
+        "model": "Wan-AI/Wan2.2-I2V-A14B",
+        "input_reference": f"http://127.0.0.1:{internal.server_port}/missing.png",
+    }
+    refused = requests.post(f"{service.url}/v1/videos", json=body, headers={"Authorization": f"Bearer {secret}"}, timeout=30)
+    assert refused.status_code == 400 and "input_reference" in refused.json()["error"]["message"]
+    assert _used_today(service.url)["videos_today"] == 0
