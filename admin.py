@@ -23,7 +23,15 @@ import metrics
 import userkeys
 import web
 from bodies import json_object
+from config import ACCOUNT_NAME, key_entries, split_key_entry
+from events import Failure
+from keypool import Lease, key_id
 from openai_wire import ApiError
+from text import mask_key
+from upstream import UpstreamError, image_models
+from upstreamkeys import ENV, Roster, UpstreamKey
+from upstreamkeys import PAGE as FROM_PAGE
+from wording import en
 
 log = logging.getLogger("siliconflow_proxy")
 
@@ -188,3 +196,157 @@ def overview() -> Response:
 @bp.route("/metrics")
 def prometheus() -> Response:
     return Response(metrics.exposition(web.current()), mimetype="text/plain; version=0.0.4; charset=utf-8")
+
+
+# --- upstream keys, changed while the service runs ----------------------------------------------------
+
+
+def _roster() -> Roster:
+    roster = web.current().pool.roster
+    if roster is None:  # cannot be: with ADMIN_KEY there is always one (siliconflow_proxy._roster)
+        raise ApiError(404, "Upstream keys are not managed here.", code="not_found")
+    return roster
+
+
+def _upstream_shown(states: dict[str | None, dict[str, Any]], record: UpstreamKey, usage: dict[str, Any]) -> dict[str, Any]:
+    state = states.get(record.id, {})
+    kid = key_id(record.key)
+    today = usage.get(kid, {})
+    return {
+        "id": record.id,
+        "object": "upstream_key",
+        "key": mask_key(record.key),
+        "account": record.account,
+        "state": "disabled" if record.disabled else state.get("state", "ok"),
+        "disabled": record.disabled,
+        "next_try": state.get("next_try"),
+        "probing": state.get("probing", False),
+        "last_failure": state.get("last_failure"),
+        "calls_today": today.get("calls", 0),
+        "pictures_today": today.get("pictures", 0),
+        "videos_today": today.get("videos", 0),
+        "source": "API_KEYS" if record.source == ENV else "page",
+        "added_at": record.added_at,
+    }
+
+
+def _usage_today() -> dict[str, Any]:
+    """Calls and pictures per upstream key today (the ledger's), by key id."""
+    services = web.current()
+    spend = getattr(services, "spend", None)
+    return spend.key_usage_today() if spend is not None else {}
+
+
+def _upstream_list() -> list[dict[str, Any]]:
+    pool = web.current().pool
+    states = {state["id"]: state for state in pool.key_states()}
+    usage = _usage_today()
+    return [_upstream_shown(states, record, usage) for record in _roster().all()]
+
+
+def _upstream(record_id: str) -> UpstreamKey:
+    record = next((r for r in _roster().all() if r.id == record_id), None) if len(record_id) <= 40 else None
+    if record is None:
+        raise ApiError(404, f"No upstream key with id '{record_id[:40]}'.", param="id", code="not_found")
+    return record
+
+
+@bp.get("/admin/api/upstream-keys")
+def list_upstream_keys() -> Response:
+    return web.json_response({"object": "list", "data": _upstream_list(), "balances": web.balances_words(web.current())})
+
+
+@bp.post("/admin/api/upstream-keys")
+def add_upstream_keys() -> Response:
+    """Keys pasted as they come (commas, spaces or lines; each `sk-…` or `NAME/sk-…`): what was
+    added and what was there already, masked. Nothing is added when one entry is malformed."""
+    body = json_object()
+    text = body.get("keys")
+    if not isinstance(text, str) or not text.strip():
+        raise ApiError(
+            400,
+            "'keys' is required: one or more SiliconFlow keys (sk-… or NAME/sk-…), separated by commas, spaces or lines.",
+            param="keys",
+        )
+    try:
+        entries = key_entries(text, what="key")
+    except ValueError as exc:
+        raise ApiError(400, f"'keys': {exc}. Nothing was added.", param="keys") from None
+    added, there = _roster().add([split_key_entry(entry) for entry in entries], FROM_PAGE)
+    pool = web.current().pool
+    pool.sync(force=True)
+    states = {state["id"]: state for state in pool.key_states()}
+    log.info("req=%s admin: %d upstream key(s) added, %d there already", g.request_id, len(added), len(there))
+    return web.json_response(
+        {
+            "added": [_upstream_shown(states, record, {}) for record in added],
+            "already_there": [_upstream_shown(states, record, {}) for record in there],
+        },
+        201 if added else 200,
+    )
+
+
+@bp.patch("/admin/api/upstream-keys/<record_id>")
+def change_upstream_key(record_id: str) -> Response:
+    record = _upstream(record_id)
+    body = json_object()
+    changes: dict[str, Any] = {}
+    if "disabled" in body:
+        if not isinstance(body["disabled"], bool):
+            raise ApiError(400, "'disabled' must be true or false.", param="disabled")
+        changes["disabled"] = body["disabled"]
+    if "account" in body:
+        account = body["account"]
+        if account is not None and (not isinstance(account, str) or not ACCOUNT_NAME.fullmatch(account.strip())):
+            raise ApiError(
+                400,
+                "'account' must be a NAME of at most 64 characters without spaces, commas or slashes, "
+                "or null for its own account.",
+                param="account",
+            )
+        changes["account"] = account.strip() if isinstance(account, str) else None
+    if not changes:
+        raise ApiError(400, "Nothing to change: send 'disabled' (true or false) and/or 'account' (a NAME or null).")
+    changed = _roster().change(record.id, changes)
+    if changed is None:
+        raise ApiError(404, f"No upstream key with id '{record_id[:40]}'.", param="id", code="not_found")  # removed meanwhile
+    pool = web.current().pool
+    if changes.get("disabled") is False:
+        pool.revive(key_id(changed.key))  # the operator's word: a dead key is tried again
+    pool.sync(force=True)
+    log.info(
+        "req=%s admin: upstream key %s (%s) changed: %s",
+        g.request_id,
+        record.id,
+        mask_key(record.key),
+        ", ".join(sorted(changes)),
+    )
+    return web.json_response(next(shown for shown in _upstream_list() if shown["id"] == record.id))
+
+
+@bp.delete("/admin/api/upstream-keys/<record_id>")
+def remove_upstream_key(record_id: str) -> Response:
+    record = _upstream(record_id)
+    if _roster().remove(record.id) is None:
+        raise ApiError(404, f"No upstream key with id '{record_id[:40]}'.", param="id", code="not_found")
+    web.current().pool.sync(force=True)
+    log.info("req=%s admin: upstream key %s (%s) removed", g.request_id, record.id, mask_key(record.key))
+    return web.json_response({"id": record.id, "object": "upstream_key.deleted", "deleted": True})
+
+
+@bp.post("/admin/api/upstream-keys/<record_id>/test")
+def test_upstream_key(record_id: str) -> Response:
+    """One call that costs nothing (SiliconFlow's model list with that key): does SiliconFlow take it?"""
+    record = _upstream(record_id)
+    services = web.current()
+    settings = services.settings
+    try:
+        image_models(services.http, settings.api_base_url, record.key, min(settings.expansion_timeout, 10.0))
+    except UpstreamError as exc:
+        if exc.kind is Failure.AUTH:
+            services.pool.report(Lease(record.key), exc)  # dead until the operator says otherwise
+        words = f"SiliconFlow did not take the key: {en(exc.reason).rstrip('.')}."
+        return web.json_response({"id": record.id, "ok": False, "status": exc.status, "message": words})
+    services.pool.revive(key_id(record.key))  # it works: a dead mark (a 401 seen earlier) goes
+    log.info("req=%s admin: upstream key %s tested: taken", g.request_id, record.id)
+    return web.json_response({"id": record.id, "ok": True, "status": 200, "message": "SiliconFlow takes this key."})

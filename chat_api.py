@@ -64,8 +64,7 @@ def chat_completions() -> Response:
         words = "\n\n" + wording.task_words("continued", zh)
         return chat_response([words], stream=bool(stream), model=model, prompt="", usage=usage)
     text = conversation.current_turn(messages)
-    if not settings.api_keys:
-        raise ApiError(503, "This service has no upstream keys: its operator must set API_KEYS.", code="no_upstream_keys")
+    web.has_keys(services)
 
     draw = parse(text, model, settings.max_images_per_request)
     inputs, part_notes = conversation.turn_images(body["messages"])
@@ -154,10 +153,10 @@ def _housekeeping(task: housekeeping.Task, model: Any, stream: bool, services: S
                 min(settings.expansion_timeout, HOUSEKEEPING_SECONDS),
                 max_tokens=200,
             )
-        return redact_secrets(text, settings.secret_values())
+        return redact_secrets(text, services.secrets())
 
     named = model if isinstance(model, str) and model else services.catalog.default()
-    answer = housekeeping.answer(task, ask if settings.api_keys and settings.prompt_expansion else None, model=named)
+    answer = housekeeping.answer(task, ask if len(services.pool) and settings.prompt_expansion else None, model=named)
     log.info("req=%s %s %s task answered without drawing", g.request_id, task.ui, task.kind)
     return chat_response([answer], stream=stream, model=named[:100], prompt="", usage=usage)
 

@@ -24,6 +24,41 @@ def _split_list(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
+# An upstream key as the operator writes it: `sk-…`, or `NAME/sk-…` where keys with the same NAME
+# share one SiliconFlow account (its rate budget). Only the operator knows which keys share one:
+# SiliconFlow stopped telling (/v1/user/info answers 410).
+ACCOUNT_NAME = re.compile(r"[^\s/,]{1,64}")
+_KEY = re.compile(r"[^\s/,]{4,512}")
+
+
+def split_key_entry(entry: str) -> tuple[str | None, str]:
+    """(account NAME or None, key) of one entry already checked by `key_entries`."""
+    name, _, key = entry.rpartition("/")
+    return name or None, key
+
+
+def key_entries(raw: str, *, what: str = "entry") -> tuple[str, ...]:
+    """Keys separated by commas, spaces or lines (as pasted from a forum post), each `sk-…` or
+    `NAME/sk-…`. Raises ValueError naming the malformed ones by position, never showing a key."""
+    entries, bad = [], []
+    for number, entry in enumerate((piece for piece in re.split(r"[\s,]+", raw) if piece), 1):
+        name, slash, key = entry.partition("/")
+        if slash:
+            ok = bool(ACCOUNT_NAME.fullmatch(name)) and bool(_KEY.fullmatch(key))
+        else:
+            name, key, ok = "", entry, bool(_KEY.fullmatch(entry))
+        if not ok:
+            bad.append(str(number))
+        else:
+            entries.append(f"{name}/{key}" if name else key)
+    if bad:
+        raise ValueError(
+            f"{what} {', '.join(bad)} (counting from 1) {'is' if len(bad) == 1 else 'are'} not a key or NAME/key: "
+            "a key has no spaces, commas or slashes; a NAME is at most 64 characters, without them either"
+        )
+    return tuple(dict.fromkeys(entries))
+
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -181,7 +216,7 @@ class Settings:
 
     port: int = _setting("PORT", "7860", _int_between(1, 65535))
     api_key: str | None = _setting("API_KEY", "", _optional_text, secret=True)
-    api_keys: tuple[str, ...] = _setting("API_KEYS", "", _split_list, secret=True)
+    api_keys: tuple[str, ...] = _setting("API_KEYS", "", key_entries, secret=True)  # `sk-…` or `NAME/sk-…`
     max_images_per_request: int = _setting("MAX_IMAGES_PER_REQUEST", "4", _int_between(1, 16))
     image_prompt_model: str = _setting("IMAGE_PROMPT_MODEL", "Qwen/Qwen2.5-7B-Instruct", _text)
     api_base_url: str = _setting("API_BASE_URL", "https://api.siliconflow.cn", _url)
@@ -246,9 +281,14 @@ class Settings:
         """The built-in store was not asked for by name: a place that fails is a warning, not a stop."""
         return self.image_store_dir == ""
 
+    @property
+    def upstream_keys(self) -> tuple[str, ...]:
+        """The keys of API_KEYS, without their account names."""
+        return tuple(split_key_entry(entry)[1] for entry in self.api_keys)
+
     def secret_values(self) -> tuple[str, ...]:
         """Every secret configured: what must never be repeated to anyone."""
-        values = (*self.api_keys, self.api_key, self.admin_key, self.lsky_pro_token, self.shortlink_api_key, self.redis_url)
+        values = (*self.upstream_keys, self.api_key, self.admin_key, self.lsky_pro_token, self.shortlink_api_key, self.redis_url)
         if self.s3_bucket:  # boto3 reads it from the environment itself
             values = (*values, os.environ.get("AWS_SECRET_ACCESS_KEY"), os.environ.get("AWS_SESSION_TOKEN"))
         return tuple(value for value in values if value)

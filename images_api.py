@@ -134,7 +134,7 @@ def _images(body: dict[str, Any], model: str, inputs: tuple[ImageRef, ...], serv
     negative = body.get("negative_prompt")
     if negative is not None and not isinstance(negative, str):
         raise ApiError(400, "'negative_prompt' must be a string.", param="negative_prompt")
-    web.can_draw(prompt.strip()[:EXPANSION_INPUT_CHARS], settings)  # what is sent of it
+    web.can_draw(prompt.strip()[:EXPANSION_INPUT_CHARS], services)  # what is sent of it
     draw = _typed(
         prompt,
         model,

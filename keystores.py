@@ -4,13 +4,15 @@ Facts, each with an expiry, named like Redis keys:
 
 | fact | value | lives |
 |---|---|---|
-| `dead:<key id>` | why | a day (a 401 key; tried again after) |
-| `broke:<key id>` | "1" | until a balance check finds money, at most a day |
+| `dead:<key id>` | why | until the operator enables or tests the key (a 401 key) |
+| `broke:<key id>` | "1", or "probe" while one call tries it | the key's rest after a refusal for balance; a probe's time |
+| `backoff:<key id>` | the last rest, seconds | until a call with the key succeeds (its next rest doubles) |
 | `cool:<key id>` | "1" | the cool-down after failures in a row |
 | `rest:<account>:<model>` | "1" | after a 429: until the account's window frees |
 | `cap:<account>:<model>` | calls per window that got through before a 429 | an hour, then learned again |
 | `wave:<model>` | the least cap learned in the current wave of 429s | `WAVE_SECONDS` (or the rest, if shorter) |
-| `acct:<key id>` | the SiliconFlow account (`/v1/user/info` data.id) | a week |
+| `acct:<key id>` | the SiliconFlow account (`/v1/user/info` data.id, where it still answers) | a week |
+| `gone:user_info` | its status (410) | a day: nobody asks `/v1/user/info` again meanwhile |
 | `lock:<name>` | "1" | who does a periodic job next |
 
 and, per account and model, the calls made within the budget's window (refused calls are taken
@@ -88,10 +90,12 @@ class Fact(StrEnum):
     WAVE = "wave"  # wave:<model>: an account was just refused this model; the least cap learned
     ACCOUNT = "acct"
     LOCK = "lock"
+    BACKOFF = "backoff"  # backoff:<key id>: a key refused for balance; its next try is a probe
+    GONE = "gone"  # gone:user_info: SiliconFlow no longer answers /v1/user/info
 
 
 # The facts a key choice reads (LocalStore selects them in one query by their first letters).
-_CHOICE_FACTS = (Fact.DEAD, Fact.BROKE, Fact.COOL, Fact.REST, Fact.CAP, Fact.WAVE)
+_CHOICE_FACTS = (Fact.DEAD, Fact.BROKE, Fact.COOL, Fact.REST, Fact.CAP, Fact.WAVE, Fact.BACKOFF)
 _CHOICE_GLOB = "[" + "".join(sorted({fact[0] for fact in _CHOICE_FACTS})) + "]*"
 
 Known = tuple[str, float | None]  # (value, seconds left; None: no expiry)
@@ -113,6 +117,7 @@ class Ask:
     learn_seconds: float = 60.0  # the window of an account's learned cap, and of the call log
     request: str | None = None  # who asks, for turns between requests (None: no turn-taking)
     force: bool = False  # take a free slot even when a request served longer ago is waiting
+    probe_seconds: float = 150.0  # a key whose rest for balance is over goes to one call at a time, for this long
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,7 @@ class Answer:
     ticket: str | None = None  # its call's place in its account's window
     wait: float | None = None  # without a key: seconds until one may be free; None: never
     yielded: bool = False  # a key was free, but another request waiting longer had the turn
+    probing: bool = False  # the key granted rested for balance: this call tries it, and no other may meanwhile
 
 
 class Store:
@@ -138,6 +144,9 @@ class Store:
         burst, and its own refusal is on the way, so a refused picture retried there would be
         refused again. Nothing is capped by another account's limit: an idle account, or one
         whose calls answered, is chosen as before, so a bigger allowance is still found.
+        A key refused for balance (`backoff`) whose rest (`broke`) is over is granted to this one
+        call as a probe: `broke` is set again for `probe_seconds` in the same step, so that no
+        other call, of any process, tries it before this one answers.
         Turns: a request that has to wait is kept with the time it was last served (a request not
         served yet ranks first). While as many requests that have waited longer as there are free
         calls are waiting, a free key is left to them (`yielded`) unless `force`; the caller forces
@@ -473,7 +482,13 @@ class LocalStore(Store):
                         (now, now + TURN_GRACE, model, ask.request),
                     )
                 self._sweep(db, now, longest)
-                return Answer(kid, str(ticket))
+                probing = f"{Fact.BACKOFF}:{kid}" in live
+                if probing:
+                    db.execute(
+                        "INSERT OR REPLACE INTO facts (name, value, until) VALUES (?, 'probe', ?)",
+                        (f"{Fact.BROKE}:{kid}", now + ask.probe_seconds),
+                    )
+                return Answer(kid, str(ticket), probing=probing)
             if held:
                 soonest = min(soonest or math.inf, now + WAVE_HOLD)
             wait = None if soonest is None else soonest - now
@@ -634,7 +649,8 @@ def _window_frees(times: Sequence[float], limits: Sequence[Limit], now: float) -
 # account for each candidate in order. Returns {key id, 0} or {"", milliseconds until one may, -1: never}.
 # ARGV: prefix, model, learn ms, request ("" for none), force (0/1), turn grace ms, yield ms, the number
 # of limits, then count and milliseconds for each limit, then the candidates in one argument, a line
-# "key id<TAB>account<TAB>busy (0/1)" each (one argument packs in a fraction of the time of a hundred).
+# "key id<TAB>account<TAB>busy (0/1)" each (one argument packs in a fraction of the time of a hundred),
+# then the milliseconds a probe of a key resting for balance holds it.
 # Returns {key id, ticket} or {"", milliseconds until a key may be free (-1: never), 1 if it yielded}.
 _ACQUIRE = """
 local t = redis.call('TIME')
@@ -722,7 +738,12 @@ if chosen then
     redis.call('ZADD', turns, now, request)
     redis.call('ZADD', expiries, now + grace, request)
   end
-  return {chosen[1], ticket}
+  local probing = 0
+  if redis.call('EXISTS', prefix .. 'backoff:' .. chosen[1]) == 1 then
+    redis.call('SET', prefix .. 'broke:' .. chosen[1], 'probe', 'PX', tonumber(ARGV[10 + 2 * nlimits]))
+    probing = 1
+  end
+  return {chosen[1], ticket, probing}
 end
 if held and (soonest < 0 or soonest > HOLD_MS) then soonest = HOLD_MS end
 if soonest >= 0 and request ~= '' then waiting(now + soonest + grace) end
@@ -793,9 +814,10 @@ class RedisStore(Store):
                 f"{c.key_id}\t{c.account.replace(chr(9), ' ').replace(chr(10), ' ')}\t{int(c.busy)}" for c in ask.candidates
             )
         )
+        args.append(max(int(ask.probe_seconds * 1000), 1))
         answer = self._acquire(args=args)
         if answer[0]:
-            return Answer(answer[0].decode(), answer[1].decode())
+            return Answer(answer[0].decode(), answer[1].decode(), probing=int(answer[2]) == 1)
         wait = int(answer[1])
         return Answer(wait=None if wait < 0 else wait / 1000, yielded=int(answer[2]) == 1)
 

@@ -135,6 +135,7 @@ def exposition(services: Any) -> bytes:
         states[key["state"]] = states.get(key["state"], 0) + 1
     lines = ["# HELP siliconflow_keys Upstream keys by state", "# TYPE siliconflow_keys gauge"]
     lines += [
-        f'siliconflow_keys{{state="{state}"}} {states.get(state, 0)}' for state in ("healthy", "cooling", "dead", "no_balance")
+        f'siliconflow_keys{{state="{state}"}} {states.get(state, 0)}'
+        for state in ("ok", "cooling", "resting", "dead", "disabled")
     ]
     return text + ("\n".join(lines) + "\n").encode()

@@ -83,6 +83,11 @@ class Services:
     users: Any = None  # user keys and their quotas (userkeys.py), None without ADMIN_KEY
     day: Any = None  # the quota day (userkeys.Day)
 
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret configured, the upstream keys added on the operator's page included:
+        what must never be repeated to anyone."""
+        return (*self.settings.secret_values(), *self.pool.keys)
+
     def close(self) -> None:
         """Stop this process's background threads (each waited for) and its executor: a test's
         end, a worker's exit. Nothing of them logs or writes after this returns."""
@@ -311,7 +316,7 @@ def expand(job: Job, services: Services, until: float) -> Expansion:
         # The chat model repeated what it was given instead of rewriting it: join the two plainly.
         return Expansion(_plain(job), failed=Reason.of("expansion_echoed"))
     # The chat model may have been told a key, or say one it was never told: it is not repeated.
-    return Expansion(redact_secrets(expanded, settings.secret_values()))
+    return Expansion(redact_secrets(expanded, services.secrets()))
 
 
 def load_inputs(job: Job, services: Services, until: float, cancelled: threading.Event | None = None) -> Inputs:
@@ -405,7 +410,7 @@ def make_image(
             job.meter.drawn(image.key_id, job.model)
         if cancelled.is_set():  # the person left: nobody would see it, so it is not kept either
             return Outcome(index, reason=CANCELLED)
-        if settings.api_keys and any(key in image.url for key in settings.api_keys):
+        if any(key in image.url for key in services.pool.keys):
             raise UpstreamError(Failure.BAD_RESPONSE, Reason.of("key_in_link"))
         links = lasting_links(services.session, settings, services.store, image.url, job.public_base, deadline, job.want_bytes)
     except UpstreamError as exc:

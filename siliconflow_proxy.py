@@ -28,7 +28,7 @@ import metrics
 import videos_api
 import web
 from bodies import MAX_BODY_BYTES, BodyBudget, release_unanswered
-from config import ConfigError, Settings
+from config import ConfigError, Settings, split_key_entry
 from families import ModelCatalog
 from keepers import Keeper, LocalKeeper, S3Keeper
 from keypool import KeyPool, Upkeep
@@ -39,6 +39,7 @@ from pipeline import Services
 from text import mask_key
 from uploaders import fetch_to_file
 from upstream import UpstreamError, account_info, image_models, video_models, video_status
+from upstreamkeys import RedisRoster, Roster, SqliteRoster
 from userkeys import Day, RedisKeys, SqliteKeys
 from videos import RedisJobs, SqliteJobs, VideoSettings, VideoWorker
 from web import error_response
@@ -61,6 +62,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         _key_store(settings),
         limits=[Limit(count, seconds) for count, seconds in settings.image_rate_limit],
         rest_seconds=settings.rate_limit_rest,
+        recheck_seconds=settings.key_recheck_seconds,
+        probe_seconds=settings.upstream_timeout + 30,
+        roster=_roster(settings),
     )
     if settings.admin_key:
         metrics.setup()  # before the workers fork: they share its directory
@@ -94,7 +98,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.teardown_request(release_unanswered)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
-    _startup_notes(settings, store)
+    _startup_notes(settings, store, pool)
     return app
 
 
@@ -128,6 +132,27 @@ def _keeper(settings: Settings) -> Keeper | None:
             f"invalid configuration:\n  IMAGE_STORE_DIR: {why}; give this service's user write access, "
             "or mount a writable volume there"
         ) from None
+
+
+def _roster(settings: Settings) -> Roster | None:
+    """With ADMIN_KEY the operator changes upstream keys while the service runs: a durable roster
+    (Redis with REDIS_URL, else a SQLite file in DATA_DIR), seeded from API_KEYS at every start."""
+    if not settings.admin_key:
+        return None
+    roster: Roster
+    if settings.redis_url:
+        roster = RedisRoster(settings.redis_url)
+    else:
+        path = os.path.join(settings.data_directory, "upstream_keys.sqlite3")
+        try:
+            roster = SqliteRoster(path)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(
+                f"invalid configuration:\n  ADMIN_KEY: the upstream keys' file {path} cannot be made ({exc}); "
+                "set DATA_DIR to a writable place"
+            ) from None
+    roster.seed([split_key_entry(entry) for entry in settings.api_keys])
+    return roster
 
 
 def _user_keys(settings: Settings) -> Any:
@@ -234,13 +259,19 @@ def _configure_logging(level: str) -> None:
         log.propagate = False
 
 
-def _startup_notes(settings: Settings, keeper: Keeper | None) -> None:
+def _startup_notes(settings: Settings, keeper: Keeper | None, pool: KeyPool) -> None:
     if not settings.api_key:
         log.warning("API_KEY is not set: this service is open to anyone who can reach it.")
-    if not settings.api_keys:
-        log.warning("API_KEYS is empty: /health answers, but drawing answers 503 until keys are set.")
+    entries = pool.entries()
+    if not entries:
+        where = "API_KEYS or the operator's page" if settings.admin_key else "API_KEYS"
+        log.warning("No upstream keys: /health answers, but drawing answers 503 until keys are added (%s).", where)
     else:
-        log.info("%d upstream key(s): %s", len(settings.api_keys), ", ".join(mask_key(k) for k in settings.api_keys))
+        log.info(
+            "%d upstream key(s): %s",
+            len(entries),
+            ", ".join(f"{entry.account}/{mask_key(entry.key)}" if entry.account else mask_key(entry.key) for _, entry in entries),
+        )
     limits = ", ".join(f"{count}/{seconds:g}s" for count, seconds in settings.image_rate_limit)
     log.info(
         "Image calls per account and model: %s; keys are shared by %s.",

@@ -116,7 +116,7 @@ def create_video() -> Response:
     if negative is not None and not isinstance(negative, str):
         raise ApiError(400, "'negative_prompt' must be a string.", param="negative_prompt")
     prompt = prompt.strip()[:EXPANSION_INPUT_CHARS]
-    web.can_draw(prompt, settings)
+    web.can_draw(prompt, services)
     payload: dict[str, Any] = {"model": model, "prompt": prompt, "image_size": size}
     if negative:
         payload["negative_prompt"] = negative

@@ -214,12 +214,24 @@ def health() -> Response:
     body = {
         "status": status,
         **pool.summary(),
+        "balances": balances_words(services),
         "rate_limit": ",".join(str(limit) for limit in pool.configured_limits) or "learned from 429s",
         "store": store,
         "pictures": pictures,
         "queue": {"waiting_in_this_worker": pool.queue.waiting()},
     }
     return json_response(body)
+
+
+def balances_words(services: Services) -> str:
+    """What SiliconFlow tells of accounts and balances, in words for /health and the page."""
+    if services.upkeep.gone:
+        return (
+            "SiliconFlow no longer tells accounts or balances (/v1/user/info is gone): accounts are the ones declared "
+            "as NAME/key in API_KEYS or on the operator's page, and a key refused for balance rests, "
+            "then is tried again by a real call"
+        )
+    return "learned from SiliconFlow's /v1/user/info, where it answers; accounts declared as NAME/key come first"
 
 
 def health_of_pictures(services: Services) -> dict[str, Any]:
@@ -297,8 +309,19 @@ def stored_image(name: str) -> Response:
     return response.make_conditional(request, accept_ranges=kept.seekable, complete_length=kept.size if kept.seekable else None)
 
 
-def can_draw(prompt: str, settings: Settings) -> None:
+def has_keys(services: Services) -> None:
+    """A 503 when no upstream key may draw (none configured, or every one disabled)."""
+    if not len(services.pool):
+        raise ApiError(
+            503,
+            "This service has no upstream keys: its operator must add some (API_KEYS, or the operator's page).",
+            code="no_upstream_keys",
+        )
+
+
+def can_draw(prompt: str, services: Services) -> None:
     """The checks every drawing surface makes before anything is sent (English 400 / 503)."""
+    settings = services.settings
     if banned := find_banned(prompt, settings.banned_keywords):
         raise ApiError(
             400,
@@ -306,8 +329,7 @@ def can_draw(prompt: str, settings: Settings) -> None:
             param="prompt",
             code="content_policy_violation",
         )
-    if not settings.api_keys:
-        raise ApiError(503, "This service has no upstream keys: its operator must set API_KEYS.", code="no_upstream_keys")
+    has_keys(services)
 
 
 def resolve_model(value: Any, services: Services, *, default: str | None = None) -> str:

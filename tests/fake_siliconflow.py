@@ -30,11 +30,15 @@ Keys misbehave on purpose, chosen by prefix:
 | sk-elsewhere | 200 with `state.redirect_to` itself as the image URL (another host)   |
 | anything else| 200 with one image URL served by this same server (a real PNG)     |
 
-A key in `state.funded` answers like a good one (a topped-up account), also on /v1/user/info.
+A key in `state.funded` answers like a good one (a topped-up account).
+
+`/v1/user/info` answers 410, as SiliconFlow's does since it stopped the endpoint (CONTRACTS.md
+section 1); with `state.user_info = True` it answers as it used to (another deployment): the
+account in `data.id` and the balance.
 
 Accounts: a key holding `-acct<X>-` belongs to account X (`sk-good-acctA-1`, `sk-good-acctA-2`
-share account A); any other key is its own account. `/v1/user/info` answers the account in
-`data.id`. With `state.rate_limit = (N, seconds)` every account may make N image calls per model in
+share account A); any other key is its own account. With `state.rate_limit = (N, seconds)` every
+account may make N image calls per model in
 any window of that many seconds (a sliding window, counted when a call arrives); more are refused
 with SiliconFlow's 429, counted in `state.refused`.
 Unknown models answer 400 code 20012; sizes that Kolors and Qwen-Image do not list, 400 code 20015.
@@ -125,6 +129,7 @@ class FakeState:
     video_bytes: int = 0  # > 0: the clip is padded to this many bytes (a large download)
     downloads: list[str] = field(default_factory=list)  # the requestIds whose clip was fetched, in order
     funded: set[str] = field(default_factory=set)
+    user_info: bool = False  # /v1/user/info answers 200 (an older deployment) instead of 410
     limited_once: set[str] = field(default_factory=set)
     calls: list[Call] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -156,6 +161,7 @@ class FakeState:
         self.hang_seconds = 5.0
         self.retry_after = "1"
         self.funded = set()
+        self.user_info = False
         self.limited_once = set()
         if self.gate is not None:
             self.gate.set()  # nothing stays waiting behind a test that ended
@@ -374,6 +380,9 @@ class _Handler(BaseHTTPRequestHandler):
             state = self.server.state
             with state.lock:
                 state.calls.append(Call(path, self._key(), self.path, time.monotonic(), time.monotonic()))
+            if not self._key() or self._key().startswith("sk-dead"):  # auth on every call
+                self._json(401, "Invalid token")
+                return
             if state.models_down:
                 self._json(503, {"code": 50505, "message": "Model service overloaded. Please try again later.", "data": None})
                 return
@@ -395,6 +404,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/v1/user/info":
             with self.server.state.lock:
                 self.server.state.calls.append(Call(path, self._key(), None, time.monotonic(), time.monotonic()))
+            if not self.server.state.user_info:  # stopped by SiliconFlow (about 2026-08)
+                self._json(410, {"code": 410, "message": "This API is no longer available.", "data": None})
+                return
             if self._key().startswith("sk-dead"):
                 self._json(401, "Invalid token")
                 return

@@ -12,6 +12,8 @@ import requests
 from tests.helpers import answer_text, images_in, wait_until
 
 A1, A2, B1, B2 = "sk-good-acctA-1", "sk-good-acctA-2", "sk-good-acctB-1", "sk-good-acctB-2"
+# As the operator declares them (SiliconFlow no longer tells which keys share an account).
+DECLARED = (f"A/{A1}", f"A/{A2}", f"B/{B1}", f"B/{B2}")
 
 
 def _at_once(url: str, texts: list[str], stream: bool = False) -> tuple[list[str], float]:
@@ -31,18 +33,21 @@ def _at_once(url: str, texts: list[str], stream: bool = False) -> tuple[list[str
 
 def test_with_a_budget_no_call_is_refused_and_every_image_arrives(serve, fake):
     fake.state.rate_limit = (2, 1.0)
-    service = serve(api_keys=(A1, A2, B1, B2), image_rate_limit=((2, 1.0),), prompt_expansion=False)
+    service = serve(api_keys=DECLARED, image_rate_limit=((2, 1.0),), prompt_expansion=False)
     answers, seconds = _at_once(service.url, ["画一只猫 pic:4", "画一只狗 pic:4"])
     assert [len(images_in(a)) for a in answers] == [4, 4]
     assert fake.state.refused == 0
     # Two accounts x 2 images a second: 8 images need two windows, the second starting at 1 s.
     assert 1.0 <= seconds < 2.0, seconds
-    assert requests.get(f"{service.url}/health", timeout=5).json()["accounts"]["total"] == 2
+    health = requests.get(f"{service.url}/health", timeout=5).json()
+    assert health["accounts"]["total"] == 2 and health["accounts"]["declared"] == 2
+    # /v1/user/info answers 410: asked at most once, by the first key, and then never again.
+    assert len([c for c in fake.state.calls if c.path == "/v1/user/info"]) <= 1
 
 
 def test_without_a_budget_each_account_is_refused_about_once_per_window(serve, fake):
     fake.state.rate_limit = (2, 1.0)
-    service = serve(api_keys=(A1, A2, B1, B2), rate_limit_rest=1.0, prompt_expansion=False, max_images_per_request=8)
+    service = serve(api_keys=DECLARED, rate_limit_rest=1.0, prompt_expansion=False, max_images_per_request=8)
     started = time.monotonic()
     answers, seconds = _at_once(service.url, ["画一只猫 pic:8", "画一只狗 pic:8"])
     assert [len(images_in(a)) for a in answers] == [8, 8]
@@ -102,7 +107,8 @@ def test_prompt_expansion_takes_no_image_budget(serve, fake):
     assert len(fake.state.chat_calls()) == 1 and fake.state.refused == 0
 
 
-def test_accounts_are_learned_and_shown_without_keys(serve, fake):
+def test_where_user_info_still_answers_accounts_are_learned_and_shown_without_keys(serve, fake):
+    fake.state.user_info = True  # another deployment, whose /v1/user/info still answers 200
     service = serve(api_keys=(A1, A2, B1, "sk-dead-acctC-1"))
     answer_text(service.url, "画一只猫", stream=False)
     health = requests.get(f"{service.url}/health", timeout=5)

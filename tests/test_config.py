@@ -108,3 +108,14 @@ def test_malformed_value_stops_start_up_naming_the_variable(tmp_path):
     assert result.returncode == 2
     assert "MAX_IMAGES_PER_REQUEST" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_api_keys_take_declared_accounts_and_a_malformed_entry_stops_the_start_without_the_key():
+    settings = Settings.from_env({"API_KEYS": "sk-one1111, A/sk-two2222\nA/sk-three333  sk-one1111"})
+    assert settings.api_keys == ("sk-one1111", "A/sk-two2222", "A/sk-three333")
+    assert settings.upstream_keys == ("sk-one1111", "sk-two2222", "sk-three333")
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({"API_KEYS": "sk-fine1111,team/extra/sk-secret999,/sk-noname999"})
+    message = str(refused.value)
+    assert "API_KEYS: entry 2, 3" in message and "NAME/key" in message
+    assert "sk-secret999" not in message and "sk-noname999" not in message

@@ -90,7 +90,7 @@ def test_duplicates_are_one_key():
     assert len(pool_of(("a", "a", "b"))) == 2
 
 
-@pytest.mark.parametrize("kind, status", [(Failure.AUTH, "dead"), (Failure.BALANCE, "no_balance")])
+@pytest.mark.parametrize("kind, status", [(Failure.AUTH, "dead"), (Failure.BALANCE, "resting")])
 def test_dead_and_broke_keys_leave_the_rotation(clock, kind, status):
     pool = pool_of(("a", "b"), clock)
     fail(pool, "a", kind, None)
@@ -147,7 +147,15 @@ def test_a_bad_request_says_nothing_about_the_key(clock):
     pool = pool_of(("a",), clock)
     for _ in range(5):
         fail(pool, "a", Failure.BAD_REQUEST)
-    assert pool.summary()["keys"] == {"total": 1, "healthy": 1, "cooling": 0, "dead": 0, "no_balance": 0, "calls_in_flight": 0}
+    assert pool.summary()["keys"] == {
+        "total": 1,
+        "healthy": 1,
+        "cooling": 0,
+        "dead": 0,
+        "resting": 0,
+        "disabled": 0,
+        "calls_in_flight": 0,
+    }
 
 
 def test_outage_says_how_many_keys_and_why(clock):
@@ -223,7 +231,7 @@ def test_two_limits_are_kept_together(clock):
 def test_a_key_whose_account_is_unknown_is_its_own_account(clock):
     pool = pool_of(("a", "b"), clock, limits=[Limit(1, 6)])
     assert {take(pool), take(pool)} == {"a", "b"}
-    assert pool.summary()["accounts"] == {"total": 2, "keys_with_unknown_account": 2, "resting": []}
+    assert pool.summary()["accounts"] == {"total": 2, "declared": 0, "keys_with_unknown_account": 2, "resting": []}
 
 
 # --- the stores behind one interface: SQLite across processes' connections, and a real Redis --------
@@ -447,3 +455,75 @@ def test_a_cancelled_request_leaves_the_line():
     pool.queue.cancel("r")
     waiting.join(timeout=2)
     assert result == [Taken(None, Reason.of("cancelled"))] and pool.queue.waiting() == 0
+
+
+# --- keys heal by use (SiliconFlow no longer tells balances), accounts the operator declares --------
+
+
+def test_a_key_refused_for_balance_rests_then_one_call_probes_it_and_a_success_brings_it_back(clock):
+    pool = pool_of(("a", "b"), clock, recheck_seconds=10)
+    fail(pool, "a", Failure.BALANCE)
+    assert {draw(pool) for _ in range(4)} == {"b"}
+    [shown] = [k for k in pool.key_states() if k["key_id"] == key_id("a")]
+    assert shown["state"] == "resting" and shown["next_try"] == 10 and shown["rest_seconds"] == 10
+    clock.now += 10.5
+    probe = pool.try_acquire(KOLORS).lease
+    assert probe is not None and probe.key == "a" and probe.probing
+    assert {take(pool) for _ in range(3)} == {"b"}  # while the probe is out, nobody else tries "a"
+    pool.report(probe, error(Failure.BALANCE))  # still no money: the rest doubles
+    [shown] = [k for k in pool.key_states() if k["key_id"] == key_id("a")]
+    assert shown["rest_seconds"] == 20 and shown["next_try"] == 20
+    clock.now += 20.5
+    probe = pool.try_acquire(KOLORS).lease
+    assert probe is not None and probe.key == "a" and probe.probing
+    pool.report(probe, None)  # topped up: it drew
+    assert pool.summary()["keys"]["resting"] == 0
+    lease = pool.try_acquire(KOLORS, exclude=["b"]).lease
+    assert lease is not None and lease.key == "a" and not lease.probing
+
+
+def test_a_resting_keys_wait_doubles_up_to_six_hours(clock):
+    pool = pool_of(("a",), clock, recheck_seconds=600)
+    rests = []
+    for _ in range(8):
+        fail(pool, "a", Failure.BALANCE)
+        rests.append(pool.key_states()[0]["rest_seconds"])
+    assert rests == [600, 1200, 2400, 4800, 9600, 19200, 21600, 21600]
+
+
+def test_a_key_refused_401_is_dead_until_the_operator_says_otherwise(clock):
+    pool = pool_of(("a", "b"), clock)
+    fail(pool, "a", Failure.AUTH)
+    clock.now += 7 * 86400
+    assert {draw(pool) for _ in range(4)} == {"b"} and pool.key_states()[0]["state"] == "dead"
+    pool.revive(key_id("a"))
+    assert "a" in {draw(pool) for _ in range(4)}
+
+
+def test_only_one_call_probes_a_resting_key_across_processes_and_instances(store):
+    """Sixteen racing choices, two pools (processes) on one store: one probe, no more."""
+    first, second = (KeyPool(["a"], store, recheck_seconds=0.2) for _ in range(2))
+    fail(first, "a", Failure.BALANCE)
+    assert first.try_acquire(KOLORS).lease is None
+    time.sleep(0.3)  # the rest is over (the stores' clocks are the real ones here)
+    barrier, granted = threading.Barrier(16), []
+
+    def race(pool: KeyPool) -> None:
+        barrier.wait()
+        granted.append(pool.try_acquire(KOLORS).lease)
+
+    threads = [threading.Thread(target=race, args=(pool,)) for pool in (first, second) * 8]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    probes = [lease for lease in granted if lease is not None]
+    assert len(probes) == 1 and probes[0].probing
+
+
+def test_keys_declared_with_one_name_share_one_account_and_its_budget(clock):
+    pool = pool_of(("A/k1", "A/k2", "k3"), clock, limits=[Limit(1, 60)])
+    assert pool.account_of(key_id("k1")) == pool.account_of(key_id("k2")) == "A"
+    assert pool.account_of(key_id("k3")) == f"key-{key_id('k3')}"  # its own account
+    assert {take(pool), take(pool), take(pool)} == {"k1", "k3", None}  # A's one call, k3's one call
+    assert pool.summary()["accounts"]["declared"] == 1 and pool.summary()["accounts"]["total"] == 2

@@ -38,7 +38,7 @@ def test_mixed_pool_still_delivers_every_image(serve, fake, stream):
     assert sorted(images_in(content)) == [1, 2, 3, 4], content
     assert "4/4" in content
     keys = _health(service)
-    assert keys["dead"] == 1 and keys["no_balance"] == 1 and keys["total"] == 6
+    assert keys["dead"] == 1 and keys["resting"] == 1 and keys["total"] == 6
     # Known-bad keys are not tried again.
     before = len(fake.state.image_calls())
     content = _content(service, "画一只狗 pic:4", stream=stream)
@@ -77,10 +77,11 @@ def test_upstream_400_is_not_retried_on_other_keys(serve, fake):
     assert _health(service)["healthy"] == 3
 
 
-def test_balance_recheck_brings_a_key_back(serve, fake):
+def test_where_user_info_still_answers_the_balance_recheck_brings_a_key_back(serve, fake):
+    fake.state.user_info = True  # another deployment, whose /v1/user/info still answers 200
     service = serve(api_keys=("sk-broke-topup001",), key_recheck_seconds=0.2, prompt_expansion=False)
     assert "余额不足" in _content(service, "画一只猫", stream=False)
-    assert _health(service)["no_balance"] == 1
+    assert _health(service)["resting"] == 1
     fake.state.funded.add("sk-broke-topup001")
     assert wait_until(lambda: _health(service)["healthy"] == 1), "the topped-up key did not come back"
     assert any(c.path == "/v1/user/info" and c.key == "sk-broke-topup001" for c in fake.state.calls)
@@ -160,7 +161,7 @@ def test_health_reports_the_pool_without_key_material(serve, fake):
     _content(service, "画一只猫 pic:2", stream=False)
     response = requests.get(f"{service.url}/health", timeout=5)
     body = response.json()
-    assert body["keys"] == {"total": 2, "healthy": 1, "cooling": 0, "dead": 1, "no_balance": 0, "calls_in_flight": 0}
+    assert body["keys"] == {"total": 2, "healthy": 1, "cooling": 0, "dead": 1, "resting": 0, "disabled": 0, "calls_in_flight": 0}
     assert body["accounts"]["total"] == 2 and body["store"]["kind"] == "local"
     assert body["rate_limit"] == "learned from 429s" and body["queue"] == {"waiting_in_this_worker": 0}
     assert "sk-" not in response.text and "health01" not in response.text
@@ -176,3 +177,32 @@ def test_unreachable_upstream_is_said_plainly(serve, fake):
     content = _content(service, "画一只猫", stream=True)
     assert "提示词扩充失败：无法连接上游服务" in content
     assert "第 1 张图片生成失败：无法连接上游服务" in content and "0/1" in content
+
+
+def test_a_topped_up_key_draws_again_by_itself(serve, fake):
+    """SiliconFlow's /v1/user/info answers 410: a key refused for balance rests, and a real call
+    tries it again after KEY_RECHECK_SECONDS; once its account has money, it draws."""
+    service = serve(api_keys=("sk-broke-topup001", "sk-good-other002"), key_recheck_seconds=0.5, prompt_expansion=False)
+    assert len(images_in(_content(service, "画一只猫", stream=False))) == 1  # moved on to the good key at once
+    assert _health(service)["resting"] == 1
+    fake.state.funded.add("sk-broke-topup001")
+    before = len(fake.state.image_calls())
+
+    def drew_with_the_topped_up_key() -> bool:
+        _content(service, "画一只猫 pic:2", stream=False)
+        return any(c.key == "sk-broke-topup001" for c in fake.state.image_calls()[before:])
+
+    assert wait_until(drew_with_the_topped_up_key, timeout=5, interval=0.2)
+    assert _health(service)["resting"] == 0 and _health(service)["healthy"] == 2
+
+
+def test_nothing_asks_the_stopped_user_info_again_and_again(serve, fake, logged):
+    service = serve(api_keys=("sk-good-one00001", "sk-good-two00002"), key_recheck_seconds=0.2, prompt_expansion=False)
+    _content(service, "画一只猫", stream=False)
+    time.sleep(1.5)  # seven re-check intervals
+    asked = [c for c in fake.state.calls if c.path == "/v1/user/info"]
+    assert len(asked) <= 1, len(asked)  # the first 410 ends the asking
+    assert len(logged.lines("no longer tells accounts or balances")) == 1
+    assert logged.lines("user info for key") == []
+    body = requests.get(f"{service.url}/health", timeout=5).json()
+    assert "no longer tells accounts or balances" in body["balances"]

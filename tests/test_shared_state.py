@@ -98,7 +98,7 @@ def test_two_instances_share_dead_keys_through_redis(two_instances, fake):
 
 def test_two_instances_share_budgets_through_redis(two_instances, fake):
     fake.state.rate_limit = (2, 2.0)
-    first, second = two_instances(API_KEYS="sk-good-acctA-1,sk-good-acctA-2,sk-good-acctB-1", IMAGE_RATE_LIMIT="2/2s")
+    first, second = two_instances(API_KEYS="A/sk-good-acctA-1,A/sk-good-acctA-2,B/sk-good-acctB-1", IMAGE_RATE_LIMIT="2/2s")
     answers: list[str] = []
 
     def ask(url: str, i: int) -> None:

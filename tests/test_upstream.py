@@ -55,6 +55,10 @@ def test_a_slow_upstream_is_a_timeout_within_its_time(fake, http):
 
 
 def test_account_info_and_the_model_list(fake, http):
+    with pytest.raises(UpstreamError) as gone:  # SiliconFlow stopped /v1/user/info
+        account_info(http, fake.url, "sk-good-acctZ-1", 5)
+    assert gone.value.status == 410
+    fake.state.user_info = True  # another deployment, where it still answers
     info = account_info(http, fake.url, "sk-good-acctZ-1", 5)
     assert info.account == "Z" and info.funded
     assert "Kwai-Kolors/Kolors" in image_models(http, fake.url, "sk-good-up03", 5)

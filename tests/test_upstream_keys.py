@@ -1,0 +1,186 @@
+"""Upstream keys managed while the service runs (upstreamkeys.py, the admin API): pasted, tested,
+disabled, renamed and removed on one worker, taken up by every worker and instance, kept across a
+restart; never shown whole. Over real HTTP, with gunicorn as the Procfile runs it and a real Redis."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+
+import pytest
+import requests
+
+from tests.conftest import SERVICE_KEY
+from tests.helpers import answer_text, images_in, wait_until
+from tests.servers import Gunicorn
+
+ADMIN = "operator-secret-0123456789"
+AS_ADMIN = {"Authorization": f"Bearer {ADMIN}"}
+NEW_A, NEW_B = "sk-good-pasted0a0a", "sk-good-pasted0b0b"
+DREW = re.compile(r"\[(\d+)\] siliconflow_proxy\.upstream: req=\w+ image \d+ ok on key …(\w{4})")
+
+
+def _api(url: str, method: str, path: str = "", **kwargs) -> requests.Response:
+    return requests.request(method, f"{url}/admin/api/upstream-keys{path}", headers=AS_ADMIN, timeout=30, **kwargs)
+
+
+def _listed(url: str) -> list[dict]:
+    response = _api(url, "GET")
+    assert response.status_code == 200, response.text
+    return response.json()["data"]
+
+
+def _drawn_with(fake, key: str, since: int = 0) -> int:
+    return len([c for c in fake.state.image_calls()[since:] if c.key == key])
+
+
+@pytest.fixture
+def operator(serve, tmp_path):
+    def start(**overrides):
+        overrides.setdefault("data_dir", str(tmp_path))
+        return serve(admin_key=ADMIN, api_key=SERVICE_KEY, prompt_expansion=False, **overrides)
+
+    return start
+
+
+def test_keys_pasted_from_a_forum_post_are_added_masked_and_draw(operator, fake):
+    service = operator(api_keys=("sk-good-seed00001",))
+    pasted = f"{NEW_A},  A/{NEW_B}\n{NEW_A}\n"
+    added = _api(service.url, "POST", json={"keys": pasted})
+    assert added.status_code == 201, added.text
+    body = added.json()
+    assert [k["key"] for k in body["added"]] == ["…0a0a", "…0b0b"] and body["already_there"] == []
+    assert [k["account"] for k in body["added"]] == [None, "A"]
+    assert NEW_A not in added.text and NEW_B not in added.text
+    again = _api(service.url, "POST", json={"keys": f"{NEW_B} sk-good-seed00001"})
+    assert again.status_code == 200 and len(again.json()["already_there"]) == 2 and again.json()["added"] == []
+    listed = _listed(service.url)
+    assert [k["source"] for k in listed] == ["API_KEYS", "page", "page"]
+    for shown in listed:  # an id says nothing of its key
+        assert re.fullmatch(r"up_[0-9a-f]{12}", shown["id"]) and shown["state"] == "ok"
+    before = len(fake.state.image_calls())
+    for i in range(3):
+        assert images_in(answer_text(service.url, f"画一只猫 {i} pic:3", stream=False, key=SERVICE_KEY))
+    assert _drawn_with(fake, NEW_A, before) and _drawn_with(fake, NEW_B, before)
+
+
+def test_disabled_and_removed_keys_draw_no_more_and_a_removed_key_stays_removed_after_a_restart(operator, fake, tmp_path):
+    keys = ("sk-good-env00001", "sk-good-env00002", "sk-good-env00003")
+    service = operator(api_keys=keys)
+    ids = {k["key"]: k["id"] for k in _listed(service.url)}
+    gone, off = ids["…0001"], ids["…0002"]
+    assert _api(service.url, "DELETE", f"/{gone}").json()["deleted"] is True
+    changed = _api(service.url, "PATCH", f"/{off}", json={"disabled": True, "account": "team"})
+    assert changed.status_code == 200 and changed.json()["state"] == "disabled" and changed.json()["account"] == "team"
+    before = len(fake.state.image_calls())
+    for i in range(3):
+        assert images_in(answer_text(service.url, f"画一只狗 {i} pic:2", stream=False, key=SERVICE_KEY))
+    assert {c.key for c in fake.state.image_calls()[before:]} == {keys[2]}
+    # A restart with the same API_KEYS: the operator's word wins.
+    again = operator(api_keys=keys)
+    assert [(k["key"], k["state"]) for k in _listed(again.url)] == [("…0002", "disabled"), ("…0003", "ok")]
+    before = len(fake.state.image_calls())
+    assert images_in(answer_text(again.url, "画一只鸟 pic:2", stream=False, key=SERVICE_KEY))
+    assert {c.key for c in fake.state.image_calls()[before:]} == {keys[2]}
+    # A key that came from API_KEYS and is no longer listed there goes; one the operator changed stays.
+    third = operator(api_keys=(keys[2],))
+    assert [k["key"] for k in _listed(third.url)] == ["…0002", "…0003"]
+
+
+def test_the_test_button_says_whether_siliconflow_takes_a_key_and_a_dead_key_comes_back_only_by_the_operator(operator, fake):
+    service = operator(api_keys=("sk-good-alive0001", "sk-dead-gone00002"))
+    ids = {k["key"]: k["id"] for k in _listed(service.url)}
+    good = _api(service.url, "POST", f"/{ids['…0001']}/test").json()
+    assert good["ok"] is True and good["status"] == 200
+    dead = _api(service.url, "POST", f"/{ids['…0002']}/test").json()
+    assert dead["ok"] is False and dead["status"] == 401 and "invalid or revoked" in dead["message"]
+    assert "sk-dead-gone00002" not in str(dead)
+    assert {k["key"]: k["state"] for k in _listed(service.url)}["…0002"] == "dead"
+    model_calls = [c for c in fake.state.calls if c.path == "/v1/models" and c.key == "sk-dead-gone00002"]
+    assert model_calls and not [c for c in fake.state.image_calls() if c.key == "sk-dead-gone00002"]  # the test cost nothing
+    # Dead until the operator says otherwise: enabling it is saying so.
+    revived = _api(service.url, "PATCH", f"/{ids['…0002']}", json={"disabled": False})
+    assert revived.json()["state"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "says"),
+    [
+        ("POST", "", {"keys": ""}, 400, "'keys' is required"),
+        ("POST", "", {"keys": 7}, 400, "'keys' is required"),
+        ("POST", "", {"keys": "sk-good-fine0001, a/b/c, sk good"}, 400, "key 2, 3"),
+        ("POST", "", {}, 400, "'keys' is required"),
+        ("PATCH", "/up_000000000000", {"disabled": True}, 404, "No upstream key"),
+        ("DELETE", "/up_000000000000", None, 404, "No upstream key"),
+        ("POST", "/up_000000000000/test", None, 404, "No upstream key"),
+        ("PATCH", "/{id}", {"disabled": "yes"}, 400, "'disabled' must be true or false"),
+        ("PATCH", "/{id}", {"account": "a/b"}, 400, "'account' must be a NAME"),
+        ("PATCH", "/{id}", {}, 400, "Nothing to change"),
+    ],
+)
+def test_bad_requests_are_clear_and_change_nothing(operator, fake, method, path, body, status, says):
+    service = operator(api_keys=("sk-good-only00001",))
+    [only] = _listed(service.url)
+    response = _api(service.url, method, path.replace("{id}", only["id"]), json=body)
+    assert response.status_code == status and says in response.json()["error"]["message"], response.text
+    assert _listed(service.url) == [only]
+
+
+def test_every_upstream_key_route_wants_the_admin_key(operator):
+    service = operator(api_keys=("sk-good-only00001",))
+    for who in ({}, {"Authorization": f"Bearer {SERVICE_KEY}"}):
+        response = requests.get(f"{service.url}/admin/api/upstream-keys", headers=who, timeout=10)
+        assert response.status_code in (401, 403)
+        response = requests.post(f"{service.url}/admin/api/upstream-keys", json={"keys": NEW_A}, headers=who, timeout=10)
+        assert response.status_code in (401, 403)
+
+
+def test_the_roster_file_is_readable_by_this_user_alone_and_logs_carry_no_key(operator, tmp_path, logged):
+    service = operator(api_keys=("sk-good-secret0001",))
+    _api(service.url, "POST", json={"keys": NEW_A})
+    mode = stat.S_IMODE(os.stat(tmp_path / "upstream_keys.sqlite3").st_mode)
+    assert mode == 0o600, oct(mode)
+    said = "\n".join(r.getMessage() for r in logged.records)
+    assert NEW_A not in said and "sk-good-secret0001" not in said
+
+
+def _start(fake, production_bin, **env: str) -> Gunicorn:
+    server = Gunicorn(
+        {"API_BASE_URL": fake.url, "PROMPT_EXPANSION": "false", "ADMIN_KEY": ADMIN, "API_KEY": SERVICE_KEY, **env},
+        production_bin,
+    )
+    if not server.wait_until_up():
+        pytest.fail("gunicorn did not start: " + server.stop()[-2000:])
+    return server
+
+
+def test_keys_pasted_on_one_instance_draw_on_every_worker_of_another_within_seconds(fake, production_bin, redis_server):
+    """Two instances as the Procfile runs them (two workers each) sharing Redis: two keys pasted on
+    the first draw on the second within a few seconds, on whichever worker answers."""
+    env = {"API_KEYS": "sk-good-first0001", "REDIS_URL": redis_server.url}
+    first = _start(fake, production_bin, **env)
+    second = _start(fake, production_bin, **env)
+    try:
+        assert _api(first.url, "POST", json={"keys": f"{NEW_A},{NEW_B}"}).status_code == 201
+
+        def both_drew_on_the_second() -> bool:
+            answer_text(second.url, "画一只猫 pic:3", stream=False, key=SERVICE_KEY)
+            return bool(_drawn_with(fake, NEW_A) and _drawn_with(fake, NEW_B))
+
+        assert wait_until(both_drew_on_the_second, timeout=10, interval=0.2)
+
+        def every_worker_drew_with_both(server: Gunicorn) -> bool:
+            answer_text(server.url, "画一只狗 pic:3", stream=False, key=SERVICE_KEY)
+            drew: dict[str, set[str]] = {}
+            for pid, last4 in DREW.findall(server.log()):
+                drew.setdefault(pid, set()).add(last4)
+            return len(drew) == 2 and all({"0a0a", "0b0b"} <= keys for keys in drew.values())
+
+        for server in (first, second):
+            assert wait_until(lambda server=server: every_worker_drew_with_both(server), timeout=20, interval=0.05), server.log()[
+                -3000:
+            ]
+    finally:
+        first.stop()
+        second.stop()
