@@ -151,6 +151,8 @@ def change_key(key_id: str) -> Response:
     for field in CAPS:
         if field in body:
             changes[field] = _cap(body, field)  # null: back to no cap
+    if changes.get("daily_images") is not None and "daily_videos" not in body and key.daily_videos is None:
+        changes["daily_videos"] = 0  # as when a key is made: a cap on pictures never leaves videos open
     if "disabled" in body:
         if not isinstance(body["disabled"], bool):
             raise ApiError(400, "'disabled' must be true or false.", param="disabled")

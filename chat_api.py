@@ -26,7 +26,7 @@ import pipeline
 import web
 import wording
 from bodies import json_object, with_pictures_limit
-from events import ImageRef, Job, Reason
+from events import ImageRef, Job, Reason, close
 from families import family
 from metering import Meter
 from openai_wire import KEEP_ALIVE, ApiError, chunk, completion, dumps, sse, usage_chunk
@@ -156,7 +156,11 @@ def _housekeeping(task: housekeeping.Task, model: Any, stream: bool, services: S
         return redact_secrets(text, services.secrets())
 
     named = model if isinstance(model, str) and model else services.catalog.default()
-    answer = housekeeping.answer(task, ask if len(services.pool) and settings.prompt_expansion else None, model=named)
+    # A key allowed no pictures gets its UI's tasks answered without the chat model: they are not
+    # counted, and must not spend the pool for someone who may not draw.
+    user = g.get("user")
+    may_ask = len(services.pool) and settings.prompt_expansion and (user is None or user.daily_images != 0)
+    answer = housekeeping.answer(task, ask if may_ask else None, model=named)
     log.info("req=%s %s %s task answered without drawing", g.request_id, task.ui, task.kind)
     return chat_response([answer], stream=stream, model=named[:100], prompt="", usage=usage)
 
@@ -173,6 +177,12 @@ def chat_response(pieces: Iterable[str | None], *, stream: bool, model: str, pro
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
     def streamed() -> Iterator[str]:
+        try:
+            yield from _stream(pieces)
+        finally:
+            close(pieces)  # the client left (or the answer ended): the drawing stops now
+
+    def _stream(pieces: Iterable[str | None]) -> Iterator[str]:
         said: list[str] = []
         yield sse(chunk(completion_id, created, model, {"role": "assistant", "content": ""}))
         for piece in pieces:
@@ -193,11 +203,14 @@ def chat_response(pieces: Iterable[str | None], *, stream: bool, model: str, pro
     parts: list[str] = []
 
     def work() -> Iterator[None]:
-        for piece in pieces:
-            if piece is KEEP_ALIVE:
-                yield None
-            else:
-                parts.append(piece)
+        try:
+            for piece in pieces:
+                if piece is KEEP_ALIVE:
+                    yield None
+                else:
+                    parts.append(piece)
+        finally:
+            close(pieces)
 
     answer = lambda: dumps(completion(completion_id, created, model, prompt, "".join(parts)))  # noqa: E731
     return Response(web.spaces_before_json(work(), answer), mimetype="application/json")

@@ -221,6 +221,17 @@ class Broken:
 
 
 KEEPALIVE = KeepAlive()
+
+
+def close(source: Any) -> None:
+    """Close an iterator that is a generator (a link in a chain of them): a generator that only
+    stops being iterated is closed when it is collected, which a reference cycle can put off for
+    good, and a closed drawing is what stops its pictures not begun. Lists have nothing to close."""
+    closer = getattr(source, "close", None)
+    if closer is not None:
+        closer()
+
+
 Event = (
     Refused
     | Preparing

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -28,6 +29,9 @@ CANCELLED = Reason.of("cancelled")
 
 # Failures that belong to the key or its account: the next key may well succeed.
 KEY_ONLY = {Failure.AUTH, Failure.BALANCE, Failure.RATE_LIMIT, Failure.FORBIDDEN}
+# Failures after which SiliconFlow may have done the work all the same: the call was sent and no
+# answer came in time (our timeout, or its gateway's 504). Such a picture may be billed.
+UNSURE = {Failure.TIMEOUT}
 
 
 def generate_with_failover(
@@ -44,6 +48,7 @@ def generate_with_failover(
     label: str,
     cancelled: threading.Event,
     turn: str | None = None,
+    maybe_drawn: Callable[[str], None] | None = None,
 ) -> Image:
     """One image, before `deadline` (monotonic), failing over from key to key.
 
@@ -52,8 +57,9 @@ def generate_with_failover(
     (dead, no balance, rate limited, forbidden) just move to the next key: they say nothing about
     the image, and the key or account leaves the rotation or rests. Failures that might be the
     request's (5xx, timeouts, unreadable answers) are allowed `max_attempts` times. Keys not yet
-    tried for this image come first. Raises UpstreamError with the reason to show; kind CANCELLED
-    when `cancelled` was set.
+    tried for this image come first. An attempt that timed out may have been drawn (and billed)
+    all the same: `maybe_drawn(key id)` is told, so that the person's quota counts it. Raises
+    UpstreamError with the reason to show; kind CANCELLED when `cancelled` was set.
     """
     model = str(payload.get("model"))
     tried: list[str] = []
@@ -98,6 +104,8 @@ def generate_with_failover(
                 exc.kind,
                 exc.status,
             )
+            if exc.kind in UNSURE and maybe_drawn is not None:
+                maybe_drawn(key_id(key))
             if exc.kind is Failure.BAD_REQUEST:
                 raise
             if exc.kind not in KEY_ONLY:

@@ -23,7 +23,7 @@ import pipeline
 import web
 import wording
 from bodies import finite_number, form_numbers, json_object, multipart_form, whole_number, with_pictures_limit
-from events import Failure, ImageFailed, ImageReady, ImageRef, Job, KeepAlive, Outcome, PromptReady, Refused
+from events import Failure, ImageFailed, ImageReady, ImageRef, Job, KeepAlive, Outcome, PromptReady, Refused, close
 from families import family
 from metering import Meter
 from openai_wire import ApiError, dumps, images_answer
@@ -188,20 +188,23 @@ class Drawn:
 
 
 def _collect(events: Iterator[Any], drawn: Drawn) -> Iterator[None]:
-    """The drawing's events kept in `drawn`, yielding None for each keep-alive."""
-    for event in events:
-        if isinstance(event, KeepAlive):
-            yield None
-        elif isinstance(event, Refused):
-            drawn.refused = event
-        elif isinstance(event, PromptReady) and event.expansion and not event.expansion.failed:
-            drawn.revised = event.prompt
-        elif isinstance(event, ImageReady):
-            drawn.ready.append(event.outcome)
-        elif isinstance(event, ImageFailed):
-            drawn.failed.append(event)
-    drawn.ready.sort(key=lambda outcome: outcome.index)
-    drawn.finished = True
+    """The drawing's events kept in `drawn`, yielding None for each keep-alive. Closing it closes the drawing."""
+    try:
+        for event in events:
+            if isinstance(event, KeepAlive):
+                yield None
+            elif isinstance(event, Refused):
+                drawn.refused = event
+            elif isinstance(event, PromptReady) and event.expansion and not event.expansion.failed:
+                drawn.revised = event.prompt
+            elif isinstance(event, ImageReady):
+                drawn.ready.append(event.outcome)
+            elif isinstance(event, ImageFailed):
+                drawn.failed.append(event)
+        drawn.ready.sort(key=lambda outcome: outcome.index)
+        drawn.finished = True
+    finally:
+        close(events)
 
 
 def _answer(job: Job, response_format: str, services: Services) -> Response:

@@ -78,7 +78,15 @@ def key_wait(seconds: float) -> None:
 
 def counted(events: Iterator[ev.Event], model: str, users: Any) -> Iterator[ev.Event]:
     """The drawing's events, passed on as they come, counted for the metrics and the page's hourly
-    chart. (What the caller's quota keeps is counted where SiliconFlow answers: metering.py.)"""
+    chart. (What the caller's quota keeps is counted where SiliconFlow answers: metering.py.)
+    Closing it closes the drawing."""
+    try:
+        yield from _counted(events, model, users)
+    finally:
+        ev.close(events)
+
+
+def _counted(events: Iterator[ev.Event], model: str, users: Any) -> Iterator[ev.Event]:
     for event in events:
         if isinstance(event, ev.ImageReady | ev.VideoReady):
             if _M:

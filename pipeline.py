@@ -405,6 +405,7 @@ def make_image(
             request_id=job.request_id,
             label=f"req={job.request_id} image {index}",
             turn=job.owner,
+            maybe_drawn=(lambda kid: job.meter.drawn(kid, job.model)) if job.meter is not None else None,
         )
         if job.meter is not None:  # drawn and paid for, whatever happens to the answer now
             job.meter.drawn(image.key_id, job.model)
@@ -449,6 +450,7 @@ def make_videos(
                 lambda key, body: video_submit(services.http, settings.api_base_url, key, body, settings.upstream_timeout),
                 sent,
                 settings.max_key_attempts,
+                maybe_taken=(lambda key: job.meter.drawn(key_id(key), job.model)) if job.meter is not None else None,
             )
         except UpstreamError as exc:
             log.warning("req=%s video %d not submitted: %s", job.request_id, index, exc.kind)

@@ -97,6 +97,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_error_handler(ApiError, _api_error)
     app.teardown_request(release_unanswered)
     app.register_error_handler(HTTPException, _http_error)
+    for failure in _store_failures():
+        app.register_error_handler(failure, _store_error)
     app.register_error_handler(Exception, _unexpected_error)
     _startup_notes(settings, store, pool)
     return app
@@ -243,6 +245,28 @@ def _http_error(exc: HTTPException) -> Response:
     }
     status = exc.code or 400
     return error_response(status, messages.get(status, exc.description or "Bad request."))
+
+
+def _store_failures() -> tuple[type[Exception], ...]:
+    """What the durable stores raise when they cannot be reached or written (Redis, a SQLite file)."""
+    try:
+        import redis
+    except ImportError:
+        return (sqlite3.Error,)
+    return (sqlite3.Error, redis.RedisError)
+
+
+def _store_error(exc: Exception) -> Response:
+    """User keys, quotas or the video record cannot be read now: a 503 to retry, one log line, no
+    traceback (the store is down, not the code)."""
+    log.warning("req=%s a store cannot be used now (%s); answered 503", g.get("request_id", "-"), type(exc).__name__)
+    response = error_response(
+        503,
+        "This service cannot reach the store it keeps keys and quotas in right now. Try again shortly.",
+        code="store_unavailable",
+    )
+    response.headers["Retry-After"] = "10"
+    return response
 
 
 def _unexpected_error(exc: Exception) -> Response:

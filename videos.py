@@ -29,7 +29,7 @@ from typing import Any
 
 from background import Background
 from events import Failure, Reason
-from failover import KEY_ONLY
+from failover import KEY_ONLY, UNSURE
 from keepers import Keeper
 from keypool import KeyPool
 from sqlitefile import SqliteFile
@@ -376,10 +376,13 @@ def submit(
     send: Callable[[str, dict[str, Any]], str],
     payload: dict[str, Any],
     max_attempts: int,
+    maybe_taken: Callable[[str], None] | None = None,
 ) -> tuple[str, str]:
     """Submit once: (key, requestId). Keys whose account cannot (dead, broke, limited, forbidden)
     are passed over; a failure that may be the request's is tried `max_attempts` times. A submit
-    that succeeded is never repeated. Raises UpstreamError."""
+    that succeeded is never repeated, nor one that SiliconFlow may have taken without saying so (no
+    answer in time, or one that cannot be read): `maybe_taken(key)` is told, since it may bill the
+    job, and the failure says why it was not sent again. Raises UpstreamError."""
     model = str(payload["model"])
     tried: list[str] = []
     last: UpstreamError | None = None
@@ -396,6 +399,10 @@ def submit(
             last = exc
             if exc.kind is Failure.BAD_REQUEST:
                 raise
+            if exc.kind in (*UNSURE, Failure.BAD_RESPONSE):
+                if maybe_taken is not None:
+                    maybe_taken(lease.key)
+                raise UpstreamError(exc.kind, Reason.of("video_submit_unsure", why=exc.reason), exc.status) from None
             if exc.kind not in KEY_ONLY:
                 doubtful += 1
     if last is None:

@@ -132,17 +132,21 @@ def create_video() -> Response:
                 reservation.settle(0)
             raise ApiError(400, f"'input_reference' cannot be used: {en(exc.reason)}.", param="input_reference") from None
         payload["image"] = data_uri(picture)
+    maybe_taken: list[str] = []
     try:
         key, upstream_id = submit(
             services.pool,
             lambda key, sent: video_submit(services.http, settings.api_base_url, key, sent, settings.upstream_timeout),
             payload,
             settings.max_key_attempts,
+            maybe_taken=maybe_taken.append,
         )
     except UpstreamError as exc:
         if reservation is not None:
-            reservation.settle(0)
+            reservation.settle(len(maybe_taken))  # a job SiliconFlow may have taken (and bills) counts
         status = 400 if exc.kind is Failure.BAD_REQUEST else 503 if exc.kind is Failure.NO_KEYS else 502
+        if maybe_taken:
+            raise ApiError(504, f"{_sentence(en(exc.reason))}.", code="upstream_unsure") from None
         raise ApiError(
             status, f"SiliconFlow did not take the video job: {en(exc.reason).rstrip('.')}.", code="upstream_error"
         ) from None
@@ -167,6 +171,10 @@ def create_video() -> Response:
     worker.wake()
     log.info("req=%s video %s submitted model=%s size=%s input=%s", g.request_id, job.id, model, size, has_picture)
     return _answer(video_object(job))
+
+
+def _sentence(words: str) -> str:
+    return words[:1].upper() + words[1:].rstrip(".")
 
 
 def _video_model(value: Any, has_picture: bool, services: Services) -> str:

@@ -153,6 +153,11 @@ REASONS: dict[str, tuple[Words, Words]] = {
         "这个密钥今天的额度只剩 {left} 个（这次要了 {asked} 个），只生成 {left} 个；额度在 {resets} 重置",
         "this key has only {left} left today ({asked} asked): {left} made; the quota resets at {resets}",
     ),
+    "video_submit_unsure": (
+        "上游没有确认是否接收了视频任务（{why}）；它可能已在生成并计费，为免重复计费没有再次提交",
+        "SiliconFlow did not confirm whether it took the video job ({why}); it may be making (and billing) it, "
+        "so it was not sent again",
+    ),
     "videos_off": ("本服务没有开启视频（DATA_DIR 不可写）", "video is off on this service (DATA_DIR is not writable)"),
     "video_still_running": (
         "视频还在生成，这次回答等不到它了：稍后用 GET /v1/videos/{video_id} 查看",
@@ -502,7 +507,15 @@ INTERNAL_ERROR = "\n\n⚠️ 服务内部错误，回答不完整。"
 
 
 def chat(events: Iterable[ev.Event]) -> Iterator[str | None]:
-    """The drawing's events as the assistant's words, piece by piece (None: a keep-alive)."""
+    """The drawing's events as the assistant's words, piece by piece (None: a keep-alive).
+    Closing it closes the drawing."""
+    try:
+        yield from _chat(events)
+    finally:
+        ev.close(events)
+
+
+def _chat(events: Iterable[ev.Event]) -> Iterator[str | None]:
     p = ev
     alt = ""
     generating = False  # "生成中" said, its ✅ not yet: anything else starts a line of its own

@@ -125,6 +125,7 @@ class FakeState:
     video_queue_seconds: float = 0.2  # a job waits this long InQueue, then
     video_seconds: float = 0.6  # this long InProgress, then Succeeds (or Fails: video_fail)
     video_fail: str = ""  # a job's reason to fail, e.g. content moderation
+    video_submit_latency: float = 0.0  # a submit is taken (and billed) at once, then answered this late
     video_link_seconds: float = 600.0  # a clip's link answers this long after it succeeded, then 403
     video_bytes: int = 0  # > 0: the clip is padded to this many bytes (a large download)
     downloads: list[str] = field(default_factory=list)  # the requestIds whose clip was fetched, in order
@@ -153,6 +154,7 @@ class FakeState:
         self.videos = {}
         self.video_queue_seconds, self.video_seconds, self.video_fail = 0.2, 0.6, ""
         self.video_link_seconds, self.video_bytes = 600.0, 0
+        self.video_submit_latency = 0.0
         self.downloads = []
         self.extra_models = ()
         self.refused = 0
@@ -484,6 +486,8 @@ class _Handler(BaseHTTPRequestHandler):
             request_id = secrets.token_hex(12)
             with state.lock:
                 state.videos[request_id] = {"account": account_of(key), "at": time.monotonic(), "body": body, "polls": 0}
+            self._wait(state.video_submit_latency)
+            state.videos[request_id]["answered"] = True
             self._json(200, {"requestId": request_id})
 
     def _video_status(self, body: Any) -> None:

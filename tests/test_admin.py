@@ -269,7 +269,12 @@ def test_keys_stored_before_caps_had_a_version_keep_their_meaning(request, serve
     capped = _listed(service.url, "uk_old000000002")
     assert (capped["daily_images"], capped["daily_videos"]) == (2, 0)
     assert _video(service.url, capped_secret).status_code == 429
-    requests.patch(f"{service.url}/admin/api/keys/uk_old000000001", json={"daily_images": 0}, headers=AS_ADMIN, timeout=10)
+    requests.patch(
+        f"{service.url}/admin/api/keys/uk_old000000001",
+        json={"daily_images": 0, "daily_videos": None},
+        headers=AS_ADMIN,
+        timeout=10,
+    )
     free = _listed(service.url, "uk_old000000001")
     assert (free["daily_images"], free["daily_videos"]) == (0, None)
     assert _draw(service.url, free_secret, "画一只猫").status_code == 429
@@ -433,3 +438,48 @@ def test_with_an_operator_a_stranger_is_told_the_health_status_alone(serve, fake
         assert set(requests.get(f"{service.url}/health", headers=who, timeout=10).json()) == {"status"}
     operator = requests.get(f"{service.url}/health", headers=AS_ADMIN, timeout=10).json()
     assert operator["keys"]["total"] == 3 and "health-secrets-bucket" in json.dumps(operator["pictures"])
+
+
+def test_capping_the_pictures_of_an_uncapped_key_closes_its_videos_too(community, fake):
+    made = requests.post(f"{community.url}/admin/api/keys", json={"name": "erin"}, headers=AS_ADMIN, timeout=10).json()
+    assert made["daily_images"] is None and made["daily_videos"] is None
+    capped = requests.patch(
+        f"{community.url}/admin/api/keys/{made['id']}", json={"daily_images": 3}, headers=AS_ADMIN, timeout=10
+    ).json()
+    assert capped["daily_images"] == 3 and capped["daily_videos"] == 0
+    video = requests.post(
+        f"{community.url}/v1/videos",
+        json={"prompt": "a cat", "model": "Wan-AI/Wan2.2-T2V-A14B"},
+        headers={"Authorization": f"Bearer {made['key']}"},
+        timeout=30,
+    )
+    assert video.status_code == 429 and not fake.state.videos
+    both = requests.patch(
+        f"{community.url}/admin/api/keys/{made['id']}",
+        json={"daily_images": 5, "daily_videos": None},
+        headers=AS_ADMIN,
+        timeout=10,
+    ).json()
+    assert both["daily_videos"] is None  # said in words: no cap on videos
+
+
+def test_user_keys_in_a_redis_that_went_away_are_a_503_to_retry_without_a_traceback(serve, fake, redis_server, logged):
+    service = serve(admin_key=ADMIN, redis_url=redis_server.url, prompt_expansion=False)
+    secret = _new_key(service.url)["key"]
+    redis_server.stop()
+    try:
+        for path, body in (("/v1/images/generations", {"prompt": "a cat"}), ("/v1/chat/completions", None)):
+            response = requests.post(
+                f"{service.url}{path}",
+                json=body or {"messages": [{"role": "user", "content": "画一只猫"}]},
+                headers={"Authorization": f"Bearer {secret}"},
+                timeout=30,
+            )
+            assert response.status_code == 503 and response.json()["error"]["code"] == "store_unavailable", response.text
+            assert response.headers["Retry-After"] == "10"
+        listed = requests.get(f"{service.url}/admin/api/keys", headers=AS_ADMIN, timeout=30)
+        assert listed.status_code == 503
+    finally:
+        redis_server.start()
+    assert not [r for r in logged.records if r.exc_info], "a traceback was logged"
+    assert not fake.state.drawing_calls()

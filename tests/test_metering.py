@@ -53,6 +53,15 @@ def _stream_then_reset(url: str, key: str, model: str, text: str, until: str, al
     return _text(seen)
 
 
+def _counted_for_good(url: str, fake) -> None:
+    """The one video taken counts, and stays counted once the service has seen the person leave.
+    (It was reserved before it was drawn: what matters is that the hang-up does not give it back,
+    which the service does, if it does, within moments of SiliconFlow's answer.)"""
+    assert wait_until(lambda: all(job.get("answered") for job in fake.state.videos.values()), timeout=10)
+    assert not wait_until(lambda: _used_today(url)["videos_today"] == 0, timeout=2), "given back on hang-up"
+    assert _used_today(url)["videos_today"] == 1
+
+
 def _text(raw: bytes) -> str:
     """The assistant's words so far, from the SSE chunks received."""
     words = ""
@@ -66,14 +75,17 @@ def _text(raw: bytes) -> str:
 
 
 def test_a_video_taken_by_siliconflow_counts_when_the_person_hangs_up_at_its_first_line(serve, fake):
-    """The attack: read until 提交中, reset. SiliconFlow took (and bills) the job: it is counted."""
+    """The attack: read until 提交中, reset while SiliconFlow takes the job (it has, and bills it,
+    before it answers): it is counted, though no line about it could be written any more."""
     fake.state.video_seconds = 1.0
+    fake.state.video_submit_latency = 0.3  # the reset lands between the job's arrival and its answer
     service = serve(admin_key=ADMIN, prompt_expansion=False, video_poll_seconds=0.1, heartbeat_seconds=0.2)
     secret = _new_key(service.url, daily_videos=1)
-    said = _stream_then_reset(service.url, secret, "Wan-AI/Wan2.2-T2V-A14B", "一只狗在草地上跑", "提交中")
+    said = _stream_then_reset(
+        service.url, secret, "Wan-AI/Wan2.2-T2V-A14B", "一只狗在草地上跑", "提交中", lambda: fake.state.videos
+    )
     assert "提交中" in said
-    assert wait_until(lambda: fake.state.videos, timeout=10)  # taken by SiliconFlow
-    assert wait_until(lambda: _used_today(service.url)["videos_today"] == 1, timeout=10)
+    _counted_for_good(service.url, fake)
     again = requests.post(
         f"{service.url}/v1/chat/completions",
         json={"model": "Wan-AI/Wan2.2-T2V-A14B", "messages": [{"role": "user", "content": "一只猫"}]},
@@ -121,7 +133,10 @@ def test_a_picture_not_begun_when_the_person_hangs_up_is_given_back(serve, fake)
     secret = _new_key(service.url, daily_images=4)
     _stream_then_reset(service.url, secret, "Kwai-Kolors/Kolors", "画一只猫 pic:3", "✅", lambda: fake.state.image_calls())
     assert wait_until(lambda: [c.end for c in fake.state.image_calls()] not in ([], [0.0]), timeout=10)
-    assert wait_until(lambda: _used_today(service.url)["images_today"] == 1, timeout=10), _used_today(service.url)
+    assert wait_until(lambda: _used_today(service.url)["images_today"] == 1, timeout=10), (
+        _used_today(service.url)["images_today"],
+        [(c.key, c.end) for c in fake.state.image_calls()],
+    )
     assert len(fake.state.image_calls()) == 1  # the two waiting were never sent
 
 
@@ -169,3 +184,93 @@ def test_a_video_whose_first_frame_cannot_be_read_gives_its_quota_back(serve, fa
     refused = requests.post(f"{service.url}/v1/videos", json=body, headers={"Authorization": f"Bearer {secret}"}, timeout=30)
     assert refused.status_code == 400 and "input_reference" in refused.json()["error"]["message"]
     assert _used_today(service.url)["videos_today"] == 0
+
+
+def test_a_picture_whose_answer_timed_out_counts_for_it_may_have_been_drawn(serve, fake):
+    """SiliconFlow drew it (and bills it) but answered after UPSTREAM_TIMEOUT: each such attempt
+    counts, up to what the request reserved; so retries cannot spend the pool for free."""
+    fake.state.image_latency = 1.0
+    service = serve(admin_key=ADMIN, prompt_expansion=False, upstream_timeout=0.4, heartbeat_seconds=5)
+    secret = _new_key(service.url, daily_images=2)
+    answer = requests.post(
+        f"{service.url}/v1/images/generations",
+        json={"prompt": "a cat", "n": 1},
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=60,
+    )
+    assert answer.status_code in (502, 504), answer.text
+    assert len(fake.state.image_calls()) == 3  # MAX_KEY_ATTEMPTS
+    assert wait_until(lambda: _used_today(service.url)["images_today"] == 1, timeout=10), (
+        _used_today(service.url)["images_today"],
+        [(c.key, c.end) for c in fake.state.image_calls()],
+    )
+
+
+def test_a_video_submit_that_timed_out_is_never_sent_again_and_counts(serve, fake):
+    """The job may exist at SiliconFlow (and be billed): not submitted a second time on another key."""
+    fake.state.video_submit_latency = 1.0
+    service = serve(admin_key=ADMIN, prompt_expansion=False, upstream_timeout=0.4)
+    secret = _new_key(service.url, daily_videos=2)
+    answer = requests.post(
+        f"{service.url}/v1/videos",
+        json={"prompt": "a cat walks", "model": "Wan-AI/Wan2.2-T2V-A14B"},
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=60,
+    )
+    assert answer.status_code == 504 and "not sent again" in answer.json()["error"]["message"], answer.text
+    assert len(fake.state.videos) == 1
+    assert _used_today(service.url)["videos_today"] == 1
+    chat = requests.post(
+        f"{service.url}/v1/chat/completions",
+        json={"model": "Wan-AI/Wan2.2-T2V-A14B", "messages": [{"role": "user", "content": "一只猫"}]},
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=60,
+    ).json()["choices"][0]["message"]["content"]
+    assert "为免重复计费没有再次提交" in chat
+    assert len(fake.state.videos) == 2 and _used_today(service.url)["videos_today"] == 2
+
+
+def test_a_key_allowed_no_pictures_gets_its_ui_tasks_answered_without_the_chat_model(serve, fake):
+    """A chat UI's title task from a key that may not draw: answered, and the pool's chat model
+    is not asked (nothing would count it)."""
+    fake.state.expansion_mode = "helpful"
+    service = serve(admin_key=ADMIN)
+    secret = _new_key(service.url, daily_images=0, daily_videos=0)
+    from tests.ui_templates import open_webui_templates, render_open_webui
+
+    history = [{"role": "user", "content": "画一只猫"}, {"role": "assistant", "content": ""}]
+    task = render_open_webui(open_webui_templates()["DEFAULT_TITLE_GENERATION_PROMPT_TEMPLATE"], history)
+    for _ in range(3):
+        answer = requests.post(
+            f"{service.url}/v1/chat/completions",
+            json={"model": "Kwai-Kolors/Kolors", "messages": [{"role": "user", "content": task}]},
+            headers={"Authorization": f"Bearer {secret}"},
+            timeout=30,
+        )
+        assert answer.status_code == 200 and "title" in answer.json()["choices"][0]["message"]["content"]
+    assert fake.state.chat_calls() == []
+
+
+def test_under_gunicorn_a_video_taken_counts_when_the_person_hangs_up_at_its_first_line(fake, production_bin):
+    """The attack as it was made: the Procfile's gunicorn, a stream read until 提交中, then reset."""
+    from tests.servers import Gunicorn
+
+    fake.state.video_submit_latency = 0.3
+    server = Gunicorn(
+        {
+            "API_BASE_URL": fake.url,
+            "API_KEYS": "sk-good-g1,sk-good-g2",
+            "ADMIN_KEY": ADMIN,
+            "PROMPT_EXPANSION": "false",
+            "HEARTBEAT_SECONDS": "0.2",
+            "VIDEO_POLL_SECONDS": "0.2",
+        },
+        production_bin,
+    )
+    try:
+        assert server.wait_until_up(), server.log()[-2000:]
+        secret = _new_key(server.url, daily_videos=1)
+        _stream_then_reset(server.url, secret, "Wan-AI/Wan2.2-T2V-A14B", "一只狗在跑", "提交中", lambda: fake.state.videos)
+        _counted_for_good(server.url, fake)
+    finally:
+        server.stop()
