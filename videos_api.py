@@ -163,6 +163,8 @@ def create_video() -> Response:
     )
     if reservation is not None:
         reservation.settle(1)  # a video counts once SiliconFlow has taken (and billed) the job
+    if services.spend is not None:  # and costs what the price table says, from now
+        services.spend.drawn(_caller(), key_id(key), model)
     worker.jobs.save(job)
     worker.wake()
     log.info("req=%s video %s submitted model=%s size=%s input=%s", g.request_id, job.id, model, size, has_picture)

@@ -169,3 +169,14 @@ def test_a_video_whose_first_frame_cannot_be_read_gives_its_quota_back(serve, fa
     refused = requests.post(f"{service.url}/v1/videos", json=body, headers={"Authorization": f"Bearer {secret}"}, timeout=30)
     assert refused.status_code == 400 and "input_reference" in refused.json()["error"]["message"]
     assert _used_today(service.url)["videos_today"] == 0
+
+
+def test_what_hears_of_a_drawing_never_fails_it():
+    """A Meter's on_drawn (what it cost, recorded in the ledger) that fails leaves the count alone."""
+    heard: list[tuple[str, str]] = []
+    meter = Meter(on_drawn=lambda key_id, model: heard.append((key_id, model)))
+    meter.drawn("k1", "Qwen/Qwen-Image")
+    assert heard == [("k1", "Qwen/Qwen-Image")] and meter.count == 1
+    failing = Meter(on_drawn=lambda key_id, model: 1 / 0)
+    failing.drawn("k1", "Qwen/Qwen-Image")
+    assert failing.count == 1
