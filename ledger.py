@@ -322,13 +322,18 @@ class Spend:
     def drawn(self, user: str | None, key_id: str, model: str) -> None:
         price = self.prices.of(model)
         try:
-            account = self._pool.account_of(key_id)
-        except Exception:  # a key id the pool no longer holds: the id alone says whose it was
-            account = f"key-{key_id}"
-        self.ledger.drawn(
-            user, key_id, account, model, video=family(model).video, micro=prices.micro(price or 0.0), priced=price is not None
-        )
-        metrics.spent(model, price or 0.0)
+            self.ledger.drawn(  # never raises: a failing store is logged once there
+                user,
+                key_id,
+                self._pool.account_of(key_id),  # "key-<id>" while the account is not known
+                model,
+                video=family(model).video,
+                micro=prices.micro(price or 0.0),
+                priced=price is not None,
+            )
+            metrics.spent(model, price or 0.0)
+        except Exception:  # a bug here must not cost the person their picture or video
+            log.exception("counting what a %s cost failed", model)
 
     def for_user(self, user: str | None) -> Callable[[str, str], None]:
         """A Meter's `on_drawn` for a request by `user` (None: the operator's key, an open service)."""
