@@ -1,5 +1,6 @@
 """The operator's surface, only with ADMIN_KEY: the user keys API (`/admin/api/keys`), an overview
-for the page (`/admin/api/overview`), the page itself (`/admin`) and Prometheus metrics (`/metrics`).
+for the page (`/admin/api/overview`), what pictures cost (`/admin/api/spend`, estimated from the price
+table: ledger.py), the page itself (`/admin`) and Prometheus metrics (`/metrics`).
 
 A key's daily caps (`daily_images`, `daily_videos`) are null (no cap), 0 (none allowed) or N; a key
 made with a picture cap and no word on videos makes no videos.
@@ -19,14 +20,16 @@ from typing import Any
 
 from flask import Blueprint, Response, g, request
 
+import ledger
 import metrics
 import userkeys
 import web
 from bodies import json_object
 from config import ACCOUNT_NAME, key_entries, split_key_entry
 from events import Failure
-from keypool import Lease, key_id
+from keypool import Lease, key_id, mask_account
 from openai_wire import ApiError
+from prices import PRICES_AS_OF, yuan
 from text import mask_key
 from upstream import UpstreamError, image_models
 from upstreamkeys import ENV, Roster, UpstreamKey
@@ -104,7 +107,9 @@ def _name(body: dict[str, Any], required: bool) -> str | None:
 def _shown(key: userkeys.UserKey) -> dict[str, Any]:
     services = web.current()
     day = services.day
-    return key.public(services.users.used(key.id, day.today()), day.resets_at())
+    today, total = _spent().get(key.id, (0, 0))
+    shown = key.public(services.users.used(key.id, day.today()), day.resets_at())
+    return shown | {"spend_today": yuan(today), "spend_total": yuan(total)}
 
 
 def _key(key_id: str) -> userkeys.UserKey:
@@ -189,6 +194,7 @@ def overview() -> Response:
             "quota_resets": services.day.label(),
             "pictures_per_hour": metrics.per_hour(services.users),
             "failures": metrics.failures(),
+            "spend": _spend_summary(),
             "key_state_store": pool.store.describe(),
             "pictures_store": web.health_of_pictures(services),
         }
@@ -225,8 +231,10 @@ def _upstream_shown(states: dict[str | None, dict[str, Any]], record: UpstreamKe
         "probing": state.get("probing", False),
         "last_failure": state.get("last_failure"),
         "calls_today": today.get("calls", 0),
+        "failed_today": today.get("failed", 0),
         "pictures_today": today.get("pictures", 0),
         "videos_today": today.get("videos", 0),
+        "spend_today": today.get("yuan", 0.0),
         "source": "API_KEYS" if record.source == ENV else "page",
         "added_at": record.added_at,
     }
@@ -235,8 +243,13 @@ def _upstream_shown(states: dict[str | None, dict[str, Any]], record: UpstreamKe
 def _usage_today() -> dict[str, Any]:
     """Calls and pictures per upstream key today (the ledger's), by key id."""
     services = web.current()
-    spend = getattr(services, "spend", None)
-    return spend.key_usage_today() if spend is not None else {}
+    if services.spend is None:
+        return {}
+    days = services.spend.ledger.keys(services.day.today())
+    return {
+        kid: {"calls": day.calls, "failed": day.failed, "pictures": day.pictures, "videos": day.videos, "yuan": yuan(day.micro)}
+        for kid, day in days.items()
+    }
 
 
 def _upstream_list() -> list[dict[str, Any]]:
@@ -352,3 +365,106 @@ def test_upstream_key(record_id: str) -> Response:
     services.pool.revive(key_id(record.key))  # it works: a dead mark (a 401 seen earlier) goes
     log.info("req=%s admin: upstream key %s tested: taken", g.request_id, record.id)
     return web.json_response({"id": record.id, "ok": True, "status": 200, "message": "SiliconFlow takes this key."})
+
+
+# --- what pictures cost (estimates: ledger.py, prices.py) ----------------------------------------
+
+SPEND_NOTE = (
+    f"Estimates from the price table (built-in prices as of {PRICES_AS_OF}, MODEL_PRICES over them): "
+    "SiliconFlow no longer reports balances."
+)
+
+
+def _spent() -> dict[str, tuple[int, int]]:
+    """Each user key's spend (today, in all) in millionths of a yuan, read once a request."""
+    if "spent" not in g:
+        services = web.current()
+        g.spent = services.spend.ledger.users(services.day.today()) if services.spend is not None else {}
+    return g.spent
+
+
+def _days() -> int:
+    raw = request.args.get("days", str(ledger.DAYS))
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 3 and 1 <= int(raw) <= ledger.DAYS):
+        raise ApiError(400, f"'days' must be a whole number of days from 1 to {ledger.DAYS}.", param="days")
+    return int(raw)
+
+
+def _sums(rows: list[ledger.Row]) -> dict[str, Any]:
+    return {
+        "pictures": sum(row.pictures for row in rows),
+        "videos": sum(row.videos for row in rows),
+        "yuan": yuan(sum(row.micro for row in rows)),
+    }
+
+
+def _spend(days: int) -> dict[str, Any]:
+    """The last `days` days of drawing per day, account, upstream key (masked, and its id) and
+    model; totals; the models that had no price; each upstream key's day so far."""
+    services = web.current()
+    spend, pool, today = services.spend, services.pool, services.day.today()
+    first = ledger.first_day(today, days)
+    rows = spend.ledger.rows(first, today)
+
+    def masked(kid: str) -> str | None:
+        key = pool.key_for(kid)
+        return mask_key(key) if key is not None else None  # None: a key no longer configured
+
+    keys_today = {key_id(key): ledger.KeyDay() for key in pool.keys} | spend.ledger.keys(today)
+    return {
+        "object": "spend",
+        "days": days,
+        "from": first,
+        "to": today,
+        "currency": "CNY",
+        "estimate": SPEND_NOTE,
+        "prices_as_of": PRICES_AS_OF,
+        "data": [
+            {
+                "day": row.day,
+                "account": mask_account(row.account),
+                "key": masked(row.key_id),
+                "key_id": row.key_id,
+                "model": row.model,
+                "pictures": row.pictures,
+                "videos": row.videos,
+                "yuan": yuan(row.micro),
+            }
+            for row in rows
+        ],
+        "totals": _sums(rows),
+        "today": _sums([row for row in rows if row.day == today]),
+        "unpriced_models": sorted({row.model for row in rows if row.unpriced}),
+        "upstream_keys_today": [
+            {
+                "key": masked(kid),
+                "key_id": kid,
+                "account": mask_account(pool.account_of(kid)),
+                "calls": counts.calls,
+                "failed": counts.failed,
+                "pictures": counts.pictures,
+                "videos": counts.videos,
+                "yuan": yuan(counts.micro),
+            }
+            for kid, counts in keys_today.items()
+        ],
+        "prices": spend.prices.table(),
+    }
+
+
+def _spend_summary() -> dict[str, Any]:
+    """The overview's few words on spending: today, the last 30 days, what had no price."""
+    report = _spend(ledger.DAYS)
+    return {
+        "today": report["today"],
+        "last_30_days": report["totals"],
+        "unpriced_models": report["unpriced_models"],
+        "estimate": SPEND_NOTE,
+        "prices_as_of": PRICES_AS_OF,
+    }
+
+
+@bp.get("/admin/api/spend")
+def spending() -> Response:
+    """What the community spent, estimated from the price table: `?days=N` (1 to 30, default 30)."""
+    return web.json_response(_spend(_days()))

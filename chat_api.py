@@ -91,7 +91,7 @@ def chat_completions() -> Response:
         left = Reason.of("quota_left", asked=draw.count, left=reservation.taken, resets=services.day.label())
         draw = replace(draw, count=reservation.taken, notes=draw.notes + (left,))
     owner = g.user.id if g.get("user") else None
-    meter = Meter(reservation)
+    meter = Meter(reservation, web.on_drawn())
     job = Job(
         g.request_id,
         model,

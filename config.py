@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit
 
+from prices import parse_prices
+
 DEFAULT_BANNED_KEYWORDS = "porn,nude,naked,sex,xxx,adult"
 
 
@@ -257,6 +259,7 @@ class Settings:
     picture_bodies_mb: float = _setting("PICTURE_BODIES_MB", "100", _number_of("megabytes", 100_000))
     admin_key: str | None = _setting("ADMIN_KEY", "", _admin_key, secret=True)
     quota_utc_offset: int = _setting("QUOTA_UTC_OFFSET", "+08:00", _utc_offset)
+    model_prices: tuple[tuple[str, float], ...] = _setting("MODEL_PRICES", "", parse_prices)
     video_timeout: float = _setting("VIDEO_TIMEOUT", "1800", _number_of("seconds", 86400))
     video_poll_seconds: float = _setting("VIDEO_POLL_SECONDS", "5", _number_of("seconds", 600))
     max_video_mb: float = _setting("MAX_VIDEO_MB", "200", _number_of("megabytes", 10_000))

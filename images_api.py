@@ -154,7 +154,7 @@ def _images(body: dict[str, Any], model: str, inputs: tuple[ImageRef, ...], serv
         want_bytes=response_format == "b64_json",
         inputs=inputs,
         owner=g.user.id if g.get("user") else None,
-        meter=Meter(reservation),
+        meter=Meter(reservation, web.on_drawn()),
     )
     log.info(
         "req=%s images model=%s n=%d size=%s format=%s inputs=%d",

@@ -8,12 +8,17 @@ the surface's answer is closed (`close()`: answered, or the person hung up) and 
 still running. So a picture still being drawn when the person hangs up is counted when it is
 drawn, and a reservation is given back only for what SiliconFlow never drew (a refused call, a
 picture not begun, a failure). A person cannot spend the pool's money by hanging up.
+
+`on_drawn(key_id, model)`, when given, hears of each picture and video as it is counted (the
+surfaces pass one that records what it cost: ledger.Spend); it runs on the same worker thread, and
+its failure never fails the drawing.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
@@ -23,8 +28,9 @@ log = logging.getLogger("siliconflow_proxy.metering")
 class Meter:
     """One request's count of what SiliconFlow drew. Thread-safe; settles its reservation once."""
 
-    def __init__(self, reservation: Any = None):
+    def __init__(self, reservation: Any = None, on_drawn: Callable[[str, str], None] | None = None):
         self._reservation = reservation  # userkeys.Reservation, or None (the operator's key, no cap)
+        self._on_drawn = on_drawn
         self._lock = threading.Lock()
         self._running = 0
         self._closed = False
@@ -35,6 +41,11 @@ class Meter:
         """SiliconFlow drew a picture (or took a video job) with the key `key_id`: it is paid for."""
         with self._lock:
             self.count += 1
+        if self._on_drawn is not None:
+            try:
+                self._on_drawn(key_id, model)
+            except Exception:  # what it cost is told apart; the picture is drawn and counted all the same
+                log.exception("recording what a picture cost failed; the picture is counted all the same")
 
     def track(self, future: Future) -> None:
         """Work that may still call `drawn()`: the meter settles only after it has ended."""

@@ -40,6 +40,9 @@ def setup() -> None:
     _M["images"] = Counter("siliconflow_images_total", "Pictures asked for, by model and outcome", ["model", "outcome"])
     _M["videos"] = Counter("siliconflow_videos_total", "Videos asked for from chat, by model and outcome", ["model", "outcome"])
     _M["failures"] = Counter("siliconflow_image_failures_total", "Pictures not delivered, by kind of failure", ["kind"])
+    _M["spend"] = Counter(
+        "siliconflow_spend_yuan", "Estimated yuan spent on SiliconFlow, by model (the price table's)", ["model"]
+    )
     _M["requests"] = Counter("siliconflow_requests_total", "HTTP requests, by route and status", ["route", "status"])
     _M["upstream"] = Histogram(
         "siliconflow_upstream_seconds",
@@ -74,6 +77,12 @@ def upstream_call(seconds: float) -> None:
 def key_wait(seconds: float) -> None:
     if _M:
         _M["wait"].observe(seconds)
+
+
+def spent(model: str, yuan: float) -> None:
+    """A picture or video SiliconFlow drew, at its price (0 when free or unpriced)."""
+    if _M:
+        _M["spend"].labels(model).inc(yuan)
 
 
 def counted(events: Iterator[ev.Event], model: str, users: Any) -> Iterator[ev.Event]:

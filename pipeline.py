@@ -82,6 +82,7 @@ class Services:
     videos: videos.VideoWorker | None = None  # video jobs: their record and the background poller
     users: Any = None  # user keys and their quotas (userkeys.py), None without ADMIN_KEY
     day: Any = None  # the quota day (userkeys.Day)
+    spend: Any = None  # what pictures cost, recorded in the ledger (ledger.Spend), None without ADMIN_KEY
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret configured, the upstream keys added on the operator's page included:

@@ -33,9 +33,11 @@ from families import ModelCatalog
 from keepers import Keeper, LocalKeeper, S3Keeper
 from keypool import KeyPool, Upkeep
 from keystores import FallbackStore, Limit, LocalStore, MemoryStore, RedisStore, Store
+from ledger import Ledger, RedisLedger, Spend, SqliteLedger
 from openai_wire import ApiError
 from outbound import AddressRule, make_http, make_session
 from pipeline import Services
+from prices import Prices
 from text import mask_key
 from uploaders import fetch_to_file
 from upstream import UpstreamError, account_info, image_models, video_models, video_status
@@ -71,6 +73,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     http = make_http(settings.upstream_workers)
     session = make_session(settings.upstream_workers)
     store = _keeper(settings)
+    day = Day(settings.quota_utc_offset)
+    ledger = _ledger(settings, day)
     app.extensions["siliconflow"] = Services(
         settings=settings,
         pool=pool,
@@ -88,8 +92,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         ),
         videos=_video_worker(settings, pool, http, session, store),
         users=_user_keys(settings),
-        day=Day(settings.quota_utc_offset),
+        day=day,
+        spend=Spend(ledger, Prices(settings.model_prices), pool) if ledger is not None else None,
     )
+    if ledger is not None:
+        pool.on_call = ledger.call  # calls (and failures) per upstream key and day, for the operator's page
     # Per worker process: gunicorn forks after this, and each worker counts its own.
     app.extensions["siliconflow.bodies"] = BodyBudget(int(settings.picture_bodies_mb * 2**20))
     for blueprint in (web.bp, chat_api.bp, images_api.bp, videos_api.bp, admin.bp):
@@ -170,6 +177,23 @@ def _user_keys(settings: Settings) -> Any:
     except (OSError, sqlite3.Error) as exc:
         raise ConfigError(
             f"invalid configuration:\n  ADMIN_KEY: the user keys' file {path} cannot be made ({exc}); "
+            "set DATA_DIR to a writable place"
+        ) from None
+
+
+def _ledger(settings: Settings, day: Day) -> Ledger | None:
+    """What was drawn and what it cost, only with ADMIN_KEY (as user keys): in Redis with REDIS_URL,
+    else a SQLite file in DATA_DIR, made 0600."""
+    if not settings.admin_key:
+        return None
+    if settings.redis_url:
+        return RedisLedger(settings.redis_url, day.today)
+    path = os.path.join(settings.data_directory, "ledger.sqlite3")
+    try:
+        return SqliteLedger(path, day.today)
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(
+            f"invalid configuration:\n  ADMIN_KEY: the ledger's file {path} cannot be made ({exc}); "
             "set DATA_DIR to a writable place"
         ) from None
 

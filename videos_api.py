@@ -21,6 +21,7 @@ from events import Failure
 from families import DEFAULT_VIDEO_MODELS, VIDEO_SECONDS, VIDEO_SIZES, family
 from keepers import CACHE_FOREVER
 from keypool import key_id
+from metering import Meter
 from openai_wire import ApiError
 from parsing import SEED_MAX
 from pipeline import EXPANSION_INPUT_CHARS, Services
@@ -132,24 +133,27 @@ def create_video() -> Response:
                 reservation.settle(0)
             raise ApiError(400, f"'input_reference' cannot be used: {en(exc.reason)}.", param="input_reference") from None
         payload["image"] = data_uri(picture)
-    maybe_taken: list[str] = []
+    # What SiliconFlow took (or may have: no answer in time) counts, as for chat: metering.py.
+    meter = Meter(reservation, on_drawn=web.on_drawn())
     try:
         key, upstream_id = submit(
             services.pool,
             lambda key, sent: video_submit(services.http, settings.api_base_url, key, sent, settings.upstream_timeout),
             payload,
             settings.max_key_attempts,
-            maybe_taken=maybe_taken.append,
+            maybe_taken=lambda key: meter.drawn(key_id(key), model),
         )
     except UpstreamError as exc:
-        if reservation is not None:
-            reservation.settle(len(maybe_taken))  # a job SiliconFlow may have taken (and bills) counts
         status = 400 if exc.kind is Failure.BAD_REQUEST else 503 if exc.kind is Failure.NO_KEYS else 502
-        if maybe_taken:
+        if meter.count:
             raise ApiError(504, f"{_sentence(en(exc.reason))}.", code="upstream_unsure") from None
         raise ApiError(
             status, f"SiliconFlow did not take the video job: {en(exc.reason).rstrip('.')}.", code="upstream_error"
         ) from None
+    else:
+        meter.drawn(key_id(key), model)  # taken and billed: counted, and priced, from now
+    finally:
+        meter.close()
     job = VideoJob(
         new_id(),
         model,
@@ -165,8 +169,6 @@ def create_video() -> Response:
         notes=notes,
         owner=_caller(),
     )
-    if reservation is not None:
-        reservation.settle(1)  # a video counts once SiliconFlow has taken (and billed) the job
     worker.jobs.save(job)
     worker.wake()
     log.info("req=%s video %s submitted model=%s size=%s input=%s", g.request_id, job.id, model, size, has_picture)

@@ -107,6 +107,13 @@ def is_admin(admin_key: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), admin_key.encode())
 
 
+def on_drawn() -> Callable[[str, str], None] | None:
+    """The Meter's `on_drawn` for this request: what each picture costs, recorded for the caller's
+    user key (None: the operator's key, an open service). None without ADMIN_KEY (no ledger)."""
+    spend, user = current().spend, g.get("user")
+    return spend.for_user(user.id if user is not None else None) if spend is not None else None
+
+
 def take_quota(kind: str, wanted: int, *, partial: bool) -> userkeys.Reservation | None:
     """Reserve `wanted` pictures (or videos) of the caller's daily quota before anything is drawn
     (with no cap too: the use is counted). None for the operator's key. Past the quota, or for a

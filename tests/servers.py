@@ -40,9 +40,10 @@ class Gunicorn:
     def __init__(self, env_extra: dict[str, str], bin_dir: Path, cwd: Path | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("API_", "MAX_IMAGES", "VIRTUAL_ENV", "PYTHON", "GUNICORN_"))
-        }
+        # Not PROMETHEUS_MULTIPROC_DIR: it names the test process's own metrics directory, which a
+        # gunicorn with ADMIN_KEY would empty at its start (and this process's counters with it).
+        prefixes = ("API_", "MAX_IMAGES", "VIRTUAL_ENV", "PYTHON", "GUNICORN_", "PROMETHEUS_")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
         env.update(PORT=str(self.port), PATH=f"{bin_dir}{os.pathsep}{env['PATH']}")
         if cwd is None:
             # Pictures are kept by default, under DATA_DIR: each instance its own, not the checkout's data/.

@@ -326,6 +326,8 @@ def test_the_operators_page_in_chromium(community, fake):
     node_modules("playwright-core")
     friend = _new_key(community.url, name="friend")
     _draw(community.url, friend["key"], "画一只猫 pic:2")
+    qwen = {"model": "Qwen/Qwen-Image", "messages": [{"role": "user", "content": "画一只狗"}]}
+    assert post_chat(community.url, qwen, key=friend["key"], timeout=60).status_code == 200  # ¥0.30 by the built-in table
     shots = ROOT / "artifacts"
     shots.mkdir(exist_ok=True)
     result = subprocess.run(
@@ -343,7 +345,13 @@ def test_the_operators_page_in_chromium(community, fake):
     # Made with Enter in the form, 5 pictures and 2 videos a day; the friend's key (3 pictures, no
     # word on videos) makes none.
     assert "0 / 5" in out["madeRow"] and "0 / 2" in out["madeRow"], out["madeRow"]
-    assert "2 / 3" in out["friendRow"] and "0 / 不允许 none" in out["friendRow"], out["friendRow"]
+    assert "3 / 3" in out["friendRow"] and "0 / 不允许 none" in out["friendRow"], out["friendRow"]
+    # What it cost: a spend column per key (today / total), and the last 30 days per day, account, key, model.
+    assert "spend today / total" in out["usersHead"] and "¥0.30 / ¥0.30" in out["friendRow"], out["friendRow"]
+    assert "SiliconFlow no longer reports balances" in out["spendNote"] and "¥0.30" in out["spendTotals"]
+    qwen_rows = [row for row in out["spendRows"] if "Qwen/Qwen-Image" in row]
+    assert len(qwen_rows) == 1 and "¥0.30" in qwen_rows[0], out["spendRows"]
+    assert any("Kwai-Kolors/Kolors" in row and "¥0.00" in row for row in out["spendRows"]), out["spendRows"]
     assert out["revoked"] and not out["overflow"] and out["errors"] == []
     assert ADMIN not in out["url"]  # never in a URL
     for view in ("desktop", "phone"):

@@ -274,3 +274,14 @@ def test_under_gunicorn_a_video_taken_counts_when_the_person_hangs_up_at_its_fir
         _counted_for_good(server.url, fake)
     finally:
         server.stop()
+
+
+def test_what_hears_of_a_drawing_never_fails_it():
+    """A Meter's on_drawn (what it cost, recorded in the ledger) that fails leaves the count alone."""
+    heard: list[tuple[str, str]] = []
+    meter = Meter(on_drawn=lambda key_id, model: heard.append((key_id, model)))
+    meter.drawn("k1", "Qwen/Qwen-Image")
+    assert heard == [("k1", "Qwen/Qwen-Image")] and meter.count == 1
+    failing = Meter(on_drawn=lambda key_id, model: 1 / 0)
+    failing.drawn("k1", "Qwen/Qwen-Image")
+    assert failing.count == 1

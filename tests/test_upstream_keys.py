@@ -63,6 +63,8 @@ def test_keys_pasted_from_a_forum_post_are_added_masked_and_draw(operator, fake)
     for i in range(3):
         assert images_in(answer_text(service.url, f"画一只猫 {i} pic:3", stream=False, key=SERVICE_KEY))
     assert _drawn_with(fake, NEW_A, before) and _drawn_with(fake, NEW_B, before)
+    used = {k["key"]: k for k in _listed(service.url)}["…0a0a"]  # today's use, from the ledger
+    assert used["calls_today"] == _drawn_with(fake, NEW_A) == used["pictures_today"] and used["failed_today"] == 0
 
 
 def test_disabled_and_removed_keys_draw_no_more_and_a_removed_key_stays_removed_after_a_restart(operator, fake, tmp_path):

@@ -1,6 +1,7 @@
 // Drives the operator's page in headless Chromium: node admin_check.mjs URL ADMIN_KEY SCREENSHOT_DIR
 // Enters the admin key (Enter in the key box on the desktop, the button on the phone), reads the
-// tables and the chart, makes a key with Enter in the form and revokes it. Prints one JSON line.
+// tables (user keys with their spend, the 30 days of spend) and the chart, makes a key with Enter
+// in the form and revokes it. Prints one JSON line.
 import { chromium } from 'playwright-core';
 
 const [url, adminKey, shots] = process.argv.slice(2);
@@ -22,6 +23,11 @@ try {
     await page.waitForFunction(() => document.querySelectorAll('#users tr').length >= 1 && document.querySelectorAll('#keys tr').length >= 1);
     result.users = await page.textContent('#users');
     result.upstream = await page.textContent('#keys');
+    await page.waitForFunction(() => document.querySelectorAll('#spend tr').length >= 1);
+    result.spendRows = await page.$$eval('#spend tr', (rows) => rows.map((row) => row.textContent));
+    result.spendNote = await page.textContent('#spendNote');
+    result.spendTotals = await page.textContent('#spendTotals');
+    result.usersHead = await page.$eval('#users', (body) => body.closest('table').querySelector('thead').textContent);
     result.bars = await page.$$eval('#chart rect', (rects) => rects.length);
     result.html = await page.content();
     result.url = page.url();
