@@ -277,7 +277,7 @@ def main() -> None:
     rows: list[tuple[str, str]] = []
     try:
         wait_for(f"http://127.0.0.1:{port}/health")
-        wait_for(f"http://127.0.0.1:{fake_port}/v1/models")
+        wait_for(f"http://127.0.0.1:{fake_port}/fake/stats")
         # Warm every worker (each learns the accounts of its keys on its first request), not just
         # the one that happens to accept a lone request: a cold worker is one slow sample.
         asyncio.run(sequential(url, body("warm up", True), 1, 3))

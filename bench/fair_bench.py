@@ -93,7 +93,7 @@ def main() -> None:
     )
     fake_url = f"http://127.0.0.1:{fake_port}"
     try:
-        wait_for(f"{fake_url}/v1/models")
+        wait_for(f"{fake_url}/fake/stats")
         shared = case(fake_url, user_keys=False)
         own = case(fake_url, user_keys=True)
     finally:

@@ -3,7 +3,8 @@
     .venv/bin/python bench/rate_bench.py       # about four minutes
 
 The fake SiliconFlow (tests/) meters every account per model: 2 image calls in any 6 seconds, a
-minute scaled down tenfold; each image takes 0.3 s. The service runs exactly as the Procfile does
+minute scaled down tenfold; each image takes 0.3 s; its /v1/user/info answers 410 as SiliconFlow's
+does, so the keys' accounts are the ones declared (`NAME/sk-…`). The service runs exactly as the Procfile does
 (gunicorn, default workers), alone or as two instances sharing a Redis (Debian's redis-server,
 started here on a free port). For each situation: the wall time, the ideal the budget allows, their
 ratio, and the calls refused with 429. Everything listens on 127.0.0.1 and stops by itself.
@@ -83,7 +84,8 @@ def services(fake_url: str, keys: list[str], instances: int, env_extra: dict) ->
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
             **env_extra,
         }
-        env.pop("API_KEY", None)
+        if "API_KEY" not in env_extra:
+            env.pop("API_KEY", None)
         process = start(["bash", "-c", f"exec {web_command()}"], env)
         started.append((process, f"http://127.0.0.1:{port}"))
     for _, url in started:
@@ -117,8 +119,9 @@ def at_once(jobs: list[tuple[str, str, float]]) -> dict[str, tuple[int, float]]:
 def situation(fake_url: str, name: str, instances: int, env_extra: dict) -> list[str]:
     rows = []
     cases = [
-        ("4 keys on 4 accounts, 4 x pic:4", [f"sk-good-acct{a}-1" for a in "ABCD"], WINDOW + LATENCY),
-        ("4 keys on 2 accounts, 4 x pic:4", [f"sk-good-acct{a}-{i}" for a in "AB" for i in (1, 2)], 3 * WINDOW + LATENCY),
+        # Accounts as the operator declares them (NAME/key): /v1/user/info answers 410, as SiliconFlow's does.
+        ("4 keys on 4 accounts, 4 x pic:4", [f"{a}/sk-good-acct{a}-1" for a in "ABCD"], WINDOW + LATENCY),
+        ("4 keys on 2 accounts, 4 x pic:4", [f"{a}/sk-good-acct{a}-{i}" for a in "AB" for i in (1, 2)], 3 * WINDOW + LATENCY),
     ]
     for label, keys, ideal in cases:
         call(f"{fake_url}/fake/rate", {"count": PER_WINDOW, "seconds": WINDOW})
@@ -183,7 +186,7 @@ def main() -> None:
     )
     rows: list[str] = []
     try:
-        wait_for(f"{fake_url}/v1/models")
+        wait_for(f"{fake_url}/fake/stats")
         budget = {"IMAGE_RATE_LIMIT": f"{PER_WINDOW}/{WINDOW:g}s"}
         rows += situation(fake_url, "one instance, budget set", 1, budget)
         rows += situation(fake_url, "one instance, learned (no budget)", 1, {"RATE_LIMIT_REST": f"{WINDOW:g}"})

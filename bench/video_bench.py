@@ -86,7 +86,7 @@ def main() -> None:
     rows = []
     try:
         wait_for(f"{base}/health")
-        wait_for(f"{fake_url}/v1/models")
+        wait_for(f"{fake_url}/fake/stats")
         call(f"{fake_url}/fake/video", {"queue": QUEUE, "seconds": RUNNING, "bytes": 0})
         pids = tree(service.pid)
         before = cpu_seconds(pids)

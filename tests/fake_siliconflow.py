@@ -101,6 +101,7 @@ class Call:
     body: Any
     start: float
     end: float = 0.0
+    status: int = 0  # what it was answered
 
 
 @dataclass
@@ -253,6 +254,13 @@ def _edit_problem(body: dict) -> str | None:
     return None
 
 
+def _count(items) -> dict:
+    counts: dict = {}
+    for item in items:
+        counts[item] = counts.get(item, 0) + 1
+    return counts
+
+
 def account_of(key: str) -> str:
     """The account a fake key belongs to: `-acct<X>-` in the key names it, else the key is its own."""
     marker = key.find("-acct")
@@ -305,6 +313,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(
         self, status: int, body: bytes, content_type: str = "application/json; charset=utf-8", headers: dict | None = None
     ) -> None:
+        if getattr(self, "call", None) is not None:
+            self.call.status = status
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         for name, value in (headers or {}).items():
@@ -330,6 +340,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- routes --
     def do_GET(self) -> None:
+        self.call = None  # a connection kept alive: the last POST's call is not this answer's
         path = unquote(urlsplit(self.path).path)
         if path.startswith("/videos/") and path.endswith(".mp4"):
             state, request_id = self.server.state, path[len("/videos/") : -len(".mp4")]
@@ -376,6 +387,13 @@ class _Handler(BaseHTTPRequestHandler):
                         "refused": state.refused,
                         "image_calls": len([c for c in state.calls if c.path == "/v1/images/generations"]),
                         "video_polls": sum(job["polls"] for job in state.videos.values()),
+                        # image calls answered 200, by the key's last four characters ("0a0a-ok")
+                        "by_key": {
+                            f"{tail}-ok": n
+                            for tail, n in _count(
+                                c.key[-4:] for c in state.calls if c.path == "/v1/images/generations" and c.status == 200
+                            ).items()
+                        },
                     },
                 )
         elif path == "/v1/models":
@@ -434,7 +452,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw)
         except ValueError:
             body = None
-        call = Call(path, self._key(), body, time.monotonic())
+        call = self.call = Call(path, self._key(), body, time.monotonic())
         with self.server.state.lock:
             self.server.state.calls.append(call)
         try:
@@ -454,6 +472,9 @@ class _Handler(BaseHTTPRequestHandler):
                 count, seconds = body.get("count"), body.get("seconds")
                 state.rate_limit = (int(count), float(seconds)) if count else None
                 self._json(200, {"rate_limit": state.rate_limit})
+            elif path == "/fake/fund" and isinstance(body, dict):  # the benchmark's knob: an account topped up
+                self.server.state.funded.add(str(body.get("key")))
+                self._json(200, {"funded": True})
             elif path == "/fake/video" and isinstance(body, dict):  # the video benchmark's knob
                 state = self.server.state
                 state.video_queue_seconds = float(body.get("queue", state.video_queue_seconds))
