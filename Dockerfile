@@ -7,6 +7,11 @@ RUN pip install --no-cache-dir -r requirements.txt \
     && useradd --create-home --uid 1000 app \
     && mkdir -p /app/data && chown app /app/data
 COPY *.py ./
+COPY api/ api/
+COPY drawing/ drawing/
+COPY siliconflow/ siliconflow/
+COPY storage/ storage/
+COPY core/ core/
 COPY static/ static/
 USER app
 # Kept pictures (DATA_DIR defaults to data/ under the working directory): mount a named volume

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit
 
-from prices import parse_prices
+from siliconflow.prices import parse_prices
 
 DEFAULT_BANNED_KEYWORDS = "porn,nude,naked,sex,xxx,adult"
 

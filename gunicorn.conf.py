@@ -57,7 +57,7 @@ def post_worker_init(worker):
     of this worker when gunicorn asks it to stop, and how long they have."""
     import signal
 
-    from pipeline import SHUTDOWN
+    from drawing.pipeline import SHUTDOWN
 
     services = worker.wsgi.extensions["siliconflow"]
     services.upkeep.ensure_running()
@@ -83,6 +83,6 @@ def worker_exit(server, worker):
 
 def child_exit(server, worker):
     """A worker that ended: its share of the Prometheus gauges goes (metrics.py, multiprocess)."""
-    import metrics
+    from core import metrics
 
     metrics.worker_gone(worker.pid)

@@ -15,8 +15,8 @@ import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 
-from events import Reason
-from families import FREE_SIDE_RANGE, family
+from drawing.events import Reason
+from siliconflow.families import FREE_SIDE_RANGE, family
 
 SEED_MAX = 9_999_999_999
 # Longest prompt sent upstream. SiliconFlow documents no limit; its models' text encoders read a few

@@ -2,7 +2,7 @@
 
 `create_app(settings)` builds an app and wires its parts: the key pool and its store, the HTTP
 clients, the shared executor, the image store, the model catalog, and the surfaces' blueprints
-(web.py, chat_api.py, images_api.py). Tests build their own. The module-level `app` that
+(site.py, chat.py, images.py). Tests build their own. The module-level `app` that
 `gunicorn siliconflow_proxy:app` asks for is made on first access (see `__getattr__` below), so
 importing this module never reads `.env` or the environment.
 """
@@ -21,30 +21,26 @@ from typing import Any
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-import admin
-import chat_api
-import images_api
-import metrics
-import videos_api
-import web
-from bodies import MAX_BODY_BYTES, BodyBudget, release_unanswered
+from api import admin, chat, images, site, videos
+from api.bodies import MAX_BODY_BYTES, BodyBudget, release_unanswered
+from api.site import error_response
+from api.wire import ApiError
 from config import ConfigError, Settings, split_key_entry
-from families import ModelCatalog
-from keepers import Keeper, LocalKeeper, S3Keeper
-from keypool import KeyPool, Upkeep
-from keystores import FallbackStore, Limit, LocalStore, MemoryStore, RedisStore, Store
-from ledger import Ledger, RedisLedger, Spend, SqliteLedger
-from openai_wire import ApiError
-from outbound import AddressRule, make_http, make_session
-from pipeline import Services
-from prices import Prices
-from text import mask_key
+from core import metrics
+from core.text import mask_key
+from drawing.pipeline import Services
+from drawing.video_jobs import RedisJobs, SqliteJobs, VideoSettings, VideoWorker
+from siliconflow.client import UpstreamError, account_info, image_models, video_models, video_status
+from siliconflow.families import ModelCatalog
+from siliconflow.keystate import FallbackStore, Limit, LocalStore, MemoryStore, RedisStore, Store
+from siliconflow.outbound import AddressRule, make_http, make_session
+from siliconflow.pool import KeyPool, Upkeep
+from siliconflow.prices import Prices
+from storage.ledger import Ledger, RedisLedger, Spend, SqliteLedger
+from storage.pictures import Keeper, LocalKeeper, S3Keeper
+from storage.upstream_keys import RedisRoster, Roster, SqliteRoster
+from storage.user_keys import Day, RedisKeys, SqliteKeys
 from uploaders import fetch_to_file
-from upstream import UpstreamError, account_info, image_models, video_models, video_status
-from upstreamkeys import RedisRoster, Roster, SqliteRoster
-from userkeys import Day, RedisKeys, SqliteKeys
-from videos import RedisJobs, SqliteJobs, VideoSettings, VideoWorker
-from web import error_response
 
 log = logging.getLogger("siliconflow_proxy")
 
@@ -99,7 +95,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         pool.on_call = ledger.call  # calls (and failures) per upstream key and day, for the operator's page
     # Per worker process: gunicorn forks after this, and each worker counts its own.
     app.extensions["siliconflow.bodies"] = BodyBudget(int(settings.picture_bodies_mb * 2**20))
-    for blueprint in (web.bp, chat_api.bp, images_api.bp, videos_api.bp, admin.bp):
+    for blueprint in (site.bp, chat.bp, images.bp, videos.bp, admin.bp):
         app.register_blueprint(blueprint)
     app.register_error_handler(ApiError, _api_error)
     app.teardown_request(release_unanswered)

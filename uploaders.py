@@ -26,12 +26,12 @@ import requests
 import urllib3
 
 from config import Settings
-from events import Reason
-from outbound import AddressRefused, AddressRule, address_rule, remaining, requests_deadline
-from text import upstream_text
+from core.text import upstream_text
+from drawing.events import Reason
+from siliconflow.outbound import AddressRefused, AddressRule, address_rule, remaining, requests_deadline
 
 if TYPE_CHECKING:
-    from keepers import Keeper
+    from storage.pictures import Keeper
 
 log = logging.getLogger("siliconflow_proxy.uploaders")
 

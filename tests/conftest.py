@@ -24,6 +24,15 @@ from siliconflow_proxy import create_app  # noqa: E402
 from tests.fake_hosts import FakeLsky, FakeSink, InternalHost  # noqa: E402
 from tests.fake_siliconflow import FakeSiliconFlow  # noqa: E402
 
+PACKAGES = ("api", "drawing", "siliconflow", "storage", "core")
+
+
+def source_files() -> list[Path]:
+    """The service's own modules: the top-level ones and the packages' (not tests, benchmarks or tools)."""
+    top = [path for path in ROOT.glob("*.py") if path.name != "gunicorn.conf.py"]
+    return sorted(top + [path for package in PACKAGES for path in (ROOT / package).glob("*.py")])
+
+
 GOOD_KEYS = ("sk-good-aaaa1111", "sk-good-bbbb2222", "sk-good-cccc3333")
 SERVICE_KEY = "svc-secret-key-123456"
 

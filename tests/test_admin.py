@@ -402,7 +402,7 @@ def test_a_video_counts_once_taken_even_when_the_chat_is_dropped(serve, fake):
 
 def test_a_keys_use_never_undoes_a_revoke_or_a_disable(tmp_path):
     """Noting a key's use writes that field alone: a revoke or a disable made meanwhile stands."""
-    from userkeys import SqliteKeys, make, secret_hash
+    from storage.user_keys import SqliteKeys, make, secret_hash
 
     keys = SqliteKeys(str(tmp_path / "users.sqlite3"))
     key, secret = make("dora", None, None)

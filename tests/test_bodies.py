@@ -13,7 +13,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 import pytest
 import requests
 
-from bodies import picture_bytes
+from api.bodies import picture_bytes
 from tests.fake_siliconflow import png
 from tests.servers import Gunicorn
 

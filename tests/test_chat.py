@@ -11,7 +11,7 @@ import openai
 import pytest
 import requests
 
-from openai_wire import tokens
+from api.wire import tokens
 from tests.conftest import SERVICE_KEY
 from tests.helpers import (
     IMAGE_LINE,

@@ -14,12 +14,12 @@ import openai
 import pytest
 import requests
 
-from outbound import AddressRefused, AddressRule
+from drawing.wording import zh
+from siliconflow.outbound import AddressRefused, AddressRule
 from tests.fake_hosts import ForwardProxy
 from tests.fake_siliconflow import png
 from tests.helpers import answer_text, images_in
 from tests.test_clients import LEGACY_SCRIPT
-from wording import zh
 
 EDIT, EDIT1, KONTEXT = "Qwen/Qwen-Image-Edit-2509", "Qwen/Qwen-Image-Edit", "black-forest-labs/FLUX.1-Kontext-dev"
 RED, BLUE, GREEN = png(32, 32, b"red"), png(32, 32, b"blue"), png(32, 32, b"green")
@@ -373,7 +373,7 @@ def test_a_link_that_is_not_a_picture_is_said(serve, fake):
 
 def test_the_upload_limits_fit_the_body_limit():
     """A multipart edit with three pictures of MAX_IMAGE_MB fits the body the service reads."""
-    from bodies import with_pictures_limit as _with_pictures_limit
+    from api.bodies import with_pictures_limit as _with_pictures_limit
     from config import Settings
 
     settings = Settings.from_env({})

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-import followups
-from followups import Picture, carried_over, instruction, refinement
+from drawing import followups
+from drawing.followups import Picture, carried_over, instruction, refinement
 from parsing import parse
 
 KOLORS = "Kwai-Kolors/Kolors"

@@ -308,9 +308,9 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path):
     script = f"""
 import resource, signal, sys
 sys.path.insert(0, {str(ROOT)!r})
-from keepers import LocalKeeper
+from storage.pictures import LocalKeeper
 from uploaders import Picture, UploadError
-import wording
+from drawing import wording
 store = LocalKeeper({str(tmp_path)!r}, 10 * 2**20)
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))

@@ -8,12 +8,12 @@ import time
 
 import pytest
 
-from events import Failure, Reason
-from keypool import Acquired, KeyPool, Lease, Taken, _with_slack, key_id
-from keystores import FallbackStore, Limit, LocalStore, RedisStore
+from drawing.events import Failure, Reason
+from drawing.wording import zh
+from siliconflow.client import AccountInfo, UpstreamError
+from siliconflow.keystate import FallbackStore, Limit, LocalStore, RedisStore
+from siliconflow.pool import Acquired, KeyPool, Lease, Taken, _with_slack, key_id
 from tests.helpers import wait_until
-from upstream import AccountInfo, UpstreamError
-from wording import zh
 
 KOLORS, QWEN = "Kwai-Kolors/Kolors", "Qwen/Qwen-Image"
 

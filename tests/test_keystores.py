@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-import keystores
+from siliconflow import keystate
 from tests.conftest import ROOT
 from tests.helpers import answer_text, images_in
 from tests.servers import Gunicorn
@@ -63,7 +63,7 @@ def tiny_disk(monkeypatch):
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(home)], capture_output=True).returncode:
         os.rmdir(home)
         pytest.skip("cannot mount a tmpfs here")
-    monkeypatch.setattr(keystores, "_fast_temp_dir", lambda: str(home))
+    monkeypatch.setattr(keystate, "_fast_temp_dir", lambda: str(home))
     yield home
     subprocess.run(["umount", "-l", str(home)], check=True)
     os.rmdir(home)
@@ -220,9 +220,9 @@ def test_a_deleted_file_is_made_anew_and_the_workers_share_it_again(fake, produc
 LIVE_STORE = """
 import os, sys
 sys.path.insert(0, {root!r})
-import keystores
-keystores._fast_temp_dir = lambda: {home!r}
-store = keystores.LocalStore()
+from siliconflow import keystate
+keystate._fast_temp_dir = lambda: {home!r}
+store = keystate.LocalStore()
 print(os.path.dirname(store.path), flush=True)
 if sys.argv[1] == "killed":
     os.kill(os.getpid(), 9)
@@ -241,7 +241,7 @@ def _owner(home: Path, how: str) -> tuple[subprocess.Popen, Path]:
 
 
 def test_state_dirs_of_dead_processes_are_removed_at_start(tmp_path, monkeypatch):
-    monkeypatch.setattr(keystores, "_fast_temp_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(keystate, "_fast_temp_dir", lambda: str(tmp_path))
     live, live_dir = _owner(tmp_path, "lives")
     dead, dead_dir = _owner(tmp_path, "killed")  # as gunicorn's master is by SIGKILL: no atexit
     dead.wait(timeout=10)
@@ -259,7 +259,7 @@ def test_state_dirs_of_dead_processes_are_removed_at_start(tmp_path, monkeypatch
     try:
         assert dead_dir.is_dir() and live_dir.is_dir()
         assert re.fullmatch(rf"siliconflow-keys-{live.pid}-\w+", live_dir.name)
-        store = keystores.LocalStore()
+        store = keystate.LocalStore()
         assert not dead_dir.exists() and not old_idle.exists()
         assert live_dir.is_dir() and old_recent.is_dir() and other.is_dir()
         assert Path(store.path).parent.is_dir() and str(os.getpid()) in Path(store.path).parent.name

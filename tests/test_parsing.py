@@ -6,16 +6,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from families import DEFAULT_MODELS, FREE_MAX_PIXELS
-from families import family as size_rule
+from core.text import markdown_safe
+from drawing.wording import zh
 from parsing import (
     SEED_MAX,
     accepts_negative_prompt,
     find_banned,
     parse,
 )
-from text import markdown_safe
-from wording import zh
+from siliconflow.families import DEFAULT_MODELS, FREE_MAX_PIXELS
+from siliconflow.families import family as size_rule
 
 KOLORS, QWEN, SDXL, SCHNELL, OTHER = (
     "Kwai-Kolors/Kolors",

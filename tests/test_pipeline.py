@@ -7,9 +7,9 @@ import tempfile
 
 import pytest
 
-import pipeline
 from config import Settings
-from events import Done, Failure, ImageFailed, ImageReady, Job, PromptReady, Refused, Submitted
+from drawing import pipeline
+from drawing.events import Done, Failure, ImageFailed, ImageReady, Job, PromptReady, Refused, Submitted
 from parsing import parse
 from siliconflow_proxy import create_app
 

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-import prices
 from config import ConfigError, Settings
+from siliconflow import prices
 from tests.conftest import ROOT
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from events import Failure
-from outbound import make_http
-from upstream import UpstreamError, account_info, generate_image, image_models
+from drawing.events import Failure
+from siliconflow.client import UpstreamError, account_info, generate_image, image_models
+from siliconflow.outbound import make_http
 
 PAYLOAD = {"model": "Kwai-Kolors/Kolors", "prompt": "a cat", "image_size": "1024x1024", "batch_size": 1}
 

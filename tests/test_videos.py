@@ -15,11 +15,11 @@ import openai
 import pytest
 import requests
 
+from drawing.video_jobs import VideoJob, new_id
 from tests.conftest import SERVICE_KEY
 from tests.fake_siliconflow import CLIP
 from tests.helpers import images_in, post_chat, stream_chunks, wait_until
 from tests.servers import Gunicorn
-from videos import VideoJob, new_id
 
 T2V, I2V = "Wan-AI/Wan2.2-T2V-A14B", "Wan-AI/Wan2.2-I2V-A14B"
 FRAME = (Path(__file__).with_name("data") / "frame.png").read_bytes()  # a real PNG (ffmpeg's test source)
@@ -490,7 +490,7 @@ def test_a_persons_jobs_are_not_hidden_behind_ten_thousand_of_anothers(serve, fa
 @pytest.mark.parametrize("record", ["sqlite", "redis"])
 def test_jobs_recorded_before_they_were_listed_by_owner_are_listed_by_owner(serve, fake, tmp_path, request, record):
     """An upgrade: the record as the previous version wrote it (no owner column, no owner index)."""
-    from userkeys import RedisKeys, SqliteKeys, make
+    from storage.user_keys import RedisKeys, SqliteKeys, make
 
     redis_url = request.getfixturevalue("redis_server").url if record == "redis" else None
     users = RedisKeys(redis_url) if redis_url else SqliteKeys(str(tmp_path / "users.sqlite3"))

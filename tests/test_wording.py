@@ -7,15 +7,14 @@ import re
 
 import pytest
 
-import followups
-import wording
-from events import ImageRef, Reason
-from tests.conftest import ROOT
+from drawing import followups, wording
+from drawing.events import ImageRef, Reason
+from tests.conftest import ROOT, source_files
 
 CJK = re.compile(r"[\u4e00-\u9fff]")
 USED = sorted(
-    {code for path in ROOT.glob("*.py") for code in re.findall(r'Reason\.of\(\s*"(\w+)"', path.read_text())}
-    | set(re.findall(r'Reason\.of\(\s*"(\w+)"\s+if', (ROOT / "followups.py").read_text()))
+    {code for path in source_files() for code in re.findall(r'Reason\.of\(\s*"(\w+)"', path.read_text())}
+    | set(re.findall(r'Reason\.of\(\s*"(\w+)"\s+if', (ROOT / "drawing" / "followups.py").read_text()))
 )
 SAMPLE = {
     "kb": 256,
@@ -116,7 +115,7 @@ def test_no_module_but_wording_builds_a_chinese_sentence():
 
     built = [
         f"{path.name}:{node.lineno}"
-        for path in sorted(ROOT.glob("*.py"))
+        for path in source_files()
         if path.name != "wording.py"
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
         if isinstance(node, ast.JoinedStr) and CJK.search(ast.unparse(node))
@@ -125,9 +124,9 @@ def test_no_module_but_wording_builds_a_chinese_sentence():
 
 
 def test_the_housekeeping_answers_come_from_the_words_in_both_languages():
-    import housekeeping
+    from drawing import chat_tasks
 
-    drawn = housekeeping.Task("Open WebUI", "image_done", False, ("画一只猫",), "edited")
-    assert housekeeping.answer(drawn, None) == wording.TASK_WORDS["edited"][0]
-    failed = housekeeping.Task("Open WebUI", "image_failed", False, ("draw a cat",), "")
-    assert housekeeping.answer(failed, None) == "The picture could not be made: no reason given"
+    drawn = chat_tasks.Task("Open WebUI", "image_done", False, ("画一只猫",), "edited")
+    assert chat_tasks.answer(drawn, None) == wording.TASK_WORDS["edited"][0]
+    failed = chat_tasks.Task("Open WebUI", "image_failed", False, ("draw a cat",), "")
+    assert chat_tasks.answer(failed, None) == "The picture could not be made: no reason given"

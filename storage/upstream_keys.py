@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from sqlitefile import SqliteFile
+from storage.sqlite_file import SqliteFile
 
 log = logging.getLogger("siliconflow_proxy.upstreamkeys")
 
@@ -189,7 +189,7 @@ class RedisRoster:
     """The roster in Redis: every instance sharing it."""
 
     def __init__(self, url: str, prefix: str = "siliconflow:upstream:"):
-        from redisdb import redis_client
+        from storage.redis_client import redis_client
 
         self._redis = redis_client(url)
         self._prefix = prefix

@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from events import ImageRef, Reason
-from openai_wire import ApiError
+from api.wire import ApiError
+from drawing.events import ImageRef, Reason
 
 # --- reading messages --------------------------------------------------------------------------------
 

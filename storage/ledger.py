@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
-import metrics
-import prices
-from families import family
-from sqlitefile import SqliteFile
+from core import metrics
+from siliconflow import prices
+from siliconflow.families import family
+from storage.sqlite_file import SqliteFile
 
 log = logging.getLogger("siliconflow_proxy.ledger")
 

@@ -20,17 +20,17 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, request
 from werkzeug.wsgi import wrap_file
 
-import metrics
-import userkeys
+from api.wire import ApiError, dumps, error_body, model_list
 from config import Settings
-from events import Reason
-from families import DEFAULT_MODELS, DEFAULT_VIDEO_MODELS
-from keepers import CACHE_FOREVER
-from openai_wire import ApiError, dumps, error_body, model_list
+from core import metrics
+from drawing.events import Reason
+from drawing.pipeline import Services
+from drawing.wording import IMAGE_MARK, VIDEO_MARK, en
 from parsing import find_banned
-from pipeline import Services
+from siliconflow.families import DEFAULT_MODELS, DEFAULT_VIDEO_MODELS
+from storage import user_keys
+from storage.pictures import CACHE_FOREVER
 from uploaders import STORED_NAME, UploadError
-from wording import IMAGE_MARK, VIDEO_MARK, en
 
 bp = Blueprint("web", __name__)
 
@@ -84,8 +84,8 @@ def _authenticate() -> Response | None:
     token = token.strip() if scheme.lower() == "bearer" else ""
     if settings.api_key and hmac.compare_digest(token.encode(), settings.api_key.encode()):
         return None
-    if services.users is not None and token.startswith(userkeys.PREFIX):
-        key = services.users.by_hash(userkeys.secret_hash(token))
+    if services.users is not None and token.startswith(user_keys.PREFIX):
+        key = services.users.by_hash(user_keys.secret_hash(token))
         if key is not None and not key.disabled:
             g.user = key
             services.users.touch(key)
@@ -114,7 +114,7 @@ def on_drawn() -> Callable[[str, str], None] | None:
     return spend.for_user(user.id if user is not None else None) if spend is not None else None
 
 
-def take_quota(kind: str, wanted: int, *, partial: bool) -> userkeys.Reservation | None:
+def take_quota(kind: str, wanted: int, *, partial: bool) -> user_keys.Reservation | None:
     """Reserve `wanted` pictures (or videos) of the caller's daily quota before anything is drawn
     (with no cap too: the use is counted). None for the operator's key. Past the quota, or for a
     key whose cap is 0: 429 `insufficient_quota` saying why. With `partial` (chat), fewer than asked
@@ -125,7 +125,7 @@ def take_quota(kind: str, wanted: int, *, partial: bool) -> userkeys.Reservation
     cap = user.cap(kind)
     day, today = services.day, services.day.today()  # once: a refund goes to the day it was taken from
     granted = services.users.reserve(user.id, today, kind, wanted, cap)
-    reservation = userkeys.Reservation(services.users, user.id, today, kind, granted)
+    reservation = user_keys.Reservation(services.users, user.id, today, kind, granted)
     if granted == wanted or (partial and granted > 0):
         return reservation
     reservation.settle(0)
@@ -183,7 +183,7 @@ def _cors(response: Response) -> Response:
     return response
 
 
-PLAYGROUND = Path(__file__).with_name("static") / "playground.html"
+PLAYGROUND = Path(__file__).resolve().parent.parent / "static" / "playground.html"
 
 
 @bp.get("/")

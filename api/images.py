@@ -4,7 +4,7 @@ The routes validate the OpenAI fields and make a `Job`; the adapter iterates the
 in this request (never on the shared executor, whose threads draw the pictures), keeps what an
 images answer needs, and answers in English: the pictures as `url` or `b64_json`, or one error
 whose status says whose problem it is. A quick answer keeps its status; a slow one starts a 200
-and sends spaces until the JSON is ready (web.spaces_before_json).
+and sends spaces until the JSON is ready (site.spaces_before_json).
 """
 
 from __future__ import annotations
@@ -18,17 +18,16 @@ from typing import Any
 
 from flask import Blueprint, Response, g
 
-import metrics
-import pipeline
-import web
-import wording
-from bodies import finite_number, form_numbers, json_object, multipart_form, whole_number, with_pictures_limit
-from events import Failure, ImageFailed, ImageReady, ImageRef, Job, KeepAlive, Outcome, PromptReady, Refused, close
-from families import family
-from metering import Meter
-from openai_wire import ApiError, dumps, images_answer
+from api import site
+from api.bodies import finite_number, form_numbers, json_object, multipart_form, whole_number, with_pictures_limit
+from api.wire import ApiError, dumps, images_answer
+from core import metrics
+from drawing import pipeline, wording
+from drawing.events import Failure, ImageFailed, ImageReady, ImageRef, Job, KeepAlive, Outcome, PromptReady, Refused, close
+from drawing.metering import Meter
+from drawing.pipeline import EXPANSION_INPUT_CHARS, Services
 from parsing import SEED_MAX, DrawRequest, parse, pick_size
-from pipeline import EXPANSION_INPUT_CHARS, Services
+from siliconflow.families import family
 from uploaders import UploadError, input_picture
 
 log = logging.getLogger("siliconflow_proxy")
@@ -48,20 +47,20 @@ _IMAGE_EXTRAS: dict[str, tuple[bool, float, float]] = {
 @bp.post("/v1/images/generations")
 def images_generations() -> Response:
     """The OpenAI Images API, for Open WebUI, Cherry Studio and one-api/new-api channels."""
-    services = web.current()
+    services = site.current()
     body = json_object()
-    return _images(body, web.resolve_model(body.get("model"), services), (), services)
+    return _images(body, site.resolve_model(body.get("model"), services), (), services)
 
 
 @bp.post("/v1/images/edits")
 def images_edits() -> Response:
     """OpenAI image edits, multipart as `client.images.edit(...)` and Open WebUI send them: the
     picture(s) in `image` or repeated `image[]`, the instruction in `prompt`, then as generations."""
-    services = web.current()
+    services = site.current()
     settings = services.settings
     form, files = multipart_form(with_pictures_limit(settings))
     body = form_numbers({name: _switch(value) if name in _SWITCH_FIELDS else value for name, value in form.items()}, _NUMBERS)
-    model = web.resolve_model(body.get("model"), services, default=services.catalog.default_editor())
+    model = site.resolve_model(body.get("model"), services, default=services.catalog.default_editor())
     takes = family(model)
     editors = [m for m in services.catalog.models() if family(m).edits][:4]
     if not takes.edits:
@@ -134,7 +133,7 @@ def _images(body: dict[str, Any], model: str, inputs: tuple[ImageRef, ...], serv
     negative = body.get("negative_prompt")
     if negative is not None and not isinstance(negative, str):
         raise ApiError(400, "'negative_prompt' must be a string.", param="negative_prompt")
-    web.can_draw(prompt.strip()[:EXPANSION_INPUT_CHARS], services)  # what is sent of it
+    site.can_draw(prompt.strip()[:EXPANSION_INPUT_CHARS], services)  # what is sent of it
     draw = _typed(
         prompt,
         model,
@@ -142,19 +141,19 @@ def _images(body: dict[str, Any], model: str, inputs: tuple[ImageRef, ...], serv
         settings.max_images_per_request,
     )
     n = draw.count
-    reservation = web.take_quota("images", n, partial=False)  # all asked or a 429 saying when it resets
+    reservation = site.take_quota("images", n, partial=False)  # all asked or a 429 saying when it resets
     job = Job(
         g.request_id,
         model,
         prompt,
         draw,
-        web.public_base(settings),
+        site.public_base(settings),
         expand=wants_expansion,
         fields=extras,
         want_bytes=response_format == "b64_json",
         inputs=inputs,
         owner=g.user.id if g.get("user") else None,
-        meter=Meter(reservation, web.on_drawn()),
+        meter=Meter(reservation, site.on_drawn()),
     )
     log.info(
         "req=%s images model=%s n=%d size=%s format=%s inputs=%d",
@@ -223,7 +222,7 @@ def _answer(job: Job, response_format: str, services: Services) -> Response:
     if drawn.finished:
         return Response(dumps(_images_body(drawn, response_format)), mimetype="application/json")
     return Response(
-        web.spaces_before_json(_beat_then(work), lambda: dumps(_images_body(drawn, response_format))),
+        site.spaces_before_json(_beat_then(work), lambda: dumps(_images_body(drawn, response_format))),
         mimetype="application/json",
     )
 

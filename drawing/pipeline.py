@@ -23,10 +23,10 @@ from typing import Any
 import requests
 import urllib3
 
-import videos
-import wording
 from config import Settings
-from events import (
+from core.text import redact_secrets
+from drawing import video_jobs, wording
+from drawing.events import (
     KEEPALIVE,
     Broken,
     Done,
@@ -50,14 +50,13 @@ from events import (
     VideoReady,
     VideoSubmitted,
 )
-from failover import generate_with_failover
-from families import VIDEO_SECONDS, ModelCatalog, family
-from keepers import Keeper
-from keypool import KeyPool, Upkeep, key_id
 from parsing import find_banned, fit_prompt, image_seeds
-from text import redact_secrets
+from siliconflow.client import JsonText, UpstreamError, expand_prompt, image_answer_bytes, payload_for, video_submit
+from siliconflow.failover import generate_with_failover
+from siliconflow.families import VIDEO_SECONDS, ModelCatalog, family
+from siliconflow.pool import KeyPool, Upkeep, key_id
+from storage.pictures import Keeper
 from uploaders import NO_PUBLIC_BASE, UploadError, input_picture, lasting_links
-from upstream import JsonText, UpstreamError, expand_prompt, image_answer_bytes, payload_for, video_submit
 
 log = logging.getLogger("siliconflow_proxy.pipeline")
 
@@ -79,7 +78,7 @@ class Services:
     upkeep: Upkeep
     store: Keeper | None  # keeps the pictures (keepers.py), None: nobody
     catalog: ModelCatalog
-    videos: videos.VideoWorker | None = None  # video jobs: their record and the background poller
+    videos: video_jobs.VideoWorker | None = None  # video jobs: their record and the background poller
     users: Any = None  # user keys and their quotas (userkeys.py), None without ADMIN_KEY
     day: Any = None  # the quota day (userkeys.Day)
     spend: Any = None  # what pictures cost, recorded in the ledger (ledger.Spend), None without ADMIN_KEY
@@ -446,7 +445,7 @@ def make_videos(
     for index in range(1, count + 1):
         sent = payload | ({"seed": seeds[index - 1]} if seeds else {})
         try:
-            key, upstream_id = videos.submit(
+            key, upstream_id = video_jobs.submit(
                 services.pool,
                 lambda key, body: video_submit(services.http, settings.api_base_url, key, body, settings.upstream_timeout),
                 sent,
@@ -459,8 +458,8 @@ def make_videos(
             continue
         if job.meter is not None:  # taken and billed by SiliconFlow: counted now, not when a line is read
             job.meter.drawn(key_id(key), job.model)
-        record = videos.VideoJob(
-            videos.new_id(),
+        record = video_jobs.VideoJob(
+            video_jobs.new_id(),
             job.model,
             str(sent.get("prompt", "")),
             str(sent.get("image_size", "")),
@@ -497,11 +496,11 @@ def make_videos(
             if record is None:  # deleted through the Videos API meanwhile
                 del waiting[index]
                 yield VideoFailed(index, Reason.of("video_still_running", video_id=video_id))
-            elif record.status == videos.COMPLETED:
+            elif record.status == video_jobs.COMPLETED:
                 del waiting[index]
                 delivered += 1
                 yield _video_ready(index, record, job, services, poster)
-            elif record.status == videos.FAILED:
+            elif record.status == video_jobs.FAILED:
                 del waiting[index]
                 reason = record.reason or {"code": "video_refused", "params": [["why", "-"]]}
                 yield VideoFailed(index, Reason.of(reason["code"], **dict(reason["params"])))
@@ -514,7 +513,7 @@ def make_videos(
     yield Done(delivered, count, videos=True)
 
 
-def _video_ready(index: int, record: videos.VideoJob, job: Job, services: Services, poster: str | None) -> VideoReady:
+def _video_ready(index: int, record: video_jobs.VideoJob, job: Job, services: Services, poster: str | None) -> VideoReady:
     store = services.store
     kept = store.link(record.kept, job.public_base) if store is not None and record.kept else None
     notes: tuple[Reason, ...] = ()

@@ -35,12 +35,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from background import Background
 from config import split_key_entry
-from events import Failure, Reason
-from keystores import Ask, Candidate, Fact, Limit, Store
-from text import mask_key
-from upstream import AccountInfo, UpstreamError
+from core.background import Background
+from core.text import mask_key
+from drawing.events import Failure, Reason
+from siliconflow.client import AccountInfo, UpstreamError
+from siliconflow.keystate import Ask, Candidate, Fact, Limit, Store
 
 log = logging.getLogger("siliconflow_proxy.keypool")
 

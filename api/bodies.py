@@ -30,9 +30,9 @@ from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.formparser import FormDataParser
 
+from api.wire import ApiError
 from config import Settings
-from openai_wire import ApiError
-from outbound import deadline
+from siliconflow.outbound import deadline
 from uploaders import sniff
 
 try:  # what gunicorn raises for a body whose chunked framing is broken

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlitefile import SqliteFile
+from storage.sqlite_file import SqliteFile
 
 PREFIX = "sfk-"
 KINDS = ("images", "videos")

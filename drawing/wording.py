@@ -15,10 +15,10 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import events as ev
-from events import Reason
-from families import family
-from text import markdown_safe, md, md_url, one_line, seconds
+from core.text import markdown_safe, md, md_url, one_line, seconds
+from drawing import events as ev
+from drawing.events import Reason
+from siliconflow.families import family
 
 # --- reasons ----------------------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import urlsplit
 
-from events import Reason
+from drawing.events import Reason
 from uploaders import MIMETYPES, STORED_NAME, Picture, UploadError
 
 log = logging.getLogger("siliconflow_proxy.keepers")

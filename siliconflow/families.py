@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from background import Background
+from core.background import Background
 
 log = logging.getLogger("siliconflow_proxy.models")
 

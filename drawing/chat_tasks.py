@@ -15,11 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from families import family
-from followups import AGAIN, Picture, refinement
+from core.text import md, one_line
+from drawing.followups import AGAIN, Picture, refinement
+from drawing.wording import NEXT_STYLES, STYLE_TAGS, SUGGEST, SUMMARY_LINE, task_words
 from parsing import parse
-from text import md, one_line
-from wording import NEXT_STYLES, STYLE_TAGS, SUGGEST, SUMMARY_LINE, task_words
+from siliconflow.families import family
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The chat surface: `POST /v1/chat/completions` that draws, and the chat adapter.
 
 The route reads the conversation (conversation.py), answers a chat UI's background task without
-drawing (housekeeping.py), carries the last picture over when the turn changes it
+drawing (chat_tasks.py), carries the last picture over when the turn changes it
 (followups.py), and otherwise makes a `Job`. The adapter iterates the pipeline's events in this
 request, has them worded in Chinese (wording.chat), and frames the words as one
 `chat.completion` or as a stream of chunks (openai_wire.py).
@@ -18,22 +18,18 @@ from typing import Any
 
 from flask import Blueprint, Response, g, request
 
-import conversation
-import followups
-import housekeeping
-import metrics
-import pipeline
-import web
-import wording
-from bodies import json_object, with_pictures_limit
-from events import ImageRef, Job, Reason, close
-from families import family
-from metering import Meter
-from openai_wire import KEEP_ALIVE, ApiError, chunk, completion, dumps, sse, usage_chunk
+from api import site
+from api.bodies import json_object, with_pictures_limit
+from api.wire import KEEP_ALIVE, ApiError, chunk, completion, dumps, sse, usage_chunk
+from core import metrics
+from core.text import redact_secrets
+from drawing import chat_tasks, conversation, followups, pipeline, wording
+from drawing.events import ImageRef, Job, Reason, close
+from drawing.metering import Meter
+from drawing.pipeline import Services
 from parsing import parse
-from pipeline import Services
-from text import redact_secrets
-from upstream import complete
+from siliconflow.client import complete
+from siliconflow.families import family
 
 log = logging.getLogger("siliconflow_proxy")
 
@@ -44,7 +40,7 @@ bp = Blueprint("chat", __name__)
 
 @bp.post("/v1/chat/completions")
 def chat_completions() -> Response:
-    services = web.current()
+    services = site.current()
     settings = services.settings
     body = json_object(with_pictures_limit(settings))
     stream = body.get("stream", False)
@@ -52,19 +48,19 @@ def chat_completions() -> Response:
         raise ApiError(400, "'stream' must be true or false.", param="stream")
     usage = _include_usage(body.get("stream_options"))
     messages = conversation.read_messages(body.get("messages"))
-    task = housekeeping.housekeeping(messages, request.headers.get("X-OpenWebUI-Task"))
+    task = chat_tasks.housekeeping(messages, request.headers.get("X-OpenWebUI-Task"))
     if task is not None:
         return _housekeeping(task, body.get("model"), bool(stream), services, usage)
-    model = web.resolve_model(body.get("model"), services)
+    model = site.resolve_model(body.get("model"), services)
     if messages and messages[-1][0] == "assistant":
         # "Continue" (Open WebUI's 继续回答): the history ends with our answer, which is whole.
-        zh = housekeeping.is_chinese([t for role, t in messages if role == "user"])
+        zh = chat_tasks.is_chinese([t for role, t in messages if role == "user"])
         log.info("req=%s chat continue asked: answered without drawing", g.request_id)
         # On a line of its own: the UI appends it to the answer it continues.
         words = "\n\n" + wording.task_words("continued", zh)
         return chat_response([words], stream=bool(stream), model=model, prompt="", usage=usage)
     text = conversation.current_turn(messages)
-    web.has_keys(services)
+    site.has_keys(services)
 
     draw = parse(text, model, settings.max_images_per_request)
     inputs, part_notes = conversation.turn_images(body["messages"])
@@ -86,18 +82,18 @@ def chat_completions() -> Response:
     # A key's daily quota is taken before anything is drawn: a stream past it is refused before it starts;
     # a pic:N larger than what is left draws what is left, and says so.
     kind = "videos" if family(model).video else "images"
-    reservation = web.take_quota(kind, draw.count, partial=True)
+    reservation = site.take_quota(kind, draw.count, partial=True)
     if reservation is not None and reservation.taken < draw.count:
         left = Reason.of("quota_left", asked=draw.count, left=reservation.taken, resets=services.day.label())
         draw = replace(draw, count=reservation.taken, notes=draw.notes + (left,))
     owner = g.user.id if g.get("user") else None
-    meter = Meter(reservation, web.on_drawn())
+    meter = Meter(reservation, site.on_drawn())
     job = Job(
         g.request_id,
         model,
         text,
         draw,
-        web.public_base(settings),
+        site.public_base(settings),
         expand=expand,
         previous=previous,
         inputs=inputs,
@@ -133,7 +129,7 @@ def _include_usage(options: Any) -> bool:
     return bool(include)
 
 
-def _housekeeping(task: housekeeping.Task, model: Any, stream: bool, services: Services, usage: bool = False) -> Response:
+def _housekeeping(task: chat_tasks.Task, model: Any, stream: bool, services: Services, usage: bool = False) -> Response:
     """A chat UI's background task: answered in its shape, with no picture drawn. Any model name
     is taken: UIs send these to a model of their own choosing (LobeChat: gpt-5-mini)."""
     settings = services.settings
@@ -160,7 +156,7 @@ def _housekeeping(task: housekeeping.Task, model: Any, stream: bool, services: S
     # counted, and must not spend the pool for someone who may not draw.
     user = g.get("user")
     may_ask = len(services.pool) and settings.prompt_expansion and (user is None or user.daily_images != 0)
-    answer = housekeeping.answer(task, ask if may_ask else None, model=named)
+    answer = chat_tasks.answer(task, ask if may_ask else None, model=named)
     log.info("req=%s %s %s task answered without drawing", g.request_id, task.ui, task.kind)
     return chat_response([answer], stream=stream, model=named[:100], prompt="", usage=usage)
 
@@ -213,4 +209,4 @@ def chat_response(pieces: Iterable[str | None], *, stream: bool, model: str, pro
             close(pieces)
 
     answer = lambda: dumps(completion(completion_id, created, model, prompt, "".join(parts)))  # noqa: E731
-    return Response(web.spaces_before_json(work(), answer), mimetype="application/json")
+    return Response(site.spaces_before_json(work(), answer), mimetype="application/json")

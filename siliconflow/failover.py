@@ -17,11 +17,11 @@ from typing import Any
 
 import urllib3
 
-import metrics
-from events import Failure, Reason
-from keypool import KeyPool, key_id
-from text import mask_key
-from upstream import Image, UpstreamError, generate_image
+from core import metrics
+from core.text import mask_key
+from drawing.events import Failure, Reason
+from siliconflow.client import Image, UpstreamError, generate_image
+from siliconflow.pool import KeyPool, key_id
 
 log = logging.getLogger("siliconflow_proxy.upstream")
 

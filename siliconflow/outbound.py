@@ -38,7 +38,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util import connection as util_connection
 
-from events import Reason
+from drawing.events import Reason
 
 
 class TooLarge(Exception):

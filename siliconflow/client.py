@@ -21,10 +21,10 @@ from urllib.parse import urlsplit
 
 import urllib3
 
-from events import Failure, Reason
-from families import family
-from outbound import TooLarge, deadline, read_capped, remaining
-from text import upstream_text
+from core.text import upstream_text
+from drawing.events import Failure, Reason
+from siliconflow.families import family
+from siliconflow.outbound import TooLarge, deadline, read_capped, remaining
 
 log = logging.getLogger("siliconflow_proxy.upstream")
 

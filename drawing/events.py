@@ -20,7 +20,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from metering import Meter
+    from drawing.metering import Meter
     from parsing import DrawRequest
     from uploaders import Links
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import events as ev
+from drawing import events as ev
 
 _M: dict[str, Any] = {}  # the metric objects, once set up
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-import wording
-from events import Reason
-from families import family
+from drawing import wording
+from drawing.events import Reason
 from parsing import DrawRequest, accepts_negative_prompt, pick_size
+from siliconflow.families import family
 
 
 @dataclass(frozen=True)

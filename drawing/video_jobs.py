@@ -27,14 +27,14 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from background import Background
-from events import Failure, Reason
-from failover import KEY_ONLY, UNSURE
-from keepers import Keeper
-from keypool import KeyPool
-from sqlitefile import SqliteFile
-from upstream import UpstreamError, VideoStatus
-from wording import en
+from core.background import Background
+from drawing.events import Failure, Reason
+from drawing.wording import en
+from siliconflow.client import UpstreamError, VideoStatus
+from siliconflow.failover import KEY_ONLY, UNSURE
+from siliconflow.pool import KeyPool
+from storage.pictures import Keeper
+from storage.sqlite_file import SqliteFile
 
 log = logging.getLogger("siliconflow_proxy.videos")
 
