@@ -13,13 +13,10 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit
 
+from core.errors import ConfigError
 from siliconflow.prices import parse_prices
 
 DEFAULT_BANNED_KEYWORDS = "porn,nude,naked,sex,xxx,adult"
-
-
-class ConfigError(ValueError):
-    """Raised by `Settings.from_env` with one line per bad variable."""
 
 
 def _split_list(raw: str) -> tuple[str, ...]:

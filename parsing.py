@@ -15,7 +15,7 @@ import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 
-from drawing.events import Reason
+from core.errors import Reason
 from siliconflow.families import FREE_SIDE_RANGE, family
 
 SEED_MAX = 9_999_999_999

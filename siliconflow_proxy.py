@@ -24,19 +24,20 @@ from werkzeug.exceptions import HTTPException
 from api import admin, chat, images, site, videos
 from api.bodies import MAX_BODY_BYTES, BodyBudget, release_unanswered
 from api.site import error_response
-from api.wire import ApiError
-from config import ConfigError, Settings, split_key_entry
+from config import Settings, split_key_entry
 from core import metrics
+from core.errors import ApiError, ConfigError, UpstreamError
 from core.text import mask_key
+from drawing.metering import Spend
 from drawing.pipeline import Services
 from drawing.video_jobs import RedisJobs, SqliteJobs, VideoSettings, VideoWorker
-from siliconflow.client import UpstreamError, account_info, image_models, video_models, video_status
+from siliconflow.client import account_info, image_models, video_models, video_status
 from siliconflow.families import ModelCatalog
 from siliconflow.keystate import FallbackStore, Limit, LocalStore, MemoryStore, RedisStore, Store
 from siliconflow.outbound import AddressRule, make_http, make_session
 from siliconflow.pool import KeyPool, Upkeep
 from siliconflow.prices import Prices
-from storage.ledger import Ledger, RedisLedger, Spend, SqliteLedger
+from storage.ledger import Ledger, RedisLedger, SqliteLedger
 from storage.pictures import Keeper, LocalKeeper, S3Keeper
 from storage.upstream_keys import RedisRoster, Roster, SqliteRoster
 from storage.user_keys import Day, RedisKeys, SqliteKeys

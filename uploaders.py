@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import logging
 import math
@@ -26,51 +25,18 @@ import requests
 import urllib3
 
 from config import Settings
+from core.errors import AddressRefused, Reason, UploadError
 from core.text import upstream_text
-from drawing.events import Reason
-from siliconflow.outbound import AddressRefused, AddressRule, address_rule, remaining, requests_deadline
+from siliconflow.outbound import AddressRule, address_rule, remaining, requests_deadline
+from storage.pictures import MIMETYPES, Picture, sniff
 
 if TYPE_CHECKING:
     from storage.pictures import Keeper
 
 log = logging.getLogger("siliconflow_proxy.uploaders")
 
-# File name extension for each image type we keep; anything else is not an image to us.
-EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
-MIMETYPES = {ext: mime for mime, ext in EXTENSIONS.items()} | {"mp4": "video/mp4"}  # kept videos too
-_MAGIC = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF8", "image/gif"))
 _DATA_URI = re.compile(r"data:(image/[a-z0-9.+-]+);base64,(.*)", re.IGNORECASE | re.DOTALL)
-STORED_NAME = re.compile(r"[0-9a-f]{64}\.(?:png|jpg|webp|gif|mp4)")
 SHORT_ENOUGH = 100  # links up to this long are not worth shortening
-
-
-class UploadError(Exception):
-    """Fetching, re-hosting or shortening failed; `reason` says why (worded by wording.py)."""
-
-    def __init__(self, reason: Reason, *, unsafe: bool = False):
-        super().__init__(str(reason))
-        self.reason = reason
-        self.unsafe = unsafe  # the link leads where the address rule forbids: never offer it
-
-
-@dataclass(frozen=True)
-class Picture:
-    data: bytes
-    mimetype: str
-
-    @property
-    def name(self) -> str:
-        """Content-addressed file name: the same image is stored once."""
-        return f"{hashlib.sha256(self.data).hexdigest()}.{EXTENSIONS[self.mimetype]}"
-
-
-def sniff(data: bytes) -> str | None:
-    for magic, mimetype in _MAGIC:
-        if data.startswith(magic):
-            return mimetype
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return None
 
 
 def fetch_picture(

@@ -22,13 +22,12 @@ from flask import Blueprint, Response, g, request
 
 from api import site
 from api.bodies import json_object
-from api.wire import ApiError
 from config import ACCOUNT_NAME, key_entries, split_key_entry
 from core import metrics
+from core.errors import ApiError, Failure, UpstreamError
 from core.text import mask_key
-from drawing.events import Failure
 from drawing.wording import en
-from siliconflow.client import UpstreamError, image_models
+from siliconflow.client import image_models
 from siliconflow.pool import Lease, key_id, mask_account
 from siliconflow.prices import PRICES_AS_OF, yuan
 from storage import ledger, user_keys

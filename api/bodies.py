@@ -30,10 +30,10 @@ from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.formparser import FormDataParser
 
-from api.wire import ApiError
 from config import Settings
+from core.errors import ApiError, Busy
 from siliconflow.outbound import deadline
-from uploaders import sniff
+from storage.pictures import sniff
 
 try:  # what gunicorn raises for a body whose chunked framing is broken
     from gunicorn.http.errors import ParseException as _ServerParseError
@@ -80,14 +80,6 @@ def _is_picture(raw: bytes | bytearray, start: int, end: int) -> bool:
     except binascii.Error:
         return False
     return sniff(first) is not None
-
-
-class Busy(Exception):
-    """The worker holds as much of large bodies as it may; the request is to be retried later."""
-
-    def __init__(self, held: int, budget: int):
-        super().__init__(f"{held} of {budget} bytes held")
-        self.held, self.budget = held, budget
 
 
 class BodyBudget:

@@ -20,11 +20,11 @@ from flask import Blueprint, Response, g, request
 
 from api import site
 from api.bodies import json_object, with_pictures_limit
-from api.wire import KEEP_ALIVE, ApiError, chunk, completion, dumps, sse, usage_chunk
-from core import metrics
+from api.wire import KEEP_ALIVE, chunk, completion, dumps, sse, usage_chunk
+from core.errors import ApiError, Reason
 from core.text import redact_secrets
-from drawing import chat_tasks, conversation, followups, pipeline, wording
-from drawing.events import ImageRef, Job, Reason, close
+from drawing import chat_tasks, conversation, followups, metering, pipeline, wording
+from drawing.events import ImageRef, Job, close
 from drawing.metering import Meter
 from drawing.pipeline import Services
 from parsing import parse
@@ -111,7 +111,7 @@ def chat_completions() -> Response:
         " (changes the last picture)" if change else "",
     )
     events = pipeline.guarded(pipeline.draw(job, services), job.request_id)
-    events = metrics.counted(events, model, services.users)
+    events = metering.counted(events, model, services.users)
     response = chat_response(wording.chat(events), stream=bool(stream), model=model, prompt=text, usage=usage)
     response.call_on_close(meter.close)  # answered or hung up: the quota settles once the drawing has ended
     return response

@@ -20,15 +20,15 @@ from flask import Blueprint, Response, g
 
 from api import site
 from api.bodies import finite_number, form_numbers, json_object, multipart_form, whole_number, with_pictures_limit
-from api.wire import ApiError, dumps, images_answer
-from core import metrics
-from drawing import pipeline, wording
-from drawing.events import Failure, ImageFailed, ImageReady, ImageRef, Job, KeepAlive, Outcome, PromptReady, Refused, close
+from api.wire import dumps, images_answer
+from core.errors import ApiError, Failure, UploadError
+from drawing import metering, pipeline, wording
+from drawing.events import ImageFailed, ImageReady, ImageRef, Job, KeepAlive, Outcome, PromptReady, Refused, close
 from drawing.metering import Meter
 from drawing.pipeline import EXPANSION_INPUT_CHARS, Services
 from parsing import SEED_MAX, DrawRequest, parse, pick_size
 from siliconflow.families import family
-from uploaders import UploadError, input_picture
+from uploaders import input_picture
 
 log = logging.getLogger("siliconflow_proxy")
 
@@ -211,7 +211,7 @@ def _answer(job: Job, response_format: str, services: Services) -> Response:
     keep-alive (a heartbeat with nothing to say), else a 200 that starts with a space at once, a
     space per keep-alive after it, and then the JSON."""
     drawn = Drawn()
-    events = metrics.counted(pipeline.guarded(pipeline.draw(job, services), job.request_id), job.model, services.users)
+    events = metering.counted(pipeline.guarded(pipeline.draw(job, services), job.request_id), job.model, services.users)
     work = _collect(events, drawn)
     try:
         for _ in work:  # the first keep-alive: a proxy's idle limit is running from now

@@ -20,17 +20,16 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, request
 from werkzeug.wsgi import wrap_file
 
-from api.wire import ApiError, dumps, error_body, model_list
+from api.wire import dumps, error_body, model_list
 from config import Settings
 from core import metrics
-from drawing.events import Reason
+from core.errors import ApiError, Reason, UploadError
 from drawing.pipeline import Services
 from drawing.wording import IMAGE_MARK, VIDEO_MARK, en
 from parsing import find_banned
 from siliconflow.families import DEFAULT_MODELS, DEFAULT_VIDEO_MODELS
 from storage import user_keys
-from storage.pictures import CACHE_FOREVER
-from uploaders import STORED_NAME, UploadError
+from storage.pictures import CACHE_FOREVER, STORED_NAME
 
 bp = Blueprint("web", __name__)
 

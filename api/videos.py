@@ -17,18 +17,17 @@ from werkzeug.wsgi import wrap_file
 
 from api import site
 from api.bodies import form_numbers, json_object, multipart_form, whole_number, with_pictures_limit
-from api.wire import ApiError
-from drawing.events import Failure
+from core.errors import ApiError, Failure, UploadError, UpstreamError
 from drawing.metering import Meter
 from drawing.pipeline import EXPANSION_INPUT_CHARS, Services
 from drawing.video_jobs import ALL, COMPLETED, VideoJob, new_id, submit
 from drawing.wording import en, video_page
 from parsing import SEED_MAX
-from siliconflow.client import UpstreamError, video_submit
+from siliconflow.client import video_submit
 from siliconflow.families import DEFAULT_VIDEO_MODELS, VIDEO_SECONDS, VIDEO_SIZES, family
 from siliconflow.pool import key_id
 from storage.pictures import CACHE_FOREVER
-from uploaders import UploadError, data_uri, input_picture
+from uploaders import data_uri, input_picture
 
 log = logging.getLogger("siliconflow_proxy")
 

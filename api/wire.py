@@ -17,17 +17,6 @@ from typing import Any
 MODEL_CREATED = 1_700_000_000  # the typed clients need an int; SiliconFlow itself answers 0
 
 
-class ApiError(Exception):
-    """An error answered as OpenAI-shaped JSON by `error_response`."""
-
-    def __init__(
-        self, status: int, message: str, *, param: str | None = None, code: str | None = None, retry_after: int | None = None
-    ):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-        self.retry_after = retry_after  # seconds, sent as Retry-After (the OpenAI clients wait that long)
-
-
 _ERROR_TYPES = {401: "invalid_request_error", 403: "permission_error", 429: "rate_limit_error"}
 
 

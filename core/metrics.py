@@ -14,10 +14,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from typing import Any
-
-from drawing import events as ev
 
 _M: dict[str, Any] = {}  # the metric objects, once set up
 
@@ -85,38 +82,22 @@ def spent(model: str, yuan: float) -> None:
         _M["spend"].labels(model).inc(yuan)
 
 
-def counted(events: Iterator[ev.Event], model: str, users: Any) -> Iterator[ev.Event]:
-    """The drawing's events, passed on as they come, counted for the metrics and the page's hourly
-    chart. (What the caller's quota keeps is counted where SiliconFlow answers: metering.py.)
-    Closing it closes the drawing."""
-    try:
-        yield from _counted(events, model, users)
-    finally:
-        ev.close(events)
+def outcome(what: str, model: str, ok: bool, failure: str | None = None) -> None:
+    """One picture ("images") or video ("videos") asked for ended: delivered, or failed and why."""
+    if _M:
+        _M[what].labels(model, "ok" if ok else "failed").inc()
+        if not ok and failure:
+            _M["failures"].labels(failure).inc()
 
 
-def _counted(events: Iterator[ev.Event], model: str, users: Any) -> Iterator[ev.Event]:
-    for event in events:
-        if isinstance(event, ev.ImageReady | ev.VideoReady):
-            if _M:
-                _M["videos" if isinstance(event, ev.VideoReady) else "images"].labels(model, "ok").inc()
-            if users is not None and isinstance(event, ev.ImageReady):
-                users.count_hour(_hour(), 1)
-        elif isinstance(event, ev.ImageFailed | ev.VideoFailed) and _M:
-            _M["videos" if isinstance(event, ev.VideoFailed) else "images"].labels(model, "failed").inc()
-            kind = getattr(event, "kind", None)
-            _M["failures"].labels(str(kind) if kind else event.reason.code).inc()
-        yield event
-
-
-def _hour(now: float | None = None) -> str:
+def hour(now: float | None = None) -> str:
     return time.strftime("%Y-%m-%dT%H", time.gmtime(now if now is not None else time.time()))
 
 
 def per_hour(users: Any) -> list[dict[str, Any]]:
     """The last 24 hours, oldest first: {"hour": "2026-12-03T07" (UTC), "pictures": n}."""
     now = time.time()
-    hours = [_hour(now - 3600 * back) for back in range(23, -1, -1)]
+    hours = [hour(now - 3600 * back) for back in range(23, -1, -1)]
     counts = users.hours(hours) if users is not None else {}
     return [{"hour": hour, "pictures": counts.get(hour, 0)} for hour in hours]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from api.wire import ApiError
-from drawing.events import ImageRef, Reason
+from core.errors import ApiError, Reason
+from drawing.events import ImageRef
 
 # --- reading messages --------------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ request and says what it means in its own words (wording.py: Chinese for chat, E
 APIs). Why something did not work travels as a `Reason`, a kind and its parameters, never as a
 sentence, so each surface can word it, and a test can ask what happened without parsing text.
 
-This module imports nothing else of this project (types only, for annotations).
+This module imports only the failure kinds and reasons (core/errors.py), and types for annotations.
 
     Job ──draw()──▶ Refused
                     PromptReady ─ Submitted ─ (Queued | KeepAlive | ImageReady | ImageFailed)* ─ Done
@@ -15,58 +15,28 @@ This module imports nothing else of this project (types only, for annotations).
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+from core.errors import Failure, Reason
 
 if TYPE_CHECKING:
-    from drawing.metering import Meter
     from parsing import DrawRequest
     from uploaders import Links
 
 
-class Failure(StrEnum):
-    """What kind of thing went wrong with an image, and so whose problem it is."""
+class Meter(Protocol):
+    """What a job's meter does for the pipeline (drawing/metering.py has the one there is)."""
 
-    AUTH = "auth"  # 401: the key is revoked or mistyped
-    BALANCE = "balance"  # 402/403: the account has no money
-    RATE_LIMIT = "rate_limit"  # 429: the account used up its budget for this model
-    FORBIDDEN = "forbidden"  # 403 otherwise: the model is disabled for this account
-    BAD_REQUEST = "bad_request"  # 400: the request itself is wrong; another key would say the same
-    INPUT = "input"  # the request cannot be drawn as it is (no picture to edit, nothing to change): found here
-    SERVER = "server"  # 5xx
-    TIMEOUT = "timeout"
-    NETWORK = "network"
-    BAD_RESPONSE = "bad_response"  # not JSON, too large, no image, a link that is not one
-    NO_KEYS = "no_keys"  # no key could be had (all out, or not before the deadline)
-    CANCELLED = "cancelled"  # the client left
-    INTERNAL = "internal"  # a bug here, or a local fault (not the upstream's)
+    def drawn(self, key_id: str, model: str) -> None:
+        """SiliconFlow drew a picture, or took a video job, with the key `key_id`: it is paid for."""
 
+    def track(self, future: Future) -> None:
+        """Work that may still call `drawn()`."""
 
-@dataclass(frozen=True)
-class Reason:
-    """Why: a code (`wording` has the words for each, in Chinese and English) and its parameters.
-
-    Parameters are plain values, or Reasons and lists of Reasons themselves (a failure after
-    several attempts carries the last one's reason).
-    """
-
-    code: str
-    params: tuple[tuple[str, Any], ...] = ()
-
-    @classmethod
-    def of(cls, code: str, **params: Any) -> Reason:
-        return cls(code, tuple(params.items()))
-
-    @property
-    def args(self) -> dict[str, Any]:
-        return dict(self.params)
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return self.args.get(name, default)
-
-    def __str__(self) -> str:  # for logs: the code and the parameters, never a key (none is ever one)
-        return self.code if not self.params else f"{self.code}{self.args}"
+    def close(self) -> None:
+        """The answer is over."""
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
+from core.errors import Reason
 from drawing import wording
-from drawing.events import Reason
 from parsing import DrawRequest, accepts_negative_prompt, pick_size
 from siliconflow.families import family
 

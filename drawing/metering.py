@@ -10,17 +10,24 @@ drawn, and a reservation is given back only for what SiliconFlow never drew (a r
 picture not begun, a failure). A person cannot spend the pool's money by hanging up.
 
 `on_drawn(key_id, model)`, when given, hears of each picture and video as it is counted (the
-surfaces pass one that records what it cost: ledger.Spend); it runs on the same worker thread, and
+surfaces pass one that records what it cost: metering.Spend); it runs on the same worker thread, and
 its failure never fails the drawing.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any
+
+from core import metrics
+from drawing import events as ev
+from siliconflow import prices
+from siliconflow.families import family
+from storage.ledger import Ledger
 
 log = logging.getLogger("siliconflow_proxy.metering")
 
@@ -75,3 +82,60 @@ class Meter:
                 self._reservation.settle(count)
             except Exception:  # the store failing must not break the answer; the reservation stays taken
                 log.exception("settling a quota reservation failed; what it reserved stays counted")
+
+
+# --- counting what was drawn: the metrics and the page's chart, what it cost ---------------------
+
+
+def counted(events: Iterator[ev.Event], model: str, users: Any) -> Iterator[ev.Event]:
+    """The drawing's events, passed on as they come, counted for the metrics and the page's hourly
+    chart. (What the caller's quota keeps is counted where SiliconFlow answers: metering.py.)
+    Closing it closes the drawing."""
+    try:
+        yield from _counted(events, model, users)
+    finally:
+        ev.close(events)
+
+
+def _counted(events: Iterator[ev.Event], model: str, users: Any) -> Iterator[ev.Event]:
+    for event in events:
+        if isinstance(event, ev.ImageReady | ev.VideoReady):
+            metrics.outcome("videos" if isinstance(event, ev.VideoReady) else "images", model, True)
+            if users is not None and isinstance(event, ev.ImageReady):
+                users.count_hour(metrics.hour(), 1)
+        elif isinstance(event, ev.ImageFailed | ev.VideoFailed):
+            kind = getattr(event, "kind", None)
+            failure = str(kind) if kind else event.reason.code
+            metrics.outcome("videos" if isinstance(event, ev.VideoFailed) else "images", model, False, failure)
+        yield event
+
+
+class Spend:
+    """What the surfaces call the moment SiliconFlow drew a picture or took a video job: priced by
+    the price table, its key's account found, recorded in the ledger and counted for /metrics.
+    Never raises: what a picture cost must not fail the picture."""
+
+    def __init__(self, ledger: Ledger, table: prices.Prices, pool: Any):
+        self.ledger = ledger
+        self.prices = table
+        self._pool = pool  # keypool.KeyPool: the account of a key, by its id
+
+    def drawn(self, user: str | None, key_id: str, model: str) -> None:
+        price = self.prices.of(model)
+        try:
+            self.ledger.drawn(  # never raises: a failing store is logged once there
+                user,
+                key_id,
+                self._pool.account_of(key_id),  # "key-<id>" while the account is not known
+                model,
+                video=family(model).video,
+                micro=prices.micro(price or 0.0),
+                priced=price is not None,
+            )
+            metrics.spent(model, price or 0.0)
+        except Exception:  # a bug here must not cost the person their picture or video
+            log.exception("counting what a %s cost failed", model)
+
+    def for_user(self, user: str | None) -> Callable[[str, str], None]:
+        """A Meter's `on_drawn` for a request by `user` (None: the operator's key, an open service)."""
+        return functools.partial(self.drawn, user)

@@ -24,6 +24,7 @@ import requests
 import urllib3
 
 from config import Settings
+from core.errors import Failure, Reason, UploadError, UpstreamError
 from core.text import redact_secrets
 from drawing import video_jobs, wording
 from drawing.events import (
@@ -32,7 +33,6 @@ from drawing.events import (
     Done,
     Event,
     Expansion,
-    Failure,
     ImageFailed,
     ImageReady,
     ImageRef,
@@ -42,7 +42,6 @@ from drawing.events import (
     Preparing,
     PromptReady,
     Queued,
-    Reason,
     Refused,
     Submitted,
     VideoFailed,
@@ -51,12 +50,12 @@ from drawing.events import (
     VideoSubmitted,
 )
 from parsing import find_banned, fit_prompt, image_seeds
-from siliconflow.client import JsonText, UpstreamError, expand_prompt, image_answer_bytes, payload_for, video_submit
+from siliconflow.client import JsonText, expand_prompt, image_answer_bytes, payload_for, video_submit
 from siliconflow.failover import generate_with_failover
 from siliconflow.families import VIDEO_SECONDS, ModelCatalog, family
 from siliconflow.pool import KeyPool, Upkeep, key_id
 from storage.pictures import Keeper
-from uploaders import NO_PUBLIC_BASE, UploadError, input_picture, lasting_links
+from uploaders import NO_PUBLIC_BASE, input_picture, lasting_links
 
 log = logging.getLogger("siliconflow_proxy.pipeline")
 
@@ -81,7 +80,7 @@ class Services:
     videos: video_jobs.VideoWorker | None = None  # video jobs: their record and the background poller
     users: Any = None  # user keys and their quotas (userkeys.py), None without ADMIN_KEY
     day: Any = None  # the quota day (userkeys.Day)
-    spend: Any = None  # what pictures cost, recorded in the ledger (ledger.Spend), None without ADMIN_KEY
+    spend: Any = None  # what pictures cost, recorded in the ledger (metering.Spend), None without ADMIN_KEY
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret configured, the upstream keys added on the operator's page included:

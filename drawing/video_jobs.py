@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from core.background import Background
-from drawing.events import Failure, Reason
+from core.errors import Failure, Reason, UpstreamError
 from drawing.wording import en
-from siliconflow.client import UpstreamError, VideoStatus
+from siliconflow.client import VideoStatus
 from siliconflow.failover import KEY_ONLY, UNSURE
 from siliconflow.pool import KeyPool
 from storage.pictures import Keeper

@@ -15,9 +15,9 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from core.errors import Reason
 from core.text import markdown_safe, md, md_url, one_line, seconds
 from drawing import events as ev
-from drawing.events import Reason
 from siliconflow.families import family
 
 # --- reasons ----------------------------------------------------------------------------------------
@@ -158,6 +158,10 @@ REASONS: dict[str, tuple[Words, Words]] = {
         "SiliconFlow did not confirm whether it took the video job ({why}); it may be making (and billing) it, "
         "so it was not sent again",
     ),
+    "over_cap": ("内容超过了允许的大小", "it was larger than allowed"),
+    "busy": ("服务正忙，请稍后再试", "the service is busy; try again shortly"),
+    "configuration": ("服务配置有误", "the service's configuration cannot be used"),
+    "answered": ("请求未被接受（{status}）", "the request was not taken ({status})"),
     "videos_off": ("本服务没有开启视频（DATA_DIR 不可写）", "video is off on this service (DATA_DIR is not writable)"),
     "video_still_running": (
         "视频还在生成，这次回答等不到它了：稍后用 GET /v1/videos/{video_id} 查看",

@@ -21,23 +21,12 @@ from urllib.parse import urlsplit
 
 import urllib3
 
+from core.errors import Failure, Reason, TooLarge, UpstreamError
 from core.text import upstream_text
-from drawing.events import Failure, Reason
 from siliconflow.families import family
-from siliconflow.outbound import TooLarge, deadline, read_capped, remaining
+from siliconflow.outbound import deadline, read_capped, remaining
 
 log = logging.getLogger("siliconflow_proxy.upstream")
-
-
-class UpstreamError(Exception):
-    """A call to SiliconFlow failed: `kind` says whose problem it is, `reason` why (worded by wording.py)."""
-
-    def __init__(self, kind: Failure, reason: Reason, status: int | None = None, retry_after: float | None = None):
-        super().__init__(str(reason))
-        self.kind = kind
-        self.reason = reason
-        self.status = status
-        self.retry_after = retry_after
 
 
 # Most bytes read from one answer. An image answer holds a link (a few hundred bytes), but an

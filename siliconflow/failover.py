@@ -18,9 +18,9 @@ from typing import Any
 import urllib3
 
 from core import metrics
+from core.errors import Failure, Reason, UpstreamError
 from core.text import mask_key
-from drawing.events import Failure, Reason
-from siliconflow.client import Image, UpstreamError, generate_image
+from siliconflow.client import Image, generate_image
 from siliconflow.pool import KeyPool, key_id
 
 log = logging.getLogger("siliconflow_proxy.upstream")

@@ -38,21 +38,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util import connection as util_connection
 
-from drawing.events import Reason
-
-
-class TooLarge(Exception):
-    """A body was longer than the cap it was read with."""
-
-
-class AddressRefused(Exception):
-    """A connection was refused by the address rule before anything was sent; `reason` says why."""
-
-    def __init__(self, reason: Reason, *, unresolved: bool = False):
-        super().__init__(str(reason))
-        self.reason = reason
-        self.unresolved = unresolved  # the host's name did not resolve here
-
+from core.errors import AddressRefused, Reason, TooLarge
 
 # --- deadlines ------------------------------------------------------------------------------------
 

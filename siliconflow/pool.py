@@ -35,11 +35,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from config import split_key_entry
 from core.background import Background
+from core.errors import Failure, Reason, UpstreamError
 from core.text import mask_key
-from drawing.events import Failure, Reason
-from siliconflow.client import AccountInfo, UpstreamError
+from siliconflow.client import AccountInfo
 from siliconflow.keystate import Ask, Candidate, Fact, Limit, Store
 
 log = logging.getLogger("siliconflow_proxy.keypool")
@@ -107,8 +106,8 @@ class Entry:
 
     @classmethod
     def parse(cls, entry: str) -> Entry:
-        account, key = split_key_entry(entry)
-        return cls(key, account)
+        account, _, key = entry.rpartition("/")  # NAME/sk-… (checked by config.key_entries)
+        return cls(key, account or None)
 
 
 @dataclass

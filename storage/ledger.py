@@ -18,7 +18,6 @@ is lost, since counting must never fail a drawing or a call. Reading raises the 
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import threading
@@ -26,11 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import Any
 
-from core import metrics
-from siliconflow import prices
-from siliconflow.families import family
 from storage.sqlite_file import SqliteFile
 
 log = logging.getLogger("siliconflow_proxy.ledger")
@@ -307,34 +302,3 @@ class RedisLedger(Ledger):
                 counts[measure] = counts.get(measure, 0) + int(n)
             rows += [Row(each, *where, **counts) for where, counts in sorted(summed.items())]
         return rows
-
-
-class Spend:
-    """What the surfaces call the moment SiliconFlow drew a picture or took a video job: priced by
-    the price table, its key's account found, recorded in the ledger and counted for /metrics.
-    Never raises: what a picture cost must not fail the picture."""
-
-    def __init__(self, ledger: Ledger, table: prices.Prices, pool: Any):
-        self.ledger = ledger
-        self.prices = table
-        self._pool = pool  # keypool.KeyPool: the account of a key, by its id
-
-    def drawn(self, user: str | None, key_id: str, model: str) -> None:
-        price = self.prices.of(model)
-        try:
-            self.ledger.drawn(  # never raises: a failing store is logged once there
-                user,
-                key_id,
-                self._pool.account_of(key_id),  # "key-<id>" while the account is not known
-                model,
-                video=family(model).video,
-                micro=prices.micro(price or 0.0),
-                priced=price is not None,
-            )
-            metrics.spent(model, price or 0.0)
-        except Exception:  # a bug here must not cost the person their picture or video
-            log.exception("counting what a %s cost failed", model)
-
-    def for_user(self, user: str | None) -> Callable[[str, str], None]:
-        """A Meter's `on_drawn` for a request by `user` (None: the operator's key, an open service)."""
-        return functools.partial(self.drawn, user)

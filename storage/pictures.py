@@ -17,8 +17,10 @@ the upstream's link, so a failing keeper costs a line in the answer, never the p
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
 import stat
 import tempfile
 import threading
@@ -28,10 +30,38 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import urlsplit
 
-from drawing.events import Reason
-from uploaders import MIMETYPES, STORED_NAME, Picture, UploadError
+from core.errors import Reason, UploadError
 
 log = logging.getLogger("siliconflow_proxy.keepers")
+
+# File name extension for each image type we keep; anything else is not an image to us.
+EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
+MIMETYPES = {ext: mime for mime, ext in EXTENSIONS.items()} | {"mp4": "video/mp4"}  # kept videos too
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF8", "image/gif"))
+STORED_NAME = re.compile(r"[0-9a-f]{64}\.(?:png|jpg|webp|gif|mp4)")
+
+
+@dataclass(frozen=True)
+class Picture:
+    """A picture's bytes and their type, named by their hash when kept."""
+
+    data: bytes
+    mimetype: str
+
+    @property
+    def name(self) -> str:
+        """Content-addressed file name: the same image is stored once."""
+        return f"{hashlib.sha256(self.data).hexdigest()}.{EXTENSIONS[self.mimetype]}"
+
+
+def sniff(data: bytes) -> str | None:
+    for magic, mimetype in _MAGIC:
+        if data.startswith(magic):
+            return mimetype
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
 
 CACHE_FOREVER = "public, max-age=31536000, immutable"  # names are content hashes
 PIECE = 1024 * 1024  # how much of a file source is read at a time

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from config import ConfigError, Settings
+from config import Settings
+from core.errors import ConfigError
 from tests.conftest import ROOT
 
 

@@ -14,8 +14,9 @@ import openai
 import pytest
 import requests
 
+from core.errors import AddressRefused
 from drawing.wording import zh
-from siliconflow.outbound import AddressRefused, AddressRule
+from siliconflow.outbound import AddressRule
 from tests.fake_hosts import ForwardProxy
 from tests.fake_siliconflow import png
 from tests.helpers import answer_text, images_in

@@ -18,7 +18,8 @@ import openai
 import pytest
 import requests
 
-from config import ConfigError, Settings
+from config import Settings
+from core.errors import ConfigError
 from siliconflow_proxy import create_app
 from tests.conftest import ROOT
 from tests.fake_siliconflow import png

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from drawing.events import Failure, Reason
+from core.errors import Failure, Reason, UpstreamError
 from drawing.wording import zh
-from siliconflow.client import AccountInfo, UpstreamError
+from siliconflow.client import AccountInfo
 from siliconflow.keystate import FallbackStore, Limit, LocalStore, RedisStore
 from siliconflow.pool import Acquired, KeyPool, Lease, Taken, _with_slack, key_id
 from tests.helpers import wait_until

@@ -8,8 +8,9 @@ import tempfile
 import pytest
 
 from config import Settings
+from core.errors import Failure
 from drawing import pipeline
-from drawing.events import Done, Failure, ImageFailed, ImageReady, Job, PromptReady, Refused, Submitted
+from drawing.events import Done, ImageFailed, ImageReady, Job, PromptReady, Refused, Submitted
 from parsing import parse
 from siliconflow_proxy import create_app
 

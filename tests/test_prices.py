@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from config import ConfigError, Settings
+from config import Settings
+from core.errors import ConfigError
 from siliconflow import prices
 from tests.conftest import ROOT
 

@@ -9,8 +9,9 @@ import socket
 import pytest
 import requests
 
+from core.errors import UploadError
 from tests.helpers import chat_body, images_in, post_chat, sse_events
-from uploaders import UploadError, fetch_picture, upload_to_lsky
+from uploaders import fetch_picture, upload_to_lsky
 
 LINK = re.compile(r"\[([^\]]+)\]\((\S+?)\)")
 

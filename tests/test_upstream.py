@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from drawing.events import Failure
-from siliconflow.client import UpstreamError, account_info, generate_image, image_models
+from core.errors import Failure, UpstreamError
+from siliconflow.client import account_info, generate_image, image_models
 from siliconflow.outbound import make_http
 
 PAYLOAD = {"model": "Kwai-Kolors/Kolors", "prompt": "a cat", "image_size": "1024x1024", "batch_size": 1}

@@ -7,8 +7,9 @@ import re
 
 import pytest
 
+from core.errors import Reason
 from drawing import followups, wording
-from drawing.events import ImageRef, Reason
+from drawing.events import ImageRef
 from tests.conftest import ROOT, source_files
 
 CJK = re.compile(r"[\u4e00-\u9fff]")
