@@ -106,6 +106,23 @@ def test_the_test_button_says_whether_siliconflow_takes_a_key_and_a_dead_key_com
     assert revived.json()["state"] == "ok"
 
 
+def test_a_key_out_for_a_while_says_until_when(operator, fake):
+    """The page words a cooling key's and a resting key's time out from the list alone."""
+    service = operator(api_keys=("sk-overload-0002", "sk-broke-rest0003"))  # no good key: both fail again
+
+    def both_out() -> bool:
+        answer_text(service.url, "画一只猫 pic:3", stream=False, key=SERVICE_KEY)
+        shown = {k["key"]: k["state"] for k in _listed(service.url)}
+        return shown["…0002"] == "cooling" and shown["…0003"] == "resting"
+
+    assert wait_until(both_out, timeout=20, interval=0.1), _listed(service.url)
+    shown = {k["key"]: k for k in _listed(service.url)}
+    cooling, resting = shown["…0002"], shown["…0003"]
+    assert 0 < cooling["cooling_seconds"] <= 300 and cooling["last_failure"], cooling
+    assert 0 < resting["next_try"] <= 6 * 3600 and resting["probing"] is False and resting["cooling_seconds"] == 0, resting
+    assert all(k["calls_in_flight"] == 0 for k in shown.values())
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body", "status", "says"),
     [
