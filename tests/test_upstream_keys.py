@@ -4,16 +4,20 @@ restart; never shown whole. Over real HTTP, with gunicorn as the Procfile runs i
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
+import subprocess
 
 import pytest
 import requests
 
-from tests.conftest import SERVICE_KEY
-from tests.helpers import answer_text, images_in, wait_until
+from tests.conftest import ROOT, SERVICE_KEY
+from tests.helpers import answer_text, images_in, post_chat, wait_until
+from tests.js_env import CHROMIUM, JS_DIR, node_modules, require
 from tests.servers import Gunicorn
+from text import mask_key
 
 ADMIN = "operator-secret-0123456789"
 AS_ADMIN = {"Authorization": f"Bearer {ADMIN}"}
@@ -106,6 +110,23 @@ def test_the_test_button_says_whether_siliconflow_takes_a_key_and_a_dead_key_com
     assert revived.json()["state"] == "ok"
 
 
+def test_a_key_out_for_a_while_says_until_when(operator, fake):
+    """The page words a cooling key's and a resting key's time out from the list alone."""
+    service = operator(api_keys=("sk-overload-0002", "sk-broke-rest0003"))  # no good key: both fail again
+
+    def both_out() -> bool:
+        answer_text(service.url, "画一只猫 pic:3", stream=False, key=SERVICE_KEY)
+        shown = {k["key"]: k["state"] for k in _listed(service.url)}
+        return shown["…0002"] == "cooling" and shown["…0003"] == "resting"
+
+    assert wait_until(both_out, timeout=20, interval=0.1), _listed(service.url)
+    shown = {k["key"]: k for k in _listed(service.url)}
+    cooling, resting = shown["…0002"], shown["…0003"]
+    assert 0 < cooling["cooling_seconds"] <= 300 and cooling["last_failure"], cooling
+    assert 0 < resting["next_try"] <= 6 * 3600 and resting["probing"] is False and resting["cooling_seconds"] == 0, resting
+    assert all(k["calls_in_flight"] == 0 for k in shown.values())
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body", "status", "says"),
     [
@@ -145,6 +166,76 @@ def test_the_roster_file_is_readable_by_this_user_alone_and_logs_carry_no_key(op
     assert mode == 0o600, oct(mode)
     said = "\n".join(r.getMessage() for r in logged.records)
     assert NEW_A not in said and "sk-good-secret0001" not in said
+
+
+def test_the_operator_manages_upstream_keys_on_the_page_in_chromium(operator, fake):
+    """A real Chromium on the page: pastes, tests, disables, removes and names keys; each takes effect
+    in the API, and no key is ever shown whole (the page's text, its HTML, the paste box)."""
+    require(CHROMIUM, "Chromium (Debian package chromium)")
+    node_modules("playwright-core")
+    seeds = ("sk-good-seedkeyfromenv000001", "sk-good-seedkeyfromenv000002", "sk-broke-seedkeyfromenv00003")
+    good, dead, phone = "sk-good-pastedfromaforum0000a0a", "sk-dead-pastedfromaforum0000d0d", "sk-good-pastedonaphone00000c0c"
+    service = operator(api_keys=seeds)
+    qwen = {"model": "Qwen/Qwen-Image", "messages": [{"role": "user", "content": "画一只狗 pic:3"}]}
+
+    def broke_one_rests() -> bool:  # some use today, and a key resting for balance to word
+        assert post_chat(service.url, qwen, key=SERVICE_KEY, timeout=60).status_code == 200
+        return {k["key"]: k["state"] for k in _listed(service.url)}[mask_key(seeds[2])] == "resting"
+
+    assert wait_until(broke_one_rests, timeout=20, interval=0.1)
+    names = {
+        "good": good,
+        "dead": dead,
+        "phone": phone,
+        "goodMasked": mask_key(good),
+        "deadMasked": mask_key(dead),
+        "phoneMasked": mask_key(phone),
+        "restingMasked": mask_key(seeds[2]),
+        "remove": mask_key(seeds[0]),
+        "disable": mask_key(seeds[1]),
+    }
+    shots = ROOT / "artifacts"
+    shots.mkdir(exist_ok=True)
+    result = subprocess.run(
+        ["node", str(JS_DIR / "upstream_keys_check.mjs"), service.url, ADMIN, str(shots), json.dumps(names)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={"CHROMIUM": CHROMIUM, "PATH": "/usr/bin:/bin:/usr/local/bin"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    # What the page said at each step.
+    assert "no longer tells accounts or balances" in out["balances"], out["balances"]
+    assert "key 1" in out["refused"] and "Nothing was added" in out["refused"], out["refused"]
+    assert f"已添加 2 个 (added): {mask_key(good)}, {mask_key(dead)} (team)" in out["pasted"], out["pasted"]
+    assert "已存在 0 个" in out["pasted"] and out["boxAfterAdd"] == ""
+    assert "自己的账户 own account" in out["goodRow"] and "页面 page" in out["goodRow"] and "team" in out["deadRow"]
+    assert "resting (balance) · 下次试用 next try in" in out["restingRow"] and "API_KEYS" in out["restingRow"], out["restingRow"]
+    assert "SiliconFlow takes this key" in out["testedGood"]
+    assert "dead (401)" in out["testedDead"] and "until enabled, or until a test passes" in out["testedDead"], out["testedDead"]
+    assert "SiliconFlow did not take the key" in out["testedDead"], out["testedDead"]
+    assert "已停用 disabled" in out["disabledRow"] and "启用 enable" in out["disabledRow"]
+    assert "friends" in out["namedRow"] and "own account" not in out["namedRow"]
+    assert "已添加 1 个 (added)" in out["phonePasted"]
+    assert "today: calls / failed / pictures / ¥" in out["desktopHead"]
+    assert len(out["desktopDialogs"]) == 1 and mask_key(seeds[0]) in out["desktopDialogs"][0]  # remove asks first
+    for view in ("desktop", "phone"):
+        assert not out[f"{view}Overflow"] and out[f"{view}KeysFit"] and out[f"{view}Errors"] == [], out
+        assert (shots / f"upstream-keys-{view}.png").stat().st_size > 10_000
+    # Each action took effect, as the API tells it.
+    listed = {k["key"]: k for k in _listed(service.url)}
+    assert mask_key(seeds[0]) not in listed
+    assert listed[mask_key(seeds[1])]["state"] == "disabled"
+    assert listed[mask_key(good)]["account"] == "friends" and listed[mask_key(good)]["state"] == "ok"
+    assert listed[mask_key(dead)]["account"] == "team" and listed[mask_key(dead)]["state"] == "dead"
+    assert listed[mask_key(phone)]["source"] == "page"
+    assert [c for c in fake.state.calls if c.path == "/v1/models" and c.key == good]  # the test asked SiliconFlow
+    # Never whole: not in what the page showed, not in its HTML, not left in the paste box.
+    for whole in (*seeds, good, dead, phone):
+        for shown in (*out["texts"], *out["htmls"]):
+            assert whole not in shown
+    assert out["boxes"] == ["", "", "", ""] and ADMIN not in out["url"]
 
 
 def _start(fake, production_bin, **env: str) -> Gunicorn:
