@@ -13,11 +13,11 @@ import subprocess
 import pytest
 import requests
 
+from core.text import mask_key
 from tests.conftest import ROOT, SERVICE_KEY
 from tests.helpers import answer_text, images_in, post_chat, wait_until
 from tests.js_env import CHROMIUM, JS_DIR, node_modules, require
 from tests.servers import Gunicorn
-from text import mask_key
 
 ADMIN = "operator-secret-0123456789"
 AS_ADMIN = {"Authorization": f"Bearer {ADMIN}"}
