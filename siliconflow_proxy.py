@@ -18,25 +18,26 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, g, request
-from werkzeug.exceptions import HTTPException
+from flask import Flask
 
-from api import admin, chat, images, site, videos
-from api.bodies import MAX_BODY_BYTES, BodyBudget, release_unanswered
-from api.site import error_response
+from api import admin, chat, errors, images, site, videos
+from api.bodies import BodyBudget, release_unanswered
 from config import Settings, split_key_entry
 from core import metrics
-from core.errors import ApiError, ConfigError, UpstreamError
+from core.errors import ConfigError, UpstreamError
 from core.text import mask_key
 from drawing.metering import Spend
 from drawing.pipeline import Services
 from drawing.video_jobs import RedisJobs, SqliteJobs, VideoSettings, VideoWorker
 from siliconflow.client import account_info, image_models, video_models, video_status
 from siliconflow.families import ModelCatalog
-from siliconflow.keystate import FallbackStore, Limit, LocalStore, MemoryStore, RedisStore, Store
+from siliconflow.keystate import FallbackStore, Limit, Store
+from siliconflow.keystate_redis import RedisStore
+from siliconflow.keystate_sqlite import LocalStore, MemoryStore
 from siliconflow.outbound import AddressRule, make_http, make_session
-from siliconflow.pool import KeyPool, Upkeep
+from siliconflow.pool import KeyPool
 from siliconflow.prices import Prices
+from siliconflow.upkeep import Upkeep
 from storage.ledger import Ledger, RedisLedger, SqliteLedger
 from storage.pictures import Keeper, LocalKeeper, S3Keeper
 from storage.upstream_keys import RedisRoster, Roster, SqliteRoster
@@ -98,12 +99,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["siliconflow.bodies"] = BodyBudget(int(settings.picture_bodies_mb * 2**20))
     for blueprint in (site.bp, chat.bp, images.bp, videos.bp, admin.bp):
         app.register_blueprint(blueprint)
-    app.register_error_handler(ApiError, _api_error)
     app.teardown_request(release_unanswered)
-    app.register_error_handler(HTTPException, _http_error)
-    for failure in _store_failures():
-        app.register_error_handler(failure, _store_error)
-    app.register_error_handler(Exception, _unexpected_error)
+    errors.register(app)
     _startup_notes(settings, store, pool)
     return app
 
@@ -247,52 +244,6 @@ def _key_store(settings: Settings) -> Store:
     if not settings.redis_url:
         return local
     return FallbackStore(RedisStore(settings.redis_url), local)
-
-
-def _api_error(exc: ApiError) -> Response:
-    response = error_response(exc.status, exc.message, param=exc.param, code=exc.code)
-    if exc.retry_after is not None:
-        response.headers["Retry-After"] = str(exc.retry_after)
-    return response
-
-
-def _http_error(exc: HTTPException) -> Response:
-    messages = {
-        404: f"No such endpoint: {request.method} {request.path[:200]}. This service offers "
-        "POST /v1/chat/completions, POST /v1/images/generations, POST /v1/images/edits, /v1/videos, GET /v1/models, GET /health "
-        "and a playground at /.",
-        405: f"{request.method} is not allowed on {request.path[:200]}.",
-        413: f"The request body is larger than {MAX_BODY_BYTES // 1024} KB.",
-    }
-    status = exc.code or 400
-    return error_response(status, messages.get(status, exc.description or "Bad request."))
-
-
-def _store_failures() -> tuple[type[Exception], ...]:
-    """What the durable stores raise when they cannot be reached or written (Redis, a SQLite file)."""
-    try:
-        import redis
-    except ImportError:
-        return (sqlite3.Error,)
-    return (sqlite3.Error, redis.RedisError)
-
-
-def _store_error(exc: Exception) -> Response:
-    """User keys, quotas or the video record cannot be read now: a 503 to retry, one log line, no
-    traceback (the store is down, not the code)."""
-    log.warning("req=%s a store cannot be used now (%s); answered 503", g.get("request_id", "-"), type(exc).__name__)
-    response = error_response(
-        503,
-        "This service cannot reach the store it keeps keys and quotas in right now. Try again shortly.",
-        code="store_unavailable",
-    )
-    response.headers["Retry-After"] = "10"
-    return response
-
-
-def _unexpected_error(exc: Exception) -> Response:
-    log.exception("req=%s unexpected error", g.get("request_id", "-"))
-    return error_response(500, "Internal error in the image service. It has been logged; please try again.")
 
 
 def _configure_logging(level: str) -> None:

@@ -20,15 +20,15 @@ from typing import Any
 
 from flask import Blueprint, Response, g, request
 
-from api import site
+from api import context, site
 from api.bodies import json_object
 from config import ACCOUNT_NAME, key_entries, split_key_entry
 from core import metrics
 from core.errors import ApiError, Failure, UpstreamError
 from core.text import mask_key
-from drawing.wording import en
+from drawing.reasons import en
 from siliconflow.client import image_models
-from siliconflow.pool import Lease, key_id, mask_account
+from siliconflow.leases import Lease, key_id, mask_account
 from siliconflow.prices import PRICES_AS_OF, yuan
 from storage import ledger, user_keys
 from storage.upstream_keys import ENV, Roster, UpstreamKey
@@ -42,7 +42,7 @@ PAGE = Path(__file__).resolve().parent.parent / "static" / "admin.html"
 
 @bp.before_request
 def _operator_only() -> None:
-    services = site.current()
+    services = context.current()
     admin_key = services.settings.admin_key
     if not admin_key or services.users is None:
         raise ApiError(404, "No such endpoint: the operator's page and API exist only when ADMIN_KEY is set.", code="not_found")
@@ -103,7 +103,7 @@ def _name(body: dict[str, Any], required: bool) -> str | None:
 
 
 def _shown(key: user_keys.UserKey) -> dict[str, Any]:
-    services = site.current()
+    services = context.current()
     day = services.day
     today, total = _spent().get(key.id, (0, 0))
     shown = key.public(services.users.used(key.id, day.today()), day.resets_at())
@@ -111,7 +111,7 @@ def _shown(key: user_keys.UserKey) -> dict[str, Any]:
 
 
 def _key(key_id: str) -> user_keys.UserKey:
-    key = site.current().users.get(key_id) if len(key_id) <= 40 else None
+    key = context.current().users.get(key_id) if len(key_id) <= 40 else None
     if key is None:
         raise ApiError(404, f"No user key with id '{key_id[:40]}'.", code="not_found")
     return key
@@ -126,7 +126,7 @@ def create_key() -> Response:
     # and a cap the operator did not write must not be "no cap".
     videos = _cap(body, "daily_videos") if "daily_videos" in body else (None if images is None else 0)
     key, secret = user_keys.make(name, images, videos)
-    site.current().users.save(key)
+    context.current().users.save(key)
     log.info(
         "req=%s admin: user key %s (%s) made, pictures a day: %s, videos a day: %s",
         g.request_id,
@@ -135,13 +135,13 @@ def create_key() -> Response:
         _said(key.daily_images),
         _said(key.daily_videos),
     )
-    return site.json_response({**_shown(key), "key": secret, "key_shown_once": True}, 201)
+    return context.json_response({**_shown(key), "key": secret, "key_shown_once": True}, 201)
 
 
 @bp.get("/admin/api/keys")
 def list_keys() -> Response:
-    keys = sorted(site.current().users.all(), key=lambda k: k.created_at)
-    return site.json_response({"object": "list", "data": [_shown(key) for key in keys]})
+    keys = sorted(context.current().users.all(), key=lambda k: k.created_at)
+    return context.json_response({"object": "list", "data": [_shown(key) for key in keys]})
 
 
 @bp.patch("/admin/api/keys/<key_id>")
@@ -160,29 +160,29 @@ def change_key(key_id: str) -> Response:
         if not isinstance(body["disabled"], bool):
             raise ApiError(400, "'disabled' must be true or false.", param="disabled")
         changes["disabled"] = body["disabled"]
-    if changes and not site.current().users.change(key, changes):
+    if changes and not context.current().users.change(key, changes):
         raise ApiError(404, f"No user key with id '{key_id[:40]}'.", code="not_found")  # revoked meanwhile
     key = _key(key_id)
     log.info("req=%s admin: user key %s (%s) changed: %s", g.request_id, key.id, key.name, ", ".join(sorted(body)))
-    return site.json_response(_shown(key))
+    return context.json_response(_shown(key))
 
 
 @bp.delete("/admin/api/keys/<key_id>")
 def revoke_key(key_id: str) -> Response:
     key = _key(key_id)
-    site.current().users.delete(key.id)
+    context.current().users.delete(key.id)
     log.info("req=%s admin: user key %s (%s) revoked", g.request_id, key.id, key.name)
-    return site.json_response({"id": key.id, "object": "user_key.deleted", "deleted": True})
+    return context.json_response({"id": key.id, "object": "user_key.deleted", "deleted": True})
 
 
 @bp.get("/admin/api/overview")
 def overview() -> Response:
     """Everything the page shows, no key material: upstream keys masked, accounts, user keys with
     usage, pictures per hour (24 h), failures by kind, the stores."""
-    services = site.current()
+    services = context.current()
     pool = services.pool
     keys = sorted(services.users.all(), key=lambda k: k.created_at)
-    return site.json_response(
+    return context.json_response(
         {
             "now": int(time.time()),
             "upstream_keys": pool.key_states(),
@@ -201,14 +201,14 @@ def overview() -> Response:
 
 @bp.route("/metrics")
 def prometheus() -> Response:
-    return Response(metrics.exposition(site.current()), mimetype="text/plain; version=0.0.4; charset=utf-8")
+    return Response(metrics.exposition(context.current()), mimetype="text/plain; version=0.0.4; charset=utf-8")
 
 
 # --- upstream keys, changed while the service runs ----------------------------------------------------
 
 
 def _roster() -> Roster:
-    roster = site.current().pool.roster
+    roster = context.current().pool.roster
     if roster is None:  # cannot be: with ADMIN_KEY there is always one (siliconflow_proxy._roster)
         raise ApiError(404, "Upstream keys are not managed here.", code="not_found")
     return roster
@@ -242,7 +242,7 @@ def _upstream_shown(states: dict[str | None, dict[str, Any]], record: UpstreamKe
 
 def _usage_today() -> dict[str, Any]:
     """Calls and pictures per upstream key today (the ledger's), by key id."""
-    services = site.current()
+    services = context.current()
     if services.spend is None:
         return {}
     days = services.spend.ledger.keys(services.day.today())
@@ -253,7 +253,7 @@ def _usage_today() -> dict[str, Any]:
 
 
 def _upstream_list() -> list[dict[str, Any]]:
-    pool = site.current().pool
+    pool = context.current().pool
     states = {state["id"]: state for state in pool.key_states()}
     usage = _usage_today()
     return [_upstream_shown(states, record, usage) for record in _roster().all()]
@@ -268,7 +268,7 @@ def _upstream(record_id: str) -> UpstreamKey:
 
 @bp.get("/admin/api/upstream-keys")
 def list_upstream_keys() -> Response:
-    return site.json_response({"object": "list", "data": _upstream_list(), "balances": site.balances_words(site.current())})
+    return context.json_response({"object": "list", "data": _upstream_list(), "balances": site.balances_words(context.current())})
 
 
 @bp.post("/admin/api/upstream-keys")
@@ -288,11 +288,11 @@ def add_upstream_keys() -> Response:
     except ValueError as exc:
         raise ApiError(400, f"'keys': {exc}. Nothing was added.", param="keys") from None
     added, there = _roster().add([split_key_entry(entry) for entry in entries], FROM_PAGE)
-    pool = site.current().pool
+    pool = context.current().pool
     pool.sync(force=True)
     states = {state["id"]: state for state in pool.key_states()}
     log.info("req=%s admin: %d upstream key(s) added, %d there already", g.request_id, len(added), len(there))
-    return site.json_response(
+    return context.json_response(
         {
             "added": [_upstream_shown(states, record, {}) for record in added],
             "already_there": [_upstream_shown(states, record, {}) for record in there],
@@ -325,7 +325,7 @@ def change_upstream_key(record_id: str) -> Response:
     changed = _roster().change(record.id, changes)
     if changed is None:
         raise ApiError(404, f"No upstream key with id '{record_id[:40]}'.", param="id", code="not_found")  # removed meanwhile
-    pool = site.current().pool
+    pool = context.current().pool
     if changes.get("disabled") is False:
         pool.revive(key_id(changed.key))  # the operator's word: a dead key is tried again
     pool.sync(force=True)
@@ -336,7 +336,7 @@ def change_upstream_key(record_id: str) -> Response:
         mask_key(record.key),
         ", ".join(sorted(changes)),
     )
-    return site.json_response(next(shown for shown in _upstream_list() if shown["id"] == record.id))
+    return context.json_response(next(shown for shown in _upstream_list() if shown["id"] == record.id))
 
 
 @bp.delete("/admin/api/upstream-keys/<record_id>")
@@ -344,16 +344,16 @@ def remove_upstream_key(record_id: str) -> Response:
     record = _upstream(record_id)
     if _roster().remove(record.id) is None:
         raise ApiError(404, f"No upstream key with id '{record_id[:40]}'.", param="id", code="not_found")
-    site.current().pool.sync(force=True)
+    context.current().pool.sync(force=True)
     log.info("req=%s admin: upstream key %s (%s) removed", g.request_id, record.id, mask_key(record.key))
-    return site.json_response({"id": record.id, "object": "upstream_key.deleted", "deleted": True})
+    return context.json_response({"id": record.id, "object": "upstream_key.deleted", "deleted": True})
 
 
 @bp.post("/admin/api/upstream-keys/<record_id>/test")
 def test_upstream_key(record_id: str) -> Response:
     """One call that costs nothing (SiliconFlow's model list with that key): does SiliconFlow take it?"""
     record = _upstream(record_id)
-    services = site.current()
+    services = context.current()
     settings = services.settings
     try:
         image_models(services.http, settings.api_base_url, record.key, min(settings.expansion_timeout, 10.0))
@@ -361,10 +361,10 @@ def test_upstream_key(record_id: str) -> Response:
         if exc.kind is Failure.AUTH:
             services.pool.report(Lease(record.key), exc)  # dead until the operator says otherwise
         words = f"SiliconFlow did not take the key: {en(exc.reason).rstrip('.')}."
-        return site.json_response({"id": record.id, "ok": False, "status": exc.status, "message": words})
+        return context.json_response({"id": record.id, "ok": False, "status": exc.status, "message": words})
     services.pool.revive(key_id(record.key))  # it works: a dead mark (a 401 seen earlier) goes
     log.info("req=%s admin: upstream key %s tested: taken", g.request_id, record.id)
-    return site.json_response({"id": record.id, "ok": True, "status": 200, "message": "SiliconFlow takes this key."})
+    return context.json_response({"id": record.id, "ok": True, "status": 200, "message": "SiliconFlow takes this key."})
 
 
 # --- what pictures cost (estimates: ledger.py, prices.py) ----------------------------------------
@@ -378,7 +378,7 @@ SPEND_NOTE = (
 def _spent() -> dict[str, tuple[int, int]]:
     """Each user key's spend (today, in all) in millionths of a yuan, read once a request."""
     if "spent" not in g:
-        services = site.current()
+        services = context.current()
         g.spent = services.spend.ledger.users(services.day.today()) if services.spend is not None else {}
     return g.spent
 
@@ -401,7 +401,7 @@ def _sums(rows: list[ledger.Row]) -> dict[str, Any]:
 def _spend(days: int) -> dict[str, Any]:
     """The last `days` days of drawing per day, account, upstream key (masked, and its id) and
     model; totals; the models that had no price; each upstream key's day so far."""
-    services = site.current()
+    services = context.current()
     spend, pool, today = services.spend, services.pool, services.day.today()
     first = ledger.first_day(today, days)
     rows = spend.ledger.rows(first, today)
@@ -467,4 +467,4 @@ def _spend_summary() -> dict[str, Any]:
 @bp.get("/admin/api/spend")
 def spending() -> Response:
     """What the community spent, estimated from the price table: `?days=N` (1 to 30, default 30)."""
-    return site.json_response(_spend(_days()))
+    return context.json_response(_spend(_days()))

@@ -3,7 +3,7 @@
 The route reads the conversation (conversation.py), answers a chat UI's background task without
 drawing (chat_tasks.py), carries the last picture over when the turn changes it
 (followups.py), and otherwise makes a `Job`. The adapter iterates the pipeline's events in this
-request, has them worded in Chinese (wording.chat), and frames the words as one
+request, has them worded in Chinese (chat_words.chat), and frames the words as one
 `chat.completion` or as a stream of chunks (openai_wire.py).
 """
 
@@ -18,12 +18,12 @@ from typing import Any
 
 from flask import Blueprint, Response, g, request
 
-from api import site
+from api import context
 from api.bodies import json_object, with_pictures_limit
 from api.wire import KEEP_ALIVE, chunk, completion, dumps, sse, usage_chunk
 from core.errors import ApiError, Reason
 from core.text import redact_secrets
-from drawing import chat_tasks, conversation, followups, metering, pipeline, wording
+from drawing import chat_tasks, chat_words, conversation, followups, metering, pipeline, ui_words
 from drawing.events import ImageRef, Job, close
 from drawing.metering import Meter
 from drawing.pipeline import Services
@@ -40,7 +40,7 @@ bp = Blueprint("chat", __name__)
 
 @bp.post("/v1/chat/completions")
 def chat_completions() -> Response:
-    services = site.current()
+    services = context.current()
     settings = services.settings
     body = json_object(with_pictures_limit(settings))
     stream = body.get("stream", False)
@@ -51,16 +51,16 @@ def chat_completions() -> Response:
     task = chat_tasks.housekeeping(messages, request.headers.get("X-OpenWebUI-Task"))
     if task is not None:
         return _housekeeping(task, body.get("model"), bool(stream), services, usage)
-    model = site.resolve_model(body.get("model"), services)
+    model = context.resolve_model(body.get("model"), services)
     if messages and messages[-1][0] == "assistant":
         # "Continue" (Open WebUI's 继续回答): the history ends with our answer, which is whole.
         zh = chat_tasks.is_chinese([t for role, t in messages if role == "user"])
         log.info("req=%s chat continue asked: answered without drawing", g.request_id)
         # On a line of its own: the UI appends it to the answer it continues.
-        words = "\n\n" + wording.task_words("continued", zh)
+        words = "\n\n" + ui_words.task_words("continued", zh)
         return chat_response([words], stream=bool(stream), model=model, prompt="", usage=usage)
     text = conversation.current_turn(messages)
-    site.has_keys(services)
+    context.has_keys(services)
 
     draw = parse(text, model, settings.max_images_per_request)
     inputs, part_notes = conversation.turn_images(body["messages"])
@@ -82,18 +82,18 @@ def chat_completions() -> Response:
     # A key's daily quota is taken before anything is drawn: a stream past it is refused before it starts;
     # a pic:N larger than what is left draws what is left, and says so.
     kind = "videos" if family(model).video else "images"
-    reservation = site.take_quota(kind, draw.count, partial=True)
+    reservation = context.take_quota(kind, draw.count, partial=True)
     if reservation is not None and reservation.taken < draw.count:
         left = Reason.of("quota_left", asked=draw.count, left=reservation.taken, resets=services.day.label())
         draw = replace(draw, count=reservation.taken, notes=draw.notes + (left,))
     owner = g.user.id if g.get("user") else None
-    meter = Meter(reservation, site.on_drawn())
+    meter = Meter(reservation, context.on_drawn())
     job = Job(
         g.request_id,
         model,
         text,
         draw,
-        site.public_base(settings),
+        context.public_base(settings),
         expand=expand,
         previous=previous,
         inputs=inputs,
@@ -112,7 +112,7 @@ def chat_completions() -> Response:
     )
     events = pipeline.guarded(pipeline.draw(job, services), job.request_id)
     events = metering.counted(events, model, services.users)
-    response = chat_response(wording.chat(events), stream=bool(stream), model=model, prompt=text, usage=usage)
+    response = chat_response(chat_words.chat(events), stream=bool(stream), model=model, prompt=text, usage=usage)
     response.call_on_close(meter.close)  # answered or hung up: the quota settles once the drawing has ended
     return response
 
@@ -209,4 +209,4 @@ def chat_response(pieces: Iterable[str | None], *, stream: bool, model: str, pro
             close(pieces)
 
     answer = lambda: dumps(completion(completion_id, created, model, prompt, "".join(parts)))  # noqa: E731
-    return Response(site.spaces_before_json(work(), answer), mimetype="application/json")
+    return Response(context.spaces_before_json(work(), answer), mimetype="application/json")

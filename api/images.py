@@ -4,7 +4,7 @@ The routes validate the OpenAI fields and make a `Job`; the adapter iterates the
 in this request (never on the shared executor, whose threads draw the pictures), keeps what an
 images answer needs, and answers in English: the pictures as `url` or `b64_json`, or one error
 whose status says whose problem it is. A quick answer keeps its status; a slow one starts a 200
-and sends spaces until the JSON is ready (site.spaces_before_json).
+and sends spaces until the JSON is ready (context.spaces_before_json).
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from typing import Any
 
 from flask import Blueprint, Response, g
 
-from api import site
+from api import context, errors
 from api.bodies import finite_number, form_numbers, json_object, multipart_form, whole_number, with_pictures_limit
 from api.wire import dumps, images_answer
-from core.errors import ApiError, Failure, UploadError
-from drawing import metering, pipeline, wording
+from core.errors import ApiError, UploadError
+from drawing import metering, pipeline
 from drawing.events import ImageFailed, ImageReady, ImageRef, Job, KeepAlive, Outcome, PromptReady, Refused, close
 from drawing.metering import Meter
 from drawing.pipeline import EXPANSION_INPUT_CHARS, Services
@@ -47,20 +47,20 @@ _IMAGE_EXTRAS: dict[str, tuple[bool, float, float]] = {
 @bp.post("/v1/images/generations")
 def images_generations() -> Response:
     """The OpenAI Images API, for Open WebUI, Cherry Studio and one-api/new-api channels."""
-    services = site.current()
+    services = context.current()
     body = json_object()
-    return _images(body, site.resolve_model(body.get("model"), services), (), services)
+    return _images(body, context.resolve_model(body.get("model"), services), (), services)
 
 
 @bp.post("/v1/images/edits")
 def images_edits() -> Response:
     """OpenAI image edits, multipart as `client.images.edit(...)` and Open WebUI send them: the
     picture(s) in `image` or repeated `image[]`, the instruction in `prompt`, then as generations."""
-    services = site.current()
+    services = context.current()
     settings = services.settings
     form, files = multipart_form(with_pictures_limit(settings))
     body = form_numbers({name: _switch(value) if name in _SWITCH_FIELDS else value for name, value in form.items()}, _NUMBERS)
-    model = site.resolve_model(body.get("model"), services, default=services.catalog.default_editor())
+    model = context.resolve_model(body.get("model"), services, default=services.catalog.default_editor())
     takes = family(model)
     editors = [m for m in services.catalog.models() if family(m).edits][:4]
     if not takes.edits:
@@ -133,7 +133,7 @@ def _images(body: dict[str, Any], model: str, inputs: tuple[ImageRef, ...], serv
     negative = body.get("negative_prompt")
     if negative is not None and not isinstance(negative, str):
         raise ApiError(400, "'negative_prompt' must be a string.", param="negative_prompt")
-    site.can_draw(prompt.strip()[:EXPANSION_INPUT_CHARS], services)  # what is sent of it
+    context.can_draw(prompt.strip()[:EXPANSION_INPUT_CHARS], services)  # what is sent of it
     draw = _typed(
         prompt,
         model,
@@ -141,19 +141,19 @@ def _images(body: dict[str, Any], model: str, inputs: tuple[ImageRef, ...], serv
         settings.max_images_per_request,
     )
     n = draw.count
-    reservation = site.take_quota("images", n, partial=False)  # all asked or a 429 saying when it resets
+    reservation = context.take_quota("images", n, partial=False)  # all asked or a 429 saying when it resets
     job = Job(
         g.request_id,
         model,
         prompt,
         draw,
-        site.public_base(settings),
+        context.public_base(settings),
         expand=wants_expansion,
         fields=extras,
         want_bytes=response_format == "b64_json",
         inputs=inputs,
         owner=g.user.id if g.get("user") else None,
-        meter=Meter(reservation, site.on_drawn()),
+        meter=Meter(reservation, context.on_drawn()),
     )
     log.info(
         "req=%s images model=%s n=%d size=%s format=%s inputs=%d",
@@ -222,7 +222,7 @@ def _answer(job: Job, response_format: str, services: Services) -> Response:
     if drawn.finished:
         return Response(dumps(_images_body(drawn, response_format)), mimetype="application/json")
     return Response(
-        site.spaces_before_json(_beat_then(work), lambda: dumps(_images_body(drawn, response_format))),
+        context.spaces_before_json(_beat_then(work), lambda: dumps(_images_body(drawn, response_format))),
         mimetype="application/json",
     )
 
@@ -299,26 +299,8 @@ def _images_extras(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _images_failure(failed: list[ImageFailed]) -> ApiError:
-    """No image was made: one error, in English, with a status that says whose problem it is."""
-    kinds = {f.kind for f in failed}
-    reasons = "; ".join(dict.fromkeys(wording.en(f.reason) for f in failed)) or "no image was made"
-    if Failure.INPUT in kinds:  # found here, before any call: nothing of SiliconFlow's
-        return ApiError(400, f"This request cannot be drawn: {reasons}.", code="invalid_request")
-    if Failure.BAD_REQUEST in kinds:  # the reasons say who refused ("SiliconFlow refused the request (400): …")
-        return ApiError(400, _sentence(reasons), code="upstream_bad_request")
-    if kinds == {Failure.RATE_LIMIT}:
-        return ApiError(429, f"Every upstream key is rate limited: {reasons}", code="rate_limited")
-    if kinds <= {Failure.NO_KEYS, Failure.AUTH, Failure.BALANCE}:
-        return ApiError(503, f"No upstream key can draw right now: {reasons}", code="no_usable_keys")
-    if kinds == {Failure.INTERNAL}:
-        return ApiError(500, f"The image service failed: {reasons}. It has been logged; please try again.", code="internal_error")
-    if kinds == {Failure.TIMEOUT} and any(f.reason.code in ("request_timeout", "shutting_down") for f in failed):
-        return ApiError(504, f"No image was finished in time: {reasons}", code="timeout")
-    return ApiError(502, f"SiliconFlow did not deliver an image: {reasons}", code="upstream_error")
-
-
-def _sentence(words: str) -> str:
-    return words[:1].upper() + words[1:] + ("" if words.endswith(".") else ".")
+    """No image was made: the one mapping of failures to a status (api/errors.py)."""
+    return errors.failed([(f.kind, f.reason) for f in failed], what="an image")
 
 
 def _image_item(outcome: Outcome, response_format: str, revised: str | None) -> dict[str, Any]:

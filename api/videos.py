@@ -15,17 +15,18 @@ from typing import Any
 from flask import Blueprint, Response, g, redirect, request
 from werkzeug.wsgi import wrap_file
 
-from api import site
+from api import context
 from api.bodies import form_numbers, json_object, multipart_form, whole_number, with_pictures_limit
 from core.errors import ApiError, Failure, UploadError, UpstreamError
+from drawing.chat_words import video_page
 from drawing.metering import Meter
 from drawing.pipeline import EXPANSION_INPUT_CHARS, Services
+from drawing.reasons import en
 from drawing.video_jobs import ALL, COMPLETED, VideoJob, new_id, submit
-from drawing.wording import en, video_page
 from parsing import SEED_MAX
 from siliconflow.client import video_submit
 from siliconflow.families import DEFAULT_VIDEO_MODELS, VIDEO_SECONDS, VIDEO_SIZES, family
-from siliconflow.pool import key_id
+from siliconflow.leases import key_id
 from storage.pictures import CACHE_FOREVER
 from uploaders import data_uri, input_picture
 
@@ -61,7 +62,7 @@ def video_object(job: VideoJob) -> dict[str, Any]:
 
 
 def _answer(body: dict[str, Any], status: int = 200) -> Response:
-    response = site.json_response(body, status)
+    response = context.json_response(body, status)
     response.headers["openai-poll-after-ms"] = POLL_AFTER_MS
     return response
 
@@ -74,7 +75,7 @@ def _worker(services: Services):
 
 @bp.post("/v1/videos")
 def create_video() -> Response:
-    services = site.current()
+    services = context.current()
     settings = services.settings
     worker = _worker(services)
     picture_url: str | None = None
@@ -116,14 +117,14 @@ def create_video() -> Response:
     if negative is not None and not isinstance(negative, str):
         raise ApiError(400, "'negative_prompt' must be a string.", param="negative_prompt")
     prompt = prompt.strip()[:EXPANSION_INPUT_CHARS]
-    site.can_draw(prompt, services)
+    context.can_draw(prompt, services)
     payload: dict[str, Any] = {"model": model, "prompt": prompt, "image_size": size}
     if negative:
         payload["negative_prompt"] = negative
     if seed is not None:
         payload["seed"] = seed
     # Everything that can refuse comes before anything is fetched: an over-quota key makes no download.
-    reservation = site.take_quota("videos", 1, partial=False)
+    reservation = context.take_quota("videos", 1, partial=False)
     if has_picture:
         try:
             picture = input_picture(services.session, settings, services.store, picture_url, picture_data)
@@ -133,7 +134,7 @@ def create_video() -> Response:
             raise ApiError(400, f"'input_reference' cannot be used: {en(exc.reason)}.", param="input_reference") from None
         payload["image"] = data_uri(picture)
     # What SiliconFlow took (or may have: no answer in time) counts, as for chat: metering.py.
-    meter = Meter(reservation, on_drawn=site.on_drawn())
+    meter = Meter(reservation, on_drawn=context.on_drawn())
     try:
         key, upstream_id = submit(
             services.pool,
@@ -183,7 +184,7 @@ def _video_model(value: Any, has_picture: bool, services: Services) -> str:
         offered = [m for m in services.catalog.models() if family(m).video] or list(DEFAULT_VIDEO_MODELS)
         wanted = [m for m in offered if family(m).needs_input == has_picture]
         return (wanted or offered)[0]
-    model = site.resolve_model(value, services)
+    model = context.resolve_model(value, services)
     if not family(model).video:
         video = ", ".join(m for m in DEFAULT_VIDEO_MODELS)
         raise ApiError(400, f"'{model}' draws pictures, not videos: use a video model ({video}).", param="model")
@@ -215,12 +216,12 @@ def _job(video_id: str, services: Services, *, anyone: bool = False) -> VideoJob
 
 @bp.get("/v1/videos/<video_id>")
 def get_video(video_id: str) -> Response:
-    return _answer(video_object(_job(video_id, site.current())))
+    return _answer(video_object(_job(video_id, context.current())))
 
 
 @bp.get("/v1/videos/<video_id>/content")
 def video_content(video_id: str) -> Response:
-    services = site.current()
+    services = context.current()
     job = _job(video_id, services)
     variant = request.args.get("variant", "video")
     if variant not in ("video", "thumbnail", "spritesheet"):
@@ -256,10 +257,10 @@ def video_content(video_id: str) -> Response:
 def later_link(video_id: str) -> Response:
     """A chat answer's "get it later" link, for a person in a browser (no key: the id is 128 random
     bits, as a kept picture's name is its hash): the kept MP4 once it is done, else where it stands."""
-    services = site.current()
+    services = context.current()
     job = _job(video_id, services, anyone=True)  # a link in a chat answer: the id is the capability
     if job.status == COMPLETED:
-        link = services.store.link(job.kept, site.public_base(services.settings)) if job.kept and services.store else None
+        link = services.store.link(job.kept, context.public_base(services.settings)) if job.kept and services.store else None
         if link or (job.url and (job.expires_at or 0) > time.time()):
             return redirect(link or job.url or "", 302)
     words = video_page(job.status, job.progress, (job.error or {}).get("message", ""))
@@ -272,7 +273,7 @@ def later_link(video_id: str) -> Response:
 
 @bp.get("/v1/videos")
 def list_videos() -> Response:
-    services = site.current()
+    services = context.current()
     try:
         limit = int(request.args.get("limit", "20"))
     except ValueError:
@@ -285,7 +286,7 @@ def list_videos() -> Response:
     owner = _caller()
     jobs, more = _worker(services).jobs.newest(limit, request.args.get("after"), order == "asc", ALL if owner is None else owner)
     data = [video_object(job) for job in jobs]
-    return site.json_response(
+    return context.json_response(
         {
             "object": "list",
             "data": data,
@@ -298,7 +299,7 @@ def list_videos() -> Response:
 
 @bp.delete("/v1/videos/<video_id>")
 def delete_video(video_id: str) -> Response:
-    services = site.current()
+    services = context.current()
     job = _job(video_id, services)
     try:
         _worker(services).delete(job)  # its kept clip too: the /images/ link needs no key
@@ -310,4 +311,4 @@ def delete_video(video_id: str) -> Response:
             retry_after=10,
         ) from None
     log.info("req=%s video %s deleted", g.request_id, job.id)
-    return site.json_response({"id": job.id, "object": "video.deleted", "deleted": True})
+    return context.json_response({"id": job.id, "object": "video.deleted", "deleted": True})

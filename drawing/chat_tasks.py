@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.text import md, one_line
+from drawing.chat_words import SUMMARY_LINE
 from drawing.followups import AGAIN, Picture, refinement
-from drawing.wording import NEXT_STYLES, STYLE_TAGS, SUGGEST, SUMMARY_LINE, task_words
+from drawing.ui_words import NEXT_STYLES, STYLE_TAGS, SUGGEST, task_words
 from parsing import parse
 from siliconflow.families import family
 

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, replace
 
 from core.errors import Reason
-from drawing import wording
+from drawing import chat_words
 from parsing import DrawRequest, accepts_negative_prompt, pick_size
 from siliconflow.families import family
 
@@ -34,11 +34,11 @@ _SIZE = re.compile(r"(\d{2,5})x(\d{2,5})")
 _COUNT = re.compile(r"\d{1,3}")
 _ESCAPED = re.compile(r"\\([\\\[\]<])")
 # wording's picture line, only its web links (a picture to edit next is fetched from there).
-_IMAGE_LINE = re.compile(rf"{re.escape(wording.IMAGE_MARK)}\d{{1,3}}\|[^\]\n]*\]\((https?://[^)\s]+)\)")
+_IMAGE_LINE = re.compile(rf"{re.escape(chat_words.IMAGE_MARK)}\d{{1,3}}\|[^\]\n]*\]\((https?://[^)\s]+)\)")
 
 
 def _unescape(text: str) -> str:
-    """The text `wording.md` escaped, as it was."""
+    """The text `text.md` escaped, as it was."""
     return _ESCAPED.sub(r"\1", text.replace("\u200b", "")).strip()
 
 
@@ -48,16 +48,16 @@ def _size_line(line: str) -> tuple[tuple[int, int] | None, int, str] | None:
     Read with `str.find` from one label to the next, never a regex over the whole line: a forged
     answer of repeated labels must cost its length, not its square.
     """
-    rest = line[len(wording.SIZE_LABEL) :]
+    rest = line[len(chat_words.SIZE_LABEL) :]
     size_match = _SIZE.match(rest)
-    if size_match is None and not rest.startswith(wording.FOLLOWS_INPUT):
+    if size_match is None and not rest.startswith(chat_words.FOLLOWS_INPUT):
         return None
-    count_at = rest.find(wording.COUNT_LABEL)
-    model_at = rest.find(wording.MODEL_LABEL, count_at) if count_at >= 0 else -1
-    count = _COUNT.fullmatch(rest[count_at + len(wording.COUNT_LABEL) : model_at]) if model_at >= 0 else None
+    count_at = rest.find(chat_words.COUNT_LABEL)
+    model_at = rest.find(chat_words.MODEL_LABEL, count_at) if count_at >= 0 else -1
+    count = _COUNT.fullmatch(rest[count_at + len(chat_words.COUNT_LABEL) : model_at]) if model_at >= 0 else None
     if count is None:
         return None
-    model = rest[model_at + len(wording.MODEL_LABEL) :].split(" ", 1)[0].split("·", 1)[0]
+    model = rest[model_at + len(chat_words.MODEL_LABEL) :].split(" ", 1)[0].split("·", 1)[0]
     if not model:
         return None
     size = (int(size_match[1]), int(size_match[2])) if size_match else None
@@ -70,13 +70,13 @@ def _read_answer(text: str) -> Picture | None:
     prompt = negative = url = None
     size_line = None
     for line in text[:ANSWER_READ].split("\n"):
-        if prompt is None and line.startswith(wording.PROMPT_LABEL):
-            prompt = line[len(wording.PROMPT_LABEL) :]
-        elif negative is None and line.startswith(wording.NEGATIVE_LABEL):
-            negative = line[len(wording.NEGATIVE_LABEL) :]
-        elif size_line is None and line.startswith(wording.SIZE_LABEL):
+        if prompt is None and line.startswith(chat_words.PROMPT_LABEL):
+            prompt = line[len(chat_words.PROMPT_LABEL) :]
+        elif negative is None and line.startswith(chat_words.NEGATIVE_LABEL):
+            negative = line[len(chat_words.NEGATIVE_LABEL) :]
+        elif size_line is None and line.startswith(chat_words.SIZE_LABEL):
             size_line = _size_line(line)
-        elif url is None and line.startswith(wording.IMAGE_MARK) and (image := _IMAGE_LINE.fullmatch(line)):
+        elif url is None and line.startswith(chat_words.IMAGE_MARK) and (image := _IMAGE_LINE.fullmatch(line)):
             url = image[1]
     if not prompt or size_line is None:
         return None

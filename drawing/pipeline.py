@@ -26,7 +26,7 @@ import urllib3
 from config import Settings
 from core.errors import Failure, Reason, UploadError, UpstreamError
 from core.text import redact_secrets
-from drawing import video_jobs, wording
+from drawing import reasons, video_jobs
 from drawing.events import (
     KEEPALIVE,
     Broken,
@@ -53,7 +53,9 @@ from parsing import find_banned, fit_prompt, image_seeds
 from siliconflow.client import JsonText, expand_prompt, image_answer_bytes, payload_for, video_submit
 from siliconflow.failover import generate_with_failover
 from siliconflow.families import VIDEO_SECONDS, ModelCatalog, family
-from siliconflow.pool import KeyPool, Upkeep, key_id
+from siliconflow.leases import key_id
+from siliconflow.pool import KeyPool
+from siliconflow.upkeep import Upkeep
 from storage.pictures import Keeper
 from uploaders import NO_PUBLIC_BASE, input_picture, lasting_links
 
@@ -421,7 +423,7 @@ def make_image(
         log.exception("req=%s image %d: unexpected error", job.request_id, index)
         return Outcome(index, reason=Reason.of("internal"), kind=Failure.INTERNAL)
     for note in links.notes:
-        log.warning("req=%s image %d: %s", job.request_id, index, wording.en(note))
+        log.warning("req=%s image %d: %s", job.request_id, index, reasons.en(note))
     return Outcome(index, links=links, seed=seed if seed is not None else image.seed)
 
 

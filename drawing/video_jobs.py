@@ -29,11 +29,12 @@ from typing import Any
 
 from core.background import Background
 from core.errors import Failure, Reason, UpstreamError
-from drawing.wording import en
+from drawing.reasons import en
 from siliconflow.client import VideoStatus
 from siliconflow.failover import KEY_ONLY, UNSURE
 from siliconflow.pool import KeyPool
 from storage.pictures import Keeper
+from storage.redis_client import redis_client
 from storage.sqlite_file import SqliteFile
 
 log = logging.getLogger("siliconflow_proxy.videos")
@@ -241,10 +242,10 @@ class RedisJobs:
     """
 
     def __init__(self, url: str, prefix: str = "siliconflow:videos:"):
-        import redis
-
-        self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        self._redis = redis_client(url)
         self._prefix = prefix
+        import redis  # loaded only with REDIS_URL
+
         self._changed_meanwhile = redis.WatchError
         self._page = self._redis.register_script(self._PAGE)
         self._due = self._redis.register_script(self._DUE)

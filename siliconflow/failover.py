@@ -21,7 +21,8 @@ from core import metrics
 from core.errors import Failure, Reason, UpstreamError
 from core.text import mask_key
 from siliconflow.client import Image, generate_image
-from siliconflow.pool import KeyPool, key_id
+from siliconflow.leases import key_id
+from siliconflow.pool import KeyPool
 
 log = logging.getLogger("siliconflow_proxy.upstream")
 

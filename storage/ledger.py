@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
 
+from storage.redis_client import redis_client
 from storage.sqlite_file import SqliteFile
 
 log = logging.getLogger("siliconflow_proxy.ledger")
@@ -229,9 +230,7 @@ class RedisLedger(Ledger):
 
     def __init__(self, url: str, today: Callable[[], str], clock: Callable[[], float] = time.monotonic):
         super().__init__(today, clock)
-        import redis
-
-        self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        self._redis = redis_client(url)
         self._prefix = "siliconflow:ledger:"
 
     def _k(self, *parts: str) -> str:

@@ -10,7 +10,26 @@ import sqlite3
 import threading
 
 
+def connect(path: str, *, timeout: float = 10.0, durable: bool = True) -> sqlite3.Connection:
+    """The one way this service opens SQLite: autocommit (transactions are begun by hand), usable
+    from any thread of the process that opened it, WAL so readers never wait for a writer. Not
+    `durable`: a crash may lose the last writes (the key state, remade at every start anyway)."""
+    connection = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+    try:
+        if path != ":memory:":
+            connection.execute("PRAGMA journal_mode=WAL")
+        if not durable:
+            connection.execute("PRAGMA synchronous=OFF")
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
 class SqliteFile:
+    """A file's connection per thread, made again after a fork (user keys, video jobs, the ledger,
+    the upstream keys' roster)."""
+
     def __init__(self, path: str, mode: int | None = None):
         self.path = path
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -22,7 +41,6 @@ class SqliteFile:
         pid = os.getpid()
         connection = getattr(self._local, "connection", None)
         if connection is None or self._local.pid != pid:
-            connection = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
-            connection.execute("PRAGMA journal_mode=WAL")
+            connection = connect(self.path)
             self._local.connection, self._local.pid = connection, pid
         return connection

@@ -76,12 +76,9 @@ class SqliteRoster:
 
     def __init__(self, path: str):
         self.path = path
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        # Made readable by this user alone before SQLite opens it (its -wal and -shm files follow
-        # the database file's mode).
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        # Readable by this user alone, a file made before this rule too (its -wal and -shm follow).
+        self._db = SqliteFile(path, mode=0o600).db
         os.chmod(path, 0o600)
-        self._db = SqliteFile(path).db
         db = self._db()
         db.execute("CREATE TABLE IF NOT EXISTS keys (id TEXT PRIMARY KEY, key TEXT UNIQUE, body TEXT)")
         db.execute("CREATE TABLE IF NOT EXISTS removed (mark TEXT PRIMARY KEY, at INTEGER)")

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from storage.redis_client import redis_client
 from storage.sqlite_file import SqliteFile
 
 PREFIX = "sfk-"
@@ -219,9 +220,7 @@ return granted
 """
 
     def __init__(self, url: str, prefix: str = "siliconflow:users:"):
-        import redis
-
-        self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        self._redis = redis_client(url)
         self._prefix = prefix
         self._reserve = self._redis.register_script(self._RESERVE)
 

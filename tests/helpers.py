@@ -9,7 +9,7 @@ from typing import Any
 
 import requests
 
-from drawing.wording import IMAGE_LINE  # the answer's image line, as wording.py writes it
+from drawing.chat_words import IMAGE_LINE
 
 
 def wait_until(condition: Callable[[], object], timeout: float = 5.0, interval: float = 0.02) -> bool:

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from core.errors import AddressRefused
-from drawing.wording import zh
+from drawing.reasons import zh
 from siliconflow.outbound import AddressRule
 from tests.fake_hosts import ForwardProxy
 from tests.fake_siliconflow import png

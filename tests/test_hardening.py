@@ -311,14 +311,14 @@ import resource, signal, sys
 sys.path.insert(0, {str(ROOT)!r})
 from storage.pictures import LocalKeeper
 from uploaders import Picture, UploadError
-from drawing import wording
+from drawing import reasons
 store = LocalKeeper({str(tmp_path)!r}, 10 * 2**20)
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
 try:
     store.keep(Picture(b"\\x89PNG\\r\\n\\x1a\\n" + bytes(5000), "image/png"))
 except UploadError as exc:
-    print(wording.zh(exc.reason))
+    print(reasons.zh(exc.reason))
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
     assert "保存到本机图片目录失败" in result.stdout, result.stderr

@@ -9,10 +9,13 @@ import time
 import pytest
 
 from core.errors import Failure, Reason, UpstreamError
-from drawing.wording import zh
+from drawing.reasons import zh
 from siliconflow.client import AccountInfo
-from siliconflow.keystate import FallbackStore, Limit, LocalStore, RedisStore
-from siliconflow.pool import Acquired, KeyPool, Lease, Taken, _with_slack, key_id
+from siliconflow.keystate import FallbackStore, Limit
+from siliconflow.keystate_redis import RedisStore
+from siliconflow.keystate_sqlite import LocalStore
+from siliconflow.leases import Acquired, Lease, Taken, key_id
+from siliconflow.pool import KeyPool, _with_slack
 from tests.helpers import wait_until
 
 KOLORS, QWEN = "Kwai-Kolors/Kolors", "Qwen/Qwen-Image"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from siliconflow import keystate
+from siliconflow import keystate_sqlite as keystate
 from tests.conftest import ROOT
 from tests.helpers import answer_text, images_in
 from tests.servers import Gunicorn
@@ -220,7 +220,7 @@ def test_a_deleted_file_is_made_anew_and_the_workers_share_it_again(fake, produc
 LIVE_STORE = """
 import os, sys
 sys.path.insert(0, {root!r})
-from siliconflow import keystate
+from siliconflow import keystate_sqlite as keystate
 keystate._fast_temp_dir = lambda: {home!r}
 store = keystate.LocalStore()
 print(os.path.dirname(store.path), flush=True)

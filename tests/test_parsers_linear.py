@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from api.site import _valid_host
+from api.context import _valid_host
 from core import text
 from drawing import chat_tasks, conversation, followups
 from parsing import find_banned, parse

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.text import markdown_safe
-from drawing.wording import zh
+from drawing.reasons import zh
 from parsing import (
     SEED_MAX,
     accepts_negative_prompt,

@@ -9,7 +9,7 @@ import re
 import pytest
 import requests
 
-from siliconflow.pool import key_id
+from siliconflow.leases import key_id
 from tests.conftest import GOOD_KEYS, SERVICE_KEY
 from tests.helpers import images_in, post_chat
 

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from core.errors import Reason
-from drawing import followups, wording
+from drawing import chat_words, followups, reasons, ui_words
 from drawing.events import ImageRef
 from tests.conftest import ROOT, source_files
 
@@ -63,20 +63,20 @@ PARAMS = {
 
 
 def _sample(code: str) -> Reason:
-    words = wording.REASONS[code][1]
+    words = reasons.REASONS[code][1]
     names = re.findall(r"{(\w+)", words) if isinstance(words, str) else list(words.__code__.co_varnames)
     params = PARAMS.get(code) or {name: SAMPLE[name] for name in names if name in SAMPLE}
     return Reason.of(code, **params)
 
 
 def test_every_reason_the_code_gives_has_words():
-    assert USED and not [code for code in USED if code not in wording.REASONS]
+    assert USED and not [code for code in USED if code not in reasons.REASONS]
 
 
-@pytest.mark.parametrize("code", sorted(wording.REASONS))
+@pytest.mark.parametrize("code", sorted(reasons.REASONS))
 def test_each_reason_reads_in_chinese_and_in_english(code):
     reason = _sample(code)
-    chinese, english = wording.zh(reason), wording.en(reason)
+    chinese, english = reasons.zh(reason), reasons.en(reason)
     assert CJK.search(chinese), chinese
     assert not CJK.search(english), english
     assert not re.search(r"\d\.\d{2,}", chinese + english)  # times are said rounded
@@ -86,12 +86,12 @@ def test_reasons_inside_reasons_are_worded_in_the_same_language():
     reason = Reason.of(
         "after_attempts", last=Reason.of("gateway_timeout"), attempts=3, keys=2, also=Reason.of("too_late", wait=10, out=None)
     )
-    assert wording.zh(reason).startswith("上游处理超时（504）（共尝试 3 次，2 个密钥）；在请求时限")
-    assert wording.en(reason).startswith("SiliconFlow timed out (504) (after 3 attempts on 2 keys); no upstream key")
+    assert reasons.zh(reason).startswith("上游处理超时（504）（共尝试 3 次，2 个密钥）；在请求时限")
+    assert reasons.en(reason).startswith("SiliconFlow timed out (504) (after 3 attempts on 2 keys); no upstream key")
 
 
 def test_the_answer_describes_a_drawing_in_lines_the_follow_up_reader_reads_back():
-    info = wording.prompt_info(
+    info = chat_words.prompt_info(
         "Kwai-Kolors/Kolors",
         "一只猫 [x]",
         size="720x1280",
@@ -102,14 +102,14 @@ def test_the_answer_describes_a_drawing_in_lines_the_follow_up_reader_reads_back
         negative="blur",
         notes=(),
     )
-    image = wording.image_markdown(1, "一只猫", "https://img.example.com/a.png", None, "https://img.example.com/a.png")
+    image = chat_words.image_markdown(1, "一只猫", "https://img.example.com/a.png", None, "https://img.example.com/a.png")
     picture = followups.last_picture([("user", "画"), ("assistant", info + image), ("user", "换成蓝色")])
     assert picture == followups.Picture(
         "一只猫 [x]", (720, 1280), 2, "Kwai-Kolors/Kolors", "blur", "https://img.example.com/a.png"
     )
 
 
-def test_no_module_but_wording_builds_a_chinese_sentence():
+def test_no_module_but_the_words_builds_a_chinese_sentence():
     """A sentence with parameters in it is words: it belongs here, not in the module that needs it
     (recognition tables such as the chat UIs' templates are data and may stay where they are read)."""
     import ast
@@ -117,7 +117,7 @@ def test_no_module_but_wording_builds_a_chinese_sentence():
     built = [
         f"{path.name}:{node.lineno}"
         for path in source_files()
-        if path.name != "wording.py"
+        if path.name not in ("reasons.py", "chat_words.py", "ui_words.py")  # the words' own modules
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
         if isinstance(node, ast.JoinedStr) and CJK.search(ast.unparse(node))
     ]
@@ -128,6 +128,6 @@ def test_the_housekeeping_answers_come_from_the_words_in_both_languages():
     from drawing import chat_tasks
 
     drawn = chat_tasks.Task("Open WebUI", "image_done", False, ("画一只猫",), "edited")
-    assert chat_tasks.answer(drawn, None) == wording.TASK_WORDS["edited"][0]
+    assert chat_tasks.answer(drawn, None) == ui_words.TASK_WORDS["edited"][0]
     failed = chat_tasks.Task("Open WebUI", "image_failed", False, ("draw a cat",), "")
     assert chat_tasks.answer(failed, None) == "The picture could not be made: no reason given"
