@@ -28,7 +28,7 @@ from core.errors import ConfigError, UpstreamError
 from core.text import mask_key
 from drawing.metering import Spend
 from drawing.pipeline import Services
-from drawing.video_jobs import RedisJobs, SqliteJobs, VideoSettings, VideoWorker
+from drawing.video_jobs import VideoSettings, VideoWorker
 from siliconflow.client import account_info, image_models, video_models, video_status
 from siliconflow.families import ModelCatalog
 from siliconflow.keystate import FallbackStore, Limit, Store
@@ -42,6 +42,7 @@ from storage.ledger import Ledger, RedisLedger, SqliteLedger
 from storage.pictures import Keeper, LocalKeeper, S3Keeper
 from storage.upstream_keys import RedisRoster, Roster, SqliteRoster
 from storage.user_keys import Day, RedisKeys, SqliteKeys
+from storage.video_records import RedisJobs, SqliteJobs
 from uploaders import fetch_to_file
 
 log = logging.getLogger("siliconflow_proxy")

@@ -73,7 +73,7 @@ def _sentence(words: str) -> str:
     return words[:1].upper() + words[1:].rstrip(".") + "."
 
 
-def failed(failures: list[tuple[Failure | None, Reason]], *, what: str = "an image") -> ApiError:
+def failed(failures: list[tuple[Failure | None, Reason]], *, what: str = "an image", verb: str = "deliver") -> ApiError:
     """Nothing was made (or taken): one error, in English, whose status says whose problem it is.
     `failures` are each picture's (or video's) kind of failure and reason; `what` names it."""
     kinds = {kind for kind, _ in failures}
@@ -93,7 +93,7 @@ def failed(failures: list[tuple[Failure | None, Reason]], *, what: str = "an ima
         return ApiError(504, _sentence(why), code="upstream_unsure")
     if kinds == {Failure.TIMEOUT} and codes & {"request_timeout", "shutting_down"}:
         return ApiError(504, f"Nothing was finished in time: {why}", code="timeout")
-    return ApiError(502, f"SiliconFlow did not deliver {what}: {why}", code="upstream_error")
+    return ApiError(502, f"SiliconFlow did not {verb} {what}: {why.rstrip('.')}.", code="upstream_error")
 
 
 def register(app: Flask) -> None:

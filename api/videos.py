@@ -1,7 +1,8 @@
 """The Videos API surface (OpenAI's `client.videos.*`): `POST /v1/videos`, `GET /v1/videos/{id}`,
 `GET /v1/videos/{id}/content`, `GET /v1/videos`, `DELETE /v1/videos/{id}`.
 
-A create validates, submits the job once through the key pool (videos.submit) and records it; the
+A create validates and draws through the pipeline like every surface (a Job with `follow=False`:
+the drawing ends once SiliconFlow has taken the job and it is recorded); the
 process's VideoWorker polls and keeps it in the background. Reads answer from the record, so any
 worker (and, with Redis, any instance) answers for any job. English throughout.
 """
@@ -15,20 +16,19 @@ from typing import Any
 from flask import Blueprint, Response, g, redirect, request
 from werkzeug.wsgi import wrap_file
 
-from api import context
+from api import context, errors
 from api.bodies import form_numbers, json_object, multipart_form, whole_number, with_pictures_limit
-from core.errors import ApiError, Failure, UploadError, UpstreamError
+from core.errors import ApiError, UploadError
+from drawing import pipeline, reasons
 from drawing.chat_words import video_page
+from drawing.events import Broken, ImageFailed, ImageRef, Job, PromptReady, Refused, VideoFailed, VideoSubmitted
 from drawing.metering import Meter
 from drawing.pipeline import EXPANSION_INPUT_CHARS, Services
 from drawing.reasons import en
-from drawing.video_jobs import ALL, COMPLETED, VideoJob, new_id, submit
-from parsing import SEED_MAX
-from siliconflow.client import video_submit
+from parsing import SEED_MAX, DrawRequest
 from siliconflow.families import DEFAULT_VIDEO_MODELS, VIDEO_SECONDS, VIDEO_SIZES, family
-from siliconflow.leases import key_id
 from storage.pictures import CACHE_FOREVER
-from uploaders import data_uri, input_picture
+from storage.video_records import ALL, COMPLETED, VideoJob
 
 log = logging.getLogger("siliconflow_proxy")
 
@@ -118,65 +118,43 @@ def create_video() -> Response:
         raise ApiError(400, "'negative_prompt' must be a string.", param="negative_prompt")
     prompt = prompt.strip()[:EXPANSION_INPUT_CHARS]
     context.can_draw(prompt, services)
-    payload: dict[str, Any] = {"model": model, "prompt": prompt, "image_size": size}
-    if negative:
-        payload["negative_prompt"] = negative
-    if seed is not None:
-        payload["seed"] = seed
     # Everything that can refuse comes before anything is fetched: an over-quota key makes no download.
     reservation = context.take_quota("videos", 1, partial=False)
-    if has_picture:
-        try:
-            picture = input_picture(services.session, settings, services.store, picture_url, picture_data)
-        except UploadError as exc:
-            if reservation is not None:
-                reservation.settle(0)
-            raise ApiError(400, f"'input_reference' cannot be used: {en(exc.reason)}.", param="input_reference") from None
-        payload["image"] = data_uri(picture)
-    # What SiliconFlow took (or may have: no answer in time) counts, as for chat: metering.py.
-    meter = Meter(reservation, on_drawn=context.on_drawn())
-    try:
-        key, upstream_id = submit(
-            services.pool,
-            lambda key, sent: video_submit(services.http, settings.api_base_url, key, sent, settings.upstream_timeout),
-            payload,
-            settings.max_key_attempts,
-            maybe_taken=lambda key: meter.drawn(key_id(key), model),
-        )
-    except UpstreamError as exc:
-        status = 400 if exc.kind is Failure.BAD_REQUEST else 503 if exc.kind is Failure.NO_KEYS else 502
-        if meter.count:
-            raise ApiError(504, f"{_sentence(en(exc.reason))}.", code="upstream_unsure") from None
-        raise ApiError(
-            status, f"SiliconFlow did not take the video job: {en(exc.reason).rstrip('.')}.", code="upstream_error"
-        ) from None
-    else:
-        meter.drawn(key_id(key), model)  # taken and billed: counted, and priced, from now
-    finally:
-        meter.close()
-    job = VideoJob(
-        new_id(),
+    inputs = (ImageRef("upload", 1, url=picture_url, data=picture_data),) if has_picture else ()
+    job = Job(
+        g.request_id,
         model,
         prompt,
-        size,
-        VIDEO_SECONDS,
-        int(time.time()),
-        key_id=key_id(key),
-        upstream_id=upstream_id,
-        seed=seed,
-        negative_prompt=negative,
-        has_input=has_picture,
-        notes=notes,
+        DrawRequest(prompt=prompt, count=1, size=size, seed=seed, negative_prompt=negative or None),
+        context.public_base(settings),
+        inputs=inputs,
         owner=_caller(),
+        meter=Meter(reservation, on_drawn=context.on_drawn()),  # what SiliconFlow took counts, as for chat
+        follow=False,  # the job is polled and kept in the background; the client polls its record
+        record_notes=tuple(notes),
     )
-    worker.jobs.save(job)
-    worker.wake()
-    log.info("req=%s video %s submitted model=%s size=%s input=%s", g.request_id, job.id, model, size, has_picture)
-    return _answer(video_object(job))
-
-
-def _sentence(words: str) -> str:
-    return words[:1].upper() + words[1:].rstrip(".")
+    video_id, failures, unusable = None, [], None
+    for event in pipeline.guarded(pipeline.draw(job, services), job.request_id):  # the pipeline closes the meter
+        if isinstance(event, PromptReady):
+            unusable = next((note for note in event.notes if note.code == "input_unusable"), None)
+        elif isinstance(event, VideoSubmitted):
+            video_id = event.video_id
+        elif isinstance(event, VideoFailed | ImageFailed):
+            failures.append((event.kind, event.reason))
+        elif isinstance(event, Refused):
+            raise ApiError(
+                400, f"The prompt contains a word this service does not draw: '{event.keyword}'.", code="content_policy_violation"
+            )
+        elif isinstance(event, Broken):
+            raise ApiError(500, "The video service failed. It has been logged; please try again.", code="internal_error")
+    record = worker.jobs.get(video_id) if video_id else None
+    if record is None:
+        if unusable is not None:
+            why = reasons.en(unusable.get("why"))
+            raise ApiError(400, f"'input_reference' cannot be used: {why}.", param="input_reference")
+        raise errors.failed(failures, what="the video job", verb="take")
+    log.info("req=%s video %s submitted model=%s size=%s input=%s", g.request_id, record.id, model, size, has_picture)
+    return _answer(video_object(record))
 
 
 def _video_model(value: Any, has_picture: bool, services: Services) -> str:

@@ -66,6 +66,8 @@ class Job:
     inputs: tuple[ImageRef, ...] = ()  # pictures to draw from (an edit, or image-to-image)
     owner: str | None = None  # the user key's id: waiting pictures take turns by person
     meter: Meter | None = field(default=None, compare=False)  # counts what SiliconFlow drew, as it draws it
+    follow: bool = True  # a video drawing follows its jobs to the end (chat); False: it ends once they are taken
+    record_notes: tuple[str, ...] = ()  # English notes a video job's record shows (the Videos API's answer)
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,7 @@ class VideoReady:
 class VideoFailed:
     index: int
     reason: Reason
+    kind: Failure | None = None
 
 
 @dataclass(frozen=True)

@@ -49,14 +49,17 @@ from drawing.events import (
     VideoReady,
     VideoSubmitted,
 )
+from drawing.metering import Spend
 from parsing import find_banned, fit_prompt, image_seeds
 from siliconflow.client import JsonText, expand_prompt, image_answer_bytes, payload_for, video_submit
-from siliconflow.failover import generate_with_failover
+from siliconflow.failover import generate_with_failover, submit_video
 from siliconflow.families import VIDEO_SECONDS, ModelCatalog, family
 from siliconflow.leases import key_id
 from siliconflow.pool import KeyPool
 from siliconflow.upkeep import Upkeep
+from storage import video_records
 from storage.pictures import Keeper
+from storage.user_keys import Day, Keys
 from uploaders import NO_PUBLIC_BASE, input_picture, lasting_links
 
 log = logging.getLogger("siliconflow_proxy.pipeline")
@@ -80,9 +83,9 @@ class Services:
     store: Keeper | None  # keeps the pictures (keepers.py), None: nobody
     catalog: ModelCatalog
     videos: video_jobs.VideoWorker | None = None  # video jobs: their record and the background poller
-    users: Any = None  # user keys and their quotas (userkeys.py), None without ADMIN_KEY
-    day: Any = None  # the quota day (userkeys.Day)
-    spend: Any = None  # what pictures cost, recorded in the ledger (metering.Spend), None without ADMIN_KEY
+    users: Keys | None = None  # user keys and their quotas (storage/user_keys.py), None without ADMIN_KEY
+    day: Day | None = None  # the quota day
+    spend: Spend | None = None  # what pictures cost, recorded in the ledger, None without ADMIN_KEY
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret configured, the upstream keys added on the operator's page included:
@@ -199,7 +202,7 @@ def _draw(job: Job, services: Services, cancelled: threading.Event | None) -> It
             payload_for(job.model, prompt, draw_request.size, None, draw_request.negative_prompt) | job.fields | inputs.fields
         )
         if family(job.model).video:
-            yield from make_videos(job, payload, services, cancelled, seeds)
+            yield from make_videos(job, payload, services, cancelled, seeds, deadline)
             return
         images = submit_images(job, payload, services, deadline, cancelled, seeds)
         futures.extend(images)
@@ -428,12 +431,18 @@ def make_image(
 
 
 def make_videos(
-    job: Job, payload: dict[str, Any], services: Services, cancelled: threading.Event, seeds: list[int] | None
+    job: Job,
+    payload: dict[str, Any],
+    services: Services,
+    cancelled: threading.Event,
+    seeds: list[int] | None,
+    deadline: float,
 ) -> Iterator[Event]:
     """A video model's turn: each video submitted once through the pool and recorded (the
-    process's VideoWorker polls and keeps it in the background), then what each job is doing, at
-    least every HEARTBEAT_SECONDS, until it is ready or failed. A client that leaves, or a job
-    still running at VIDEO_TIMEOUT, leaves the job to go on: it answers at /v1/videos/{id}."""
+    process's VideoWorker polls and keeps it in the background), then, when the job follows them
+    (chat), what each job is doing, at least every HEARTBEAT_SECONDS, until it is ready or failed.
+    A client that leaves, or a job still running at VIDEO_TIMEOUT, leaves the job to go on: it
+    answers at /v1/videos/{id}. The Videos API stops once they are taken (`Job.follow`)."""
     settings, worker, count = services.settings, services.videos, job.draw.count
     if worker is None:
         for index in range(1, count + 1):
@@ -446,33 +455,23 @@ def make_videos(
     for index in range(1, count + 1):
         sent = payload | ({"seed": seeds[index - 1]} if seeds else {})
         try:
-            key, upstream_id = video_jobs.submit(
+            key, upstream_id = submit_video(
                 services.pool,
                 lambda key, body: video_submit(services.http, settings.api_base_url, key, body, settings.upstream_timeout),
                 sent,
-                settings.max_key_attempts,
-                maybe_taken=(lambda key: job.meter.drawn(key_id(key), job.model)) if job.meter is not None else None,
+                deadline=deadline,
+                max_attempts=settings.max_key_attempts,
+                request_id=job.request_id,
+                label=f"req={job.request_id} video {index}",
+                maybe_taken=(lambda kid: job.meter.drawn(kid, job.model)) if job.meter is not None else None,
             )
         except UpstreamError as exc:
             log.warning("req=%s video %d not submitted: %s", job.request_id, index, exc.kind)
-            failed.append(VideoFailed(index, exc.reason))
+            failed.append(VideoFailed(index, exc.reason, exc.kind))
             continue
         if job.meter is not None:  # taken and billed by SiliconFlow: counted now, not when a line is read
             job.meter.drawn(key_id(key), job.model)
-        record = video_jobs.VideoJob(
-            video_jobs.new_id(),
-            job.model,
-            str(sent.get("prompt", "")),
-            str(sent.get("image_size", "")),
-            VIDEO_SECONDS,
-            int(time.time()),
-            key_id=key_id(key),
-            upstream_id=upstream_id,
-            seed=sent.get("seed"),
-            negative_prompt=sent.get("negative_prompt"),
-            has_input="image" in sent,
-            owner=job.owner,
-        )
+        record = video_records.submitted(job.model, sent, VIDEO_SECONDS, key_id(key), upstream_id, job.owner, job.record_notes)
         worker.jobs.save(record)
         waiting[index] = record.id
         log.info("req=%s video %d submitted as %s", job.request_id, index, record.id)
@@ -481,6 +480,9 @@ def make_videos(
     for index, video_id in waiting.items():
         yield VideoSubmitted(index, video_id, f"{job.public_base}/videos/{video_id}" if job.public_base else None)
     yield from failed
+    if not job.follow:
+        yield Done(len(waiting), count, videos=True)
+        return
     poster = next((ref.url for ref in job.inputs if ref.url and ref.url.startswith(("http://", "https://"))), None)
     deadline = started + settings.video_timeout
     said: dict[int, tuple[str, int | None, float]] = {}
@@ -497,11 +499,11 @@ def make_videos(
             if record is None:  # deleted through the Videos API meanwhile
                 del waiting[index]
                 yield VideoFailed(index, Reason.of("video_still_running", video_id=video_id))
-            elif record.status == video_jobs.COMPLETED:
+            elif record.status == video_records.COMPLETED:
                 del waiting[index]
                 delivered += 1
                 yield _video_ready(index, record, job, services, poster)
-            elif record.status == video_jobs.FAILED:
+            elif record.status == video_records.FAILED:
                 del waiting[index]
                 reason = record.reason or {"code": "video_refused", "params": [["why", "-"]]}
                 yield VideoFailed(index, Reason.of(reason["code"], **dict(reason["params"])))
@@ -514,7 +516,7 @@ def make_videos(
     yield Done(delivered, count, videos=True)
 
 
-def _video_ready(index: int, record: video_jobs.VideoJob, job: Job, services: Services, poster: str | None) -> VideoReady:
+def _video_ready(index: int, record: video_records.VideoJob, job: Job, services: Services, poster: str | None) -> VideoReady:
     store = services.store
     kept = store.link(record.kept, job.public_base) if store is not None and record.kept else None
     notes: tuple[Reason, ...] = ()
@@ -544,32 +546,6 @@ def submit_images(
         for future in futures:
             job.meter.track(future)
     return futures
-
-
-@dataclass
-class Drawn:
-    """What an Images API answer is made from: the events that matter to it, kept."""
-
-    revised: str | None = None  # the prompt drawn, when the chat model wrote it
-    ready: list[Outcome] = field(default_factory=list)
-    failed: list[ImageFailed] = field(default_factory=list)
-    refused: str | None = None
-
-
-def collect(events: Iterator[Event]) -> Drawn:
-    """Run a drawing to its end and keep what a JSON answer needs."""
-    drawn = Drawn()
-    for event in events:
-        if isinstance(event, Refused):
-            drawn.refused = event.keyword
-        elif isinstance(event, PromptReady) and event.expansion and not event.expansion.failed:
-            drawn.revised = event.prompt
-        elif isinstance(event, ImageReady):
-            drawn.ready.append(event.outcome)
-        elif isinstance(event, ImageFailed):
-            drawn.failed.append(event)
-    drawn.ready.sort(key=lambda outcome: outcome.index)
-    return drawn
 
 
 def guarded(events: Iterator[Event], request_id: str) -> Iterator[Event]:

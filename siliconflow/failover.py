@@ -1,9 +1,14 @@
-"""Failover: one image over the pool's keys, until one draws it or the request's time is up.
+"""Failover: one call (a picture, or a video job's submit) over the pool's keys, until one key
+answers or the request's time is up. One loop for both.
 
-Policy, not HTTP: which failures move an image to the next key (the key's or its account's),
-which ones count against the image (they may be the request's), and how many tries it gets. The
-pool (keypool.py) hands out keys and learns from each call's end (`with pool.using(lease)`); the
-client (upstream.py) makes the call.
+Policy, not HTTP: which failures move the call to the next key (the key's or its account's:
+dead, no balance, rate limited, forbidden), which ones count against the call (they may be the
+request's: 5xx, timeouts, unreadable answers; `max_attempts` of them), and what happens when
+SiliconFlow may have done the work without saying so (no answer in time): the caller is told
+(`maybe_spent`, so that the person's quota counts it), and a call that must not be repeated (a
+video job, which bills by the clip) is not sent again. The pool (pool.py) hands out keys, in line
+(queue.py), and learns from each call's end (`with pool.using(lease)`); the client (client.py)
+makes the call.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 import urllib3
 
@@ -32,37 +37,38 @@ CANCELLED = Reason.of("cancelled")
 KEY_ONLY = {Failure.AUTH, Failure.BALANCE, Failure.RATE_LIMIT, Failure.FORBIDDEN}
 # Failures after which SiliconFlow may have done the work all the same: the call was sent and no
 # answer came in time (our timeout, or its gateway's 504). Such a picture may be billed.
-UNSURE = {Failure.TIMEOUT}
+UNSURE = frozenset({Failure.TIMEOUT})
+# A video submit whose answer cannot be read may have been taken too.
+UNSURE_SUBMIT = frozenset({Failure.TIMEOUT, Failure.BAD_RESPONSE})
+
+T = TypeVar("T")
 
 
-def generate_with_failover(
-    http: urllib3.PoolManager,
-    base_url: str,
+def with_failover(
     pool: KeyPool,
-    payload: dict[str, Any],
+    model: str,
+    call: Callable[[str, float], T],
     *,
-    timeout: float,
     deadline: float,
     max_attempts: int,
-    max_bytes: int,
     request_id: str,
     label: str,
-    cancelled: threading.Event,
+    cancelled: threading.Event | None = None,
     turn: str | None = None,
-    maybe_drawn: Callable[[str], None] | None = None,
-) -> Image:
-    """One image, before `deadline` (monotonic), failing over from key to key.
+    maybe_spent: Callable[[str], None] | None = None,
+    unsure: frozenset[Failure] = UNSURE,
+    repeat_unsure: bool = True,
+) -> tuple[T, str]:
+    """`call(key, seconds left)` with a key from the pool's line, before `deadline` (monotonic),
+    failing over from key to key: (its answer, the key that gave it).
 
-    Keys come from the pool's queue: the first whose account has budget for the model, waiting
-    in line (round-robin by request) when none has. Failures that belong to a key or its account
-    (dead, no balance, rate limited, forbidden) just move to the next key: they say nothing about
-    the image, and the key or account leaves the rotation or rests. Failures that might be the
-    request's (5xx, timeouts, unreadable answers) are allowed `max_attempts` times. Keys not yet
-    tried for this image come first. An attempt that timed out may have been drawn (and billed)
-    all the same: `maybe_drawn(key id)` is told, so that the person's quota counts it. Raises
-    UpstreamError with the reason to show; kind CANCELLED when `cancelled` was set.
+    Keys not yet tried for this call come first. A failure of the key or account moves on; one
+    that may be the request's counts, `max_attempts` at most. A failure in `unsure` may have been
+    done and billed: `maybe_spent(key id)` is told, and with `repeat_unsure` false the call is not
+    sent again (its reason says so). Raises UpstreamError with the reason to show; kind CANCELLED
+    when `cancelled` was set.
     """
-    model = str(payload.get("model"))
+    cancelled = cancelled or threading.Event()
     tried: list[str] = []
     attempts = doubtful = 0
     last: UpstreamError | None = None
@@ -93,7 +99,7 @@ def generate_with_failover(
         started = time.monotonic()
         try:
             with pool.using(lease):
-                image = generate_image(http, base_url, key, payload, min(timeout, remaining), max_bytes)
+                answer = call(key, remaining)
         except UpstreamError as exc:
             last = exc
             log.warning(
@@ -105,8 +111,11 @@ def generate_with_failover(
                 exc.kind,
                 exc.status,
             )
-            if exc.kind in UNSURE and maybe_drawn is not None:
-                maybe_drawn(key_id(key))
+            if exc.kind in unsure:
+                if maybe_spent is not None:
+                    maybe_spent(key_id(key))
+                if not repeat_unsure:
+                    raise UpstreamError(exc.kind, Reason.of("video_submit_unsure", why=exc.reason), exc.status) from None
             if exc.kind is Failure.BAD_REQUEST:
                 raise
             if exc.kind not in KEY_ONLY:
@@ -114,10 +123,72 @@ def generate_with_failover(
             continue
         metrics.upstream_call(time.monotonic() - started)
         log.info("%s ok on key %s (attempt %d) in %.2fs", label, mask_key(key), attempts, time.monotonic() - started)
-        return replace(image, key_id=key_id(key))
+        return answer, key
     if last is None:
         raise UpstreamError(Failure.NO_KEYS, why_not or pool.outage())
     reason = last.reason
     if attempts > 1 or why_not:
         reason = Reason.of("after_attempts", last=last.reason, attempts=attempts, keys=len(tried), also=why_not)
     raise UpstreamError(last.kind, reason, last.status)
+
+
+def generate_with_failover(
+    http: urllib3.PoolManager,
+    base_url: str,
+    pool: KeyPool,
+    payload: dict[str, Any],
+    *,
+    timeout: float,
+    deadline: float,
+    max_attempts: int,
+    max_bytes: int,
+    request_id: str,
+    label: str,
+    cancelled: threading.Event,
+    turn: str | None = None,
+    maybe_drawn: Callable[[str], None] | None = None,
+) -> Image:
+    """One picture, failing over from key to key (see `with_failover`); a timed-out attempt may
+    have been drawn, and is told to `maybe_drawn`. The image says which key drew it."""
+    image, key = with_failover(
+        pool,
+        str(payload.get("model")),
+        lambda key, left: generate_image(http, base_url, key, payload, min(timeout, left), max_bytes),
+        deadline=deadline,
+        max_attempts=max_attempts,
+        request_id=request_id,
+        label=label,
+        cancelled=cancelled,
+        turn=turn,
+        maybe_spent=maybe_drawn,
+    )
+    return replace(image, key_id=key_id(key))
+
+
+def submit_video(
+    pool: KeyPool,
+    send: Callable[[str, dict[str, Any]], str],
+    payload: dict[str, Any],
+    *,
+    deadline: float,
+    max_attempts: int,
+    request_id: str,
+    label: str,
+    maybe_taken: Callable[[str], None] | None = None,
+) -> tuple[str, str]:
+    """A video job submitted once: (key, SiliconFlow's requestId). A submit that succeeded is never
+    repeated, nor one SiliconFlow may have taken without saying so (no answer in time, or one that
+    cannot be read): `maybe_taken(key id)` is told, since it may bill the job. Raises UpstreamError."""
+    upstream_id, key = with_failover(
+        pool,
+        str(payload["model"]),
+        lambda key, left: send(key, payload),
+        deadline=deadline,
+        max_attempts=max_attempts,
+        request_id=request_id,
+        label=label,
+        maybe_spent=maybe_taken,
+        unsure=UNSURE_SUBMIT,
+        repeat_unsure=False,
+    )
+    return key, upstream_id

@@ -22,7 +22,7 @@ import secrets
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Protocol
 
 from storage.redis_client import redis_client
 from storage.sqlite_file import SqliteFile
@@ -295,7 +295,32 @@ return granted
         return bool(self._redis.set(self._k("key", key.id), json.dumps(asdict(current)), xx=True))
 
 
-Keys = SqliteKeys | RedisKeys
+class Keys(Protocol):
+    """What the surfaces and the operator's API ask of a user-key store (SqliteKeys, RedisKeys)."""
+
+    def save(self, key: UserKey) -> None: ...
+
+    def get(self, key_id: str) -> UserKey | None: ...
+
+    def by_hash(self, digest: str) -> UserKey | None: ...
+
+    def all(self) -> list[UserKey]: ...
+
+    def delete(self, key_id: str) -> bool: ...
+
+    def used(self, key_id: str, day: str) -> dict[str, int]: ...
+
+    def reserve(self, key_id: str, day: str, kind: str, wanted: int, cap: int | None) -> int: ...
+
+    def settle(self, key_id: str, day: str, kind: str, unused: int, delivered: int) -> None: ...
+
+    def touch(self, key: UserKey) -> None: ...
+
+    def change(self, key: UserKey, fields: dict[str, Any]) -> bool: ...
+
+    def count_hour(self, hour: str, n: int) -> None: ...
+
+    def hours(self, hours: list[str]) -> dict[str, int]: ...
 
 
 @dataclass

@@ -15,7 +15,7 @@ import openai
 import pytest
 import requests
 
-from drawing.video_jobs import VideoJob, new_id
+from storage.video_records import VideoJob, new_id
 from tests.conftest import SERVICE_KEY
 from tests.fake_siliconflow import CLIP
 from tests.helpers import images_in, post_chat, stream_chunks, wait_until
