@@ -148,7 +148,8 @@ class SqliteLedger(Ledger):
     def __init__(self, path: str, today: Callable[[], str], clock: Callable[[], float] = time.monotonic):
         super().__init__(today, clock)
         self.path = path
-        self._db = SqliteFile(path, mode=0o600).db
+        self._file = SqliteFile(path, mode=0o600)
+        self._db = self._file.db
         db = self._db()
         db.execute(
             "CREATE TABLE IF NOT EXISTS drawn (day TEXT, user TEXT, key_id TEXT, account TEXT, model TEXT, pictures INTEGER, "
@@ -161,9 +162,7 @@ class SqliteLedger(Ledger):
 
     def _add_drawn(self, user: str, drawing: Row) -> None:
         d = drawing
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._file.transaction() as db:
             db.execute(
                 "INSERT INTO drawn VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (day, user, key_id, account, model) "
                 "DO UPDATE SET pictures = pictures + excluded.pictures, videos = videos + excluded.videos, "
@@ -175,10 +174,6 @@ class SqliteLedger(Ledger):
                 "pictures = pictures + excluded.pictures, videos = videos + excluded.videos, micro = micro + excluded.micro",
                 (user, d.pictures, d.videos, d.micro),
             )
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
 
     def _add_call(self, day: str, key_id: str, ok: bool) -> None:
         self._db().execute(

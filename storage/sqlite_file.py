@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def connect(path: str, *, timeout: float = 10.0, durable: bool = True) -> sqlite3.Connection:
@@ -44,3 +46,17 @@ class SqliteFile:
             connection = connect(self.path)
             self._local.connection, self._local.pid = connection, pid
         return connection
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE: a writer at a time across processes), committed
+        at the end, rolled back if anything raises inside."""
+        db = self.db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")

@@ -77,7 +77,8 @@ class SqliteRoster:
     def __init__(self, path: str):
         self.path = path
         # Readable by this user alone, a file made before this rule too (its -wal and -shm follow).
-        self._db = SqliteFile(path, mode=0o600).db
+        self._file = SqliteFile(path, mode=0o600)
+        self._db = self._file.db
         os.chmod(path, 0o600)
         db = self._db()
         db.execute("CREATE TABLE IF NOT EXISTS keys (id TEXT PRIMARY KEY, key TEXT UNIQUE, body TEXT)")
@@ -97,9 +98,7 @@ class SqliteRoster:
     def add(self, entries: list[tuple[str | None, str]], source: str) -> tuple[list[UpstreamKey], list[UpstreamKey]]:
         """Add what is not there yet (a key removed before may come back this way). (added, already there)."""
         added, there = [], []
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._file.transaction() as db:
             for account, key in entries:
                 row = db.execute("SELECT body FROM keys WHERE key = ?", (key,)).fetchone()
                 if row:
@@ -111,14 +110,10 @@ class SqliteRoster:
                 added.append(record)
             if added:
                 self._bump(db)
-        finally:
-            db.execute("COMMIT")
         return added, there
 
     def change(self, key_id: str, fields: dict[str, Any]) -> UpstreamKey | None:
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._file.transaction() as db:
             row = db.execute("SELECT body FROM keys WHERE id = ?", (key_id,)).fetchone()
             if row is None:
                 return None
@@ -129,13 +124,9 @@ class SqliteRoster:
             db.execute("UPDATE keys SET body = ? WHERE id = ?", (json.dumps(asdict(record)), key_id))
             self._bump(db)
             return record
-        finally:
-            db.execute("COMMIT")
 
     def remove(self, key_id: str) -> UpstreamKey | None:
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._file.transaction() as db:
             row = db.execute("SELECT body FROM keys WHERE id = ?", (key_id,)).fetchone()
             if row is None:
                 return None
@@ -144,16 +135,12 @@ class SqliteRoster:
             db.execute("INSERT OR REPLACE INTO removed VALUES (?, ?)", (_removal_mark(record.key), int(time.time())))
             self._bump(db)
             return record
-        finally:
-            db.execute("COMMIT")
 
     def seed(self, entries: list[tuple[str | None, str]]) -> None:
         """API_KEYS at start: its keys added unless the operator removed them on the page; keys that
         came from API_KEYS and are no longer in it removed (those the operator changed stay)."""
         keys = {key for _, key in entries}
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._file.transaction() as db:
             changed = False
             removed = {mark for (mark,) in db.execute("SELECT mark FROM removed")}
             present = {key: _record(body) for key, body in db.execute("SELECT key, body FROM keys")}
@@ -175,8 +162,6 @@ class SqliteRoster:
                         changed = True
             if changed:
                 self._bump(db)
-        finally:
-            db.execute("COMMIT")
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "sqlite", "where": self.path}

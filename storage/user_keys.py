@@ -114,7 +114,8 @@ class Day:
 class SqliteKeys:
     def __init__(self, path: str):
         self.path = path
-        self._db = SqliteFile(path).db
+        self._file = SqliteFile(path)
+        self._db = self._file.db
         db = self._db()
         db.execute("CREATE TABLE IF NOT EXISTS keys (id TEXT PRIMARY KEY, hash TEXT UNIQUE, body TEXT)")
         db.execute("CREATE TABLE IF NOT EXISTS usage (id TEXT, day TEXT, kind TEXT, used INTEGER, PRIMARY KEY (id, day, kind))")
@@ -154,22 +155,16 @@ class SqliteKeys:
 
     def reserve(self, key_id: str, day: str, kind: str, wanted: int, cap: int | None) -> int:
         """Take up to `wanted` of today's `cap` (None: no cap; 0: none) at once; how many were taken."""
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._file.transaction() as db:
             row = db.execute("SELECT used FROM usage WHERE id = ? AND day = ? AND kind = ?", (key_id, day, kind)).fetchone()
             used = row[0] if row else 0
             granted = wanted if cap is None else max(0, min(wanted, cap - used))
             if granted:
                 db.execute("INSERT OR REPLACE INTO usage VALUES (?, ?, ?, ?)", (key_id, day, kind, used + granted))
             return granted
-        finally:
-            db.execute("COMMIT")
 
     def settle(self, key_id: str, day: str, kind: str, unused: int, delivered: int) -> None:
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._file.transaction() as db:
             if unused:
                 db.execute(
                     "UPDATE usage SET used = MAX(0, used - ?) WHERE id = ? AND day = ? AND kind = ?", (unused, key_id, day, kind)
@@ -181,8 +176,6 @@ class SqliteKeys:
                     "WHERE id = ?",
                     (delivered, int(time.time()), key_id),
                 )
-        finally:
-            db.execute("COMMIT")
 
     def touch(self, key: UserKey) -> None:
         """Note the key's use: that one field, in place (a whole record written back could undo a
@@ -195,16 +188,12 @@ class SqliteKeys:
         """The operator's change to some fields: False when the key is gone. Read and written in one
         transaction (nothing written meanwhile, a use or a revoke, is undone), and an old record is
         written back with its caps in today's meaning (a 0 set now must not read as "no cap")."""
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._file.transaction() as db:
             row = db.execute("SELECT body FROM keys WHERE id = ?", (key.id,)).fetchone()
             if row is None:
                 return False
             db.execute("UPDATE keys SET body = ? WHERE id = ?", (json.dumps(asdict(UserKey.stored(row[0])) | fields), key.id))
             return True
-        finally:
-            db.execute("COMMIT")
 
 
 class RedisKeys:

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import json
 import secrets
-import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -106,11 +103,12 @@ class SqliteJobs:
 
     def __init__(self, path: str):
         self.path = path
-        self._db = SqliteFile(path).db
+        self._file = SqliteFile(path)
+        self._db = self._file.db
         db = self._db()
         db.execute("CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, created REAL, finished INTEGER, body TEXT, owner TEXT)")
         db.execute("CREATE TABLE IF NOT EXISTS leases (id TEXT PRIMARY KEY, until REAL)")
-        with self._transaction() as db:  # one process adds the column, the others then see it
+        with self._file.transaction() as db:  # one process adds the column, the others then see it
             if "owner" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
                 # A file written before jobs were listed by owner: the column is filled from the records.
                 db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")
@@ -118,17 +116,6 @@ class SqliteJobs:
         db.execute("CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, created, id)")
         db.execute("CREATE INDEX IF NOT EXISTS jobs_by_time ON jobs (created, id)")
         db.execute("CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (finished, created)")
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
 
     def save(self, job: VideoJob) -> None:
         self._db().execute(
@@ -190,7 +177,7 @@ class SqliteJobs:
 
     def prune(self, before: float) -> int:
         """Finished jobs made before `before` (time.time()) removed, with their leases: how many."""
-        with self._transaction() as db:
+        with self._file.transaction() as db:
             old = "SELECT id FROM jobs WHERE finished = 1 AND created < ?"
             db.execute(f"DELETE FROM leases WHERE id IN ({old})", (before,))
             return db.execute("DELETE FROM jobs WHERE finished = 1 AND created < ?", (before,)).rowcount
@@ -204,7 +191,7 @@ class SqliteJobs:
         return self._take(f"chore:{chore}", every, now)
 
     def _take(self, lease: str, seconds: float, now: float) -> bool:
-        with self._transaction() as db:
+        with self._file.transaction() as db:
             row = db.execute("SELECT until FROM leases WHERE id = ?", (lease,)).fetchone()
             if row and row[0] > now:
                 return False
