@@ -1,4 +1,4 @@
-"""Links that last: fetching the upstream's pictures, Lsky Pro, a keeper (keepers.py), Sink short links.
+"""Links that last: fetching the upstream's pictures, Lsky Pro, a keeper (storage/pictures.py), Sink short links.
 
 SiliconFlow's image URLs expire after one hour, so an image is fetched right after it is made and
 re-hosted. Every failure here is an `UploadError` with a short reason for the user; the caller

@@ -101,7 +101,7 @@ def playground() -> Response:
     """A page to try the service in a browser: what people landing on a HuggingFace Space expect.
 
     The page finds the pictures in an answer by the answer's own image marker, given to it here
-    from the wording layer, so the two cannot drift apart."""
+    from the words (drawing/reasons.py), so the two cannot drift apart."""
     page = (
         PLAYGROUND.read_text(encoding="utf-8")
         .replace('"__IMAGE_MARK__"', json.dumps(IMAGE_MARK))

@@ -3,8 +3,8 @@
 What the clients require is in shared/reference/CONTRACTS.md section 4: the first delta carries
 the role, the last chunk has `finish_reason` inside `choices[0]`, every SSE event ends with a blank
 line, `data: [DONE]` closes the stream, and every error is `{"error": {message, type, param, code}}`.
-One function builds each shape; the surfaces (chat_api.py, images_api.py, web.py) send them.
-No Flask here: housekeeping and the conversation readers raise `ApiError` without a web framework.
+One function builds each shape; the surfaces (chat.py, images.py, videos.py, admin.py) send them.
+No Flask here: the chat-UI tasks and the conversation readers raise `ApiError` without a web framework.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Reading a chat request's messages: their text, the current turn, the pictures attached to it.
 
 What a conversation asks besides a new picture lives beside this: a chat UI's background tasks in
-housekeeping.py, a turn that changes the last picture in followups.py. No Flask here: bad shapes
+chat_tasks.py, a turn that changes the last picture in followups.py. No Flask here: bad shapes
 raise `ApiError` (openai_wire.py), which the app answers as OpenAI-shaped JSON.
 """
 

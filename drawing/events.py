@@ -2,7 +2,7 @@
 
 The pipeline (pipeline.py) turns a `Job` into a stream of the events below and never words
 anything; every surface (the chat adapter, the Images adapter) iterates that stream in its own
-request and says what it means in its own words (wording.py: Chinese for chat, English for the
+request and says what it means in its own words (chat_words.py: Chinese for chat, English for the
 APIs). Why something did not work travels as a `Reason`, a kind and its parameters, never as a
 sentence, so each surface can word it, and a test can ask what happened without parsing text.
 
@@ -42,7 +42,7 @@ class Meter(Protocol):
 @dataclass(frozen=True)
 class ImageRef:
     """An input picture: where it is (a data: URI or an http(s) link) or its bytes, and which it
-    is, for the words (`wording.picture_name`)."""
+    is, for the words (`reasons.picture_name`)."""
 
     source: str  # attached (to the chat turn) | last (the last picture drawn here) | upload (a file)
     number: int = 0  # attached and uploaded pictures are numbered from 1

@@ -1,7 +1,7 @@
 """A turn that changes the last picture ("换成蓝色", "再来一张", "make it 16:9").
 
 Such a turn is drawn from that picture, which the service's own previous answer describes in its
-visible lines (the prompt, the size, the count, the model; wording.py's labels): nothing hidden is
+visible lines (the prompt, the size, the count, the model; chat_words.py's labels): nothing hidden is
 needed, and what was carried over shows in the new answer's prompt line. A new subject starts
 afresh. Reading an earlier answer is linear in its length and looks only at its first lines.
 """
@@ -33,7 +33,7 @@ ANSWER_READ = 32 * 1024  # of each earlier answer: the lines that describe a dra
 _SIZE = re.compile(r"(\d{2,5})x(\d{2,5})")
 _COUNT = re.compile(r"\d{1,3}")
 _ESCAPED = re.compile(r"\\([\\\[\]<])")
-# wording's picture line, only its web links (a picture to edit next is fetched from there).
+# chat_words' picture line, only its web links (a picture to edit next is fetched from there).
 _IMAGE_LINE = re.compile(rf"{re.escape(chat_words.IMAGE_MARK)}\d{{1,3}}\|[^\]\n]*\]\((https?://[^)\s]+)\)")
 
 

@@ -36,7 +36,7 @@ class Meter:
     """One request's count of what SiliconFlow drew. Thread-safe; settles its reservation once."""
 
     def __init__(self, reservation: Any = None, on_drawn: Callable[[str, str], None] | None = None):
-        self._reservation = reservation  # userkeys.Reservation, or None (the operator's key, no cap)
+        self._reservation = reservation  # user_keys.Reservation, or None (the operator's key, no cap)
         self._on_drawn = on_drawn
         self._lock = threading.Lock()
         self._running = 0
@@ -118,7 +118,7 @@ class Spend:
     def __init__(self, ledger: Ledger, table: prices.Prices, pool: Any):
         self.ledger = ledger
         self.prices = table
-        self._pool = pool  # keypool.KeyPool: the account of a key, by its id
+        self._pool = pool  # pool.KeyPool: the account of a key, by its id
 
     def drawn(self, user: str | None, key_id: str, model: str) -> None:
         price = self.prices.of(model)

@@ -1,7 +1,7 @@
 """The drawing pipeline: from a validated `Job` to its pictures, as the typed events of events.py.
 
 Every surface draws through `draw(job, services)`, iterated in its own request: the chat adapter
-(chat_api.py; wording.py words the events in Chinese) and the Images adapter (images_api.py,
+(api/chat.py; chat_words.py words the events in Chinese) and the Images adapter (api/images.py,
 generations and edits, in English). The pipeline never words anything: why something failed is a
 `Reason`. Moderation, prompt
 expansion, the fan-out of `pic:N` over the shared executor with keys from the pool's line, and
@@ -80,7 +80,7 @@ class Services:
     session: requests.Session  # fetching and re-hosting images
     executor: ThreadPoolExecutor
     upkeep: Upkeep
-    store: Keeper | None  # keeps the pictures (keepers.py), None: nobody
+    store: Keeper | None  # keeps the pictures (storage/pictures.py), None: nobody
     catalog: ModelCatalog
     videos: video_jobs.VideoWorker | None = None  # video jobs: their record and the background poller
     users: Keys | None = None  # user keys and their quotas (storage/user_keys.py), None without ADMIN_KEY

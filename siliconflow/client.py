@@ -3,7 +3,7 @@
 Every call has a wall-clock timeout (outbound.py). Every failure is an `UpstreamError`: a `Failure` kind
 (whose problem it is: the key's, the request's, the upstream's) and a typed `Reason`, never a
 Python exception text, never a key. Which key makes a call, and what its failure means for the
-key, is the key pool's business (keypool.py, failover.py).
+key, is the key pool's business (pool.py, failover.py).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from core.background import Background
 
-log = logging.getLogger("siliconflow_proxy.models")
+log = logging.getLogger("siliconflow_proxy.families")
 
 # The seed's own table, used for any model without a documented list of sizes.
 SEED_SIZES: tuple[str, ...] = (

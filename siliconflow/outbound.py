@@ -220,7 +220,7 @@ class AddressRule:
 
 def refusal(address: str) -> str | None:
     """What kind of address `address` is when it is not a public one (invalid, reserved, loopback,
-    link_local, cgnat, private: wording.py has the words), or None when it is public."""
+    link_local, cgnat, private: drawing/reasons.py has the words), or None when it is public."""
     try:
         ip = ipaddress.ip_address(address.split("%")[0])
     except ValueError:

@@ -11,9 +11,10 @@ worker and instance, probes it; a success brings it back. A 401 key is dead unti
 says otherwise. Where `/v1/user/info` still answers (another deployment), accounts and balances
 are still learned from it (Upkeep).
 
-What every worker and instance must agree on lives in a store (keystores.py: SQLite shared by
-one instance's workers, or Redis); what is only a preference (failures in a row, calls in flight,
-last use) stays in each process. With a roster (upstreamkeys.py: keys changed on the operator's
+What every worker and instance must agree on lives in a store (keystate.py, over
+keystate_sqlite.py or keystate_redis.py: SQLite shared by one instance's workers, or Redis); what
+is only a preference (failures in a row, calls in flight, last use) stays in each process. With a
+roster (storage/upstream_keys.py: keys changed on the operator's
 page), each process takes up its changes within SYNC_SECONDS.
 
 Images that find no key wait in `KeyQueue`: served round-robin by request, so a later pic:1 is
@@ -100,7 +101,7 @@ class KeyPool:
         self._by_id: dict[str, _Key] = {}
         self._accounts: dict[str, str] = {}  # key id -> account, as learned from /v1/user/info
         self.store = store
-        self.roster = roster  # upstreamkeys.Roster: keys changed while the service runs, or None
+        self.roster = roster  # upstream_keys.Roster: keys changed while the service runs, or None
         self.configured_limits = tuple(limits)
         # The service counts a call when it sends it, SiliconFlow when it arrives; a little slack on
         # every window keeps the two counts from disagreeing at the edge.
@@ -202,7 +203,7 @@ class KeyPool:
     def try_acquire(self, model: str, exclude: Collection[str] = (), request: str | None = None, force: bool = False) -> Acquired:
         """A lease for a key that may draw `model` now, its account's budget taken, untried keys
         first; else when one may, and whether a free key was left to a request that has waited
-        longer (see keystores.Store.acquire). A key resting for balance is handed out to one call
+        longer (see keystate.Store.acquire). A key resting for balance is handed out to one call
         at a time once its rest is over: the probe (`Lease.probing`)."""
         self.sync()
         # One at a time in this process: choosing by calls in flight and marking the one chosen must

@@ -1,7 +1,7 @@
 """The ledger: what SiliconFlow drew, kept durably, so that the operator sees what the community spends.
 
 SiliconFlow no longer reports balances, so the spending is counted here, priced by the price table
-(prices.py). Per day (the quota day, `userkeys.Day`), user key (`NOBODY` for the operator's own key
+(prices.py). Per day (the quota day, `user_keys.Day`), user key (`NOBODY` for the operator's own key
 or an open service), upstream key id, its account and model: pictures, videos and their cost, in
 millionths of a yuan so that sums stay exact. Per user key, the same totals for ever. Per upstream
 key and day, the calls made and how many failed (`call()`, which the key pool makes after each).

@@ -11,7 +11,7 @@ object storage shared by every instance. One interface, whichever keeps them:
 | `describe()` | for /health and the start-up log: kind, where, state (`ok`/`failing` and why) |
 
 Names are content hashes (`STORED_NAME`), so the same picture is kept once and may be cached for
-ever. A failure is an UploadError whose reason says why in words (wording.py); the caller keeps
+ever. A failure is an UploadError whose reason says why in words (drawing/reasons.py); the caller keeps
 the upstream's link, so a failing keeper costs a line in the answer, never the picture.
 """
 
@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 from core.errors import Reason, UploadError
 
-log = logging.getLogger("siliconflow_proxy.keepers")
+log = logging.getLogger("siliconflow_proxy.pictures")
 
 # File name extension for each image type we keep; anything else is not an image to us.
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}

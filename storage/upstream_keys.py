@@ -4,7 +4,7 @@
 account or removed there are kept here, durably, and win over `API_KEYS` after a restart (a key
 removed on the page stays removed, though `API_KEYS` still lists it; a key that came from
 `API_KEYS` and is no longer listed there goes). Every worker of every instance sharing the store
-reads the roster's version every few seconds (keypool.KeyPool.sync) and takes up a change.
+reads the roster's version every few seconds (siliconflow/pool.KeyPool.sync) and takes up a change.
 
 Keys are stored as they must be to be used: they are the operator's own secrets. The SQLite file
 (`upstream_keys.sqlite3` in DATA_DIR) is made readable by this service's user alone (0600); in
@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from storage.sqlite_file import SqliteFile
 
-log = logging.getLogger("siliconflow_proxy.upstreamkeys")
+log = logging.getLogger("siliconflow_proxy.upstream_keys")
 
 ENV, PAGE = "env", "page"  # where a key came from: API_KEYS, or the operator's page (or a change made there)
 

@@ -37,7 +37,7 @@ def web_command() -> str:
 class Gunicorn:
     """The Procfile's web command, run from `bin_dir` (the production venv's)."""
 
-    def __init__(self, env_extra: dict[str, str], bin_dir: Path, cwd: Path | None = None):
+    def __init__(self, env_extra: dict[str, str], bin_dir: Path, cwd: Path | None = None, *, checkout_on_path: bool = True):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # Not PROMETHEUS_MULTIPROC_DIR: it names the test process's own metrics directory, which a
@@ -48,7 +48,7 @@ class Gunicorn:
         if cwd is None:
             # Pictures are kept by default, under DATA_DIR: each instance its own, not the checkout's data/.
             env["DATA_DIR"] = tempfile.mkdtemp(prefix="service-data-")
-        else:
+        elif checkout_on_path:
             env["PYTHONPATH"] = str(ROOT)  # the Procfile's command, run from another working directory
         env.update(env_extra)
         # Output goes to a file: a pipe nobody reads fills up and blocks the server's logging. It is

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
+import shutil
 import signal
 import socket
 import struct
@@ -12,6 +14,7 @@ import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
@@ -61,6 +64,53 @@ def test_dockerfile_runs_the_procfile_command_as_a_non_root_user_on_7860():
     assert "EXPOSE 7860" in dockerfile
     cmd = re.search(r'^CMD \["sh", "-c", "exec (.+)"\]', dockerfile, re.M).group(1)
     assert cmd == web_command()
+
+
+def _image_files(into: Path) -> Path:
+    """What the Dockerfile's COPY lines put in its WORKDIR, with .dockerignore applied as Docker
+    does (a path is left out when it or a folder above it matches): the image's /app, without Docker."""
+    ignore = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip()]
+
+    def left_out(relative: str) -> bool:
+        parts = relative.split("/")
+        verdict = False
+        for pattern in ignore:
+            keep = pattern.startswith("!")
+            if any(fnmatch(("/".join(parts[:n])), pattern.removeprefix("!")) for n in range(1, len(parts) + 1)):
+                verdict = not keep
+        return verdict
+
+    app = into / "app"
+    for line in re.findall(r"^COPY (?!--)(.+)$", (ROOT / "Dockerfile").read_text(), re.M):
+        *sources, destination = shlex.split(line)
+        for source in sources:
+            for found in sorted(ROOT.glob(source.rstrip("/"))):
+                files = [found] if found.is_file() else sorted(p for p in found.rglob("*") if p.is_file())
+                for file in files:
+                    relative = file.relative_to(ROOT).as_posix()
+                    if left_out(relative):
+                        continue
+                    inner = file.name if found.is_file() else file.relative_to(found).as_posix()
+                    target = app / destination / inner
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(file, target)
+    return app
+
+
+def test_the_files_the_dockerfile_copies_start_the_procfiles_command_and_draw(fake, production_bin, tmp_path):
+    """Every module the app imports is in the image: the Dockerfile's files alone, run as its CMD."""
+    app = _image_files(tmp_path)
+    assert (app / "siliconflow_proxy.py").is_file() and not (app / "tests").exists() and not (app / ".env").exists()
+    assert not list(app.rglob("__pycache__")), "compiled files of the checkout would go into the image"
+    env = {"API_BASE_URL": fake.url, "API_KEYS": "sk-good-img1", "DATA_DIR": str(tmp_path / "data")}
+    server = Gunicorn(env, production_bin, app, checkout_on_path=False)
+    try:
+        assert server.wait_until_up(), server.stop()[-2000:]
+        assert images_in(answer_text(server.url, "画一只猫", stream=False))
+        assert requests.get(server.url + "/", timeout=10).status_code == 200  # the playground's page and files
+    finally:
+        log = server.stop()
+    assert "ModuleNotFoundError" not in log and "Traceback" not in log, log[-2000:]
 
 
 def _threads_and_fds(pid: int) -> tuple[int, int]:

@@ -27,22 +27,34 @@ def _workers(*servers: Gunicorn) -> set[str]:
     return {pid for server in servers for pid in SERVED_BY.findall(server.log())}
 
 
-def _draw_until_both_workers_served(server: Gunicorn, rounds: int = 40) -> None:
-    for i in range(rounds):
-        assert images_in(answer_text(server.url, f"画一只猫 {i}", stream=False))
-        if i >= 5 and len(_workers(server)) >= 2:
-            return
-    pytest.fail("every request went to one worker")
+def _draw_at_once(server: Gunicorn, texts: list[str]) -> list[str]:
+    answers: list[str] = []
+    threads = [threading.Thread(target=lambda t=t: answers.append(answer_text(server.url, t, stream=False))) for t in texts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers
 
 
 def test_the_procfiles_workers_share_dead_keys_without_redis(fake, production_bin):
     server = _start(fake, production_bin, API_KEYS="sk-revoked-w1,sk-good-w2")
+    revoked = lambda: [c for c in fake.state.image_calls() if c.key == "sk-revoked-w1"]  # noqa: E731
     try:
-        _draw_until_both_workers_served(server)
+        for i in range(10):  # one at a time until a worker has found the revoked key dead
+            assert images_in(answer_text(server.url, f"画一只猫 {i}", stream=False))
+            if revoked():
+                break
+        for round_ in range(10):  # then several at once, so that the kernel hands some to the other worker
+            answers = _draw_at_once(server, [f"画一只狗 {round_} {i}" for i in range(4)])
+            assert len(answers) == 4 and all(images_in(a) for a in answers)
+            if len(_workers(server)) >= 2:
+                break
+        workers = _workers(server)
     finally:
         server.stop()
-    revoked = [c for c in fake.state.image_calls() if c.key == "sk-revoked-w1"]
-    assert len(revoked) == 1  # found dead by one worker, never tried by the other
+    assert len(workers) == 2, "the requests should have reached both workers"
+    assert len(revoked()) == 1  # found dead by one worker, never tried by the other
 
 
 def test_the_procfiles_workers_share_one_budget_without_redis(fake, production_bin):
@@ -51,16 +63,7 @@ def test_the_procfiles_workers_share_one_budget_without_redis(fake, production_b
     answers: list[str] = []
     try:
         for round_ in range(6):  # rounds of four at once, until both workers have drawn
-            threads = [
-                threading.Thread(
-                    target=lambda text=f"画一只猫 {round_} {i}": answers.append(answer_text(server.url, text, stream=False))
-                )
-                for i in range(4)
-            ]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+            answers += _draw_at_once(server, [f"画一只猫 {round_} {i}" for i in range(4)])
             if len(_workers(server)) == 2:
                 break
         workers = _workers(server)

@@ -1,4 +1,4 @@
-"""Upstream keys managed while the service runs (upstreamkeys.py, the admin API): pasted, tested,
+"""Upstream keys managed while the service runs (storage/upstream_keys.py, the admin API): pasted, tested,
 disabled, renamed and removed on one worker, taken up by every worker and instance, kept across a
 restart; never shown whole. Over real HTTP, with gunicorn as the Procfile runs it and a real Redis."""
 
@@ -112,7 +112,9 @@ def test_the_test_button_says_whether_siliconflow_takes_a_key_and_a_dead_key_com
 
 def test_a_key_out_for_a_while_says_until_when(operator, fake):
     """The page words a cooling key's and a resting key's time out from the list alone."""
-    service = operator(api_keys=("sk-overload-0002", "sk-broke-rest0003"))  # no good key: both fail again
+    # No good key: both fail again. A picture that finds both out waits in line for the cooling one, so
+    # each round is bounded by a short REQUEST_TIMEOUT.
+    service = operator(api_keys=("sk-overload-0002", "sk-broke-rest0003"), request_timeout=3)
 
     def both_out() -> bool:
         answer_text(service.url, "画一只猫 pic:3", stream=False, key=SERVICE_KEY)

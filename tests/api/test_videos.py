@@ -22,7 +22,7 @@ from tests.helpers import images_in, post_chat, stream_chunks, wait_until
 from tests.servers import Gunicorn
 
 T2V, I2V = "Wan-AI/Wan2.2-T2V-A14B", "Wan-AI/Wan2.2-I2V-A14B"
-FRAME = (Path(__file__).with_name("data") / "frame.png").read_bytes()  # a real PNG (ffmpeg's test source)
+FRAME = (Path(__file__).parent.parent / "data" / "frame.png").read_bytes()  # a real PNG (ffmpeg's test source)
 
 
 @pytest.fixture
