@@ -108,7 +108,6 @@ TESTED_THROUGH = {
 PENDING = {
     "api.context", "api.errors", "api.wire",
     "drawing.chat_tasks", "drawing.chat_words", "drawing.events", "drawing.ui_words", "drawing.video_jobs",
-    "storage.video_records",
     "core.background", "core.errors", "core.metrics", "core.text",
     "siliconflow_proxy",
 }  # fmt: skip
