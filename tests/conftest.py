@@ -37,6 +37,22 @@ GOOD_KEYS = ("sk-good-aaaa1111", "sk-good-bbbb2222", "sk-good-cccc3333")
 SERVICE_KEY = "svc-secret-key-123456"
 
 
+# The service's own threads, by name (core/background.py's loops, the drawing pool, the user-info
+# checks). One still running after its test has ended was not stopped by Services.close().
+SERVICE_THREADS = ("video-jobs", "model-catalog", "key-queue", "key-upkeep", "user-info", "upstream", "keeping")
+
+
+@pytest.fixture(autouse=True)
+def no_service_thread_outlives_its_test() -> Iterator[None]:
+    before = set(threading.enumerate())
+    yield  # autouse fixtures are set up first, so this runs after every other fixture's teardown
+    left = [t for t in threading.enumerate() if t not in before and t.name.startswith(SERVICE_THREADS)]
+    for thread in left:
+        thread.join(5)  # a drawing in flight ends at its own timeout; a loop sees `stopping` at once
+    alive = sorted(t.name for t in left if t.is_alive())
+    assert alive == [], f"threads left running after the test: {alive}"
+
+
 @pytest.fixture(scope="session")
 def _fake_server() -> Iterator[FakeSiliconFlow]:
     server = FakeSiliconFlow().start()

@@ -62,10 +62,9 @@ def test_every_key_out_is_said_in_plain_words(serve, fake, stream):
 def test_a_hanging_key_times_out_and_the_image_moves_on(serve, fake):
     fake.state.hang_seconds = 5.0
     service = serve(api_keys=("sk-hang-slow0001", "sk-good-fast0002"), upstream_timeout=0.5, prompt_expansion=False)
-    started = time.monotonic()
     content = _content(service, "画一只猫", stream=True)
     assert len(images_in(content)) == 1
-    assert time.monotonic() - started < 4.0  # the hang was cut at the timeout, not waited out
+    # Cut at the timeout, not waited out: a hang waited out would have drawn the picture itself.
     assert [c.key for c in fake.state.image_calls()] == ["sk-hang-slow0001", "sk-good-fast0002"]
 
 
@@ -124,9 +123,8 @@ def test_a_lone_rate_limited_key_is_waited_for_and_retried(serve, fake):
 def test_no_wait_past_the_request_deadline(serve, fake):
     fake.state.retry_after = "30"
     service = serve(api_keys=("sk-retry-long0001",), prompt_expansion=False, request_timeout=2)
-    started = time.monotonic()
     content = _content(service, "画一只猫", stream=False)
-    assert time.monotonic() - started < 2.0
+    assert [c.key for c in fake.state.image_calls()] == ["sk-retry-long0001"]  # not tried again 30 s later
     assert "限流" in content and "REQUEST_TIMEOUT" in content and "约 30 秒后" in content
 
 

@@ -6,7 +6,15 @@ import pytest
 
 from siliconflow.keystate_redis import RedisStore
 from siliconflow.keystate_sqlite import LocalStore
-from tests.siliconflow.pools import Clock
+from tests.siliconflow.pools import MADE, Clock
+
+
+@pytest.fixture(autouse=True)
+def stop_the_pools_lines():
+    """A pool's line serves waiting calls on a thread of its own: stopped when the test ends."""
+    yield
+    while MADE:
+        MADE.pop().queue.stop()
 
 
 @pytest.fixture

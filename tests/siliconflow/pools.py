@@ -23,9 +23,13 @@ class Clock:
         return self.now
 
 
+MADE: list[KeyPool] = []  # stopped after each test (conftest.py): a pool's line runs a thread
+
+
 def pool_of(keys, clock=None, accounts=None, **kwargs) -> KeyPool:
     store = LocalStore(clock=clock) if clock else LocalStore()
     pool = KeyPool(keys, store, clock=clock or time.monotonic, **kwargs)
+    MADE.append(pool)
     for key, account in (accounts or {}).items():
         pool.learn(key, AccountInfo(account, True))
     return pool
