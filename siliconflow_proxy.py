@@ -38,6 +38,7 @@ from siliconflow.outbound import AddressRule, make_http, make_session
 from siliconflow.pool import KeyPool
 from siliconflow.prices import Prices
 from siliconflow.upkeep import Upkeep
+from storage.keeping import Keeping
 from storage.ledger import Ledger, RedisLedger, SqliteLedger
 from storage.pictures import Keeper, LocalKeeper, S3Keeper
 from storage.upstream_keys import RedisRoster, Roster, SqliteRoster
@@ -93,6 +94,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         users=_user_keys(settings),
         day=day,
         spend=Spend(ledger, Prices(settings.model_prices), pool) if ledger is not None else None,
+        keeping=_keeping(settings, store),
     )
     if ledger is not None:
         pool.on_call = ledger.call  # calls (and failures) per upstream key and day, for the operator's page
@@ -104,6 +106,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     errors.register(app)
     _startup_notes(settings, store, pool)
     return app
+
+
+def _keeping(settings: Settings, store: Keeper | None) -> Keeping | None:
+    """Pictures kept behind links shown at once, spooled where the instance's workers all see them."""
+    if store is None or settings.use_lsky_pro:
+        return None
+    directory = os.path.join(settings.data_directory, "keeping")
+    try:
+        return Keeping(directory, store, wait_seconds=settings.upload_timeout)
+    except OSError as exc:
+        log.warning("Pictures are kept before their links are shown: cannot write to %s (%s)", directory, exc.strerror)
+        return None
 
 
 def _keeper(settings: Settings) -> Keeper | None:

@@ -15,7 +15,7 @@ import math
 import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -31,6 +31,7 @@ from siliconflow.outbound import AddressRule, address_rule, remaining, requests_
 from storage.pictures import MIMETYPES, Picture, sniff
 
 if TYPE_CHECKING:
+    from storage.keeping import Keeping, Spool
     from storage.pictures import Keeper
 
 log = logging.getLogger("siliconflow_proxy.uploaders")
@@ -65,9 +66,16 @@ def fetch_picture(
 
 
 def _download(
-    session: requests.Session, url: str, at: float, max_bytes: int, sink: BinaryIO | None = None, kind: str = "image/"
+    session: requests.Session,
+    url: str,
+    at: float,
+    max_bytes: int,
+    sink: BinaryIO | Spool | None = None,
+    kind: str = "image/",
+    on_length: Callable[[int | None], None] | None = None,
 ) -> bytearray:
-    """The bytes at `url` (or, with `sink`, written there as they come: nothing held whole)."""
+    """The bytes at `url` (or, with `sink`, written there as they come: nothing held whole).
+    `on_length` hears the length the answer declares (None: not said) once its headers came."""
     if not url.lower().startswith(("http://", "https://")):
         raise UploadError(Reason.of("not_http"))
     with session.get(url, timeout=(remaining(at, 10.0), remaining(at, 60.0)), stream=True, allow_redirects=True) as response:
@@ -79,6 +87,8 @@ def _download(
         declared_length = response.headers.get("Content-Length") or ""
         if declared_length.isdigit() and int(declared_length) > max_bytes:  # a bad one: the bytes are counted anyway
             raise UploadError(Reason.of("too_large", mb=max_bytes // 2**20))
+        if on_length is not None:
+            on_length(int(declared_length) if declared_length.isdigit() else None)
         data, size = bytearray(), 0
         for piece in response.iter_content(256 * 1024 if sink else 64 * 1024):
             size += len(piece)
@@ -127,6 +137,7 @@ def input_picture(
     url: str | None,
     data: bytes | None,
     until: float | None = None,
+    keeping: Keeping | None = None,
 ) -> Picture:
     """A picture someone gave us to draw from: its bytes (an upload), a data: URI, or a link.
     Raises UploadError saying why it cannot be used.
@@ -161,6 +172,11 @@ def input_picture(
         if kept is not None:
             with kept.body:
                 return Picture(kept.body.read(max_bytes + 1)[:max_bytes], MIMETYPES[name.rsplit(".", 1)[1]])
+        reading = keeping.read(name) if keeping is not None else None
+        if reading is not None and reading.chunks is not None:  # being kept: the same bytes, as they arrive
+            return Picture(b"".join(reading.chunks)[:max_bytes], reading.content_type)
+        if reading is not None and reading.elsewhere:
+            url = reading.elsewhere  # not kept: SiliconFlow's link, while it lasts
     rule = AddressRule.trusting(settings.api_base_url, settings.lsky_pro_url, allow_private=settings.allow_private_image_urls)
     return fetch_picture(session, url, settings.upload_timeout, max_bytes, rule, until)
 
@@ -342,12 +358,18 @@ def lasting_links(
     public_base: str | None,
     until: float | None = None,
     want_bytes: bool = False,
+    keeping: Keeping | None = None,
 ) -> Links:
     """Re-host the image at `url` as configured. Never raises: failures become notes.
 
     `until` (time.monotonic()) is the request's deadline: no host is waited on past it. With
     `want_bytes` (an Images API call answering b64_json) the picture is fetched even when nothing
     keeps it, here, in parallel with the other images and within the deadline.
+
+    Where this service serves its own links (the built-in store, S3 without S3_PUBLIC_BASE_URL)
+    and `keeping` is given, the lasting link is promised at once and the picture kept behind it
+    (storage/keeping.py): the answer waits for no download. Lsky Pro, a bucket's own public links
+    and a keeper that is failing now keep first, then link.
     """
     permanent, notes, picture = None, [], None
     keeps = settings.use_lsky_pro or store is not None
@@ -355,7 +377,18 @@ def lasting_links(
     # host (API_BASE_URL): an upstream on a LAN serves its images from there. A link that is not
     # is never offered either: a browser, or a chat UI's server, would fetch it.
     rule = AddressRule.trusting(settings.api_base_url, allow_private=settings.allow_private_image_urls)
-    if keeps or want_bytes:
+    if keeping is not None and store is not None and not want_bytes and _promisable(settings, store, url, public_base):
+        if unsafe := _unsafe_link(url, rule):
+            return Links(image=url, download=None, permanent=None, notes=(), unsafe=unsafe)
+        max_bytes = int(settings.max_image_mb * 2**20)
+
+        def fetch(spool: Spool) -> None:
+            at = time.monotonic() + settings.upload_timeout
+            with _fetching(at, rule):
+                _download(session, url, at, max_bytes, spool, on_length=spool.declare)
+
+        permanent = store.link(keeping.promise(url, fetch), public_base)
+    elif keeps or want_bytes:
         try:
             picture = fetch_picture(session, url, settings.upload_timeout, int(settings.max_image_mb * 2**20), rule, until)
         except UploadError as exc:
@@ -406,6 +439,15 @@ def lasting_links(
         notes=tuple(notes),
         picture=picture,
     )
+
+
+def _promisable(settings: Settings, store: Keeper, url: str, public_base: str | None) -> bool:
+    """Whether the link may be shown before the picture is kept: this service serves it (so it can
+    answer while keeping), nothing else must have it first (Lsky Pro), and the keeper works now."""
+    if settings.use_lsky_pro or not public_base or not _web_link(url):
+        return False
+    served_here = (store.link("x", public_base) or "").startswith(f"{public_base}/images/")
+    return served_here and store.describe().get("state") != "failing"
 
 
 def _unsafe_link(url: str, rule: AddressRule) -> Reason | None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hmac
 import json
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,8 @@ from drawing.chat_words import IMAGE_MARK, VIDEO_MARK
 from drawing.pipeline import Services
 from drawing.reasons import en
 from storage import user_keys
-from storage.pictures import CACHE_FOREVER, STORED_NAME
+from storage.keeping import Reading
+from storage.pictures import CACHE_FOREVER, STORED_NAME, Keeper, Kept
 
 bp = Blueprint("web", __name__)
 
@@ -167,9 +170,14 @@ def list_models() -> Response:
 @bp.get("/images/<path:name>")
 def stored_image(name: str) -> Response:
     """A kept picture, from whichever keeper holds them (the disk, or the bucket: any instance
-    answers for any picture). Names are content hashes: a client that has it is answered 304
-    without asking the keeper."""
-    store = current().store
+    answers for any picture). Names are content hashes or promised names: each always means the
+    same bytes, so a client that has it is answered 304 without asking the keeper.
+
+    A picture still being kept (its link was shown the moment SiliconFlow answered) is served as
+    it arrives (storage/keeping.py); one whose keep failed sends people to SiliconFlow's link
+    while it lasts; in a bucket another instance is still filling, it is waited for briefly."""
+    services = current()
+    store = services.store
     if store is None or not STORED_NAME.fullmatch(name):
         raise ApiError(404, "No such image.", code="not_found")
     stem = name.split(".")[0]
@@ -178,11 +186,13 @@ def stored_image(name: str) -> Response:
         response.set_etag(stem)
         response.headers["Cache-Control"] = CACHE_FOREVER
         return response
-    try:
-        kept = store.open(name)
-    except UploadError as exc:
-        message = f"The image store cannot be reached now ({en(exc.reason)}). Try again shortly."
-        raise ApiError(503, message, code="store_unavailable", retry_after=10) from None
+    # Being kept here first: its bytes are on this instance's disk, and the store may be failing.
+    reading = services.keeping.read(name) if services.keeping is not None else None
+    if reading is not None:
+        return _reading_response(stem, reading)
+    kept = _open_kept(store, name)
+    if kept is None and store.kind == "s3":
+        kept = _wait_for_object(store, name)
     if kept is None:
         raise ApiError(404, "No such image.", code="not_found")
     response = Response(wrap_file(request.environ, kept.body), mimetype=kept.content_type, direct_passthrough=True)
@@ -192,3 +202,47 @@ def stored_image(name: str) -> Response:
     response.set_etag(stem)
     response.headers["Cache-Control"] = CACHE_FOREVER
     return response.make_conditional(request, accept_ranges=kept.seekable, complete_length=kept.size if kept.seekable else None)
+
+
+def _open_kept(store: Keeper, name: str) -> Kept | None:
+    try:
+        return store.open(name)
+    except UploadError as exc:
+        message = f"The image store cannot be reached now ({en(exc.reason)}). Try again shortly."
+        raise ApiError(503, message, code="store_unavailable", retry_after=10) from None
+
+
+def _reading_response(stem: str, reading: Reading) -> Response:
+    """A picture being kept, as it arrives; or a redirect to SiliconFlow's link when its keep failed."""
+    if reading.chunks is None:
+        if not reading.elsewhere:
+            raise ApiError(404, "No such image.", code="not_found")
+        response = Response(status=302, headers={"Location": reading.elsewhere, "Cache-Control": "no-store"})
+        return response
+    response = Response(reading.chunks, mimetype=reading.content_type, direct_passthrough=True)
+    if reading.length is not None:
+        response.content_length = reading.length  # a keep that fails part-way is then a cut answer
+    response.set_etag(stem)
+    response.headers["Cache-Control"] = CACHE_FOREVER  # the same bytes the store will hold
+    return response
+
+
+# At most this many requests per worker wait for a picture another instance is keeping: names
+# nobody promised cannot hold the worker's threads.
+_WAITERS = threading.BoundedSemaphore(8)
+OBJECT_WAIT_SECONDS = 5.0
+
+
+def _wait_for_object(store: Keeper, name: str) -> Kept | None:
+    """In a bucket shared by instances, a picture another instance has promised appears once kept."""
+    if not _WAITERS.acquire(blocking=False):
+        return None
+    try:
+        deadline = time.monotonic() + OBJECT_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            threading.Event().wait(0.25)  # waiting for another instance's upload, not pacing an answer
+            if (kept := _open_kept(store, name)) is not None:
+                return kept
+        return None
+    finally:
+        _WAITERS.release()

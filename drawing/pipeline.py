@@ -58,6 +58,7 @@ from siliconflow.leases import key_id
 from siliconflow.pool import KeyPool
 from siliconflow.upkeep import Upkeep
 from storage import video_records
+from storage.keeping import Keeping
 from storage.pictures import Keeper
 from storage.user_keys import Day, Keys
 from uploaders import NO_PUBLIC_BASE, input_picture, lasting_links
@@ -86,6 +87,7 @@ class Services:
     users: Keys | None = None  # user keys and their quotas (storage/user_keys.py), None without ADMIN_KEY
     day: Day | None = None  # the quota day
     spend: Spend | None = None  # what pictures cost, recorded in the ledger, None without ADMIN_KEY
+    keeping: Keeping | None = None  # pictures being kept behind links already shown (storage/keeping.py)
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret configured, the upstream keys added on the operator's page included:
@@ -101,6 +103,8 @@ class Services:
         if self.videos is not None:
             self.videos.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.keeping is not None:
+            self.keeping.close()
 
 
 @dataclass(frozen=True)
@@ -345,7 +349,7 @@ def load_inputs(job: Job, services: Services, until: float, cancelled: threading
             notes.append(Reason.of("inputs_tried", pictures=job.inputs[number:], tried=number))
             break
         try:
-            picture = input_picture(services.session, settings, services.store, ref.url, ref.data, until)
+            picture = input_picture(services.session, settings, services.store, ref.url, ref.data, until, services.keeping)
         except UploadError as exc:
             notes.append(Reason.of("input_unusable", pictures=(ref,), why=exc.reason))
             continue
@@ -417,7 +421,9 @@ def make_image(
             return Outcome(index, reason=CANCELLED)
         if any(key in image.url for key in services.pool.keys):
             raise UpstreamError(Failure.BAD_RESPONSE, Reason.of("key_in_link"))
-        links = lasting_links(services.session, settings, services.store, image.url, job.public_base, deadline, job.want_bytes)
+        links = lasting_links(
+            services.session, settings, services.store, image.url, job.public_base, deadline, job.want_bytes, services.keeping
+        )
     except UpstreamError as exc:
         if exc.kind is not Failure.CANCELLED:
             log.warning("req=%s image %d failed: %s", job.request_id, index, exc.kind)

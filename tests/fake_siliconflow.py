@@ -32,6 +32,10 @@ Keys misbehave on purpose, chosen by prefix:
 
 A key in `state.funded` answers like a good one (a topped-up account).
 
+Pictures take time to download, as from SiliconFlow's storage far away: the first byte after
+`state.picture_first_byte` (0.05 s), then `state.picture_bytes_per_second` (2 MB/s); with
+`state.picture_bytes` the PNG is padded to that size (1.5 MB is a 1024x1024 PNG).
+
 `/v1/user/info` answers 410, as SiliconFlow's does since it stopped the endpoint (CONTRACTS.md
 section 1); with `state.user_info = True` it answers as it used to (another deployment): the
 account in `data.id` and the balance.
@@ -120,6 +124,15 @@ class FakeState:
     refused_at: list[float] = field(default_factory=list)
     windows: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     hang_seconds: float = 5.0
+    # A picture download as SiliconFlow's storage serves one to a server abroad: the first byte this
+    # late, then this many bytes a second (0: at once), the PNG padded to `picture_bytes` (0: as made).
+    picture_first_byte: float = 0.05
+    picture_bytes_per_second: float = 2 * 2**20
+    picture_bytes: int = 0
+    picture_downloads: int = 0  # how many picture downloads were answered 200
+    picture_gate: threading.Event | None = None  # closed: a picture download sends its headers, then waits
+    picture_cut: int = 0  # > 0: a picture download hangs up after this many bytes of its body
+    picture_names: list[str] = field(default_factory=list)  # each picture link's file name, as made
     retry_after: str = "1"
     expired: bool = False  # the image links have expired (SiliconFlow's last an hour): 403 for every one
     videos: dict[str, dict] = field(default_factory=dict)  # requestId -> the job (video contract)
@@ -148,6 +161,10 @@ class FakeState:
         self.expansion_mode = "ok"
         self.huge_bytes = 20 * 2**20
         self.drip_interval = 0.2
+        self.picture_first_byte, self.picture_bytes_per_second, self.picture_bytes = 0.05, 2 * 2**20, 0
+        self.picture_downloads = 0
+        self.picture_gate, self.picture_cut = None, 0
+        self.picture_names = []
         self.redirect_to = ""
         self.rate_limit = None
         self.models_down = False
@@ -216,6 +233,17 @@ def png(width: int, height: int, seed: bytes) -> bytes:
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + part(b"IHDR", header) + part(b"IDAT", raw) + part(b"IEND", b"")
+
+
+def padded(picture: bytes, size: int) -> bytes:
+    """A PNG grown to `size` bytes by a private ancillary chunk before its end: still a valid picture."""
+    missing = size - len(picture) - 12
+    if missing <= 0:
+        return picture
+    end = picture.rindex(b"IEND") - 4
+    data = bytes(missing)
+    chunk = struct.pack(">I", len(data)) + b"prVt" + data + struct.pack(">I", zlib.crc32(b"prVt" + data) & 0xFFFFFFFF)
+    return picture[:end] + chunk + picture[end:]
 
 
 BIG_PNG = b"\x89PNG\r\n\x1a\n" + bytes(3 * 2**20)
@@ -377,7 +405,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, b"<html><body>AccessDenied</body></html>", "text/html")
         elif path.startswith("/outputs/") and path.endswith(".png"):
             name = path.rsplit("/", 1)[-1]
-            self._send(200, png(64, 64, name.encode()), "image/png")
+            self._paced_picture(padded(png(64, 64, name.encode()), self.server.state.picture_bytes))
         elif path == "/fake/stats":  # the benchmark's counters, not SiliconFlow's
             state = self.server.state
             with state.lock:
@@ -475,6 +503,12 @@ class _Handler(BaseHTTPRequestHandler):
             elif path == "/fake/fund" and isinstance(body, dict):  # the benchmark's knob: an account topped up
                 self.server.state.funded.add(str(body.get("key")))
                 self._json(200, {"funded": True})
+            elif path == "/fake/pictures" and isinstance(body, dict):  # the benchmark's knob: a download's pace
+                state = self.server.state
+                state.picture_first_byte = float(body.get("first_byte", state.picture_first_byte))
+                state.picture_bytes_per_second = float(body.get("bytes_per_second", state.picture_bytes_per_second))
+                state.picture_bytes = int(body.get("bytes", state.picture_bytes))
+                self._json(200, {"first_byte": state.picture_first_byte, "bytes_per_second": state.picture_bytes_per_second})
             elif path == "/fake/video" and isinstance(body, dict):  # the video benchmark's knob
                 state = self.server.state
                 state.video_queue_seconds = float(body.get("queue", state.video_queue_seconds))
@@ -648,6 +682,35 @@ class _Handler(BaseHTTPRequestHandler):
         self._drip(head)
         self.wfile.write(body)
 
+    def _paced_picture(self, body: bytes) -> None:
+        """A picture as a storage far away serves it: the first byte late, then at a pace."""
+        state = self.server.state
+        with state.lock:
+            state.picture_downloads += 1
+        self._wait(state.picture_first_byte)
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if (gate := state.picture_gate) is not None:
+            self.wfile.flush()
+            state.arrived.set()
+            gate.wait(60)
+        rate, started, sent = state.picture_bytes_per_second, time.monotonic(), 0
+        while sent < len(body) and not self.server.stopping.is_set():
+            if state.picture_cut and sent >= state.picture_cut:
+                self.close_connection = True
+                return  # hung up part-way
+            piece = body[sent : sent + min(64 * 1024, state.picture_cut or 64 * 1024)]
+            try:
+                self.wfile.write(piece)
+                self.wfile.flush()
+            except OSError:
+                return  # the downloader hung up
+            sent += len(piece)
+            if rate > 0:
+                self._wait(started + sent / rate - time.monotonic())
+
     def _drip(self, data: bytes) -> None:
         for i in range(len(data)):
             if self.server.stopping.is_set():
@@ -674,6 +737,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self.server.state.redirect_to
         else:
             name += ".png"
+        self.server.state.picture_names.append(name)
         return (
             f"{self.server.url}/outputs%2F20251024%2F{name}?Expires={created + 3600}"
             f"&OSSAccessKeyId=LTAIfake&Signature={secrets.token_urlsafe(20)}"

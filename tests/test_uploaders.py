@@ -202,8 +202,8 @@ def test_store_keeps_the_image_and_serves_it(serve, fake, tmp_path):
     [image_url] = images_in(content).values()
     assert re.fullmatch(r"https://img\.example\.com/images/[0-9a-f]{64}\.png", image_url)
     name = image_url.rsplit("/", 1)[1]
+    served = requests.get(f"{service.url}/images/{name}", timeout=30)  # as it arrives; kept behind it
     assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
-    served = requests.get(f"{service.url}/images/{name}", timeout=5)
     assert served.status_code == 200 and served.headers["Content-Type"] == "image/png"
     assert "max-age=31536000" in served.headers["Cache-Control"]
     assert served.content == (tmp_path / name).read_bytes()
