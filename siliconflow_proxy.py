@@ -2,9 +2,9 @@
 
 `create_app(settings)` builds an app and wires its parts: the key pool and its store, the HTTP
 clients, the shared executor, the image store, the model catalog, and the surfaces' blueprints
-(site.py, chat.py, images.py). Tests build their own. The module-level `app` that
-`gunicorn siliconflow_proxy:app` asks for is made on first access (see `__getattr__` below), so
-importing this module never reads `.env` or the environment.
+(site.py, chat.py, responses.py, images.py, videos.py, admin.py). Tests build their own. The
+module-level `app` that `gunicorn siliconflow_proxy:app` asks for is made on first access (see
+`__getattr__` below), so importing this module never reads `.env` or the environment.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 from flask import Flask
 
-from api import admin, chat, errors, images, site, videos
+from api import admin, chat, errors, images, responses, site, videos
 from api.bodies import BodyBudget, release_unanswered
 from config import Settings, split_key_entry
 from core import metrics
@@ -100,7 +100,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         pool.on_call = ledger.call  # calls (and failures) per upstream key and day, for the operator's page
     # Per worker process: gunicorn forks after this, and each worker counts its own.
     app.extensions["siliconflow.bodies"] = BodyBudget(int(settings.picture_bodies_mb * 2**20))
-    for blueprint in (site.bp, chat.bp, images.bp, videos.bp, admin.bp):
+    for blueprint in (site.bp, chat.bp, responses.bp, images.bp, videos.bp, admin.bp):
         app.register_blueprint(blueprint)
     app.teardown_request(release_unanswered)
     errors.register(app)

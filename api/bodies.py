@@ -3,10 +3,11 @@
 `read_body`, `json_object` and `multipart_form` read a request's body within its byte limit and
 CLIENT_BODY_TIMEOUT; every error is an `ApiError` saying what to fix (400, 408, 413, 503), raised
 before any answer starts. Two rules decide what a body may hold:
-- `picture_bytes(raw)`: how much of a JSON body is pictures' data: URIs. Only a string that is
-  one, with a payload of plain base64 (a serializer may escape its slashes, nothing else) whose
-  first bytes are a PNG, JPEG, WebP or GIF, counts; `\\uXXXX` escapes spell text, and text is what
-  the 1 MB limit is for.
+- `picture_bytes(raw)`: how much of a JSON body is pictures: data: URIs, and the base64 `result`
+  of the Responses API's `image_generation_call` items (openai-python sends earlier answers back
+  whole). Only a string that is one, with a payload of plain base64 (a serializer may escape its
+  slashes, nothing else) whose first bytes are a PNG, JPEG, WebP or GIF, counts; `\\uXXXX` escapes
+  spell text, and text is what the 1 MB limit is for.
 - `BodyBudget`: a worker process holds at most PICTURE_BODIES_MB of bodies over 1 MB at once (a
   request keeps its share until its answer is closed: its pictures live that long). Past that a
   request is refused with a 503 to retry instead of growing the worker: eight chat edits of
@@ -50,17 +51,19 @@ BODY_PIECE = 8 << 20  # a chunked body over MAX_BODY_BYTES is held, and read, th
 RETRY_AFTER_SECONDS = 10  # a request refused for memory: about what one edit takes upstream
 EDIT_FORM_PARTS = 64  # image, image[] ×3, prompt, model, n, size, response_format, …: a few dozen at most
 
-# A JSON string that is a picture's data: URI. The payload is base64 with `\/` the only escape
-# allowed (PHP's json_encode escapes slashes); a `\uXXXX` ends the match, and the string with it.
-_DATA_URI_IN_JSON = re.compile(
-    rb'(?<!\\)"data:image(?:/|\\/)[A-Za-z0-9.+-]{1,40};base64,([A-Za-z0-9+/=]*(?:\\/[A-Za-z0-9+/=]*)*)"'
+# A JSON string that is a picture's data: URI, or the value of a "result" key (an
+# image_generation_call's picture). The payload is base64 with `\/` the only escape allowed (PHP's
+# json_encode escapes slashes); a `\uXXXX` ends the match, and the string with it.
+_PICTURE_IN_JSON = re.compile(
+    rb'(?<!\\)"(?:data:image(?:/|\\/)[A-Za-z0-9.+-]{1,40};base64,|result"[ \t\r\n]*:[ \t\r\n]*")'
+    rb'([A-Za-z0-9+/=]*(?:\\/[A-Za-z0-9+/=]*)*)"'
 )
 
 
 def picture_bytes(raw: bytes | bytearray) -> int:
-    """Bytes of `raw` that are pictures' data: URIs: valid base64 whose first bytes are a picture."""
+    """Bytes of `raw` that are pictures (data: URIs, `result`s): valid base64 whose first bytes are a picture."""
     counted = 0
-    for match in _DATA_URI_IN_JSON.finditer(raw):
+    for match in _PICTURE_IN_JSON.finditer(raw):
         start, end = match.span(1)
         if _is_picture(raw, start, end):
             counted += match.end() - match.start()

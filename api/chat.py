@@ -2,9 +2,10 @@
 
 The route reads the conversation (conversation.py), answers a chat UI's background task without
 drawing (chat_tasks.py), carries the last picture over when the turn changes it
-(followups.py), and otherwise makes a `Job`. The adapter iterates the pipeline's events in this
-request, has them worded in Chinese (chat_words.chat), and frames the words as one
-`chat.completion` or as a stream of chunks (openai_wire.py).
+(followups.py), and otherwise makes a `Job` (`take_turn`, which the Responses API shares). The
+adapter iterates the pipeline's events in this request, has them worded in Chinese
+(chat_words.chat), and frames the words as one `chat.completion` or as a stream of chunks
+(api/wire.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from flask import Blueprint, Response, g, request
@@ -24,10 +25,10 @@ from api.wire import KEEP_ALIVE, chunk, completion, dumps, sse, usage_chunk
 from core.errors import ApiError, Reason
 from core.text import redact_secrets
 from drawing import chat_tasks, chat_words, conversation, followups, metering, pipeline, ui_words
-from drawing.events import ImageRef, Job, close
+from drawing.events import Event, ImageRef, Job, close
 from drawing.metering import Meter
 from drawing.pipeline import Services
-from parsing import parse
+from parsing import parse, pick_size
 from siliconflow.client import complete
 from siliconflow.families import family
 
@@ -41,29 +42,73 @@ bp = Blueprint("chat", __name__)
 @bp.post("/v1/chat/completions")
 def chat_completions() -> Response:
     services = context.current()
-    settings = services.settings
-    body = json_object(with_pictures_limit(settings))
+    body = json_object(with_pictures_limit(services.settings))
     stream = body.get("stream", False)
     if stream is not None and not isinstance(stream, bool):
         raise ApiError(400, "'stream' must be true or false.", param="stream")
     usage = _include_usage(body.get("stream_options"))
-    messages = conversation.read_messages(body.get("messages"))
+    turn = take_turn(body.get("messages"), body.get("model"), services, stream=bool(stream))
+    response = chat_response(turn.pieces(), stream=bool(stream), model=turn.model, prompt=turn.prompt, usage=usage)
+    if turn.meter is not None:
+        response.call_on_close(turn.meter.close)  # answered or hung up: the quota settles once the drawing has ended
+    return response
+
+
+@dataclass
+class Turn:
+    """What a chat-shaped request asks, read and checked before any answer starts: words already
+    known (a chat UI's task, a "continue"), or a drawing's events. Each surface frames it: chat as
+    chunks or a completion, the Responses API as its items (api/responses.py)."""
+
+    model: str  # the model the answer names
+    prompt: str  # the text the usage counts as asked
+    words: list[str] = field(default_factory=list)
+    events: Iterator[Event] | None = None  # the drawing, counted; closing it closes the drawing
+    meter: Meter | None = None  # closed when the answer is (the quota settles then)
+
+    def pieces(self, events: Iterator[Event] | None = None) -> Iterable[str | None]:
+        """The answer's words (None: a keep-alive), from `events` (this turn's, or the same
+        passed through a surface's own reader) when it draws."""
+        if self.events is None:
+            return self.words
+        return chat_words.chat(events if events is not None else self.events)
+
+
+def take_turn(
+    raw_messages: Any,
+    model_value: Any,
+    services: Services,
+    *,
+    stream: bool,
+    size: tuple[int, int] | None = None,
+    want_bytes: bool = False,
+    surface: str = "chat",
+) -> Turn:
+    """A chat conversation (`messages` as the chat API has them) read into its answer: a chat UI's
+    task answered, a "continue", or a `Job` drawn (its quota taken, a follow-up carried over).
+    Raises ApiError for what cannot be answered, before anything is sent. `size` is a size the
+    request's fields ask (the Responses API's image tool), used when the text types none;
+    `want_bytes` fetches each picture's bytes for the answer to carry."""
+    settings = services.settings
+    messages = conversation.read_messages(raw_messages)
     task = chat_tasks.housekeeping(messages, request.headers.get("X-OpenWebUI-Task"))
     if task is not None:
-        return _housekeeping(task, body.get("model"), bool(stream), services, usage)
-    model = context.resolve_model(body.get("model"), services)
+        return _housekeeping(task, model_value, services)
+    model = context.resolve_model(model_value, services)
     if messages and messages[-1][0] == "assistant":
         # "Continue" (Open WebUI's 继续回答): the history ends with our answer, which is whole.
         zh = chat_tasks.is_chinese([t for role, t in messages if role == "user"])
-        log.info("req=%s chat continue asked: answered without drawing", g.request_id)
+        log.info("req=%s %s continue asked: answered without drawing", g.request_id, surface)
         # On a line of its own: the UI appends it to the answer it continues.
-        words = "\n\n" + ui_words.task_words("continued", zh)
-        return chat_response([words], stream=bool(stream), model=model, prompt="", usage=usage)
+        return Turn(model, "", ["\n\n" + ui_words.task_words("continued", zh)])
     text = conversation.current_turn(messages)
     context.has_keys(services)
 
     draw = parse(text, model, settings.max_images_per_request)
-    inputs, part_notes = conversation.turn_images(body["messages"])
+    if size is not None and draw.asked_shape is None:  # what the text types wins, as in the Images API
+        asked = f"{size[0]}x{size[1]}"
+        draw = replace(draw, size=pick_size(model, size, explicit=True), asked_size=asked, asked_shape=size)
+    inputs, part_notes = conversation.turn_images(raw_messages)
     picture = followups.last_picture(messages)
     change, previous, expand = None, None, settings.prompt_expansion
     if family(model).needs_input:
@@ -96,25 +141,24 @@ def chat_completions() -> Response:
         context.public_base(settings),
         expand=expand,
         previous=previous,
+        want_bytes=want_bytes,
         inputs=inputs,
         owner=owner,
         meter=meter,
     )
     log.info(
-        "req=%s chat model=%s images=%d size=%s stream=%s inputs=%d%s",
+        "req=%s %s model=%s images=%d size=%s stream=%s inputs=%d%s",
         job.request_id,
+        surface,
         model,
         draw.count,
         draw.size,
-        bool(stream),
+        stream,
         len(inputs),
         " (changes the last picture)" if change else "",
     )
     events = pipeline.guarded(pipeline.draw(job, services), job.request_id)
-    events = metering.counted(events, model, services.users)
-    response = chat_response(chat_words.chat(events), stream=bool(stream), model=model, prompt=text, usage=usage)
-    response.call_on_close(meter.close)  # answered or hung up: the quota settles once the drawing has ended
-    return response
+    return Turn(model, text, events=metering.counted(events, model, services.users), meter=meter)
 
 
 def _include_usage(options: Any) -> bool:
@@ -129,7 +173,7 @@ def _include_usage(options: Any) -> bool:
     return bool(include)
 
 
-def _housekeeping(task: chat_tasks.Task, model: Any, stream: bool, services: Services, usage: bool = False) -> Response:
+def _housekeeping(task: chat_tasks.Task, model: Any, services: Services) -> Turn:
     """A chat UI's background task: answered in its shape, with no picture drawn. Any model name
     is taken: UIs send these to a model of their own choosing (LobeChat: gpt-5-mini)."""
     settings = services.settings
@@ -158,7 +202,7 @@ def _housekeeping(task: chat_tasks.Task, model: Any, stream: bool, services: Ser
     may_ask = len(services.pool) and settings.prompt_expansion and (user is None or user.daily_images != 0)
     answer = chat_tasks.answer(task, ask if may_ask else None, model=named)
     log.info("req=%s %s %s task answered without drawing", g.request_id, task.ui, task.kind)
-    return chat_response([answer], stream=stream, model=named[:100], prompt="", usage=usage)
+    return Turn(named[:100], "", [answer])
 
 
 def chat_response(pieces: Iterable[str | None], *, stream: bool, model: str, prompt: str, usage: bool = False) -> Response:

@@ -152,6 +152,10 @@ def test_a_real_picture_with_escaped_slashes_counts_as_a_picture(serve, fake):
         (b'{"u": "data:image/png;base64,' + base64.b64encode(png(8, 8, b"a"))[:-1] + b'"}', False),  # not a multiple of 4
         (b'{"u": "data:image/png;base64,' + base64.b64encode(b"GIF89a" + bytes(10)) + b'AAAA"}', False),  # "=" inside
         (b'{"u": "x \\"data:image/png;base64,' + base64.b64encode(png(8, 8, b"a")) + b'"}', False),  # inside a string
+        # The Responses API's earlier answers sent back: an image_generation_call's base64 result.
+        (b'{"type": "image_generation_call", "result": "' + base64.b64encode(png(8, 8, b"a")) + b'"}', True),
+        (b'{"result":"' + base64.b64encode(b"plain text, no picture at all") + b'"}', False),
+        (b'{"t": "x \\"result\\": \\"' + base64.b64encode(png(8, 8, b"a")) + b'"}', False),  # inside a string
     ],
 )
 def test_what_counts_as_a_picture(raw, counted):
