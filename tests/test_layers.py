@@ -108,7 +108,7 @@ TESTED_THROUGH = {
 PENDING = {
     "api.context", "api.errors", "api.wire",
     "drawing.chat_tasks", "drawing.chat_words", "drawing.events", "drawing.ui_words", "drawing.video_jobs",
-    "siliconflow.failover", "siliconflow.families", "siliconflow.keystate", "siliconflow.keystate_redis",
+    "siliconflow.failover", "siliconflow.keystate", "siliconflow.keystate_redis",
     "siliconflow.leases", "siliconflow.outbound", "siliconflow.queue", "siliconflow.upkeep",
     "storage.redis_client", "storage.sqlite_file", "storage.user_keys", "storage.video_records",
     "core.background", "core.errors", "core.metrics", "core.text",
