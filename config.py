@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from core.errors import ConfigError
+from siliconflow.families import DEFAULT_ALIASES, parse_aliases
 from siliconflow.prices import parse_prices
 
 DEFAULT_BANNED_KEYWORDS = "porn,nude,naked,sex,xxx,adult"
@@ -241,6 +242,7 @@ class Settings:
         "BANNED_KEYWORDS", DEFAULT_BANNED_KEYWORDS, lambda raw: tuple(k.lower() for k in _split_list(raw))
     )
     models: tuple[str, ...] | None = _setting("MODELS", "", _models)
+    model_aliases: tuple[tuple[str, str], ...] = _setting("MODEL_ALIASES", "", parse_aliases)
     models_refresh_seconds: float = _setting("MODELS_REFRESH_SECONDS", "3600", _number_of("seconds", 86400))
     upstream_timeout: float = _setting("UPSTREAM_TIMEOUT", "120", _seconds)
     expansion_timeout: float = _setting("EXPANSION_TIMEOUT", "20", _seconds)
@@ -280,6 +282,11 @@ class Settings:
     def store_is_default(self) -> bool:
         """The built-in store was not asked for by name: a place that fails is a warning, not a stop."""
         return self.image_store_dir == ""
+
+    @property
+    def aliases(self) -> dict[str, str]:
+        """MODEL_ALIASES in effect: OpenAI's model names (and any the operator adds) -> the model drawn."""
+        return dict(self.model_aliases)
 
     @property
     def upstream_keys(self) -> tuple[str, ...]:
@@ -335,6 +342,12 @@ def _missing_companions(values: dict[str, Any]) -> list[str]:
         # Sink refuses site tokens shorter than 8 characters.
         if len(values["shortlink_api_key"] or "") < 8:
             problems.append("SHORTLINK_API_KEY: required when USE_SHORTLINK=true, at least 8 characters")
+    if values["models"]:
+        # An alias the operator wrote must name a model MODELS offers (a built-in one that does not
+        # is answered, when asked for, with a 400 naming it).
+        for name, model in values["model_aliases"]:
+            if DEFAULT_ALIASES.get(name) != model and model not in values["models"]:
+                problems.append(f"MODEL_ALIASES: {name}={model} names a model that MODELS does not offer")
     return problems
 
 

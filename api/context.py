@@ -156,7 +156,8 @@ def can_draw(prompt: str, services: Services) -> None:
 
 
 def resolve_model(value: Any, services: Services, *, default: str | None = None) -> str:
-    """The model a request names, or the default. Raises ApiError for one this service does not know.
+    """The model a request names (an alias of MODEL_ALIASES: the model it stands for), or the
+    default. Raises ApiError for one this service does not know.
 
     Offered: MODELS, else what SiliconFlow lists now. Also taken when MODELS is not set: the
     built-in list, so that a withdrawn model asked for by name reaches SiliconFlow and its answer
@@ -167,13 +168,28 @@ def resolve_model(value: Any, services: Services, *, default: str | None = None)
         return default or catalog.default()
     if not isinstance(value, str):
         raise ApiError(400, "'model' must be a string: one of the ids from GET /v1/models.", param="model")
+    model = services.settings.aliases.get(value, value)
     offered = catalog.models()
-    if value not in offered and (services.settings.models or value not in (*DEFAULT_MODELS, *DEFAULT_VIDEO_MODELS)):
+    if model not in offered and (services.settings.models or model not in (*DEFAULT_MODELS, *DEFAULT_VIDEO_MODELS)):
         shown = ", ".join(offered[:6]) + (", …" if len(offered) > 6 else "")
+        if model != value:
+            raise ApiError(
+                400,
+                f"'{value}' stands for '{model}' here (MODEL_ALIASES), which this service does not offer now. "
+                f"Use one of the ids listed by GET /v1/models ({shown}).",
+                param="model",
+                code="model_not_found",
+            )
         raise ApiError(
             400,
             f"Unknown model '{value[:100]}'. Use one of the ids listed by GET /v1/models ({shown}).",
             param="model",
             code="model_not_found",
         )
-    return value
+    return model
+
+
+def is_alias(value: Any, services: Services) -> bool:
+    """The request named its model by an alias (MODEL_ALIASES: OpenAI's names): the route may pick
+    the model of the same kind that fits what is asked (an edit, a video from a picture)."""
+    return isinstance(value, str) and value in services.settings.aliases

@@ -163,6 +163,10 @@ def _video_model(value: Any, has_picture: bool, services: Services) -> str:
         wanted = [m for m in offered if family(m).needs_input == has_picture]
         return (wanted or offered)[0]
     model = context.resolve_model(value, services)
+    if context.is_alias(value, services) and family(model).video and family(model).needs_input != has_picture:
+        # An alias (sora-2) takes a first frame or not, as OpenAI's model does: the video model that fits.
+        offered = [m for m in services.catalog.models() if family(m).video] or list(DEFAULT_VIDEO_MODELS)
+        model = next((m for m in offered if family(m).needs_input == has_picture), model)
     if not family(model).video:
         video = ", ".join(m for m in DEFAULT_VIDEO_MODELS)
         raise ApiError(400, f"'{model}' draws pictures, not videos: use a video model ({video}).", param="model")

@@ -23,7 +23,7 @@ import urllib3
 
 from core.errors import Failure, Reason, TooLarge, UpstreamError
 from core.text import upstream_text
-from siliconflow.families import family
+from siliconflow.families import MODEL_ID, family
 from siliconflow.outbound import deadline, read_capped, remaining
 
 log = logging.getLogger("siliconflow_proxy.upstream")
@@ -123,7 +123,7 @@ def video_models(http: urllib3.PoolManager, base_url: str, key: str, timeout: fl
             ]
         except (ValueError, KeyError, TypeError, RecursionError):
             raise UpstreamError(Failure.BAD_RESPONSE, Reason.of("unreadable_models")) from None
-    return list(dict.fromkeys(m for m in found if _MODEL_ID.fullmatch(m)))[:MAX_LISTED_MODELS]
+    return list(dict.fromkeys(m for m in found if MODEL_ID.fullmatch(m)))[:MAX_LISTED_MODELS]
 
 
 def _is_web_link(url: str) -> bool:
@@ -160,13 +160,12 @@ def image_models(http: urllib3.PoolManager, base_url: str, key: str, timeout: fl
         except (ValueError, KeyError, TypeError, RecursionError):
             raise UpstreamError(Failure.BAD_RESPONSE, Reason.of("unreadable_models")) from None
     # Ids are offered to clients and shown in answers: only ones that look like a model's id.
-    valid = [model for model in found if _MODEL_ID.fullmatch(model)]
+    valid = [model for model in found if MODEL_ID.fullmatch(model)]
     if len(valid) < len(found):
         log.warning("the model list held %d ids that do not look like a model's; left out", len(found) - len(valid))
     return list(dict.fromkeys(valid))[:MAX_LISTED_MODELS]
 
 
-_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}(?:/[A-Za-z0-9][A-Za-z0-9._+:-]{0,95}){0,2}")
 MAX_LISTED_MODELS = 500
 
 

@@ -10,6 +10,7 @@ SiliconFlow in the background, with the built-in list when it cannot be asked.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -139,6 +140,53 @@ DEFAULT_MODELS: tuple[str, ...] = (
 
 # The video models offered when SiliconFlow's list cannot be asked.
 DEFAULT_VIDEO_MODELS: tuple[str, ...] = ("Wan-AI/Wan2.2-T2V-A14B", "Wan-AI/Wan2.2-I2V-A14B")
+
+
+# What a model's id looks like (SiliconFlow's ids: `org/name`, a `Pro/` prefix at most): ids that
+# are offered to clients and shown in answers, and the models an alias may stand for.
+MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}(?:/[A-Za-z0-9][A-Za-z0-9._+:-]{0,95}){0,2}")
+_ALIAS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+/-]{0,99}")
+
+# OpenAI's model names, for clients that offer only those (Cherry Studio's new-api painting page
+# offers gpt-image-1 and gpt-image-2; the AI SDK's defaults): what each draws with here. The best
+# pictures for the names of OpenAI's best, the free model for the small ones, Wan2.2 for Sora.
+DEFAULT_ALIASES: dict[str, str] = {
+    "gpt-image-1": "Qwen/Qwen-Image",
+    "gpt-image-1-mini": "Kwai-Kolors/Kolors",
+    "gpt-image-2": "Qwen/Qwen-Image",
+    "dall-e-3": "Qwen/Qwen-Image",
+    "dall-e-2": "Kwai-Kolors/Kolors",
+    "sora-2": "Wan-AI/Wan2.2-T2V-A14B",
+}
+
+
+def parse_aliases(raw: str) -> tuple[tuple[str, str], ...]:
+    """MODEL_ALIASES: `name=model,…` over DEFAULT_ALIASES (empty: those alone; `off`: none), as
+    (name, model) pairs. Raises ValueError naming the first bad entry: not `name=model`, a name or
+    a model that is not an id, a name given twice, a name that is a model's own id, an alias of
+    itself or of another alias."""
+    value = raw.strip()
+    if value.lower() in ("off", "none"):
+        return ()
+    aliases = dict(DEFAULT_ALIASES)
+    given: set[str] = set()
+    for entry in (part.strip() for part in value.split(",")):
+        if not entry:
+            continue
+        name, sep, model = (piece.strip() for piece in entry.partition("="))
+        shown = entry if len(entry) <= 80 else entry[:77] + "..."
+        if not sep or not _ALIAS_NAME.fullmatch(name) or not MODEL_ID.fullmatch(model):
+            raise ValueError(f"{shown!r} is not name=model, like gpt-image-1=Qwen/Qwen-Image")
+        if name in given:
+            raise ValueError(f"{name!r} is given twice")
+        if name in (*DEFAULT_MODELS, *DEFAULT_VIDEO_MODELS):
+            raise ValueError(f"{name!r} is a model's own id: an alias must be a name no model has")
+        given.add(name)
+        aliases[name] = model
+    for name, model in aliases.items():
+        if model == name or model in aliases:
+            raise ValueError(f"{name}={model}: an alias must name a model, not an alias")
+    return tuple(aliases.items())
 
 
 class ModelCatalog:

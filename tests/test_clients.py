@@ -60,7 +60,7 @@ def test_openai_v1_errors_are_typed(locked, fake):
             model="Kwai-Kolors/Kolors", messages=[{"role": "user", "content": "cat"}]
         )
     with pytest.raises(openai.BadRequestError, match="Unknown model"):
-        client(locked).chat.completions.create(model="dall-e-3", messages=[{"role": "user", "content": "cat"}])
+        client(locked).chat.completions.create(model="midjourney-v6", messages=[{"role": "user", "content": "cat"}])
     assert fake.state.drawing_calls() == []
 
 

@@ -111,6 +111,13 @@ def test_malformed_value_stops_start_up_naming_the_variable(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_malformed_model_aliases_stop_the_start_naming_the_variable(tmp_path):
+    result = _load_app(tmp_path, "MODEL_ALIASES=gpt-image-1\n")
+    assert result.returncode == 2
+    assert "MODEL_ALIASES" in result.stderr and "'gpt-image-1' is not name=model" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_api_keys_take_declared_accounts_and_a_malformed_entry_stops_the_start_without_the_key():
     settings = Settings.from_env({"API_KEYS": "sk-one1111, A/sk-two2222\nA/sk-three333  sk-one1111"})
     assert settings.api_keys == ("sk-one1111", "A/sk-two2222", "A/sk-three333")

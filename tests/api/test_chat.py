@@ -255,7 +255,7 @@ def _error(response: requests.Response, status: int) -> dict:
         (b'{"messages": [{"role": "user", "content": 42}]}', "messages[0].content"),
         (b'{"messages": [{"role": "user", "content": "   "}]}', "Nothing to draw"),
         (b'{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}', "Nothing to draw"),
-        (b'{"messages": [{"role": "user", "content": "cat"}], "model": "dall-e-3"}', "Unknown model 'dall-e-3'"),
+        (b'{"messages": [{"role": "user", "content": "cat"}], "model": "midjourney-v6"}', "Unknown model 'midjourney-v6'"),
         (b'{"messages": [{"role": "user", "content": "cat"}], "model": 7}', "'model' must be a string"),
         (b'{"messages": [{"role": "user", "content": "cat"}], "stream": "yes"}', "'stream' must be"),
     ],
@@ -459,3 +459,25 @@ def test_what_was_changed_or_left_out_is_said(serve, fake):
     content = post_chat(service.url, body).json()["choices"][0]["message"]["content"]
     assert "不支持负面提示词" in content
     assert "negative_prompt" not in fake.state.image_calls()[-1].body
+
+
+# --- OpenAI's model names (MODEL_ALIASES) ----------------------------------------------------------
+
+
+def test_an_openai_model_name_draws_with_the_model_it_stands_for_and_says_that_one(service, fake):
+    client = openai.OpenAI(base_url=f"{service.url}/v1", api_key="x", max_retries=0, timeout=30)
+    answer = client.chat.completions.create(model="dall-e-3", messages=[{"role": "user", "content": "画一只猫"}])
+    assert answer.model == "Qwen/Qwen-Image"
+    assert "模型：Qwen/Qwen-Image" in answer.choices[0].message.content
+    assert {c.body["model"] for c in fake.state.image_calls()} == {"Qwen/Qwen-Image"}
+    listed = {m.id for m in client.models.list().data}
+    assert "Qwen/Qwen-Image" in listed and not listed & {"dall-e-3", "gpt-image-1", "sora-2"}  # accepted, not offered
+
+
+def test_an_alias_whose_model_is_not_offered_is_a_400_naming_both(serve, fake):
+    service = serve(models=("Kwai-Kolors/Kolors",))  # the built-in gpt-image-1 stands for Qwen/Qwen-Image
+    response = post_chat(service.url, chat_body("画一只猫", model="gpt-image-1"))
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]["message"]
+    assert "'gpt-image-1' stands for 'Qwen/Qwen-Image'" in message and "MODEL_ALIASES" in message
+    assert fake.state.image_calls() == []

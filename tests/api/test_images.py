@@ -80,7 +80,7 @@ def test_default_model_extras_and_expansion(locked, fake):
         ({"prompt": "fox", "response_format": "png"}, "response_format"),
         ({"prompt": "fox", "seed": -1}, "seed"),
         ({"prompt": "fox", "guidance_scale": "high"}, "guidance_scale"),
-        ({"prompt": "fox", "model": "dall-e-3"}, "model"),
+        ({"prompt": "fox", "model": "midjourney-v6"}, "model"),
         ({"prompt": "a nude fox"}, "prompt"),
     ],
 )

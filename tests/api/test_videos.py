@@ -142,6 +142,14 @@ def test_a_picture_becomes_the_first_frame(video_service, fake):
     assert job["body"]["model"] == I2V and job["body"]["image"].startswith("data:image/png;base64,")
 
 
+def test_sora_2_makes_its_video_with_the_wan_model_that_fits(video_service, fake):
+    client = _client(video_service)
+    from_words = client.videos.create(model="sora-2", prompt="a cat on the beach")
+    from_frame = client.videos.create(model="sora-2", prompt="the cat dances", input_reference=("frame.png", FRAME, "image/png"))
+    assert (from_words.model, from_frame.model) == (T2V, I2V)  # the answer names the real model
+    assert sorted(job["body"]["model"] for job in fake.state.videos.values()) == sorted([T2V, I2V])
+
+
 def test_a_refused_video_is_failed_with_siliconflows_reason(video_service, fake):
     fake.state.video_fail = "content moderation: the prompt was refused"
     video = _client(video_service).videos.create_and_poll(model=T2V, prompt="a cat")
