@@ -1,29 +1,25 @@
-"""The Images API surface: `POST /v1/images/generations` and `/v1/images/edits`, and the Images adapter.
+"""The Images API surface: `POST /v1/images/generations` and `/v1/images/edits`.
 
-The routes validate the OpenAI fields and make a `Job`; the adapter iterates the pipeline's events
-in this request (never on the shared executor, whose threads draw the pictures), keeps what an
-images answer needs, and answers in English: the pictures as `url` or `b64_json`, or one error
-whose status says whose problem it is. A quick answer keeps its status; a slow one starts a 200
-and sends spaces until the JSON is ready (context.spaces_before_json).
+The routes validate OpenAI's fields (`prompt`, `model`, `n`, `size`, `response_format`, `stream`, …,
+as the openai SDKs, the AI SDK, Open WebUI and one-api send them) and make a `Job`; the Images
+adapter (image_answers.py) draws it and answers. A model may be named by an alias (MODEL_ALIASES:
+`gpt-image-1`, `dall-e-3`…); what is drawn and said is the model it stands for.
 """
 
 from __future__ import annotations
 
-import base64
 import logging
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from flask import Blueprint, Response, g
 
-from api import context, errors
+from api import context
 from api.bodies import finite_number, form_numbers, json_object, multipart_form, whole_number, with_pictures_limit
-from api.wire import dumps, images_answer
+from api.image_answers import Form, answer
 from core.errors import ApiError, UploadError
-from drawing import metering, pipeline
-from drawing.events import ImageFailed, ImageReady, ImageRef, Job, KeepAlive, Outcome, PromptReady, Refused, close
+from drawing.events import ImageRef, Job
 from drawing.metering import Meter
 from drawing.pipeline import EXPANSION_INPUT_CHARS, Services
 from parsing import SEED_MAX, DrawRequest, parse, pick_size
@@ -42,11 +38,13 @@ _IMAGE_EXTRAS: dict[str, tuple[bool, float, float]] = {
     "guidance_scale": (False, 0, 20),
     "cfg": (False, 0.1, 20),
 }
+# Names whose OpenAI models answer b64_json by default (the AI SDK sends them no response_format).
+_B64_NAMES = ("gpt-image-", "chatgpt-image-")
 
 
 @bp.post("/v1/images/generations")
 def images_generations() -> Response:
-    """The OpenAI Images API, for Open WebUI, Cherry Studio and one-api/new-api channels."""
+    """The OpenAI Images API, for Open WebUI, Cherry Studio and one-api/new-api channels, the SDKs."""
     services = context.current()
     body = json_object()
     return _images(body, context.resolve_model(body.get("model"), services), (), services)
@@ -54,13 +52,18 @@ def images_generations() -> Response:
 
 @bp.post("/v1/images/edits")
 def images_edits() -> Response:
-    """OpenAI image edits, multipart as `client.images.edit(...)` and Open WebUI send them: the
-    picture(s) in `image` or repeated `image[]`, the instruction in `prompt`, then as generations."""
+    """OpenAI image edits, multipart as `client.images.edit(...)`, the AI SDK and Open WebUI send
+    them: the picture(s) in `image` or repeated `image[]`, the instruction in `prompt`, then as
+    generations."""
     services = context.current()
     settings = services.settings
     form, files = multipart_form(with_pictures_limit(settings))
     body = form_numbers({name: _switch(value) if name in _SWITCH_FIELDS else value for name, value in form.items()}, _NUMBERS)
-    model = context.resolve_model(body.get("model"), services, default=services.catalog.default_editor())
+    asked = body.get("model")
+    model = context.resolve_model(asked, services, default=services.catalog.default_editor())
+    if context.is_alias(asked, services) and not family(model).edits:
+        # OpenAI's gpt-image-1 draws and edits; here one model draws and another edits.
+        model = services.catalog.default_editor() or model
     takes = family(model)
     editors = [m for m in services.catalog.models() if family(m).edits][:4]
     if not takes.edits:
@@ -99,11 +102,11 @@ def images_edits() -> Response:
                 400, f"'image' file {number} ({name}) is not a PNG, JPEG, WebP or GIF picture.", param="image"
             ) from None
         inputs.append(ImageRef("upload", number, data=data))
-    return _images(body, model, tuple(inputs), services)
+    return _images(body, model, tuple(inputs), services, edit=True)
 
 
-_SWITCH_FIELDS = ("prompt_expansion",)
-_NUMBERS = ("n", "seed", "num_inference_steps", "guidance_scale", "cfg")
+_SWITCH_FIELDS = ("prompt_expansion", "stream")
+_NUMBERS = ("n", "seed", "num_inference_steps", "guidance_scale", "cfg", "partial_images")
 
 
 def _switch(value: str) -> Any:
@@ -113,8 +116,15 @@ def _switch(value: str) -> Any:
     )
 
 
-def _images(body: dict[str, Any], model: str, inputs: tuple[ImageRef, ...], services: Services) -> Response:
-    """Generations and edits, once validated: the pictures, as JSON (spaces first when slow)."""
+def _images(
+    body: dict[str, Any],
+    model: str,
+    inputs: tuple[ImageRef, ...],
+    services: Services,
+    *,
+    edit: bool = False,
+) -> Response:
+    """Generations and edits, once read: validated, then drawn and answered as asked."""
     settings = services.settings
     if family(model).video:
         raise ApiError(400, f"{model} makes videos, not pictures: use POST /v1/videos.", param="model")
@@ -122,9 +132,7 @@ def _images(body: dict[str, Any], model: str, inputs: tuple[ImageRef, ...], serv
     if not isinstance(prompt, str) or not prompt.strip():
         raise ApiError(400, "'prompt' is required: a description of the picture.", param="prompt")
     n = whole_number(body, "n", 1, settings.max_images_per_request, default=1)
-    response_format = body.get("response_format") or "url"
-    if response_format not in ("url", "b64_json"):
-        raise ApiError(400, "'response_format' must be 'url' or 'b64_json'.", param="response_format")
+    form = _form(body, edit=edit)
     wants_expansion = body.get("prompt_expansion", False)
     if not isinstance(wants_expansion, bool):
         raise ApiError(400, "'prompt_expansion' must be true or false.", param="prompt_expansion")
@@ -150,24 +158,25 @@ def _images(body: dict[str, Any], model: str, inputs: tuple[ImageRef, ...], serv
         context.public_base(settings),
         expand=wants_expansion,
         fields=extras,
-        want_bytes=response_format == "b64_json",
+        want_bytes=form.wants_bytes,
         inputs=inputs,
         owner=g.user.id if g.get("user") else None,
         meter=Meter(reservation, context.on_drawn()),
     )
     log.info(
-        "req=%s images model=%s n=%d size=%s format=%s inputs=%d",
+        "req=%s images model=%s n=%d size=%s format=%s%s inputs=%d",
         job.request_id,
         model,
         n,
         draw.size,
-        response_format,
+        form.response_format,
+        " stream" if form.stream else "",
         len(inputs),
     )
     meter = job.meter
     assert meter is not None
     try:
-        response = _answer(job, response_format, services)
+        response = answer(job, form, services)
     except BaseException:  # a quick failure answered as an error: nothing more is drawn for it
         meter.close()
         raise
@@ -175,80 +184,29 @@ def _images(body: dict[str, Any], model: str, inputs: tuple[ImageRef, ...], serv
     return response
 
 
-@dataclass
-class Drawn:
-    """What an images answer is made from: the events that matter to it, kept."""
-
-    revised: str | None = None  # the prompt drawn, when the chat model wrote it
-    ready: list[Outcome] = field(default_factory=list)
-    failed: list[ImageFailed] = field(default_factory=list)
-    refused: Refused | None = None
-    finished: bool = False
-
-
-def _collect(events: Iterator[Any], drawn: Drawn) -> Iterator[None]:
-    """The drawing's events kept in `drawn`, yielding None for each keep-alive. Closing it closes the drawing."""
-    try:
-        for event in events:
-            if isinstance(event, KeepAlive):
-                yield None
-            elif isinstance(event, Refused):
-                drawn.refused = event
-            elif isinstance(event, PromptReady) and event.expansion and not event.expansion.failed:
-                drawn.revised = event.prompt
-            elif isinstance(event, ImageReady):
-                drawn.ready.append(event.outcome)
-            elif isinstance(event, ImageFailed):
-                drawn.failed.append(event)
-        drawn.ready.sort(key=lambda outcome: outcome.index)
-        drawn.finished = True
-    finally:
-        close(events)
-
-
-def _answer(job: Job, response_format: str, services: Services) -> Response:
-    """Draw in this request: the JSON with its own status when it is ready before the first
-    keep-alive (a heartbeat with nothing to say), else a 200 that starts with a space at once, a
-    space per keep-alive after it, and then the JSON."""
-    drawn = Drawn()
-    events = metering.counted(pipeline.guarded(pipeline.draw(job, services), job.request_id), job.model, services.users)
-    work = _collect(events, drawn)
-    try:
-        for _ in work:  # the first keep-alive: a proxy's idle limit is running from now
-            break
-    except BaseException:
-        work.close()
-        raise
-    if drawn.finished:
-        return Response(dumps(_images_body(drawn, response_format)), mimetype="application/json")
-    return Response(
-        context.spaces_before_json(_beat_then(work), lambda: dumps(_images_body(drawn, response_format))),
-        mimetype="application/json",
-    )
-
-
-def _beat_then(work: Iterator[None]) -> Iterator[None]:
-    """The keep-alive that ended the wait for a quick answer, said, then the rest of `work`."""
-    try:
-        yield None
-        yield from work
-    finally:
-        work.close()  # type: ignore[attr-defined]
-
-
-def _images_body(drawn: Drawn, response_format: str) -> dict[str, Any]:
-    """The Images API answer. Raises ApiError when no image was made, or the prompt was refused."""
-    if drawn.refused:
-        where = {"expanded": "The expanded prompt", "request": "The prompt"}.get(drawn.refused.where, "The prompt")
-        raise ApiError(
-            400,
-            f"{where} contains a word this service does not draw: '{drawn.refused.keyword}'.",
-            param="prompt",
-            code="content_policy_violation",
-        )
-    if not drawn.ready:
-        raise _images_failure(drawn.failed)
-    return images_answer([_image_item(outcome, response_format, drawn.revised) for outcome in drawn.ready])
+def _form(body: dict[str, Any], *, edit: bool) -> Form:
+    """How the answer is wanted. Without `response_format`: both the link and the bytes for an edit
+    and for the gpt-image names (OpenAI answers those with b64_json, and the AI SDK reads only
+    that; the openai SDK's users read `url`), the link alone otherwise."""
+    stream = body.get("stream", False)
+    if stream is not None and not isinstance(stream, bool):
+        raise ApiError(400, "'stream' must be true or false.", param="stream")
+    whole_number(body, "partial_images", 0, 3)  # taken; SiliconFlow makes no partial images, so none is sent
+    asked = body.get("response_format")
+    if asked not in (None, "", "url", "b64_json"):
+        raise ApiError(400, "'response_format' must be 'url' or 'b64_json'.", param="response_format")
+    if stream:
+        if asked == "url":
+            raise ApiError(
+                400,
+                "A streamed answer carries each picture as b64_json: leave out 'response_format', or set it to 'b64_json'.",
+                param="response_format",
+            )
+        return Form("b64_json", "image_edit" if edit else "image_generation")
+    if not asked:
+        named = body.get("model")
+        asked = "both" if edit or (isinstance(named, str) and named.startswith(_B64_NAMES)) else "url"
+    return Form(asked, None)
 
 
 def _typed(prompt: str, model: str, fields: DrawRequest, most: int) -> DrawRequest:
@@ -296,17 +254,3 @@ def _images_extras(body: dict[str, Any]) -> dict[str, Any]:
         if value is not None:
             extras[name] = value
     return extras
-
-
-def _images_failure(failed: list[ImageFailed]) -> ApiError:
-    """No image was made: the one mapping of failures to a status (api/errors.py)."""
-    return errors.failed([(f.kind, f.reason) for f in failed], what="an image")
-
-
-def _image_item(outcome: Outcome, response_format: str, revised: str | None) -> dict[str, Any]:
-    links = outcome.links
-    assert links is not None
-    if response_format == "url":
-        return {"url": links.image, "revised_prompt": revised}
-    assert links.picture is not None  # fetched by the image's own worker (Job.want_bytes)
-    return {"b64_json": base64.b64encode(links.picture.data).decode(), "revised_prompt": revised}

@@ -5,13 +5,18 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+from pathlib import Path
 
 import openai
 import pytest
 import requests
 
 from tests.conftest import SERVICE_KEY
+from tests.js_env import JS_DIR, node_modules
 from tests.test_clients import LEGACY_SCRIPT
+
+FRAME_PATH = Path(__file__).parent.parent / "data" / "frame.png"  # a real PNG (ffmpeg's test source)
+FRAME = FRAME_PATH.read_bytes()
 
 
 @pytest.fixture
@@ -81,6 +86,9 @@ def test_default_model_extras_and_expansion(locked, fake):
         ({"prompt": "fox", "seed": -1}, "seed"),
         ({"prompt": "fox", "guidance_scale": "high"}, "guidance_scale"),
         ({"prompt": "fox", "model": "midjourney-v6"}, "model"),
+        ({"prompt": "fox", "stream": "yes"}, "stream"),
+        ({"prompt": "fox", "stream": True, "partial_images": 9}, "partial_images"),
+        ({"prompt": "fox", "stream": True, "response_format": "url"}, "response_format"),
         ({"prompt": "a nude fox"}, "prompt"),
     ],
 )
@@ -288,3 +296,60 @@ def test_open_webuis_image_button_keeps_what_a_follow_up_follows(serve, fake, fo
     for call in calls:
         assert "可爱的猫咪" in call.body["prompt"] and (words is None or words in call.body["prompt"]), call.body["prompt"]
         assert "pic:" not in call.body["prompt"] and "再来" not in call.body["prompt"]
+
+
+# --- OpenAI's model names (MODEL_ALIASES) ----------------------------------------------------------
+
+
+def test_gpt_image_1_draws_on_the_model_it_stands_for_and_answers_as_openai_does(locked, fake):
+    result = client(locked).images.generate(model="gpt-image-1", prompt="a red fox", size="1536x1024")
+    [item] = result.data
+    assert base64.b64decode(item.b64_json).startswith(b"\x89PNG")  # what OpenAI's gpt-image-1 answers
+    assert item.url and requests.get(item.url, timeout=5).content == base64.b64decode(item.b64_json)  # and the link
+    [call] = fake.state.image_calls()
+    assert call.body["model"] == "Qwen/Qwen-Image" and call.body["image_size"] == "1584x1056"
+
+
+def test_an_alias_sent_to_edits_edits_with_an_edit_model(locked, fake):
+    edited = client(locked).images.edit(model="gpt-image-1", image=("in.png", FRAME, "image/png"), prompt="make it blue")
+    assert base64.b64decode(edited.data[0].b64_json).startswith(b"\x89PNG")
+    [call] = fake.state.image_calls()
+    assert call.body["model"] == locked.services.catalog.default_editor() and call.body["image"].startswith("data:image/png")
+
+
+def test_an_operators_alias_is_taken_by_the_images_api(serve, fake):
+    service = serve({"MODEL_ALIASES": "dall-e-3=Kwai-Kolors/Kolors"})
+    result = client(service).images.generate(model="dall-e-3", prompt="a red fox", n=2)
+    assert len(result.data) == 2 and all(item.url for item in result.data)  # dall-e-3: links, as OpenAI's
+    assert {c.body["model"] for c in fake.state.image_calls()} == {"Kwai-Kolors/Kolors"}
+
+
+# --- what an answer carries when no response_format is asked ---------------------------------------
+
+
+def test_an_edit_without_response_format_carries_the_link_and_the_bytes(locked, fake):
+    edited = client(locked).images.edit(
+        model="Qwen/Qwen-Image-Edit-2509", image=("in.png", FRAME, "image/png"), prompt="make the sky blue"
+    )
+    [item] = edited.data
+    assert requests.get(item.url, timeout=5).content == base64.b64decode(item.b64_json)  # both, the same picture
+    drawn = client(locked).images.generate(model="Kwai-Kolors/Kolors", prompt="a fox")
+    assert drawn.data[0].url and drawn.data[0].b64_json is None  # a generation: the link, as before
+
+
+def test_the_ai_sdk_edits_and_generates_through_the_images_api(serve, fake):
+    node_modules("ai")
+    service = serve(api_key=SERVICE_KEY)
+    result = subprocess.run(
+        ["node", str(JS_DIR / "ai_sdk_images_check.mjs"), service.url, SERVICE_KEY, str(FRAME_PATH)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["edit"] == [{"bytes": out["edit"][0]["bytes"], "mediaType": "image/png", "png": True}], out
+    assert len(out["gptImage"]) == 1 and out["gptImage"][0]["png"], out
+    assert len(out["kolors"]) == 2 and all(picture["png"] for picture in out["kolors"]), out
+    models = [c.body["model"] for c in fake.state.image_calls()]
+    assert sorted(models) == sorted(["Qwen/Qwen-Image-Edit-2509", "Qwen/Qwen-Image", "Kwai-Kolors/Kolors", "Kwai-Kolors/Kolors"])

@@ -244,3 +244,29 @@ def test_the_default_place_is_the_platforms_persistent_disk_where_there_is_one(t
     assert Settings.from_env({"IMAGE_STORE_DIR": "off"}).store_directory is None
     assert Settings.from_env({"DATA_DIR": "/srv/draw"}).store_directory == "/srv/draw/images"
     assert Settings.from_env({"S3_PREFIX": "/pics/"}).s3_prefix == "pics/"
+
+
+# --- a picture's size, read from its header --------------------------------------------------------
+
+
+def test_dimensions_are_read_from_each_kind_of_picture_header():
+    import struct
+
+    from storage.pictures import dimensions
+    from tests.fake_siliconflow import png
+
+    jpeg = (
+        b"\xff\xd8"
+        + b"\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"  # APP0, skipped
+        + b"\xff\xc0\x00\x11\x08"
+        + struct.pack(">HH", 600, 800)  # SOF0: height, then width
+        + b"\x03\x01\x22\x00\x02\x11\x01\x03\x11\x01"
+    )
+    gif = b"GIF89a" + struct.pack("<HH", 320, 200) + b"\x00" * 8
+    webp_extended = b"RIFF\x00\x00\x00\x00WEBPVP8X\x0a\x00\x00\x00\x00\x00\x00\x00"
+    webp_extended += (1279).to_bytes(3, "little") + (719).to_bytes(3, "little")  # sides less one
+    assert dimensions(png(96, 48, b"x")) == (96, 48)
+    assert dimensions(jpeg) == (800, 600)
+    assert dimensions(gif) == (320, 200)
+    assert dimensions(webp_extended) == (1280, 720)
+    assert dimensions(b"\xff\xd8\xff") is None and dimensions(b"not a picture") is None and dimensions(b"") is None
