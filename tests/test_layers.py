@@ -109,7 +109,6 @@ PENDING = {
     "siliconflow.failover", "siliconflow.families", "siliconflow.keystate", "siliconflow.keystate_redis",
     "siliconflow.leases", "siliconflow.outbound", "siliconflow.queue", "siliconflow.upkeep",
     "storage.redis_client", "storage.sqlite_file", "storage.user_keys", "storage.video_records",
-    "siliconflow_proxy",
 }  # fmt: skip
 
 
