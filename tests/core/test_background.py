@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from core.background import Background
-from tests.helpers import wait_until
+from tests.helpers import child_exited, wait_until
 
 
 class Loop:
@@ -115,9 +115,8 @@ def test_a_process_forked_after_the_start_runs_a_loop_of_its_own():
             os._exit(0)
     os.close(write)
     try:
-        assert os.read(read, 1) == b"1"
+        assert child_exited(child) == 0 and os.read(read, 1) == b"1"
     finally:
         os.close(read)
-        os.waitpid(child, 0)
         background.stop()
     assert loop.starts == 1  # the parent's loop was not started again

@@ -16,7 +16,7 @@ import requests
 from core import metrics
 from storage.user_keys import SqliteKeys
 from tests.conftest import ROOT, SERVICE_KEY
-from tests.helpers import answer_text
+from tests.helpers import answer_text, child_exited
 
 ADMIN = "operator-secret-0123456789"
 AS_ADMIN = {"Authorization": f"Bearer {ADMIN}"}
@@ -77,7 +77,7 @@ def test_every_workers_counts_are_summed_at_a_scrape():
             metrics.outcome("images", "worker-test/model", False, "network")
         finally:
             os._exit(0)
-    os.waitpid(child, 0)
+    assert child_exited(child) == 0
     metrics.outcome("images", "worker-test/model", False, "network")
     metrics.outcome("images", "worker-test/model", True, "network")  # delivered: no failure counted
     assert metrics.failures()["network"] == before + 3
@@ -104,7 +104,7 @@ def test_a_scrape_counts_pictures_failures_and_requests_and_keys_by_state_withou
 
 
 def test_a_picture_not_delivered_is_counted_by_the_kind_of_its_failure(serve, fake):
-    service = serve(admin_key=ADMIN, api_key=SERVICE_KEY, api_keys=("sk-limited-metrics03",), prompt_expansion=False)
+    service = serve(admin_key=ADMIN, api_key=SERVICE_KEY, api_keys=("sk-dead-metrics03",), prompt_expansion=False)
     before = _scrape(service)
     answer = answer_text(service.url, "画一只猫", stream=False, key=SERVICE_KEY)
     assert "完成：0/1" in answer
@@ -114,7 +114,7 @@ def test_a_picture_not_delivered_is_counted_by_the_kind_of_its_failure(serve, fa
         for (name, labels), value in after.items()
         if name == "siliconflow_image_failures_total" and value != before.get((name, labels), 0)
     }
-    assert grown == {"rate_limit": 1}, grown
+    assert grown == {"auth": 1}, grown  # a revoked key: whose problem it is
     failed = ("siliconflow_images_total", (("model", "Kwai-Kolors/Kolors"), ("outcome", "failed")))
     assert after[failed] - before.get(failed, 0) == 1
 
