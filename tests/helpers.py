@@ -27,6 +27,20 @@ def wait_until(condition: Callable[[], object], timeout: float = 5.0, interval: 
         time.sleep(interval)
 
 
+def child_exited(pid: int, timeout: float = 10.0) -> int | None:
+    """A forked child's exit code once it has exited; None (and the child killed) if it has not
+    within `timeout`: a child stuck on a lock held at the fork fails its test instead of hanging it."""
+    import os
+    import signal
+
+    ended: list[tuple[int, int]] = []
+    if not wait_until(lambda: ended.append(os.waitpid(pid, os.WNOHANG)) or ended[-1][0] != 0, timeout):
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        return None
+    return os.waitstatus_to_exitcode(ended[-1][1])
+
+
 def chat_body(content: Any, *, stream: bool = False, model: str | None = "Kwai-Kolors/Kolors", **extra: Any) -> dict:
     body: dict[str, Any] = {"messages": [{"role": "user", "content": content}], "stream": stream, **extra}
     if model is not None:

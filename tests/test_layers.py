@@ -104,13 +104,6 @@ def test_no_module_is_longer_than_one_sitting():
 TESTED_THROUGH = {
     "api.site": "the routes table: every test over HTTP goes through it",
 }
-# Modules whose own test file is being written (issue 30); this list only shrinks.
-PENDING = {
-    "api.context", "api.errors", "api.wire",
-    "drawing.chat_words", "drawing.events", "drawing.ui_words", "drawing.video_jobs",
-    "core.background", "core.errors", "core.metrics", "core.text",
-    "siliconflow_proxy",
-}  # fmt: skip
 
 
 def _test_file(module: str) -> Path:
@@ -124,10 +117,8 @@ def _has_logic(path: Path) -> bool:
 
 def test_every_module_with_logic_has_its_own_test_file():
     with_logic = {name for name, path in MODULES.items() if _has_logic(path)}
-    missing = sorted(name for name in with_logic - set(TESTED_THROUGH) - PENDING if not _test_file(name).exists())
+    missing = sorted(name for name in with_logic - set(TESTED_THROUGH) if not _test_file(name).exists())
     assert missing == [], f"write {', '.join(str(_test_file(n).relative_to(ROOT)) for n in missing)}"
-    written = sorted(name for name in PENDING if _test_file(name).exists())
-    assert written == [], f"take {written} off PENDING"
     strays = sorted(
         str(path.relative_to(ROOT))
         for package in PACKAGES
