@@ -620,3 +620,8 @@ def test_siliconflows_video_paths_keep_user_keys_quotas_and_owners(serve, fake, 
     assert _siliconflow(service, "status", {"requestId": request_id}, as_bob.api_key).status_code == 404  # not bob's
     assert _siliconflow(service, "status", {"requestId": request_id}, SERVICE_KEY).status_code == 200  # the operator's key
     assert len(fake.state.videos) == 1
+
+
+def test_an_unknown_path_names_siliconflows_video_paths_among_what_is_offered(video_service):
+    response = requests.post(f"{video_service.url}/v1/video/query", json={}, timeout=10)
+    assert response.status_code == 404 and "POST /v1/video/submit and /v1/video/status" in response.json()["error"]["message"]
