@@ -306,7 +306,7 @@ def json_object(limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
     if len(raw) > MAX_BODY_BYTES and len(raw) - picture_bytes(raw) > MAX_BODY_BYTES:
         raise ApiError(
             413,
-            f"The request body is larger than {MAX_BODY_BYTES // 1024} KB besides its pictures' "
+            f"The request body is larger than {MAX_BODY_BYTES // 2**20} MB besides its pictures' "
             "data: URIs. Send less text or history.",
         )
     try:

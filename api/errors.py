@@ -34,7 +34,7 @@ def _http_error(exc: HTTPException) -> Response:
     messages = {
         404: f"No such endpoint: {request.method} {request.path[:200]}. This service offers "
         "POST /v1/chat/completions, POST /v1/responses, POST /v1/images/generations, POST /v1/images/edits, "
-        "/v1/videos, GET /v1/models, GET /health "
+        "/v1/videos, POST /v1/video/submit and /v1/video/status (SiliconFlow's), GET /v1/models, GET /health "
         "and a playground at /.",
         405: f"{request.method} is not allowed on {request.path[:200]}.",
         413: f"The request body is larger than {MAX_BODY_BYTES // 1024} KB.",

@@ -1,7 +1,9 @@
 """The Images adapter: a drawing's events, kept as an images answer needs them, and said in English
-as one of two answers:
+as one of three answers:
 
 - OpenAI's JSON, `{"created", "data": [...]}`, each picture as `url`, `b64_json` or both;
+- the same with SiliconFlow's own fields beside it (`images: [{url}]`, `seed`, `timings`) for a
+  request in SiliconFlow's shape (api/images.py recognises it);
 - OpenAI's image stream (`stream: true`): `text/event-stream` with one `image_generation.completed`
   (`image_edit.completed`) event per picture the moment it is ready, `: keep-alive` comments while
   waiting, and an `error` event for each picture not made, after the pictures that were (the
@@ -41,6 +43,7 @@ from drawing.events import (
     PromptReady,
     Queued,
     Refused,
+    Submitted,
     close,
 )
 from drawing.pipeline import Services
@@ -59,6 +62,7 @@ class Form:
 
     response_format: str = "url"  # url | b64_json | both (each item carries the link and the bytes)
     stream: str | None = None  # the events' prefix when streamed: image_generation | image_edit
+    native: bool = False  # SiliconFlow's own fields beside OpenAI's
 
     @property
     def wants_bytes(self) -> bool:
@@ -76,6 +80,8 @@ class Drawn:
     problem: ApiError | None = None  # found before anything was sent upstream (an input picture not usable)
     broken: bool = False  # a bug cut the drawing short (logged)
     finished: bool = False
+    submitted_at: float | None = None  # time.monotonic() when the pictures went upstream
+    ended_at: float | None = None
 
 
 def answer(job: Job, form: Form, services: Services) -> Response:
@@ -134,6 +140,8 @@ def _follow(events: Iterator[Any], drawn: Drawn) -> Iterator[Outcome | None]:
                     break
                 if event.expansion and not event.expansion.failed:
                     drawn.revised = event.prompt
+            elif isinstance(event, Submitted):
+                drawn.submitted_at = time.monotonic()
             elif isinstance(event, ImageReady):
                 drawn.ready.append(event.outcome)
                 yield event.outcome
@@ -143,6 +151,7 @@ def _follow(events: Iterator[Any], drawn: Drawn) -> Iterator[Outcome | None]:
                 drawn.broken = True
         drawn.ready.sort(key=lambda outcome: outcome.index)
         drawn.finished = True
+        drawn.ended_at = time.monotonic()
     finally:
         close(events)
 
@@ -191,10 +200,13 @@ def missing(drawn: Drawn, count: int) -> list[tuple[int, ApiError]]:
 
 
 def json_body(drawn: Drawn, job: Job, form: Form) -> dict[str, Any]:
-    """The Images API answer. Raises ApiError when no picture was made."""
+    """The Images API answer (SiliconFlow's fields beside it when `form.native`). Raises ApiError
+    when no picture was made."""
     if not drawn.ready or drawn.problem is not None:
         raise _nothing_made(drawn)
     body = images_answer([item(outcome, form.response_format, drawn.revised) for outcome in drawn.ready])
+    if form.native:
+        body |= native_fields(drawn)
     count = job.draw.count
     if not_made := missing(drawn, count):
         body["errors"] = [
@@ -216,6 +228,17 @@ def item(outcome: Outcome, response_format: str, revised: str | None) -> dict[st
         entry["b64_json"] = base64.b64encode(links.picture.data).decode()
     entry["revised_prompt"] = revised
     return entry
+
+
+def native_fields(drawn: Drawn) -> dict[str, Any]:
+    """SiliconFlow's own answer fields (CONTRACTS.md section 1): `images` with the lasting links,
+    the seed of the first picture, and how long the drawing took upstream."""
+    began = drawn.submitted_at or drawn.ended_at or 0.0
+    return {
+        "images": [{"url": outcome.links.image, "seed": outcome.seed} for outcome in drawn.ready if outcome.links is not None],
+        "seed": drawn.ready[0].seed if drawn.ready else None,
+        "timings": {"inference": round(max((drawn.ended_at or began) - began, 0.0), 3)},
+    }
 
 
 # --- the stream --------------------------------------------------------------------------------------

@@ -1,9 +1,15 @@
 """The Images API surface: `POST /v1/images/generations` and `/v1/images/edits`.
 
-The routes validate OpenAI's fields (`prompt`, `model`, `n`, `size`, `response_format`, `stream`, …,
-as the openai SDKs, the AI SDK, Open WebUI and one-api send them) and make a `Job`; the Images
-adapter (image_answers.py) draws it and answers. A model may be named by an alias (MODEL_ALIASES:
-`gpt-image-1`, `dall-e-3`…); what is drawn and said is the model it stands for.
+The routes validate the request and make a `Job`; the Images adapter (image_answers.py) draws it
+and answers. Two shapes are read on the same paths:
+- OpenAI's (`prompt`, `model`, `n`, `size`, `response_format`, `stream`, …), as the openai SDKs, the
+  AI SDK, Open WebUI and one-api send it;
+- SiliconFlow's own, recognised by its fields (`image_size`, `batch_size`, `image`…): Cherry Studio's
+  painting page, LobeChat's SiliconCloud images, Dify and AstrBot plugins. Every field is honoured
+  where the model takes it (`batch_size` N draws N pictures spread over the pool, as `pic:N`), and
+  the answer carries SiliconFlow's `images`, `seed` and `timings` beside OpenAI's `data`.
+A model may be named by an alias (MODEL_ALIASES: `gpt-image-1`, `dall-e-3`…); what is drawn and
+said is the model it stands for.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from api import context
 from api.bodies import finite_number, form_numbers, json_object, multipart_form, whole_number, with_pictures_limit
 from api.image_answers import Form, answer
 from core.errors import ApiError, UploadError
+from drawing import reasons
 from drawing.events import ImageRef, Job
 from drawing.metering import Meter
 from drawing.pipeline import EXPANSION_INPUT_CHARS, Services
@@ -38,16 +45,37 @@ _IMAGE_EXTRAS: dict[str, tuple[bool, float, float]] = {
     "guidance_scale": (False, 0, 20),
     "cfg": (False, 0.1, 20),
 }
+# The fields that say a body is SiliconFlow's own (CONTRACTS.md sections 1 and 8), not OpenAI's.
+NATIVE_FIELDS = (
+    "image_size",
+    "batch_size",
+    "num_inference_steps",
+    "guidance_scale",
+    "cfg",
+    "image",
+    "image2",
+    "image3",
+    "negative_prompt",
+    "seed",
+    "prompt_enhancement",
+)
+_INPUT_FIELDS = ("image", "image2", "image3")
 # Names whose OpenAI models answer b64_json by default (the AI SDK sends them no response_format).
 _B64_NAMES = ("gpt-image-", "chatgpt-image-")
 
 
 @bp.post("/v1/images/generations")
 def images_generations() -> Response:
-    """The OpenAI Images API, for Open WebUI, Cherry Studio and one-api/new-api channels, the SDKs."""
+    """The OpenAI Images API (Open WebUI, one-api/new-api channels, the SDKs), and SiliconFlow's
+    own body on the same path (Cherry Studio's painting page and other SiliconFlow clients)."""
     services = context.current()
-    body = json_object()
-    return _images(body, context.resolve_model(body.get("model"), services), (), services)
+    body = json_object(with_pictures_limit(services.settings))  # SiliconFlow's `image` fields carry pictures
+    native = any(body.get(name) is not None for name in NATIVE_FIELDS)
+    model = context.resolve_model(body.get("model"), services)
+    inputs = _native_inputs(body, model, services) if native else ()
+    if native:
+        body = _native_body(body, model, services.settings.max_images_per_request)
+    return _images(body, model, inputs, services, native=native)
 
 
 @bp.post("/v1/images/edits")
@@ -123,6 +151,7 @@ def _images(
     services: Services,
     *,
     edit: bool = False,
+    native: bool = False,
 ) -> Response:
     """Generations and edits, once read: validated, then drawn and answered as asked."""
     settings = services.settings
@@ -132,11 +161,11 @@ def _images(
     if not isinstance(prompt, str) or not prompt.strip():
         raise ApiError(400, "'prompt' is required: a description of the picture.", param="prompt")
     n = whole_number(body, "n", 1, settings.max_images_per_request, default=1)
-    form = _form(body, edit=edit)
+    form = _form(body, edit=edit, native=native)
     wants_expansion = body.get("prompt_expansion", False)
     if not isinstance(wants_expansion, bool):
         raise ApiError(400, "'prompt_expansion' must be true or false.", param="prompt_expansion")
-    size = _images_size(body.get("size"), model)
+    size = body["image_size"] if native and body.get("image_size") else _images_size(body.get("size"), model)
     extras = _images_extras(body)
     negative = body.get("negative_prompt")
     if negative is not None and not isinstance(negative, str):
@@ -164,13 +193,14 @@ def _images(
         meter=Meter(reservation, context.on_drawn()),
     )
     log.info(
-        "req=%s images model=%s n=%d size=%s format=%s%s inputs=%d",
+        "req=%s images model=%s n=%d size=%s format=%s%s%s inputs=%d",
         job.request_id,
         model,
         n,
         draw.size,
         form.response_format,
         " stream" if form.stream else "",
+        " (SiliconFlow's shape)" if native else "",
         len(inputs),
     )
     meter = job.meter
@@ -184,7 +214,7 @@ def _images(
     return response
 
 
-def _form(body: dict[str, Any], *, edit: bool) -> Form:
+def _form(body: dict[str, Any], *, edit: bool, native: bool) -> Form:
     """How the answer is wanted. Without `response_format`: both the link and the bytes for an edit
     and for the gpt-image names (OpenAI answers those with b64_json, and the AI SDK reads only
     that; the openai SDK's users read `url`), the link alone otherwise."""
@@ -202,11 +232,67 @@ def _form(body: dict[str, Any], *, edit: bool) -> Form:
                 "A streamed answer carries each picture as b64_json: leave out 'response_format', or set it to 'b64_json'.",
                 param="response_format",
             )
-        return Form("b64_json", "image_edit" if edit else "image_generation")
+        return Form("b64_json", "image_edit" if edit else "image_generation", native)
     if not asked:
         named = body.get("model")
         asked = "both" if edit or (isinstance(named, str) and named.startswith(_B64_NAMES)) else "url"
-    return Form(asked, None)
+    return Form(asked, None, native)
+
+
+def _native_body(body: dict[str, Any], model: str, most: int) -> dict[str, Any]:
+    """SiliconFlow's fields read as OpenAI's: `batch_size` is the count, `image_size` the size (the
+    model's nearest, or none for a model that follows its input), `prompt_enhancement` the prompt
+    expansion. Each checked, with a 400 naming it."""
+    read = dict(body)
+    batch = whole_number(body, "batch_size", 1, most)  # MAX_IMAGES_PER_REQUEST: pictures spread over keys
+    if batch is not None:
+        read["n"] = batch
+    size = body.get("image_size")
+    if size is not None:
+        match = re.fullmatch(r"(\d{2,5})[x*](\d{2,5})", size) if isinstance(size, str) else None
+        if not match:
+            raise ApiError(400, "'image_size' must be WIDTHxHEIGHT, like '1024x1024'.", param="image_size")
+        read["image_size"] = pick_size(model, (int(match[1]), int(match[2])), explicit=True)
+    enhance = body.get("prompt_enhancement")
+    if enhance is not None:
+        if not isinstance(enhance, bool):
+            raise ApiError(400, "'prompt_enhancement' must be true or false.", param="prompt_enhancement")
+        read.setdefault("prompt_expansion", enhance)
+    return read
+
+
+def _native_inputs(body: dict[str, Any], model: str, services: Services) -> tuple[ImageRef, ...]:
+    """SiliconFlow's `image`, `image2`, `image3`: data: URIs (read here) or http(s) links (fetched
+    under the address rule with the drawing), each in the field the model takes it in."""
+    given = [(number, name, body[name]) for number, name in enumerate(_INPUT_FIELDS, 1) if body.get(name) is not None]
+    if not given:
+        return ()
+    takes = family(model)
+    if not takes.inputs:
+        editors = [m for m in services.catalog.models() if family(m).edits][:3]
+        raise ApiError(
+            400,
+            f"{model} takes no input picture: leave out '{given[0][1]}', or use a model that does "
+            f"({', '.join(editors) or 'Qwen/Qwen-Image-Edit-2509'}).",
+            param=given[0][1],
+        )
+    if len(given) > len(takes.inputs):
+        raise ApiError(
+            400, f"{model} takes at most {len(takes.inputs)} input picture(s): {len(given)} were given.", param=given[-1][1]
+        )
+    refs = []
+    for number, name, value in given:
+        if not isinstance(value, str) or not value.startswith(("data:", "http://", "https://")):
+            raise ApiError(400, f"'{name}' must be a picture as a data:image/…;base64 URI or an http(s) link.", param=name)
+        if value.startswith("data:"):
+            try:
+                picture = input_picture(services.session, services.settings, None, value, None)
+            except UploadError as exc:
+                raise ApiError(400, f"'{name}' cannot be used: {reasons.en(exc.reason)}.", param=name) from None
+            refs.append(ImageRef("field", number, data=picture.data))
+        else:
+            refs.append(ImageRef("field", number, url=value))
+    return tuple(refs)
 
 
 def _typed(prompt: str, model: str, fields: DrawRequest, most: int) -> DrawRequest:

@@ -25,10 +25,11 @@ from drawing.events import Broken, ImageFailed, ImageRef, Job, PromptReady, Refu
 from drawing.metering import Meter
 from drawing.pipeline import EXPANSION_INPUT_CHARS, Services
 from drawing.reasons import en
+from drawing.video_jobs import VideoWorker
 from parsing import SEED_MAX, DrawRequest
 from siliconflow.families import DEFAULT_VIDEO_MODELS, VIDEO_SECONDS, VIDEO_SIZES, family
 from storage.pictures import CACHE_FOREVER
-from storage.video_records import ALL, COMPLETED, VideoJob
+from storage.video_records import ALL, COMPLETED, FAILED, IN_PROGRESS, QUEUED, VideoJob
 
 log = logging.getLogger("siliconflow_proxy")
 
@@ -67,7 +68,7 @@ def _answer(body: dict[str, Any], status: int = 200) -> Response:
     return response
 
 
-def _worker(services: Services):
+def _worker(services: Services) -> VideoWorker:
     if services.videos is None:
         raise ApiError(503, "Video is not available on this service.", code="videos_unavailable")
     return services.videos
@@ -96,15 +97,37 @@ def create_video() -> Response:
                     400, "'input_reference' must be a picture: a file, a data: URI or an http(s) link.", param="input_reference"
                 )
             picture_url = reference
+    record = submit(body, picture_url, picture_data, services, worker)
+    return _answer(video_object(record))
+
+
+# What the fields are called in each shape, for the errors that name them.
+OPENAI_NAMES = {"size": "size", "picture": "input_reference"}
+SILICONFLOW_NAMES = {"size": "image_size", "picture": "image"}
+
+
+def submit(
+    body: dict[str, Any],
+    picture_url: str | None,
+    picture_data: bytes | None,
+    services: Services,
+    worker: VideoWorker,
+    names: dict[str, str] = OPENAI_NAMES,
+) -> VideoJob:
+    """A video job from a read body (`prompt`, `model`, `size`, `seconds`, `seed`, `negative_prompt`)
+    and its first frame, checked, its quota taken, submitted once through the pool and recorded:
+    the one way a job is made through the Videos API and SiliconFlow's own paths alike."""
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise ApiError(400, "'prompt' is required: a description of the video.", param="prompt")
     has_picture = picture_data is not None or picture_url is not None
-    model = _video_model(body.get("model"), has_picture, services)
+    model = _video_model(body.get("model"), has_picture, services, names["picture"])
     size = body.get("size") or VIDEO_SIZES[0]
     if size not in VIDEO_SIZES:
         raise ApiError(
-            400, f"'size' {str(size)[:40]!r} is not one {model} makes: use one of {', '.join(VIDEO_SIZES)}.", param="size"
+            400,
+            f"'{names['size']}' {str(size)[:40]!r} is not one {model} makes: use one of {', '.join(VIDEO_SIZES)}.",
+            param=names["size"],
         )
     notes = []
     seconds = body.get("seconds")
@@ -126,7 +149,7 @@ def create_video() -> Response:
         model,
         prompt,
         DrawRequest(prompt=prompt, count=1, size=size, seed=seed, negative_prompt=negative or None),
-        context.public_base(settings),
+        context.public_base(services.settings),
         inputs=inputs,
         owner=_caller(),
         meter=Meter(reservation, on_drawn=context.on_drawn()),  # what SiliconFlow took counts, as for chat
@@ -151,13 +174,13 @@ def create_video() -> Response:
     if record is None:
         if unusable is not None:
             why = reasons.en(unusable.get("why"))
-            raise ApiError(400, f"'input_reference' cannot be used: {why}.", param="input_reference")
+            raise ApiError(400, f"'{names['picture']}' cannot be used: {why}.", param=names["picture"])
         raise errors.failed(failures, what="the video job", verb="take")
     log.info("req=%s video %s submitted model=%s size=%s input=%s", g.request_id, record.id, model, size, has_picture)
-    return _answer(video_object(record))
+    return record
 
 
-def _video_model(value: Any, has_picture: bool, services: Services) -> str:
+def _video_model(value: Any, has_picture: bool, services: Services, picture: str = "input_reference") -> str:
     if value is None or value == "":
         offered = [m for m in services.catalog.models() if family(m).video] or list(DEFAULT_VIDEO_MODELS)
         wanted = [m for m in offered if family(m).needs_input == has_picture]
@@ -171,12 +194,12 @@ def _video_model(value: Any, has_picture: bool, services: Services) -> str:
         video = ", ".join(m for m in DEFAULT_VIDEO_MODELS)
         raise ApiError(400, f"'{model}' draws pictures, not videos: use a video model ({video}).", param="model")
     if family(model).needs_input and not has_picture:
-        raise ApiError(400, f"{model} makes a video from a picture: send it as 'input_reference'.", param="input_reference")
+        raise ApiError(400, f"{model} makes a video from a picture: send it as '{picture}'.", param=picture)
     if has_picture and not family(model).needs_input:
         raise ApiError(
             400,
-            f"{model} makes videos from words only: leave out 'input_reference', or use an image-to-video model.",
-            param="input_reference",
+            f"{model} makes videos from words only: leave out '{picture}', or use an image-to-video model.",
+            param=picture,
         )
     return model
 
@@ -187,12 +210,12 @@ def _caller() -> str | None:
     return user.id if user is not None else None
 
 
-def _job(video_id: str, services: Services, *, anyone: bool = False) -> VideoJob:
+def _job(video_id: str, services: Services, *, anyone: bool = False, param: str = "video_id") -> VideoJob:
     job = _worker(services).jobs.get(video_id) if video_id.startswith("video_") and len(video_id) <= 64 else None
     if job is not None and not anyone and _caller() is not None and job.owner != _caller():
         job = None  # another person's job: as if it did not exist
     if job is None:
-        raise ApiError(404, f"No video with id '{video_id[:64]}'.", param="video_id", code="not_found")
+        raise ApiError(404, f"No video with id '{video_id[:64]}'.", param=param, code="not_found")
     return job
 
 
@@ -294,3 +317,57 @@ def delete_video(video_id: str) -> Response:
         ) from None
     log.info("req=%s video %s deleted", g.request_id, job.id)
     return context.json_response({"id": job.id, "object": "video.deleted", "deleted": True})
+
+
+# --- SiliconFlow's own video API ---------------------------------------------------------------------
+
+# A job's status in SiliconFlow's words (CONTRACTS.md section 1: video).
+_STATUS = {QUEUED: "InQueue", IN_PROGRESS: "InProgress", COMPLETED: "Succeed", FAILED: "Failed"}
+
+
+@bp.post("/v1/video/submit")
+def siliconflow_submit() -> Response:
+    """SiliconFlow's own video submit, for its clients (LobeChat's SiliconCloud video runtime,
+    plugins): a thin adapter over the Videos API's jobs, with the same key, quota, owner and kept
+    clip. Answers `{"requestId"}`: the job's id, which `/v1/videos/{id}` answers for too."""
+    services = context.current()
+    worker = _worker(services)
+    body = json_object(with_pictures_limit(services.settings))
+    picture = body.get("image")
+    if picture is not None and (not isinstance(picture, str) or not picture.strip()):
+        raise ApiError(400, "'image' must be a picture: a data:image/…;base64 URI or an http(s) link.", param="image")
+    fields = {name: body.get(name) for name in ("prompt", "model", "seed", "negative_prompt")}
+    record = submit(fields | {"size": body.get("image_size")}, picture, None, services, worker, SILICONFLOW_NAMES)
+    return context.json_response({"requestId": record.id})
+
+
+@bp.post("/v1/video/status")
+def siliconflow_status() -> Response:
+    """SiliconFlow's own status (POST `{"requestId"}`): the job's record in SiliconFlow's words,
+    `Succeed` with the kept clip's link once it is done. A user key sees its own jobs only."""
+    services = context.current()
+    body = json_object()
+    request_id = body.get("requestId")
+    if not isinstance(request_id, str) or not request_id.strip():
+        raise ApiError(400, "'requestId' is required: the id /v1/video/submit answered.", param="requestId")
+    job = _job(request_id.strip(), services, param="requestId")
+    return context.json_response(siliconflow_status_body(job, services))
+
+
+def siliconflow_status_body(job: VideoJob, services: Services) -> dict[str, Any]:
+    """`{"status", "reason", "position", "results"}` as SiliconFlow answers it; `results` carries the
+    clip (the kept one: lasting, where SiliconFlow's own link lasts an hour), its seed and timing."""
+    status = _STATUS.get(job.status, "InProgress")
+    reason = (job.error or {}).get("message", "") if job.status == FAILED else ""
+    results = None
+    if job.status == COMPLETED:
+        base = context.public_base(services.settings)
+        link = services.store.link(job.kept, base) if job.kept and services.store is not None else None
+        if link is None and job.url and (job.expires_at or 0) > time.time():
+            link = job.url  # nothing kept it: SiliconFlow's own link, while it lasts
+        if link is None:
+            status, reason = "Failed", "the clip is no longer available: nothing kept it and SiliconFlow's link has expired"
+        else:
+            inference = max((job.completed_at or job.created_at) - job.created_at, 0)
+            results = {"videos": [{"url": link}], "timings": {"inference": inference}, "seed": job.seed}
+    return {"status": status, "reason": reason, "position": job.position or 0, "results": results}

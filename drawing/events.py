@@ -44,7 +44,7 @@ class ImageRef:
     """An input picture: where it is (a data: URI or an http(s) link) or its bytes, and which it
     is, for the words (`reasons.picture_name`)."""
 
-    source: str  # attached (to the chat turn) | last (the last picture drawn here) | upload (a file)
+    source: str  # attached (to the chat turn) | last (the last picture drawn here) | upload (a file) | field (image2…)
     number: int = 0  # attached and uploaded pictures are numbered from 1
     url: str | None = None
     data: bytes | None = field(default=None, repr=False)

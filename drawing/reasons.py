@@ -309,6 +309,9 @@ def picture_name(ref: ev.ImageRef, *, zh: bool = True) -> str:
         return "上一张图片" if zh else "the last picture"
     if ref.source == "upload":
         return f"上传的图片 {ref.number}" if zh else f"'image' file {ref.number}"
+    if ref.source == "field":  # SiliconFlow's own fields: image, image2, image3
+        name = "image" if ref.number <= 1 else f"image{ref.number}"
+        return f"字段 {name} 的图片" if zh else f"'{name}'"
     return f"附图 {ref.number}" if zh else f"attached picture {ref.number}"
 
 

@@ -156,3 +156,24 @@ def test_a_wrong_name_is_caught():
 def test_the_readme_is_a_landing_page():
     lines = len(README.splitlines())
     assert lines <= README_MOST_LINES, f"README.md has {lines} lines: move the manual to docs/"
+
+
+# --- what the docs show of an answer is what it writes -------------------------------------------
+
+IMAGE_EXAMPLE = re.compile(r"^```markdown\n(!\[image1\|([^\]\n]*)\]\([^)\n]+\)\n[^\n]+)\n```", re.M)
+
+
+def test_the_image_line_examples_are_what_an_answer_writes():
+    """README's and docs/chat-uis.md's example of a kept picture: the image, then `[永久链接] ·
+    [上游原图]` and the seed, exactly as drawing/chat_words.py writes them."""
+    from drawing.chat_words import image_markdown
+
+    for doc in (ROOT / "README.md", ROOT / "docs" / "chat-uis.md"):
+        found = IMAGE_EXAMPLE.search(doc.read_text())
+        assert found, f"{doc.name} has no example of a picture's lines"
+        example, alt = found[1], found[2]
+        written = image_markdown(
+            1, alt, "https://your-host/images/HASH.png", "https://UPSTREAM", "https://your-host/images/HASH.png", seed=12345
+        )
+        expected = written.strip().replace("HASH", "<hash>").replace("https://UPSTREAM", "https://…")
+        assert example == expected, doc.name

@@ -89,6 +89,13 @@ def test_default_model_extras_and_expansion(locked, fake):
         ({"prompt": "fox", "stream": "yes"}, "stream"),
         ({"prompt": "fox", "stream": True, "partial_images": 9}, "partial_images"),
         ({"prompt": "fox", "stream": True, "response_format": "url"}, "response_format"),
+        ({"prompt": "fox", "batch_size": 99}, "batch_size"),
+        ({"prompt": "fox", "image_size": "big"}, "image_size"),
+        ({"prompt": "fox", "prompt_enhancement": "yes"}, "prompt_enhancement"),
+        ({"prompt": "fox", "model": "Kwai-Kolors/Kolors", "image": "a cat"}, "image"),
+        ({"prompt": "fox", "model": "Kwai-Kolors/Kolors", "image": "data:image/png;base64,aGVsbG8="}, "image"),
+        ({"prompt": "fox", "model": "Qwen/Qwen-Image", "image": "https://example.com/cat.png"}, "image"),
+        ({"prompt": "fox", "model": "Kwai-Kolors/Kolors", "image": "https://a.example/1", "image2": "https://a.b/2"}, "image2"),
         ({"prompt": "a nude fox"}, "prompt"),
     ],
 )
@@ -353,3 +360,72 @@ def test_the_ai_sdk_edits_and_generates_through_the_images_api(serve, fake):
     assert len(out["kolors"]) == 2 and all(picture["png"] for picture in out["kolors"]), out
     models = [c.body["model"] for c in fake.state.image_calls()]
     assert sorted(models) == sorted(["Qwen/Qwen-Image-Edit-2509", "Qwen/Qwen-Image", "Kwai-Kolors/Kolors", "Kwai-Kolors/Kolors"])
+
+
+# --- SiliconFlow's own body on the same path -------------------------------------------------------
+
+
+def test_a_cherry_studio_siliconflow_body_draws_batch_size_pictures_with_lasting_links(serve, fake, tmp_path):
+    """Cherry Studio's painting page (SiliconFlow provider) sends SiliconFlow's own body and reads
+    `images[].url`: batch_size 2 is two pictures spread over two keys, each kept."""
+    service = serve(image_store_dir=str(tmp_path), public_base_url="http://127.0.0.1:1")
+    body = {
+        "model": "Kwai-Kolors/Kolors",
+        "prompt": "一只可爱的猫咪",
+        "negative_prompt": "blurry",
+        "image_size": "768x1024",
+        "batch_size": 2,
+        "seed": 4242,
+        "num_inference_steps": 25,
+        "guidance_scale": 7.5,
+        "prompt_enhancement": False,
+    }
+    response = requests.post(f"{service.url}/v1/images/generations", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert len(answer["images"]) == 2 and len(answer["data"]) == 2
+    kept = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert sorted(item["url"].rsplit("/", 1)[1] for item in answer["images"]) == kept  # the lasting links
+    assert answer["seed"] == 4242 and isinstance(answer["timings"]["inference"], float)
+    calls = fake.state.image_calls()
+    assert len(calls) == 2 and len({c.key for c in calls}) == 2  # spread over the pool, one picture a call
+    for call in calls:
+        assert call.body["batch_size"] == 1 and call.body["image_size"] == "768x1024"
+        assert (call.body["negative_prompt"], call.body["num_inference_steps"], call.body["guidance_scale"]) == (
+            "blurry",
+            25,
+            7.5,
+        )
+    assert sorted(c.body["seed"] for c in calls) == [4242, 4243] and fake.state.chat_calls() == []
+
+
+def test_siliconflows_image_fields_reach_the_edit_model_in_order(serve, fake):
+    service = serve(allow_private_image_urls=True)  # the second picture is a link on the fake (on this machine)
+    frame = "data:image/png;base64," + base64.b64encode(FRAME).decode()
+    link = f"{fake.url}/outputs/second.png"
+    body = {"model": "Qwen/Qwen-Image-Edit-2509", "prompt": "把图1的猫放进图2", "image": frame, "image2": link, "cfg": 4.0}
+    response = requests.post(f"{service.url}/v1/images/generations", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json()["images"][0]["url"]
+    [call] = fake.state.image_calls()
+    assert call.body["image"] == frame and call.body["image2"].startswith("data:image/png;base64,")
+    assert call.body["cfg"] == 4.0 and "image_size" not in call.body  # the edit follows its input's size
+
+
+def test_an_image_link_that_cannot_be_used_is_a_400_before_anything_is_drawn(serve, fake, internal):
+    service = serve()  # a link to this machine (not the upstream's own host) is refused by the address rule
+    body = {"model": "Kwai-Kolors/Kolors", "prompt": "a cat", "image": internal.url("/cat.png")}
+    response = requests.post(f"{service.url}/v1/images/generations", json=body, timeout=30)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "image" and error["message"].startswith("An input picture cannot be used: 'image' not used")
+    assert fake.state.image_calls() == [] and internal.hits == []
+
+
+def test_prompt_enhancement_is_the_prompt_expansion(serve, fake):
+    service = serve()
+    body = {"model": "Kwai-Kolors/Kolors", "prompt": "a cat", "image_size": "1024x1024", "prompt_enhancement": True}
+    response = requests.post(f"{service.url}/v1/images/generations", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    [call] = fake.state.image_calls()
+    assert call.body["prompt"].startswith("A detailed illustration of a cat") and len(fake.state.chat_calls()) == 1

@@ -4,6 +4,7 @@ fake's video contract (queue, progress, a real small MP4, failures, links that e
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import sqlite3
@@ -528,3 +529,99 @@ def test_jobs_recorded_before_they_were_listed_by_owner_are_listed_by_owner(serv
     assert [video.id for video in as_alice.videos.list(limit=2)] == hers[::-1]
     new = as_alice.videos.create_and_poll(model=T2V, prompt="a cat")
     assert [video.id for video in as_alice.videos.list(limit=2, order="asc")] == [*hers, new.id]
+
+
+# --- SiliconFlow's own video API on this service -----------------------------------------------------
+
+
+def _siliconflow(service, path: str, body: dict, key: str | None = None) -> requests.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return requests.post(f"{service.url}/v1/video/{path}", json=body, headers=headers, timeout=30)
+
+
+def test_siliconflows_submit_and_status_reach_succeed_with_the_kept_clip(video_service, fake, tmp_path):
+    """LobeChat's SiliconCloud video runtime: submit, then poll /v1/video/status for Succeed and
+    results.videos[0].url, which here is the clip this service kept (SiliconFlow's lasts an hour)."""
+    submitted = _siliconflow(
+        video_service,
+        "submit",
+        {"model": T2V, "prompt": "a cat running on the beach", "image_size": "720x1280", "seed": 7, "negative_prompt": "blur"},
+    )
+    assert submitted.status_code == 200, submitted.text
+    request_id = submitted.json()["requestId"]
+    seen: list[dict] = []
+
+    def succeeded() -> bool:
+        seen.append(_siliconflow(video_service, "status", {"requestId": request_id}).json())
+        return seen[-1]["status"] == "Succeed"
+
+    assert wait_until(succeeded, 15, interval=0.05), seen[-1]
+    assert {"InQueue", "InProgress"} & {answer["status"] for answer in seen[:-1]}
+    done = seen[-1]
+    [clip] = done["results"]["videos"]
+    assert "/images/" in clip["url"] and requests.get(clip["url"], timeout=10).content == CLIP  # the kept MP4
+    assert done["results"]["seed"] == 4242  # the one SiliconFlow says it used
+    assert done["reason"] == "" and isinstance(done["results"]["timings"]["inference"], int)
+    [job] = fake.state.videos.values()
+    assert job["body"] == {
+        "model": T2V,
+        "prompt": "a cat running on the beach",
+        "image_size": "720x1280",
+        "seed": 7,
+        "negative_prompt": "blur",
+    }
+    # the same job through the Videos API
+    assert _client(video_service).videos.retrieve(request_id).status == "completed"
+
+
+def test_siliconflows_submit_takes_a_first_frame_in_image(video_service, fake):
+    frame = "data:image/png;base64," + base64.b64encode(FRAME).decode()
+    submitted = _siliconflow(video_service, "submit", {"model": I2V, "prompt": "the cat dances", "image": frame})
+    assert submitted.status_code == 200, submitted.text
+    [job] = fake.state.videos.values()
+    assert job["body"]["model"] == I2V and job["body"]["image"].startswith("data:image/png;base64,")
+
+
+@pytest.mark.parametrize(
+    "path, body, param",
+    [
+        ("submit", {"model": T2V}, "prompt"),
+        ("submit", {"model": T2V, "prompt": "a cat", "image_size": "1920x1080"}, "image_size"),
+        ("submit", {"model": I2V, "prompt": "a cat"}, "image"),
+        ("submit", {"model": T2V, "prompt": "a cat", "image": 7}, "image"),
+        ("submit", {"model": "Kwai-Kolors/Kolors", "prompt": "a cat"}, "model"),
+        ("status", {}, "requestId"),
+        ("status", {"requestId": "video_00000000000000000000000000000000"}, "requestId"),
+    ],
+)
+def test_siliconflows_video_paths_refuse_what_they_cannot_take_naming_the_field(video_service, fake, path, body, param):
+    response = _siliconflow(video_service, path, body)
+    assert response.status_code in (400, 404), response.text
+    assert response.json()["error"]["param"] == param and response.json()["error"]["message"]
+    assert fake.state.videos == {}
+
+
+def test_siliconflows_video_paths_keep_user_keys_quotas_and_owners(serve, fake, tmp_path):
+    service = serve(admin_key=ADMIN, api_key=SERVICE_KEY, video_poll_seconds=0.1, image_store_dir=str(tmp_path / "kept"))
+    made = requests.post(
+        f"{service.url}/admin/api/keys",
+        json={"name": "alice", "daily_images": 5, "daily_videos": 1},
+        headers={"Authorization": f"Bearer {ADMIN}"},
+        timeout=10,
+    ).json()
+    _, as_bob = _person(service, "bob")
+    assert _siliconflow(service, "submit", {"model": T2V, "prompt": "a cat"}).status_code == 401  # a key is needed
+    first = _siliconflow(service, "submit", {"model": T2V, "prompt": "a cat"}, made["key"])
+    assert first.status_code == 200, first.text
+    again = _siliconflow(service, "submit", {"model": T2V, "prompt": "a dog"}, made["key"])
+    assert again.status_code == 429 and again.json()["error"]["code"] == "insufficient_quota"  # one video a day
+    request_id = first.json()["requestId"]
+    assert _siliconflow(service, "status", {"requestId": request_id}, made["key"]).status_code == 200
+    assert _siliconflow(service, "status", {"requestId": request_id}, as_bob.api_key).status_code == 404  # not bob's
+    assert _siliconflow(service, "status", {"requestId": request_id}, SERVICE_KEY).status_code == 200  # the operator's key
+    assert len(fake.state.videos) == 1
+
+
+def test_an_unknown_path_names_siliconflows_video_paths_among_what_is_offered(video_service):
+    response = requests.post(f"{video_service.url}/v1/video/query", json={}, timeout=10)
+    assert response.status_code == 404 and "POST /v1/video/submit and /v1/video/status" in response.json()["error"]["message"]
