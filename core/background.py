@@ -48,3 +48,7 @@ class Background:
         thread = self._thread
         if thread is not None and self._pid == os.getpid() and thread is not threading.current_thread():
             thread.join(timeout)
+            if not thread.is_alive():  # ended: a later start() runs the loop again (one still ending is left be)
+                with self._lock:
+                    if self._thread is thread:
+                        self._pid, self._thread = None, None

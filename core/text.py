@@ -24,7 +24,8 @@ _KEYLIKE = re.compile(
     r"sk-[A-Za-z0-9_\-]{4,}"  # SiliconFlow and OpenAI-style keys
     # Never two \s* in a row (the separator's own is inside the optional group): two could share a
     # run of spaces in n ways each, a quadratic match on a hostile upstream's 40 kB message.
-    r"|(?i:bearer|token|api[_-]?key|authorization)(?:\s*[:=])?\s*[^\s,;\"'}]{4,}"
+    # "Authorization: Bearer <token>": the scheme's word is not the secret, the token after it is.
+    r"|(?i:bearer|token|api[_-]?key|authorization)(?:\s*[:=])?\s*(?:(?i:bearer)\s+)?[^\s,;\"'}]{4,}"
     r"|\b\d+\|[A-Za-z0-9]{12,}"  # Lsky Pro tokens: "1|abc…"
     r"|[A-Za-z0-9_\-+/=%]{32,}"  # long opaque strings: tokens, signatures
 )

@@ -163,8 +163,8 @@ _JOIN_WORDS = re.compile(
 _CHANGE = re.compile(
     r"换成|改成|变成|换个|换一个|换一下|改为|改一下|加上|加个|加一|去掉|删掉|删除|不要|把它|把这|让它|让画面|它的|"
     r"更[大小亮暗多少高低宽窄近远]|再大|再小|大一点|小一点|亮一点|暗一点|颜色|风格|背景|色调|视角|角度|构图|细节|"
-    r"\b(?:make it|make the|change|turn it|add|remove|without|instead|but|same|bigger|smaller|brighter|darker|"
-    r"style|colou?r|background|angle|version|zoom)\b|^(?:in|as)\s",
+    r"\b(?:make it|make the|give it|give the|put a|let it|change|turn it|add|remove|without|instead|but|same|"
+    r"bigger|smaller|brighter|darker|style|colou?r|background|angle|version|zoom)\b|^(?:in|as)\s",
     re.IGNORECASE,
 )
 _NEW_SUBJECT = re.compile(

@@ -107,8 +107,8 @@ class Day:
 
     def label(self) -> str:
         offset = self.zone.utcoffset(None) or timedelta()
-        hours, minutes = divmod(int(offset.total_seconds()) // 60, 60)
-        return f"00:00 UTC{'+' if offset >= timedelta() else '-'}{abs(hours)}" + (f":{minutes:02d}" if minutes else "")
+        hours, minutes = divmod(abs(int(offset.total_seconds()) // 60), 60)  # -03:30 is 3 h 30 min west
+        return f"00:00 UTC{'+' if offset >= timedelta() else '-'}{hours}" + (f":{minutes:02d}" if minutes else "")
 
 
 class SqliteKeys:

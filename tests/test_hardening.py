@@ -277,7 +277,7 @@ def test_a_host_with_an_underscore_gets_stored_links(serve, fake, tmp_path):
     [link] = _stored_links(response.json()["choices"][0]["message"]["content"])
     assert link.startswith("http://image_proxy:7860/images/")
     assert requests.get(f"{service.url}/images/{link.rsplit('/', 1)[1]}", timeout=30).status_code == 200
-    assert (tmp_path / link.rsplit("/", 1)[1]).is_file()
+    assert wait_until((tmp_path / link.rsplit("/", 1)[1]).is_file, 10)
 
 
 @pytest.mark.parametrize("host", ["evil.example/path?x", "-", "_", "[::1]:99999999999", "a..b", "[zz::1]"])
@@ -325,7 +325,8 @@ def test_the_store_keeps_to_its_cap_oldest_first_newest_kept(serve, fake, tmp_pa
     for i in range(6):
         content = answer_text(service.url, f"画一只猫 {i}", stream=False)
         links += _stored_links(content)
-        assert requests.get(links[-1], timeout=30).status_code == 200  # kept whole once read
+        assert requests.get(links[-1], timeout=30).status_code == 200
+        assert wait_until((tmp_path / links[-1].rsplit("/", 1)[1]).exists, 10)  # kept whole behind the link
         os.utime(tmp_path / links[-1].rsplit("/", 1)[1], (time.time() + i, time.time() + i))  # distinct ages
     kept = sorted(p.name for p in tmp_path.iterdir())
     assert sum((tmp_path / name).stat().st_size for name in kept) <= 3.5 * size
@@ -474,6 +475,7 @@ def test_stored_images_are_served_like_files_are(serve, fake, tmp_path):
     service = serve(image_store_dir=str(tmp_path), prompt_expansion=False)
     [link] = _stored_links(answer_text(service.url, "画一只猫", stream=False))
     requests.get(link, timeout=30)  # read as it arrives: kept, whole, once it has
+    assert wait_until((tmp_path / link.rsplit("/", 1)[1]).exists, 10)
     whole = requests.get(link, timeout=5)
     assert whole.status_code == 200 and whole.headers["Content-Type"] == "image/png"
     assert int(whole.headers["Content-Length"]) == len(whole.content) and whole.headers["Last-Modified"]

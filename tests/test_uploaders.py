@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from core.errors import UploadError
-from tests.helpers import chat_body, images_in, post_chat, sse_events
+from tests.helpers import chat_body, images_in, post_chat, sse_events, wait_until
 from uploaders import fetch_picture, upload_to_lsky
 
 LINK = re.compile(r"\[([^\]]+)\]\((\S+?)\)")
@@ -203,8 +203,10 @@ def test_store_keeps_the_image_and_serves_it(serve, fake, tmp_path):
     assert re.fullmatch(r"https://img\.example\.com/images/[0-9a-f]{64}\.png", image_url)
     name = image_url.rsplit("/", 1)[1]
     served = requests.get(f"{service.url}/images/{name}", timeout=30)  # as it arrives; kept behind it
+    assert served.status_code == 200 and served.headers["Content-Type"] == "image/png", served.text
+    # A reader has every byte as soon as the download does; the store has it once it is written.
+    assert wait_until((tmp_path / name).exists, 10)
     assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
-    assert served.status_code == 200 and served.headers["Content-Type"] == "image/png"
     assert "max-age=31536000" in served.headers["Cache-Control"]
     assert served.content == (tmp_path / name).read_bytes()
 

@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from tests.conftest import SERVICE_KEY
+from tests.helpers import wait_until
 from tests.js_env import JS_DIR, node_modules
 from tests.test_clients import LEGACY_SCRIPT
 
@@ -384,6 +385,9 @@ def test_a_cherry_studio_siliconflow_body_draws_batch_size_pictures_with_lasting
     assert response.status_code == 200, response.text
     answer = response.json()
     assert len(answer["images"]) == 2 and len(answer["data"]) == 2
+    for item in answer["images"]:  # shown at once, kept behind the links: each read as it arrives
+        assert requests.get(item["url"].replace("http://127.0.0.1:1", service.url), timeout=30).status_code == 200
+    assert wait_until(lambda: len(list(tmp_path.glob("*.png"))) == 2, 10)
     kept = sorted(p.name for p in tmp_path.glob("*.png"))
     assert sorted(item["url"].rsplit("/", 1)[1] for item in answer["images"]) == kept  # the lasting links
     assert answer["seed"] == 4242 and isinstance(answer["timings"]["inference"], float)

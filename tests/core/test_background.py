@@ -76,11 +76,6 @@ def test_stop_before_any_start_and_from_inside_the_loop_are_harmless():
     assert stopped.wait(5) and wait_until(lambda: _alive("bg-inside") == [])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: stop() leaves the process recorded as running the loop, so start() after stop() returns "
-    "at once and the loop never runs again, against start()'s 'unless it runs here already'",
-)
 def test_a_second_start_after_stop_runs_the_loop_again():
     loop = Loop()
     background = Background("bg-again", loop)

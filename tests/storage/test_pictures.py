@@ -46,6 +46,7 @@ def test_a_newcomers_set_up_keeps_every_picture_past_the_upstreams_hour_and_a_re
         assert link.startswith(f"{server.url}/images/"), content
         name = IMAGE_LINK.search(link)[1]
         assert requests.get(link, timeout=30).status_code == 200  # served as it arrives, kept behind it
+        assert wait_until((tmp_path / "data" / "images" / name).exists, 10)
         assert (tmp_path / "data" / "images" / name).read_bytes().startswith(b"\x89PNG")
         assert _health(server.url)["pictures"]["state"] == "ok"
     finally:
@@ -98,6 +99,7 @@ def test_s3_keeps_each_picture_as_an_object_and_the_service_serves_it(serve, s3)
     for link in links:  # shown at once, kept behind them: each read as it arrives
         assert requests.get(link, timeout=30).status_code == 200
     for name in names:
+        assert wait_until(lambda name=name: _object_there(s3, bucket, f"pictures/{name}"), 10)
         head = s3.client().head_object(Bucket=bucket, Key=f"pictures/{name}")
         assert head["ContentType"] == "image/png"
         assert head["CacheControl"] == "public, max-age=31536000, immutable"
@@ -270,3 +272,11 @@ def test_dimensions_are_read_from_each_kind_of_picture_header():
     assert dimensions(gif) == (320, 200)
     assert dimensions(webp_extended) == (1280, 720)
     assert dimensions(b"\xff\xd8\xff") is None and dimensions(b"not a picture") is None and dimensions(b"") is None
+
+
+def _object_there(s3, bucket: str, key: str) -> bool:
+    try:
+        s3.client().head_object(Bucket=bucket, Key=key)
+    except Exception:  # noqa: BLE001 - botocore's 404
+        return False
+    return True

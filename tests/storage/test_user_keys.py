@@ -101,11 +101,6 @@ def test_the_quota_day_turns_at_midnight_in_its_utc_offset(keys):
     assert Day(5 * 60 + 30).label() == "00:00 UTC+5:30" and Day(0).label() == "00:00 UTC+0"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Day.label() rounds a negative offset's hours down (divmod(-210, 60) == (-4, 30)), so "
-    "QUOTA_UTC_OFFSET=-03:30 is told to people as 'resets at 00:00 UTC-4:30'; the day itself turns right",
-)
 def test_a_negative_offset_with_minutes_is_named_as_the_operator_set_it():
     assert Day(-(3 * 60 + 30)).label() == "00:00 UTC-3:30"
 
