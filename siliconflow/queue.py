@@ -25,6 +25,7 @@ log = logging.getLogger("siliconflow_proxy.keypool")
 
 DISCOVERY_WAIT = 5.0  # most an image waits at start for the keys' accounts to be known
 FORCE_TURN_AFTER = 0.25  # a request gives way this long at most to one that waited longer
+CANCELLED_KEPT_SECONDS = 600.0  # how long a left request's images are still sent away on arrival
 
 
 class Chooser(Protocol):
@@ -78,6 +79,10 @@ class KeyQueue:
         self._last_served: str | None = None
         self._changes = 0
         self._next_free: float | None = None
+        # Requests whose client left, and when: an image of theirs that comes to the line only now
+        # (its thread was between the check and the line) is sent away at once, not kept till its deadline.
+        self._cancelled: OrderedDict[str, float] = OrderedDict()
+        self._closed = False
         self._server = Background("key-queue", self._serve, wake=self._notify)
 
     def take(self, request_id: str, model: str, exclude: Collection[str], deadline: float, turn: str | None = None) -> Taken:
@@ -87,6 +92,8 @@ class KeyQueue:
         turn = turn or request_id
         self._pool.accounts_known.wait(max(min(DISCOVERY_WAIT, deadline - time.monotonic()), 0))
         with self._condition:
+            if self._closed or request_id in self._cancelled:
+                return Taken(None, Reason.of("cancelled"))
             alone = not self._lines
         wait: float | None = None
         if alone:
@@ -102,6 +109,8 @@ class KeyQueue:
                 return Taken(None, self._too_late(wait))
         waiter = _Waiter(request_id, turn, model, frozenset(exclude), deadline)
         with self._condition:
+            if self._closed or request_id in self._cancelled:
+                return Taken(None, Reason.of("cancelled"))
             if alone and wait is not None and (self._next_free is None or self._next_free > time.monotonic() + wait):
                 self._next_free = time.monotonic() + wait  # known now, before the thread looks
             self._lines.setdefault(turn, deque()).append(waiter)
@@ -116,8 +125,13 @@ class KeyQueue:
         return Taken(waiter.lease, waiter.reason)
 
     def cancel(self, request_id: str) -> None:
-        """The client left: its images leave the line."""
+        """The client left: its images leave the line, and those still on their way to it are
+        sent away when they come."""
         with self._condition:
+            now = time.monotonic()
+            self._cancelled[request_id] = now
+            while self._cancelled and next(iter(self._cancelled.values())) < now - CANCELLED_KEPT_SECONDS:
+                self._cancelled.popitem(last=False)
             for waiter in [w for line in self._lines.values() for w in line if w.request_id == request_id]:
                 self._remove(waiter)
                 waiter.reason = Reason.of("cancelled")
@@ -171,7 +185,14 @@ class KeyQueue:
         self._server.start()
 
     def stop(self) -> None:
+        """Stop serving the line (the process ends): every image waiting in it is sent away."""
         self._server.stop()
+        with self._condition:
+            self._closed = True
+            for waiter in [w for line in self._lines.values() for w in line]:
+                waiter.reason = Reason.of("cancelled")
+                waiter.done.set()
+            self._lines.clear()
 
     def _notify(self) -> None:
         with self._condition:

@@ -23,6 +23,7 @@ from config import Settings  # noqa: E402
 from siliconflow_proxy import create_app  # noqa: E402
 from tests.fake_hosts import FakeLsky, FakeSink, InternalHost  # noqa: E402
 from tests.fake_siliconflow import FakeSiliconFlow  # noqa: E402
+from tests.helpers import one_at_a_time  # noqa: E402
 
 PACKAGES = ("api", "drawing", "siliconflow", "storage", "core")
 
@@ -219,6 +220,12 @@ def production_bin() -> Path:
     home = ROOT / ".cache" / "production-venv"
     stamp = home / "requirements.txt"
     wanted = (ROOT / "requirements.txt").read_text()
+    with one_at_a_time("production-venv"):
+        _build_production_venv(home, stamp, wanted)
+    return home / "bin"
+
+
+def _build_production_venv(home: Path, stamp: Path, wanted: str) -> None:
     if not stamp.exists() or stamp.read_text() != wanted:
         venv.create(home, with_pip=True, clear=True)
         subprocess.run(
@@ -227,7 +234,6 @@ def production_bin() -> Path:
             timeout=900,
         )
         stamp.write_text(wanted)
-    return home / "bin"
 
 
 @pytest.fixture(scope="session")
@@ -242,7 +248,8 @@ def legacy_python() -> str:
     home = ROOT / ".cache" / "legacy-openai"
     python = home / "bin" / "python"
     check = [str(python), "-c", "import openai; assert openai.version.VERSION == '0.28.1'"]
-    if not python.exists() or subprocess.run(check, capture_output=True).returncode != 0:
-        venv.create(home, with_pip=True, clear=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "openai==0.28.1"], check=True, timeout=600)
+    with one_at_a_time("legacy-openai"):
+        if not python.exists() or subprocess.run(check, capture_output=True).returncode != 0:
+            venv.create(home, with_pip=True, clear=True)
+            subprocess.run([str(python), "-m", "pip", "install", "-q", "openai==0.28.1"], check=True, timeout=600)
     return str(python)

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import requests
 
 from drawing.chat_words import IMAGE_LINE
+
+
+@contextmanager
+def one_at_a_time(name: str) -> Iterator[None]:
+    """Across the test processes (pytest-xdist's workers): one at a time makes what they share in
+    .cache/ (a venv, downloaded packages), the others wait and then find it made."""
+    cache = Path(__file__).resolve().parent.parent / ".cache"
+    cache.mkdir(exist_ok=True)
+    with open(cache / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def wait_until(condition: Callable[[], object], timeout: float = 5.0, interval: float = 0.02) -> bool:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import one_at_a_time
+
 JS_DIR = Path(__file__).resolve().parent / "js"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -28,6 +30,7 @@ def node_modules(package: str) -> Path:
     """tests/js/node_modules/<package>, running `npm ci` once when it is not there yet."""
     require(shutil.which("node") and shutil.which("npm"), "Node.js and npm")
     path = JS_DIR / "node_modules" / package
-    if not path.exists():
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=JS_DIR, check=True, timeout=600, capture_output=True)
+    with one_at_a_time("npm-ci"):
+        if not path.exists():
+            subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=JS_DIR, check=True, timeout=600, capture_output=True)
     return path

@@ -20,6 +20,7 @@ from functools import cache
 from pathlib import Path
 
 from tests.conftest import ROOT
+from tests.helpers import one_at_a_time
 from tests.js_env import require
 
 CACHE = ROOT / ".cache" / "ui-packages"
@@ -30,6 +31,11 @@ LOBECHAT = "@lobehub/chat@1.143.3"
 
 def _download_wheel(requirement: str) -> Path:
     name = requirement.split("==")[0].replace("-", "_")
+    with one_at_a_time("ui-packages"):
+        return _wheel(requirement, name)
+
+
+def _wheel(requirement: str, name: str) -> Path:
     found = sorted(CACHE.glob(f"{name}-*.whl"))
     if not found:
         CACHE.mkdir(parents=True, exist_ok=True)
@@ -44,6 +50,13 @@ def _download_wheel(requirement: str) -> Path:
 
 def _npm_source(package: str, member: str) -> str:
     tarball = CACHE / (package.lstrip("@").replace("/", "-").replace("@", "-") + ".tgz")
+    with one_at_a_time("ui-packages"):
+        _pack(package, tarball)
+    with tarfile.open(tarball) as archive:
+        return archive.extractfile(member).read().decode()  # type: ignore[union-attr]
+
+
+def _pack(package: str, tarball: Path) -> None:
     if not tarball.exists():
         require(shutil.which("npm"), "Node.js and npm")
         CACHE.mkdir(parents=True, exist_ok=True)
@@ -59,8 +72,6 @@ def _npm_source(package: str, member: str) -> str:
             .splitlines()[-1]
         )
         (CACHE / out).rename(tarball)
-    with tarfile.open(tarball) as archive:
-        return archive.extractfile(member).read().decode()  # type: ignore[union-attr]
 
 
 @cache

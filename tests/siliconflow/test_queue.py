@@ -98,3 +98,27 @@ def test_a_cancelled_request_leaves_the_line():
     pool.queue.cancel("r")
     waiting.join(timeout=2)
     assert result == [Taken(None, Reason.of("cancelled"))] and pool.queue.waiting() == 0
+
+
+def test_a_picture_that_reaches_the_line_after_its_request_left_is_sent_away_at_once():
+    """Its thread was between the client's check and the line when the client left: it must not
+    wait in line till its deadline (holding a worker thread and the person's quota)."""
+    pool = pool_of(("a",), limits=[Limit(1, 30)])
+    pool.queue.take("r", KOLORS, (), time.monotonic() + 5)  # the window is used: the next one would wait 30 s
+    pool.queue.cancel("r")
+    assert pool.queue.take("r", KOLORS, (), time.monotonic() + 60) == Taken(None, Reason.of("cancelled"))
+    assert pool.queue.waiting() == 0
+    assert pool.queue.take("other", KOLORS, (), time.monotonic() + 0.01).why_not.code == "too_late"  # others wait
+
+
+def test_stopping_the_line_sends_every_waiting_picture_away():
+    pool = pool_of(("a",), limits=[Limit(1, 30)])
+    pool.queue.take("r", KOLORS, (), time.monotonic() + 5)
+    result = []
+    waiting = threading.Thread(target=lambda: result.append(pool.queue.take("w", KOLORS, (), time.monotonic() + 60)))
+    waiting.start()
+    assert wait_until(lambda: pool.queue.waiting() == 1)
+    pool.queue.stop()  # the process ends: Services.close()
+    waiting.join(timeout=5)
+    assert result == [Taken(None, Reason.of("cancelled"))] and not waiting.is_alive()
+    assert pool.queue.take("late", KOLORS, (), time.monotonic() + 60) == Taken(None, Reason.of("cancelled"))
