@@ -114,7 +114,8 @@ def _keeping(settings: Settings, store: Keeper | None) -> Keeping | None:
         return None
     directory = os.path.join(settings.data_directory, "keeping")
     try:
-        return Keeping(directory, store, wait_seconds=settings.upload_timeout)
+        # A reader waits as long as a keep can take: the download, then the store's two attempts.
+        return Keeping(directory, store, wait_seconds=3 * settings.upload_timeout + 5)
     except OSError as exc:
         log.warning("Pictures are kept before their links are shown: cannot write to %s (%s)", directory, exc.strerror)
         return None

@@ -76,21 +76,11 @@ def _download(
 ) -> bytearray:
     """The bytes at `url` (or, with `sink`, written there as they come: nothing held whole).
     `on_length` hears the length the answer declares (None: not said) once its headers came."""
-    if not url.lower().startswith(("http://", "https://")):
-        raise UploadError(Reason.of("not_http"))
-    with session.get(url, timeout=(remaining(at, 10.0), remaining(at, 60.0)), stream=True, allow_redirects=True) as response:
-        if response.status_code != 200:
-            raise UploadError(Reason.of("download_status", status=response.status_code))
-        declared = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if declared and not declared.startswith((kind, "application/octet-stream", "binary/")):
-            raise UploadError(Reason.of("not_image_type", type=upstream_text(declared, 40)))
-        declared_length = response.headers.get("Content-Length") or ""
-        if declared_length.isdigit() and int(declared_length) > max_bytes:  # a bad one: the bytes are counted anyway
-            raise UploadError(Reason.of("too_large", mb=max_bytes // 2**20))
+    with _opened(session, url, at, max_bytes, kind) as response:
         if on_length is not None:
-            on_length(int(declared_length) if declared_length.isdigit() else None)
+            on_length(_declared_length(response))
         data, size = bytearray(), 0
-        for piece in response.iter_content(256 * 1024 if sink else 64 * 1024):
+        for piece in response.iter_content(64 * 1024):  # a spool read while it fills gets its bytes as they come
             size += len(piece)
             if size > max_bytes:
                 raise UploadError(Reason.of("too_large", mb=max_bytes // 2**20))
@@ -99,6 +89,32 @@ def _download(
             else:
                 sink.write(piece)
     return data
+
+
+def _opened(session: requests.Session, url: str, at: float, max_bytes: int, kind: str = "image/") -> requests.Response:
+    """The answer at `url`, its headers read and checked (status, type, declared length); its body
+    is read by the caller, who closes it."""
+    if not url.lower().startswith(("http://", "https://")):
+        raise UploadError(Reason.of("not_http"))
+    response = session.get(url, timeout=(remaining(at, 10.0), remaining(at, 60.0)), stream=True, allow_redirects=True)
+    try:
+        if response.status_code != 200:
+            raise UploadError(Reason.of("download_status", status=response.status_code))
+        declared = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if declared and not declared.startswith((kind, "application/octet-stream", "binary/")):
+            raise UploadError(Reason.of("not_image_type", type=upstream_text(declared, 40)))
+        length = _declared_length(response)
+        if length is not None and length > max_bytes:  # a bad one: the bytes are counted anyway
+            raise UploadError(Reason.of("too_large", mb=max_bytes // 2**20))
+    except BaseException:
+        response.close()
+        raise
+    return response
+
+
+def _declared_length(response: requests.Response) -> int | None:
+    value = response.headers.get("Content-Length") or ""
+    return int(value) if value.isdigit() else None
 
 
 def fetch_to_file(
@@ -233,7 +249,7 @@ def upload_to_lsky(
     session: requests.Session,
     base_url: str,
     token: str,
-    picture: Picture,
+    picture: Picture | Arriving,
     timeout: float,
     strategy_id: int | None = None,
     until: float | None = None,
@@ -243,17 +259,13 @@ def upload_to_lsky(
     Lsky Pro answers most failures with HTTP 200 and `"status": false`, and without
     `Accept: application/json` a bad token is a 302 to its HTML login page.
     """
-    form = {"strategy_id": str(strategy_id)} if strategy_id else {}
-    status, body = _post(
-        session,
-        f"{base_url}/api/v1/upload",
-        timeout,
-        until,
-        "lsky",
-        headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
-        files={"file": (picture.name, picture.data, picture.mimetype)},
-        data=form,
-    )
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+    if isinstance(picture, Arriving):  # sent as it downloads: a multipart body of known length
+        sent: dict[str, Any] = {"data": picture, "headers": {**headers, "Content-Type": picture.content_type}}
+    else:
+        form = {"strategy_id": str(strategy_id)} if strategy_id else {}
+        sent = {"headers": headers, "files": {"file": (picture.name, picture.data, picture.mimetype)}, "data": form}
+    status, body = _post(session, f"{base_url}/api/v1/upload", timeout, until, "lsky", **sent)
     if 300 <= status < 400:
         raise UploadError(Reason.of("lsky_login", status=status))
     if status == 413:
@@ -331,6 +343,108 @@ def _json_or_none(response: requests.Response) -> Any:
         return None
 
 
+class Arriving:
+    """A picture sent on as it downloads, as the one file of a multipart/form-data body (Lsky
+    Pro's upload): its length is the download's declared one, so the body's is known before the
+    first byte. Its first bytes must be a picture before anything of the file is sent; the bytes
+    are kept as they pass (`picture()`), for the keeper when Lsky fails."""
+
+    def __init__(self, response: requests.Response, length: int, max_bytes: int, strategy_id: int | None, name: str):
+        boundary = secrets.token_hex(16)
+        self.content_type = f"multipart/form-data; boundary={boundary}"
+        mimetype = MIMETYPES.get(name.rsplit(".", 1)[-1], "image/png")
+        field = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="strategy_id"\r\n\r\n{strategy_id}\r\n' if strategy_id else ""
+        )
+        self._head = (
+            f'{field}--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+            f"Content-Type: {mimetype}\r\n\r\n"
+        ).encode()
+        self._tail = f"\r\n--{boundary}--\r\n".encode()
+        self._response, self._length, self._max_bytes = response, length, max_bytes
+        self._data = bytearray()
+        self.failed: UploadError | None = None  # the download's own failure, not the host's
+
+    def __len__(self) -> int:
+        return len(self._head) + self._length + len(self._tail)
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for piece in self._response.iter_content(64 * 1024):
+                if not self._data and sniff(bytes(piece[:16])) is None:
+                    raise UploadError(Reason.of("not_a_picture"))
+                if not self._data:
+                    yield self._head
+                self._data += piece
+                if len(self._data) > min(self._length, self._max_bytes):
+                    raise UploadError(Reason.of("too_large", mb=self._max_bytes // 2**20))
+                yield piece
+        except UploadError as exc:
+            self.failed = exc
+            raise
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError):
+            self.failed = UploadError(Reason.of("download_failed"))
+            raise self.failed from None
+        if len(self._data) != self._length:
+            self.failed = UploadError(Reason.of("download_failed"))
+            raise self.failed
+        yield self._tail
+
+    def picture(self) -> Picture | None:
+        """The whole picture once it has passed, else None."""
+        if self.failed is not None or len(self._data) != self._length:
+            return None
+        mimetype = sniff(bytes(self._data[:16]))
+        return Picture(bytes(self._data), mimetype) if mimetype else None
+
+
+@dataclass
+class _SentOn:
+    """What sending a picture to Lsky as it downloads came to."""
+
+    link: str | None = None
+    picture: Picture | None = None
+    download_failed: UploadError | None = None
+    lsky_failed: UploadError | None = None
+
+
+def _to_lsky_as_it_arrives(
+    session: requests.Session, settings: Settings, url: str, rule: AddressRule, until: float | None
+) -> _SentOn | None:
+    """The picture at `url` uploaded to Lsky Pro from its first bytes on, not after the whole
+    download. None when the download does not say its length (the old order is used then)."""
+    max_bytes = int(settings.max_image_mb * 2**20)
+    at = min(time.monotonic() + settings.upload_timeout, until or math.inf)
+    try:
+        with _fetching(at, rule):  # the address rule holds for the download's connection and redirects
+            response = _opened(session, url, at, max_bytes)
+    except UploadError as exc:
+        return _SentOn(download_failed=exc)
+    with response:
+        length = _declared_length(response)
+        if length is None:
+            return None
+        name = f"{secrets.token_hex(32)}.{_extension_of(url)}"  # of the form of kept names; Lsky names its own
+        arriving = Arriving(response, length, max_bytes, settings.lsky_strategy_id, name)
+        try:
+            with requests_deadline(at):  # the download's reads happen inside the upload's send
+                link = upload_to_lsky(
+                    session, settings.lsky_pro_url or "", settings.lsky_pro_token or "", arriving, settings.upload_timeout,
+                    settings.lsky_strategy_id, until,
+                )  # fmt: skip
+        except UploadError as exc:
+            if arriving.failed is not None:
+                return _SentOn(download_failed=arriving.failed)
+            return _SentOn(picture=arriving.picture(), lsky_failed=exc)
+    return _SentOn(link=link, picture=arriving.picture())
+
+
+def _extension_of(url: str) -> str:
+    suffix = urlsplit(url).path.rsplit(".", 1)[-1].lower()
+    suffix = {"jpeg": "jpg"}.get(suffix, suffix)
+    return suffix if suffix in MIMETYPES and suffix != "mp4" else "png"
+
+
 @dataclass(frozen=True)
 class Links:
     image: str  # what the Markdown image shows: permanent when there is one
@@ -389,14 +503,26 @@ def lasting_links(
 
         permanent = store.link(keeping.promise(url, fetch), public_base)
     elif keeps or want_bytes:
+        sent_on = (
+            _to_lsky_as_it_arrives(session, settings, url, rule, until) if settings.use_lsky_pro and _web_link(url) else None
+        )
         try:
-            picture = fetch_picture(session, url, settings.upload_timeout, int(settings.max_image_mb * 2**20), rule, until)
+            if sent_on is not None and sent_on.download_failed is not None:
+                raise sent_on.download_failed
+            if sent_on is not None and sent_on.picture is not None:
+                picture = sent_on.picture
+            else:
+                picture = fetch_picture(session, url, settings.upload_timeout, int(settings.max_image_mb * 2**20), rule, until)
         except UploadError as exc:
             if exc.unsafe:
                 return Links(image=url, download=None, permanent=None, notes=(), unsafe=exc.reason)
             notes.append(Reason.of("not_kept" if keeps else "not_fetched", why=exc.reason))
         else:
-            if settings.use_lsky_pro:
+            if sent_on is not None and (sent_on.link or sent_on.lsky_failed):
+                permanent = sent_on.link
+                if sent_on.lsky_failed is not None:
+                    notes.append(Reason.of("lsky_failed", why=sent_on.lsky_failed.reason))
+            elif settings.use_lsky_pro:
                 try:
                     permanent = upload_to_lsky(
                         session,

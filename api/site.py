@@ -196,6 +196,7 @@ def stored_image(name: str) -> Response:
     if kept is None:
         raise ApiError(404, "No such image.", code="not_found")
     response = Response(wrap_file(request.environ, kept.body), mimetype=kept.content_type, direct_passthrough=True)
+    response.headers["X-Content-Type-Options"] = "nosniff"  # a picture is shown as a picture, never run as a page
     response.content_length = kept.size
     if kept.modified is not None:
         response.last_modified = kept.modified
@@ -220,6 +221,7 @@ def _reading_response(stem: str, reading: Reading) -> Response:
         response = Response(status=302, headers={"Location": reading.elsewhere, "Cache-Control": "no-store"})
         return response
     response = Response(reading.chunks, mimetype=reading.content_type, direct_passthrough=True)
+    response.headers["X-Content-Type-Options"] = "nosniff"
     if reading.length is not None:
         response.content_length = reading.length  # a keep that fails part-way is then a cut answer
     response.set_etag(stem)

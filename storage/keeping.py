@@ -26,6 +26,7 @@ bucket) finds the object there once it is kept; `api/site.py` waits briefly for 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import secrets
@@ -71,15 +72,17 @@ class Spool:
 
     def declare(self, length: int | None) -> None:
         """The download's headers came: its declared length (None: not said)."""
-        self._len_path.write_text("" if length is None else str(length))
+        _write(self._len_path, "" if length is None else str(length))
         with self.changed:
             self.changed.notify_all()
 
     def write(self, piece: bytes) -> None:
-        self._handle.write(piece)
-        self._handle.flush()
         if len(self.head) < 16:
             self.head += piece[: 16 - len(self.head)]
+            if len(self.head) >= 16 and sniff(self.head) is None:  # an error page: not one byte more
+                raise UploadError(Reason.of("not_a_picture"))
+        self._handle.write(piece)
+        self._handle.flush()
         with self.changed:
             self.size += len(piece)
             self.changed.notify_all()
@@ -112,7 +115,7 @@ class Keeping:
         writes its bytes into the spool as they arrive and raises UploadError when it cannot."""
         name = f"{secrets.token_hex(32)}.{_extension(source)}"
         spool = Spool(self.directory, name)
-        (self.directory / f"{name}.src").write_text(source)
+        _write(self.directory / f"{name}.src", source)
         with self._lock:
             self._spools[name] = spool
             self._promised += 1
@@ -130,6 +133,8 @@ class Keeping:
             mimetype = sniff(spool.head)
             if mimetype is None:
                 raise UploadError(Reason.of("not_a_picture"))
+            if not _whole(spool.path, mimetype):
+                raise UploadError(Reason.of("download_failed"))  # it ended before the picture did
             with open(spool.path, "rb") as whole:
                 self._store.put(name, whole, MIMETYPES[name.rsplit(".", 1)[1]])
         except UploadError as exc:
@@ -149,7 +154,7 @@ class Keeping:
         if failed is None:
             os.replace(src, self.directory / f"{name}.done")
         else:
-            (self.directory / f"{name}.failed").write_text(failed)
+            _write(self.directory / f"{name}.failed", failed)
             _unlink(src)
         _unlink(spool.path)
         _unlink(self.directory / f"{name}.len")
@@ -160,52 +165,69 @@ class Keeping:
 
     def read(self, name: str) -> Reading | None:
         """The picture `name` while this instance keeps it, or where to send people when its keep
-        failed; None when this instance knows nothing of it (kept already, or never promised here)."""
+        failed; None when this instance knows nothing of it (kept already, or never promised here).
+
+        Bytes go out as they arrive only when the download declared its length, and the last piece
+        only once the picture is kept: a keep that fails is then a cut answer (the client saw fewer
+        bytes than announced), never a finished one. Without a declared length it is waited for."""
         spool = self._spools.get(name)
         try:
             handle = open(self.directory / f"{name}.part", "rb")  # noqa: SIM115 - closed by the chunks
         except FileNotFoundError:
-            failed = _text(self.directory / f"{name}.failed")
-            return Reading(elsewhere=failed) if failed is not None else None
+            return self._ended(name)
         wait = spool.wait if spool is not None else _pause
         length = self._declared(name, wait)
-        if length is False:
+        if not length:  # not said (or nothing came): the whole keep is waited for, then the store answers
             handle.close()
-            failed = _text(self.directory / f"{name}.failed")
-            return Reading(elsewhere=failed) if failed is not None else None
-        return Reading(MIMETYPES[name.rsplit(".", 1)[1]], length or None, self._tail(name, handle, wait))
+            self._until_ended(name, wait)
+            return self._ended(name)
+        chunks = self._tail(name, handle, wait)
+        first = next(chunks, None)  # the headers wait for the first bytes, or for the keep to fail
+        if first is None:
+            return self._ended(name)
+        return Reading(MIMETYPES[name.rsplit(".", 1)[1]], length, itertools.chain((first,), chunks))
 
-    def _declared(self, name: str, wait: Callable[[float], None]) -> int | None | bool:
-        """The declared length once the download's headers came (None: not said); False when
-        the keep ended first without the picture."""
+    def _ended(self, name: str) -> Reading | None:
+        failed = _text(self.directory / f"{name}.failed")
+        return Reading(elsewhere=failed) if failed is not None else None
+
+    def _until_ended(self, name: str, wait: Callable[[float], None]) -> None:
+        deadline = time.monotonic() + self._wait_seconds
+        while (self.directory / f"{name}.src").exists() and time.monotonic() < deadline:
+            wait(POLL)
+
+    def _declared(self, name: str, wait: Callable[[float], None]) -> int | None:
+        """The declared length once the download's headers came; None when not said, or when
+        the keep ended first."""
         deadline = time.monotonic() + self._wait_seconds
         while time.monotonic() < deadline:
             text = _text(self.directory / f"{name}.len")
             if text is not None:
                 return int(text) if text.isdigit() else None
-            if (self.directory / f"{name}.done").exists():
-                return None
             if not (self.directory / f"{name}.src").exists():
-                return False
+                return None
             wait(POLL)
-        return False
+        return None
 
     def _tail(self, name: str, handle: BinaryIO, wait: Callable[[float], None]) -> Iterator[bytes]:
+        """The spool's bytes as they come, the latest piece held back until the keep has ended:
+        all of it when kept, nothing more when not (the answer then ends short of its length)."""
         done, failed = self.directory / f"{name}.done", self.directory / f"{name}.failed"
+        held = b""
         try:
             idle_since = time.monotonic()
             while True:
                 piece = handle.read(PIECE)
                 if piece:
                     idle_since = time.monotonic()
-                    yield piece
+                    if held:
+                        yield held
+                    held = piece
                 elif done.exists():
-                    while piece := handle.read(PIECE):  # what came after the last look
-                        yield piece
+                    yield held + handle.read()  # what came after the last look: the picture is whole
                     return
                 elif failed.exists() or time.monotonic() - idle_since > self._wait_seconds:
-                    # The keep failed part-way: the answer is cut, not ended, so no client keeps half a picture.
-                    raise UploadError(Reason.of("download_failed"))
+                    return  # not kept: the last piece is never sent, so no client has it whole
                 else:
                     wait(POLL)
         finally:
@@ -230,6 +252,24 @@ class Keeping:
             pass
 
 
+def _whole(path: Path, mimetype: str) -> bool:
+    """Whether the picture in `path` ends as its format ends: a download cut short without a
+    declared length must not be kept as if whole."""
+    with open(path, "rb") as picture:
+        size = picture.seek(0, os.SEEK_END)
+        picture.seek(max(0, size - 12))
+        tail = picture.read()
+        picture.seek(4)
+        riff = picture.read(4)
+    if mimetype == "image/png":
+        return tail.endswith(b"IEND\xaeB`\x82")
+    if mimetype == "image/jpeg":
+        return tail.rstrip(b"\x00").endswith(b"\xff\xd9")
+    if mimetype == "image/gif":
+        return tail.endswith(b";")
+    return int.from_bytes(riff, "little") + 8 == size  # WebP: RIFF says its own size
+
+
 def _extension(source: str) -> str:
     """The kept name's extension, from the link's own (SiliconFlow's end in .png or .jpeg)."""
     try:
@@ -245,6 +285,13 @@ def _text(path: Path) -> str | None:
         return path.read_text()
     except OSError:
         return None
+
+
+def _write(path: Path, text: str) -> None:
+    """Written whole or not at all: another process reading it never sees it half written."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    temporary.write_text(text)
+    os.replace(temporary, path)
 
 
 def _unlink(path: Path) -> None:

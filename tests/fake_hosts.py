@@ -117,12 +117,14 @@ class FakeLsky(_Server):
         self.hang_seconds = 5.0
         self.always_redirect = False
         self.slow_first = 0.0  # extra wait for the first upload only: one slow host answer
+        self.begun = 0  # uploads whose request line and headers came (their body may still be on its way)
         super().__init__(_LskyHandler)
 
     def reset(self) -> None:
         with self.lock:
             self.uploads.clear()
         self.latency, self.hang_seconds, self.always_redirect, self.slow_first = 0.0, 5.0, False, 0.0
+        self.begun = 0
 
 
 def _lsky_failure(message: str, status: int = 200) -> tuple[int, dict]:
@@ -146,6 +148,8 @@ class _LskyHandler(_Handler):
         if urlsplit(self.path).path != "/api/v1/upload":
             self._send(404, b"<html><body>404 Not Found</body></html>", "text/html")
             return
+        with self.server.lock:
+            self.server.begun += 1
         raw = self._body()
         upload = self._parse(raw)
         with self.server.lock:

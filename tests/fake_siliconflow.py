@@ -133,6 +133,8 @@ class FakeState:
     picture_gate: threading.Event | None = None  # closed: a picture download sends its headers, then waits
     picture_cut: int = 0  # > 0: a picture download hangs up after this many bytes of its body
     picture_names: list[str] = field(default_factory=list)  # each picture link's file name, as made
+    picture_lies: bool = False  # a picture link answers an HTML page as image/png (a storage's error page)
+    picture_no_length: bool = False  # a picture download says no Content-Length (and ends when it closes)
     retry_after: str = "1"
     expired: bool = False  # the image links have expired (SiliconFlow's last an hour): 403 for every one
     videos: dict[str, dict] = field(default_factory=dict)  # requestId -> the job (video contract)
@@ -165,6 +167,7 @@ class FakeState:
         self.picture_downloads = 0
         self.picture_gate, self.picture_cut = None, 0
         self.picture_names = []
+        self.picture_lies = self.picture_no_length = False
         self.redirect_to = ""
         self.rate_limit = None
         self.models_down = False
@@ -405,7 +408,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, b"<html><body>AccessDenied</body></html>", "text/html")
         elif path.startswith("/outputs/") and path.endswith(".png"):
             name = path.rsplit("/", 1)[-1]
-            self._paced_picture(padded(png(64, 64, name.encode()), self.server.state.picture_bytes))
+            picture = padded(png(64, 64, name.encode()), self.server.state.picture_bytes)
+            if self.server.state.picture_lies:
+                picture = b"<html><body>" + b"x" * (len(picture) - 26) + b"</body></html>"
+            self._paced_picture(picture)
         elif path == "/fake/stats":  # the benchmark's counters, not SiliconFlow's
             state = self.server.state
             with state.lock:
@@ -690,7 +696,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._wait(state.picture_first_byte)
         self.send_response(200)
         self.send_header("Content-Type", "image/png")
-        self.send_header("Content-Length", str(len(body)))
+        if state.picture_no_length:
+            self.close_connection = True  # the end of the body is the end of the connection
+        else:
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if (gate := state.picture_gate) is not None:
             self.wfile.flush()

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import re
 import socket
+import threading
 
 import pytest
 import requests
 
 from core.errors import UploadError
+from tests.fake_siliconflow import padded, png
 from tests.helpers import chat_body, images_in, post_chat, sse_events, wait_until
 from uploaders import fetch_picture, upload_to_lsky
 
@@ -260,3 +262,23 @@ def test_store_refuses_anything_but_stored_names(serve, tmp_path, path):
 
 def test_no_store_configured_means_no_images_route(service):
     assert requests.get(f"{service.url}/images/" + "0" * 64 + ".png", timeout=5).status_code == 404
+
+
+def test_lsky_gets_the_picture_as_it_downloads_not_after(serve, fake, lsky):
+    """Lsky's link must exist before it is shown, so the answer waits: but for one transfer, the
+    upload beginning with the download's first bytes, not for a download and then an upload."""
+    fake.state.picture_bytes, fake.state.picture_bytes_per_second = 1_500_000, 0
+    fake.state.picture_gate = threading.Event()  # the download's headers come, its body waits
+    service = serve(use_lsky_pro=True, lsky_pro_url=lsky.url, lsky_pro_token="1|good-token", prompt_expansion=False)
+    answers: list[str] = []
+    asking = threading.Thread(target=lambda: answers.append(_answer(service)))
+    asking.start()
+    try:
+        assert wait_until(lambda: lsky.begun == 1, 10)  # the upload has begun; the picture has not arrived
+        assert lsky.uploads == []
+    finally:
+        fake.state.picture_gate.set()
+        asking.join(30)
+    [upload] = lsky.uploads
+    assert upload.data == padded(png(64, 64, fake.state.picture_names[-1].encode()), 1_500_000)
+    assert upload.mimetype == "image/png" and "[永久链接]" in answers[0]

@@ -150,3 +150,48 @@ def test_b64_json_and_a_chat_edit_of_a_picture_being_kept_get_its_bytes(serve, f
     edit = fake.state.image_calls()[-1].body
     assert edit["model"] == "Qwen/Qwen-Image-Edit-2509" and edit["image"].startswith("data:image/png;base64,")
     assert len(base64.b64decode(edit["image"].split(",", 1)[1])) == PICTURE  # the kept picture, whole
+
+
+def _never_whole(link: str, during) -> None:
+    """Opened while the keep goes on (`during` has started it): a redirect, or an answer cut short
+    of its announced length. Never a finished 200 of bytes the service then refuses to keep."""
+    try:
+        answer = requests.get(link, timeout=30, allow_redirects=False)
+    except requests.RequestException:
+        return  # cut: the client knows the picture is not whole
+    during()
+    assert answer.status_code in (302, 404), (answer.status_code, answer.headers)
+
+
+def test_an_error_page_served_as_a_picture_is_never_delivered_as_one(serve, fake, tmp_path):
+    fake.state.picture_bytes, fake.state.picture_lies = PICTURE, True  # HTML, declared image/png
+    service = serve(**_kept(tmp_path), prompt_expansion=False)
+    [link] = images_in(answer_text(service.url, "画一只猫", stream=False)).values()
+    _never_whole(link, lambda: None)
+    answer = requests.get(link, timeout=30, allow_redirects=False)
+    assert answer.status_code == 302 and not list((tmp_path / "kept").glob("*.png"))
+
+
+def test_a_download_cut_before_its_first_bytes_is_a_redirect_not_an_error_page(serve, fake, tmp_path):
+    fake.state.picture_bytes, fake.state.picture_cut = PICTURE, 8  # hangs up after 8 bytes
+    service = serve(**_kept(tmp_path), prompt_expansion=False)
+    [link] = images_in(answer_text(service.url, "画一只猫", stream=False)).values()
+    answer = requests.get(link, timeout=30, allow_redirects=False)
+    assert answer.status_code == 302 and answer.headers["Location"].startswith(f"{fake.url}/outputs")
+
+
+def test_a_download_without_a_length_cut_short_is_not_kept_as_if_whole(serve, fake, tmp_path):
+    fake.state.picture_bytes, fake.state.picture_cut, fake.state.picture_no_length = PICTURE, 500_000, True
+    service = serve(**_kept(tmp_path), prompt_expansion=False)
+    [link] = images_in(answer_text(service.url, "画一只猫", stream=False)).values()
+    answer = requests.get(link, timeout=30, allow_redirects=False)  # waited for: no length to hold it to
+    assert answer.status_code == 302 and not list((tmp_path / "kept").glob("*.png"))
+
+
+def test_a_whole_download_without_a_length_is_kept_and_served(serve, fake, tmp_path):
+    fake.state.picture_bytes, fake.state.picture_no_length = PICTURE, True
+    service = serve(**_kept(tmp_path), prompt_expansion=False)
+    [link] = images_in(answer_text(service.url, "画一只猫", stream=False)).values()
+    answer = requests.get(link, timeout=30)
+    assert answer.status_code == 200 and answer.content == _expected(fake)
+    assert answer.headers["X-Content-Type-Options"] == "nosniff"
