@@ -181,20 +181,28 @@ def input_picture(
     if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         raise UploadError(Reason.of("scheme_refused"))
     if store is not None and (name := store.own_name(url)) is not None and not name.endswith(".mp4"):
-        try:
-            kept = store.open(name)
-        except UploadError:
-            kept = None  # the keeper fails now: the link itself may still answer
-        if kept is not None:
-            with kept.body:
-                return Picture(kept.body.read(max_bytes + 1)[:max_bytes], MIMETYPES[name.rsplit(".", 1)[1]])
+        if (picture := _kept_picture(store, name, max_bytes)) is not None:
+            return picture
         reading = keeping.read(name) if keeping is not None else None
         if reading is not None and reading.chunks is not None:  # being kept: the same bytes, as they arrive
             return Picture(b"".join(reading.chunks)[:max_bytes], reading.content_type)
         if reading is not None and reading.elsewhere:
             url = reading.elsewhere  # not kept: SiliconFlow's link, while it lasts
+        elif reading is None and (picture := _kept_picture(store, name, max_bytes)) is not None:
+            return picture  # kept between the two looks
     rule = AddressRule.trusting(settings.api_base_url, settings.lsky_pro_url, allow_private=settings.allow_private_image_urls)
     return fetch_picture(session, url, settings.upload_timeout, max_bytes, rule, until)
+
+
+def _kept_picture(store: Keeper, name: str, max_bytes: int) -> Picture | None:
+    try:
+        kept = store.open(name)
+    except UploadError:
+        return None  # the keeper fails now: the link itself may still answer
+    if kept is None:
+        return None
+    with kept.body:
+        return Picture(kept.body.read(max_bytes + 1)[:max_bytes], MIMETYPES[name.rsplit(".", 1)[1]])
 
 
 def data_uri(picture: Picture) -> str:
@@ -344,10 +352,9 @@ def _json_or_none(response: requests.Response) -> Any:
 
 
 class Arriving:
-    """A picture sent on as it downloads, as the one file of a multipart/form-data body (Lsky
-    Pro's upload): its length is the download's declared one, so the body's is known before the
-    first byte. Its first bytes must be a picture before anything of the file is sent; the bytes
-    are kept as they pass (`picture()`), for the keeper when Lsky fails."""
+    """A picture sent on as it downloads, the file of a multipart body (Lsky Pro's upload) whose
+    length is known from the download's; nothing of it goes before its first bytes are a picture,
+    and the bytes are kept as they pass (`picture()`), for the keeper when Lsky fails."""
 
     def __init__(self, response: requests.Response, length: int, max_bytes: int, strategy_id: int | None, name: str):
         boundary = secrets.token_hex(16)
@@ -411,8 +418,8 @@ class _SentOn:
 def _to_lsky_as_it_arrives(
     session: requests.Session, settings: Settings, url: str, rule: AddressRule, until: float | None
 ) -> _SentOn | None:
-    """The picture at `url` uploaded to Lsky Pro from its first bytes on, not after the whole
-    download. None when the download does not say its length (the old order is used then)."""
+    """The picture at `url` sent to Lsky Pro from its first bytes on; None when the download does
+    not say its length (the picture is downloaded, then uploaded)."""
     max_bytes = int(settings.max_image_mb * 2**20)
     at = min(time.monotonic() + settings.upload_timeout, until or math.inf)
     try:
@@ -440,8 +447,7 @@ def _to_lsky_as_it_arrives(
 
 
 def _extension_of(url: str) -> str:
-    suffix = urlsplit(url).path.rsplit(".", 1)[-1].lower()
-    suffix = {"jpeg": "jpg"}.get(suffix, suffix)
+    suffix = {"jpeg": "jpg"}.get(ext := urlsplit(url).path.rsplit(".", 1)[-1].lower(), ext)
     return suffix if suffix in MIMETYPES and suffix != "mp4" else "png"
 
 
