@@ -272,8 +272,10 @@ def _configure_logging(level: str) -> None:
 
 
 def _startup_notes(settings: Settings, keeper: Keeper | None, pool: KeyPool) -> None:
-    if not settings.api_key:
+    if not settings.api_key and not settings.admin_key:
         log.warning("API_KEY is not set: this service is open to anyone who can reach it.")
+    elif not settings.api_key:
+        log.info("API_KEY is not set: clients need a user key made on the operator's page (ADMIN_KEY is set).")
     entries = pool.entries()
     if not entries:
         where = "API_KEYS or the operator's page" if settings.admin_key else "API_KEYS"

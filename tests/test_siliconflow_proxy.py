@@ -59,6 +59,12 @@ def test_the_start_says_what_the_service_runs_with_and_never_a_key(fake, logged,
     assert logged.lines(r"Images are kept by: nobody \(upstream links expire in 1 hour\)")
 
 
+def test_with_an_operator_the_start_does_not_call_the_service_open(fake, logged, tmp_path):
+    settings = Settings.from_env({}, api_base_url=fake.url, admin_key=ADMIN, data_dir=str(tmp_path))
+    create_app(settings).extensions["siliconflow"].close()
+    assert not logged.lines("open to anyone") and logged.lines("clients need a user key made on the operator's page")
+
+
 def test_a_place_named_that_cannot_be_used_stops_the_start_and_the_default_only_warns(fake, logged, tmp_path):
     a_file = tmp_path / "a-file"
     a_file.write_text("not a directory")
