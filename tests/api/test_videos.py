@@ -402,6 +402,11 @@ def _reads_for_a_page(service, client: openai.OpenAI, redis_url: str | None) -> 
     return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("get", "mget"))
 
 
+def _fewest_reads(service, client: openai.OpenAI, redis_url: str | None) -> int | None:
+    counts = [_reads_for_a_page(service, client, redis_url) for _ in range(3)]
+    return None if counts[0] is None else min(c for c in counts if c is not None)
+
+
 @pytest.mark.parametrize("record", ["sqlite", "redis"])
 def test_a_person_pages_through_their_own_videos_and_old_finished_jobs_are_pruned(serve, fake, tmp_path, request, record):
     shared = {"redis_url": request.getfixturevalue("redis_server").url} if record == "redis" else {}
@@ -431,12 +436,13 @@ def test_a_person_pages_through_their_own_videos_and_old_finished_jobs_are_prune
         for n in range(45)
     ]
     _reads_for_a_page(service, as_alice, shared.get("redis_url"))  # the first list also indexes older records by owner
-    reads = _reads_for_a_page(service, as_alice, shared.get("redis_url"))
+    # The fewest of three: the background poller may read a record while a page is counted.
+    reads = _fewest_reads(service, as_alice, shared.get("redis_url"))
     for job in seeded:
         if job.finished:
             jobs.save(job)
     # A page costs the same reads however many jobs are recorded (the whole index was read, job by job).
-    assert _reads_for_a_page(service, as_alice, shared.get("redis_url")) == reads
+    assert _fewest_reads(service, as_alice, shared.get("redis_url")) == reads
     for job in seeded:
         if not job.finished:  # saved after the count: the poller reads these
             jobs.save(job)
