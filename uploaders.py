@@ -28,6 +28,7 @@ from config import Settings
 from core.errors import AddressRefused, Reason, UploadError
 from core.text import upstream_text
 from siliconflow.outbound import AddressRule, address_rule, remaining, requests_deadline
+from storage.keeping import new_name
 from storage.pictures import MIMETYPES, Picture, sniff
 
 if TYPE_CHECKING:
@@ -431,7 +432,7 @@ def _to_lsky_as_it_arrives(
         length = _declared_length(response)
         if length is None:
             return None
-        name = f"{secrets.token_hex(32)}.{_extension_of(url)}"  # of the form of kept names; Lsky names its own
+        name = new_name(url)  # Lsky names the file its own way; this one only has to be a picture's
         arriving = Arriving(response, length, max_bytes, settings.lsky_strategy_id, name)
         try:
             with requests_deadline(at):  # the download's reads happen inside the upload's send
@@ -444,11 +445,6 @@ def _to_lsky_as_it_arrives(
                 return _SentOn(download_failed=arriving.failed)
             return _SentOn(picture=arriving.picture(), lsky_failed=exc)
     return _SentOn(link=link, picture=arriving.picture())
-
-
-def _extension_of(url: str) -> str:
-    suffix = {"jpeg": "jpg"}.get(ext := urlsplit(url).path.rsplit(".", 1)[-1].lower(), ext)
-    return suffix if suffix in MIMETYPES and suffix != "mp4" else "png"
 
 
 @dataclass(frozen=True)

@@ -113,7 +113,7 @@ class Keeping:
     def promise(self, source: str, fetch: Callable[[Spool], None]) -> str:
         """A lasting name for the picture at `source`, kept from now on by `fetch(spool)`, which
         writes its bytes into the spool as they arrive and raises UploadError when it cannot."""
-        name = f"{secrets.token_hex(32)}.{_extension(source)}"
+        name = new_name(source)
         spool = Spool(self.directory, name)
         _write(self.directory / f"{name}.src", source)
         with self._lock:
@@ -270,8 +270,13 @@ def _whole(path: Path, mimetype: str) -> bool:
     return int.from_bytes(riff, "little") + 8 == size  # WebP: RIFF says its own size
 
 
+def new_name(source: str) -> str:
+    """A name of the kept names' form for the picture at `source`, before its bytes are known:
+    random, its extension the link's own (SiliconFlow's end in .png or .jpeg), else png."""
+    return f"{secrets.token_hex(32)}.{_extension(source)}"
+
+
 def _extension(source: str) -> str:
-    """The kept name's extension, from the link's own (SiliconFlow's end in .png or .jpeg)."""
     try:
         suffix = urlsplit(source).path.rsplit(".", 1)[-1].lower()
     except ValueError:
